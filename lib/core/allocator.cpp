@@ -1,0 +1,200 @@
+#include "core/allocator.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "core/error.h"
+
+namespace lctx {
+
+namespace {
+
+struct Counter {
+  size_t current = 0, peak = 0, reserved = 0;
+  void add(size_t n) {
+    current += n;
+    peak = std::max(peak, current);
+  }
+};
+
+struct CpuPool {
+  std::mutex mu;
+  Counter count;
+  std::unordered_map<void*, size_t> sizes;
+};
+
+CpuPool& cpu_pool() {
+  static CpuPool p;
+  return p;
+}
+
+// Rounds small blocks to 512 B and large ones to 2 MiB so that blocks of a recurring shape
+// hit the cache exactly; a cached block is reused for requests up to 2x smaller.
+size_t round_cuda_size(size_t n) {
+  constexpr size_t kSmall = 512, kLarge = size_t(2) << 20;
+  if (n < kLarge) return std::max(kSmall, (n + kSmall - 1) / kSmall * kSmall);
+  return (n + kLarge - 1) / kLarge * kLarge;
+}
+
+#ifdef LCTX_HAVE_CUDA
+struct CudaPool {
+  std::mutex mu;
+  Counter count;
+  std::multimap<size_t, void*> free_blocks;  // size -> ptr
+  std::unordered_map<void*, size_t> live;    // ptr -> rounded size
+
+  void release_cache(int device) {
+    LCTX_CUDA_CHECK(cudaSetDevice(device));
+    for (auto& [size, ptr] : free_blocks) {
+      LCTX_CUDA_CHECK(cudaFree(ptr));
+      count.reserved -= size;
+    }
+    free_blocks.clear();
+  }
+};
+
+CudaPool& cuda_pool(int device) {
+  static std::mutex mu;
+  static std::map<int, CudaPool> pools;
+  std::lock_guard lock(mu);
+  return pools[device];
+}
+
+void* cuda_allocate(size_t bytes, int device) {
+  CudaPool& pool = cuda_pool(device);
+  const size_t size = round_cuda_size(bytes);
+  std::lock_guard lock(pool.mu);
+  void* ptr = nullptr;
+  auto it = pool.free_blocks.lower_bound(size);
+  if (it != pool.free_blocks.end() && it->first <= 2 * size) {
+    ptr = it->second;
+    const size_t got = it->first;
+    pool.free_blocks.erase(it);
+    pool.live[ptr] = got;
+    pool.count.add(got);
+    return ptr;
+  }
+  int prev = 0;
+  LCTX_CUDA_CHECK(cudaGetDevice(&prev));
+  LCTX_CUDA_CHECK(cudaSetDevice(device));
+  cudaError_t err = cudaMalloc(&ptr, size);
+  if (err == cudaErrorMemoryAllocation) {  // drop the cache and try once more
+    (void)cudaGetLastError();
+    pool.release_cache(device);
+    err = cudaMalloc(&ptr, size);
+  }
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    cudaSetDevice(prev);
+    LCTX_FAIL("CUDA allocation of ", bytes, " bytes on cuda:", device, " failed (",
+              cudaGetErrorString(err), "); in use ", pool.count.current, " bytes, reserved ",
+              pool.count.reserved, " bytes");
+  }
+  LCTX_CUDA_CHECK(cudaSetDevice(prev));
+  pool.count.reserved += size;
+  pool.live[ptr] = size;
+  pool.count.add(size);
+  return ptr;
+}
+
+void cuda_deallocate(void* ptr, int device) {
+  CudaPool& pool = cuda_pool(device);
+  std::lock_guard lock(pool.mu);
+  auto it = pool.live.find(ptr);
+  LCTX_CHECK(it != pool.live.end(), "deallocate: pointer ", ptr, " was not allocated on cuda:", device);
+  pool.count.current -= it->second;
+  pool.free_blocks.emplace(it->second, ptr);
+  pool.live.erase(it);
+}
+#endif
+
+}  // namespace
+
+void* allocate(size_t bytes, Device device) {
+  if (bytes == 0) bytes = 1;
+  if (device.is_cpu()) {
+    const size_t size = (bytes + 63) / 64 * 64;
+    void* ptr = std::aligned_alloc(64, size);
+    LCTX_CHECK(ptr != nullptr, "CPU allocation of ", bytes, " bytes failed");
+    CpuPool& pool = cpu_pool();
+    std::lock_guard lock(pool.mu);
+    pool.sizes[ptr] = size;
+    pool.count.add(size);
+    pool.count.reserved = pool.count.current;
+    return ptr;
+  }
+#ifdef LCTX_HAVE_CUDA
+  return cuda_allocate(bytes, device.index);
+#else
+  LCTX_FAIL("allocate on ", device.str(), ": lctx was built without CUDA (LCTX_CUDA=OFF)");
+#endif
+}
+
+void deallocate(void* ptr, Device device) {
+  if (ptr == nullptr) return;
+  if (device.is_cpu()) {
+    CpuPool& pool = cpu_pool();
+    {
+      std::lock_guard lock(pool.mu);
+      auto it = pool.sizes.find(ptr);
+      if (it != pool.sizes.end()) {
+        pool.count.current -= it->second;
+        pool.count.reserved = pool.count.current;
+        pool.sizes.erase(it);
+      }
+    }
+    std::free(ptr);
+    return;
+  }
+#ifdef LCTX_HAVE_CUDA
+  cuda_deallocate(ptr, device.index);
+#endif
+}
+
+MemoryStats memory_stats(Device device) {
+  if (device.is_cpu()) {
+    CpuPool& pool = cpu_pool();
+    std::lock_guard lock(pool.mu);
+    return {pool.count.current, pool.count.peak, pool.count.reserved};
+  }
+#ifdef LCTX_HAVE_CUDA
+  CudaPool& pool = cuda_pool(device.index);
+  std::lock_guard lock(pool.mu);
+  return {pool.count.current, pool.count.peak, pool.count.reserved};
+#else
+  return {};
+#endif
+}
+
+void reset_peak_memory(Device device) {
+  if (device.is_cpu()) {
+    CpuPool& pool = cpu_pool();
+    std::lock_guard lock(pool.mu);
+    pool.count.peak = pool.count.current;
+    return;
+  }
+#ifdef LCTX_HAVE_CUDA
+  CudaPool& pool = cuda_pool(device.index);
+  std::lock_guard lock(pool.mu);
+  pool.count.peak = pool.count.current;
+#endif
+}
+
+void empty_cache(Device device) {
+#ifdef LCTX_HAVE_CUDA
+  if (device.is_cuda()) {
+    CudaPool& pool = cuda_pool(device.index);
+    std::lock_guard lock(pool.mu);
+    pool.release_cache(device.index);
+  }
+#else
+  (void)device;
+#endif
+}
+
+}  // namespace lctx

@@ -1,0 +1,27 @@
+// Memory for tensors. CUDA memory comes from a caching allocator (freed blocks are kept in
+// size-bucketed free lists and reused, so a training step does no cudaMalloc after the first);
+// CPU memory is 64-byte aligned. Both count current and peak bytes handed out, which the
+// benchmarks print to show O(S) memory. A freed CUDA block may be handed out again at once:
+// callers that free a buffer still in use on another stream must synchronize first.
+#pragma once
+#include <cstddef>
+
+#include "core/device.h"
+
+namespace lctx {
+
+struct MemoryStats {
+  size_t current_bytes = 0;   // bytes held by live tensors
+  size_t peak_bytes = 0;      // max of current_bytes since the last reset
+  size_t reserved_bytes = 0;  // bytes obtained from the system (CUDA: includes the cache)
+};
+
+void* allocate(size_t bytes, Device device);
+void deallocate(void* ptr, Device device);
+
+MemoryStats memory_stats(Device device);
+void reset_peak_memory(Device device);
+// Returns cached (unused) CUDA blocks to the driver.
+void empty_cache(Device device);
+
+}  // namespace lctx

@@ -1,0 +1,60 @@
+// CUDA strided copy (with dtype conversion) and fill for Tensor.
+#include "core/cuda_check.h"
+#include "core/cuda_types.cuh"
+#include "core/strided.h"
+#include "core/tensor.h"
+
+namespace lctx::detail {
+
+namespace {
+
+template <class D, class S>
+__global__ void copy_kernel(D* dst, StridedLayout dl, const S* src, StridedLayout sl, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[dl.offset(i)] = cuda_convert<D>(src[sl.offset(i)]);
+}
+
+template <class T>
+__global__ void fill_kernel(T* dst, StridedLayout dl, T value, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[dl.offset(i)] = value;
+}
+
+int grid_for(int64_t n, int threads) {
+  return static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65535 * 4));
+}
+
+}  // namespace
+
+void cuda_copy(Tensor& dst, const Tensor& src, Stream s) {
+  const int64_t n = dst.numel();
+  const StridedLayout dl = layout_of(dst), sl = layout_of(src);
+  LCTX_CUDA_CHECK(cudaSetDevice(dst.device().index));
+  if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous()) {
+    LCTX_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), dst.nbytes(), cudaMemcpyDeviceToDevice, cuda_stream(s)));
+    return;
+  }
+  LCTX_DISPATCH_CUDA_ALL(dst.dtype(), "copy", [&] {
+    using D = scalar_t;
+    LCTX_DISPATCH_CUDA_ALL(src.dtype(), "copy", [&] {
+      copy_kernel<D, scalar_t><<<grid_for(n, 256), 256, 0, cuda_stream(s)>>>(
+          static_cast<D*>(dst.raw()), dl, static_cast<const scalar_t*>(src.raw()), sl, n);
+    });
+  });
+  LCTX_CUDA_CHECK_LAUNCH("copy_kernel");
+}
+
+void cuda_fill(Tensor& t, double value, Stream s) {
+  const int64_t n = t.numel();
+  const StridedLayout l = layout_of(t);
+  LCTX_CUDA_CHECK(cudaSetDevice(t.device().index));
+  LCTX_DISPATCH_CUDA_ALL(t.dtype(), "fill", [&] {
+    scalar_t v;
+    if constexpr (std::is_same_v<scalar_t, double>) v = value;
+    else v = from_f32<scalar_t>(static_cast<float>(value));
+    fill_kernel<<<grid_for(n, 256), 256, 0, cuda_stream(s)>>>(static_cast<scalar_t*>(t.raw()), l, v, n);
+  });
+  LCTX_CUDA_CHECK_LAUNCH("fill_kernel");
+}
+
+}  // namespace lctx::detail

@@ -1,0 +1,95 @@
+#include <gtest/gtest.h>
+
+#include "common/check.h"
+#include "core/tensor.h"
+
+using namespace lctx;
+
+namespace {
+std::vector<double> iota(int64_t n) {
+  std::vector<double> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<double>(i);
+  return v;
+}
+}  // namespace
+
+TEST(Tensor, ShapeStridesAndView) {
+  Tensor t = Tensor::from_vector({2, 3, 4}, iota(24), DType::f32);
+  EXPECT_EQ(t.numel(), 24);
+  EXPECT_EQ(t.strides(), (Shape{12, 4, 1}));
+  EXPECT_TRUE(t.is_contiguous());
+  EXPECT_EQ(t.str(), "f32[2,3,4]@cpu");
+  Tensor v = t.view({6, -1});
+  EXPECT_EQ(v.shape(), (Shape{6, 4}));
+  EXPECT_EQ(v.to_vector(), t.to_vector());
+  EXPECT_THROW(t.view({5, 5}), Error);
+}
+
+TEST(Tensor, SliceIsAViewAndContiguousCopies) {
+  Tensor t = Tensor::from_vector({2, 3, 4}, iota(24), DType::f64);
+  Tensor s = t.slice(1, 1, 3);
+  EXPECT_EQ(s.shape(), (Shape{2, 2, 4}));
+  EXPECT_FALSE(s.is_contiguous());
+  std::vector<double> expect;
+  for (int b = 0; b < 2; ++b)
+    for (int i = 1; i < 3; ++i)
+      for (int j = 0; j < 4; ++j) expect.push_back(b * 12 + i * 4 + j);
+  EXPECT_EQ(s.to_vector(), expect);
+  Tensor c = s.contiguous();
+  EXPECT_TRUE(c.is_contiguous());
+  EXPECT_EQ(c.to_vector(), expect);
+  s.fill(-1.0);  // writes through to t
+  EXPECT_EQ(t.to_vector()[4], -1.0);
+  EXPECT_EQ(t.to_vector()[0], 0.0);
+  EXPECT_THROW(t.slice(1, 2, 4), Error);
+}
+
+TEST(Tensor, DtypeConversionRoundTrips) {
+  std::vector<double> vals = {0.0, 1.0, -2.5, 3.140625, 1e-3, 65504.0, -1e-7};
+  Tensor t = Tensor::from_vector({7}, vals, DType::f64);
+  EXPECT_EQ(t.to(DType::f32).to(DType::f64).to_vector()[3], 3.140625);
+  auto b = t.to(DType::bf16).to_vector();
+  for (size_t i = 0; i < vals.size(); ++i) EXPECT_NEAR(b[i], vals[i], std::abs(vals[i]) * 4e-3) << i;
+  auto h = t.to(DType::f16).to_vector();
+  for (size_t i = 0; i < vals.size() - 1; ++i) EXPECT_NEAR(h[i], vals[i], std::abs(vals[i]) * 1e-3) << i;
+}
+
+TEST(Tensor, ErrorsNameTheProblem) {
+  Tensor t = Tensor::zeros({2, 3}, DType::f32);
+  try {
+    check_shape("rmsnorm_forward", "weight", t, {3});
+    FAIL();
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("rmsnorm_forward"), std::string::npos) << m;
+    EXPECT_NE(m.find("weight"), std::string::npos) << m;
+    EXPECT_NE(m.find("[2,3]"), std::string::npos) << m;
+    EXPECT_NE(m.find("expected [3]"), std::string::npos) << m;
+  }
+  EXPECT_THROW(t.data<double>(), Error);
+  EXPECT_THROW(Tensor::from_vector({2}, std::vector<double>{1, 2, 3}, DType::f32), Error);
+  EXPECT_THROW(Tensor::empty({-1}, DType::f32), Error);
+}
+
+TEST(Tensor, CpuMemoryStatsTrackPeak) {
+  reset_peak_memory(Device::cpu());
+  const size_t before = memory_stats(Device::cpu()).current_bytes;
+  {
+    Tensor a = Tensor::empty({1 << 20}, DType::f32);
+    EXPECT_GE(memory_stats(Device::cpu()).current_bytes, before + (4u << 20));
+  }
+  EXPECT_EQ(memory_stats(Device::cpu()).current_bytes, before);
+  EXPECT_GE(memory_stats(Device::cpu()).peak_bytes, before + (4u << 20));
+}
+
+TEST(Tensor, CudaTensorWithoutCudaIsAClearError) {
+  if (cuda_available()) GTEST_SKIP() << "GPU present";
+  try {
+    Tensor::empty({4}, DType::f32, Device::cuda());
+#ifdef LCTX_HAVE_CUDA
+    // Built with CUDA but no device: the CUDA runtime reports it.
+#endif
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda"), std::string::npos) << e.what();
+  }
+}

@@ -1,0 +1,61 @@
+#include <gtest/gtest.h>
+
+#include "common/check.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+
+using namespace lctx;
+
+TEST(TensorGpu, CopiesAcrossDevicesAndDtypes) {
+  LCTX_REQUIRE_GPU();
+  Tensor h = Tensor::empty({3, 5, 7}, DType::f64);
+  rng_normal(h, 1, 0);
+  for (DType dt : {DType::f64, DType::f32, DType::bf16, DType::f16}) {
+    Tensor d = h.to(Device::cuda()).to(dt);
+    EXPECT_EQ(d.device(), Device::cuda());
+    Tensor back = d.to(DType::f64).to(Device::cpu());
+    EXPECT_EQ(back.to_vector(), h.to(dt).to(DType::f64).to_vector()) << dtype_name(dt);
+  }
+  Tensor d = h.to(Device::cuda());
+  Tensor s = d.slice(1, 1, 4);
+  EXPECT_EQ(s.contiguous().to_vector(), h.slice(1, 1, 4).to_vector());
+  s.fill(2.0);
+  EXPECT_EQ(d.to_vector()[7], 2.0);
+  // Host slice into device slice.
+  Tensor dst = Tensor::zeros({3, 5, 7}, DType::f32, Device::cuda());
+  dst.slice(2, 2, 5).copy_from(h.slice(2, 0, 3));
+  auto v = dst.to_vector();
+  auto hv = h.to(DType::f32).to_vector();
+  EXPECT_EQ(v[2], hv[0]);
+  EXPECT_EQ(v[0], 0.0);
+}
+
+TEST(TensorGpu, RngIsBitIdenticalToCpu) {
+  LCTX_REQUIRE_GPU();
+  for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+    Tensor c = Tensor::empty({4096}, dt), g = Tensor::empty({4096}, dt, Device::cuda());
+    rng_normal(c, 123, 77, 0.5, 2.0);
+    rng_normal(g, 123, 77, 0.5, 2.0);
+    EXPECT_EQ(c.to_vector(), g.to_vector()) << dtype_name(dt);
+    rng_uniform(c, 9, 0);
+    rng_uniform(g, 9, 0);
+    EXPECT_EQ(c.to_vector(), g.to_vector()) << dtype_name(dt);
+  }
+}
+
+TEST(TensorGpu, CachingAllocatorReusesAndCounts) {
+  LCTX_REQUIRE_GPU();
+  const Device d = Device::cuda();
+  reset_peak_memory(d);
+  const auto before = memory_stats(d);
+  void* first = nullptr;
+  {
+    Tensor a = Tensor::empty({1 << 20}, DType::f32, d);
+    first = a.raw();
+    EXPECT_EQ(memory_stats(d).current_bytes, before.current_bytes + (4u << 20));
+  }
+  EXPECT_EQ(memory_stats(d).current_bytes, before.current_bytes);
+  Tensor b = Tensor::empty({1 << 20}, DType::f32, d);
+  EXPECT_EQ(b.raw(), first);  // served from the cache
+  EXPECT_GE(memory_stats(d).peak_bytes, before.current_bytes + (4u << 20));
+}
