@@ -25,7 +25,13 @@ template <> __host__ __device__ __forceinline__ __half from_f32(float v) { retur
 template <class D, class S>
 __host__ __device__ __forceinline__ D cuda_convert(S v) {
   if constexpr (std::is_same_v<D, S>) return v;
-  else if constexpr (std::is_same_v<D, double>) {
+  else if constexpr (std::is_integral_v<D>) {
+    if constexpr (std::is_arithmetic_v<S>) return static_cast<D>(v);
+    else return static_cast<D>(to_f32(v));
+  } else if constexpr (std::is_integral_v<S>) {
+    if constexpr (std::is_floating_point_v<D>) return static_cast<D>(v);
+    else return from_f32<D>(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<D, double>) {
     if constexpr (std::is_same_v<S, float>) return static_cast<double>(v);
     else return static_cast<double>(to_f32(v));
   } else if constexpr (std::is_same_v<S, double>) {
@@ -44,6 +50,8 @@ __host__ __device__ __forceinline__ D cuda_convert(S v) {
       LCTX_DISPATCH_CASE_(::lctx::DType::f32, float, __VA_ARGS__)                   \
       LCTX_DISPATCH_CASE_(::lctx::DType::bf16, __nv_bfloat16, __VA_ARGS__)          \
       LCTX_DISPATCH_CASE_(::lctx::DType::f16, __half, __VA_ARGS__)                  \
+      LCTX_DISPATCH_CASE_(::lctx::DType::i32, int32_t, __VA_ARGS__)                 \
+      LCTX_DISPATCH_CASE_(::lctx::DType::i64, int64_t, __VA_ARGS__)                 \
     }                                                                               \
     LCTX_FAIL(opname, ": unsupported dtype ", ::lctx::dtype_name(dtype));           \
   }()

@@ -12,7 +12,8 @@
 
 namespace lctx {
 
-enum class DType : uint8_t { f64, f32, bf16, f16 };
+// Floating types for data; i32/i64 for token ids, labels, positions and document ids.
+enum class DType : uint8_t { f64, f32, bf16, f16, i32, i64 };
 
 struct bf16 {
   uint16_t bits = 0;
@@ -96,6 +97,8 @@ constexpr size_t dtype_size(DType t) {
     case DType::f32: return 4;
     case DType::bf16: return 2;
     case DType::f16: return 2;
+    case DType::i32: return 4;
+    case DType::i64: return 8;
   }
   return 0;
 }
@@ -106,6 +109,8 @@ constexpr std::string_view dtype_name(DType t) {
     case DType::f32: return "f32";
     case DType::bf16: return "bf16";
     case DType::f16: return "f16";
+    case DType::i32: return "i32";
+    case DType::i64: return "i64";
   }
   return "?";
 }
@@ -116,6 +121,12 @@ template <class D, class S>
 inline D convert(S v) {
   if constexpr (std::is_same_v<D, S>) {
     return v;
+  } else if constexpr (std::is_integral_v<D>) {
+    if constexpr (std::is_integral_v<S> || std::is_floating_point_v<S>) return static_cast<D>(v);
+    else return static_cast<D>(static_cast<float>(v));
+  } else if constexpr (std::is_integral_v<S>) {
+    if constexpr (std::is_floating_point_v<D>) return static_cast<D>(v);
+    else return D(static_cast<float>(v));
   } else if constexpr (std::is_same_v<D, double> || std::is_same_v<D, float>) {
     if constexpr (std::is_same_v<S, double> || std::is_same_v<S, float>) return static_cast<D>(v);
     else return static_cast<D>(static_cast<float>(v));
@@ -132,6 +143,8 @@ template <> struct dtype_of<double> { static constexpr DType value = DType::f64;
 template <> struct dtype_of<float> { static constexpr DType value = DType::f32; };
 template <> struct dtype_of<bf16> { static constexpr DType value = DType::bf16; };
 template <> struct dtype_of<f16> { static constexpr DType value = DType::f16; };
+template <> struct dtype_of<int32_t> { static constexpr DType value = DType::i32; };
+template <> struct dtype_of<int64_t> { static constexpr DType value = DType::i64; };
 template <class T> inline constexpr DType dtype_v = dtype_of<T>::value;
 
 }  // namespace lctx

@@ -25,6 +25,9 @@ void cpu_fill(Tensor& t, Distribution dist, uint64_t seed, uint64_t offset, doub
 
 void fill(Tensor& t, Distribution dist, uint64_t seed, uint64_t offset, double a, double b, Stream s) {
   if (t.numel() == 0) return;
+  const DType dt = t.dtype();
+  LCTX_CHECK(dt == DType::f64 || dt == DType::f32 || dt == DType::bf16 || dt == DType::f16, "rng fill: ",
+             t.str(), " is not a floating-point tensor");
   if (t.device().is_cuda()) {
     detail::cuda_rng_fill(t, dist, seed, offset, a, b, s);
     return;
@@ -34,6 +37,7 @@ void fill(Tensor& t, Distribution dist, uint64_t seed, uint64_t offset, double a
     case DType::f32: cpu_fill<float>(t, dist, seed, offset, a, b); break;
     case DType::bf16: cpu_fill<bf16>(t, dist, seed, offset, a, b); break;
     case DType::f16: cpu_fill<f16>(t, dist, seed, offset, a, b); break;
+    default: break;
   }
 }
 

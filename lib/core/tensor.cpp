@@ -70,6 +70,8 @@ void cpu_copy_from(D* dst, const StridedLayout& dl, const Tensor& src, int64_t n
     case DType::f32: cpu_copy_typed(dst, dl, static_cast<const float*>(src.raw()), sl, n); return;
     case DType::bf16: cpu_copy_typed(dst, dl, static_cast<const bf16*>(src.raw()), sl, n); return;
     case DType::f16: cpu_copy_typed(dst, dl, static_cast<const f16*>(src.raw()), sl, n); return;
+    case DType::i32: cpu_copy_typed(dst, dl, static_cast<const int32_t*>(src.raw()), sl, n); return;
+    case DType::i64: cpu_copy_typed(dst, dl, static_cast<const int64_t*>(src.raw()), sl, n); return;
   }
 }
 
@@ -81,6 +83,8 @@ void cpu_copy(Tensor& dst, const Tensor& src) {
     case DType::f32: cpu_copy_from(static_cast<float*>(dst.raw()), dl, src, n); return;
     case DType::bf16: cpu_copy_from(static_cast<bf16*>(dst.raw()), dl, src, n); return;
     case DType::f16: cpu_copy_from(static_cast<f16*>(dst.raw()), dl, src, n); return;
+    case DType::i32: cpu_copy_from(static_cast<int32_t*>(dst.raw()), dl, src, n); return;
+    case DType::i64: cpu_copy_from(static_cast<int64_t*>(dst.raw()), dl, src, n); return;
   }
 }
 
@@ -244,6 +248,8 @@ void Tensor::fill(double value, Stream s) {
       case DType::f32: cpu_fill_typed<float>(*this, value); return;
       case DType::bf16: cpu_fill_typed<bf16>(*this, value); return;
       case DType::f16: cpu_fill_typed<f16>(*this, value); return;
+      case DType::i32: cpu_fill_typed<int32_t>(*this, value); return;
+      case DType::i64: cpu_fill_typed<int64_t>(*this, value); return;
     }
   }
 #ifdef LCTX_HAVE_CUDA
@@ -290,9 +296,9 @@ void check_contiguous(const char* op, const char* name, const Tensor& t) {
 }
 
 DType dtype_from_name(std::string_view name) {
-  for (DType t : {DType::f64, DType::f32, DType::bf16, DType::f16})
+  for (DType t : {DType::f64, DType::f32, DType::bf16, DType::f16, DType::i32, DType::i64})
     if (dtype_name(t) == name) return t;
-  LCTX_FAIL("unknown dtype '", name, "', expected one of f64, f32, bf16, f16");
+  LCTX_FAIL("unknown dtype '", name, "', expected one of f64, f32, bf16, f16, i32, i64");
 }
 
 }  // namespace lctx

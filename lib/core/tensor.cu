@@ -49,9 +49,7 @@ void cuda_fill(Tensor& t, double value, Stream s) {
   const StridedLayout l = layout_of(t);
   LCTX_CUDA_CHECK(cudaSetDevice(t.device().index));
   LCTX_DISPATCH_CUDA_ALL(t.dtype(), "fill", [&] {
-    scalar_t v;
-    if constexpr (std::is_same_v<scalar_t, double>) v = value;
-    else v = from_f32<scalar_t>(static_cast<float>(value));
+    const scalar_t v = cuda_convert<scalar_t>(value);
     fill_kernel<<<grid_for(n, 256), 256, 0, cuda_stream(s)>>>(static_cast<scalar_t*>(t.raw()), l, v, n);
   });
   LCTX_CUDA_CHECK_LAUNCH("fill_kernel");

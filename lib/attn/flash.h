@@ -1,0 +1,59 @@
+// Exact softmax attention computed tile by tile with an online softmax (FlashAttention-2),
+// returning the log-sum-exp so partial results over different key blocks can be merged
+// exactly (ring attention). Layout [batch, seq, heads, head_dim]; Q has Hq heads, K/V have
+// Hkv heads with Hq % Hkv == 0 (MHA, GQA, MQA).
+//
+// Masks are evaluated on *global* positions: query row i sits at q_offset + i, key column j
+// at k_offset + j. Key j is visible from query i when all enabled rules allow it:
+//   causal:          kpos <= qpos
+//   sliding window:  qpos - window_left <= kpos <= qpos + window_right   (-1 = unbounded)
+//   documents:       q_doc_ids[b, i] == k_doc_ids[b, j]
+// ALiBi adds -slope[h] * |qpos - kpos| to the score. A query row with no visible key gets
+// output 0 and lse = -inf (never NaN), in forward and backward.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace lctx::attn {
+
+enum class Mask { none, causal };
+enum class OutputDType { input, f32 };     // f32: partial outputs for an exact fp32 merge
+enum class GradMode { overwrite, accumulate };
+
+struct FlashOptions {
+  float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)
+  Mask mask = Mask::none;
+  int64_t window_left = -1;    // -1: unbounded
+  int64_t window_right = -1;   // -1: unbounded
+  int64_t q_offset = 0;        // global position of query row 0
+  int64_t k_offset = 0;        // global position of key row 0
+  Tensor alibi_slopes;         // f32 [Hq] or undefined
+  Tensor q_doc_ids;            // i32 [B, Sq] or undefined (one document)
+  Tensor k_doc_ids;            // i32 [B, Sk]; defined iff q_doc_ids is
+  OutputDType out_dtype = OutputDType::input;
+};
+
+struct FlashOutput {
+  Tensor o;    // [B, Sq, Hq, D], dtype of q (or f32 with OutputDType::f32)
+  Tensor lse;  // f32 [B, Hq, Sq], natural log, -inf for fully masked rows
+};
+
+struct FlashGrads {
+  Tensor dq;  // [B, Sq, Hq, D]
+  Tensor dk;  // [B, Sk, Hkv, D], summed over the query heads of each KV group
+  Tensor dv;  // [B, Sk, Hkv, D]
+};
+
+FlashOutput flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, const FlashOptions& opts,
+                          Stream s = {});
+
+// o and lse may be the *global* merged output and LSE of a larger attention (ring backward):
+// the gradient is then this key block's contribution. With GradMode::overwrite new tensors
+// (dtype of q) are returned; with GradMode::accumulate the gradients are added into the
+// caller's fp32 tensors in `into` (same shapes), which are also returned.
+FlashGrads flash_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                          const Tensor& dout, const FlashOptions& opts, GradMode mode = GradMode::overwrite,
+                          FlashGrads into = {}, Stream s = {});
+
+}  // namespace lctx::attn
