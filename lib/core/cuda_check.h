@@ -3,6 +3,8 @@
 // Only included by code compiled with LCTX_HAVE_CUDA.
 #pragma once
 #ifdef LCTX_HAVE_CUDA
+#include <cublasLt.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include "core/device.h"
@@ -22,6 +24,13 @@
     cudaError_t lctx_err_ = cudaGetLastError();                                           \
     if (lctx_err_ != cudaSuccess)                                                         \
       LCTX_FAIL("CUDA kernel launch ", name, " failed: ", cudaGetErrorString(lctx_err_)); \
+  } while (0)
+
+#define LCTX_CUBLAS_CHECK(expr)                                                               \
+  do {                                                                                        \
+    cublasStatus_t lctx_st_ = (expr);                                                         \
+    if (lctx_st_ != CUBLAS_STATUS_SUCCESS)                                                    \
+      LCTX_FAIL("cuBLAS error in ", #expr, ": ", cublasGetStatusString(lctx_st_));            \
   } while (0)
 
 namespace lctx {
