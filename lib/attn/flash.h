@@ -10,16 +10,22 @@
 //   documents:       q_doc_ids[b, i] == k_doc_ids[b, j]
 // ALiBi adds -slope[h] * |qpos - kpos| to the score. A query row with no visible key gets
 // output 0 and lse = -inf (never NaN), in forward and backward.
+//
+// Devices: the CPU reference takes f32 or f64 (any head_dim); CUDA takes bf16 or f16 with
+// head_dim 64 or 128 (fp32 accumulation). With f64 inputs everything "f32" below is f64
+// (lse, OutputDType::f32 outputs, accumulated gradients), so f64 tests stay exact.
+// Tensors may be strided views (e.g. sequence slices) as long as head_dim is contiguous.
 #pragma once
 #include <cstdint>
 
+#include "core/grad_mode.h"
 #include "core/tensor.h"
 
 namespace lctx::attn {
 
 enum class Mask { none, causal };
 enum class OutputDType { input, f32 };     // f32: partial outputs for an exact fp32 merge
-enum class GradMode { overwrite, accumulate };
+using lctx::GradMode;
 
 struct FlashOptions {
   float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)
@@ -31,7 +37,7 @@ struct FlashOptions {
   Tensor alibi_slopes;         // f32 [Hq] or undefined
   Tensor q_doc_ids;            // i32 [B, Sq] or undefined (one document)
   Tensor k_doc_ids;            // i32 [B, Sk]; defined iff q_doc_ids is
-  OutputDType out_dtype = OutputDType::input;
+  OutputDType out_dtype = OutputDType::input;  // forward only
 };
 
 struct FlashOutput {
@@ -50,8 +56,10 @@ FlashOutput flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
 
 // o and lse may be the *global* merged output and LSE of a larger attention (ring backward):
 // the gradient is then this key block's contribution. With GradMode::overwrite new tensors
-// (dtype of q) are returned; with GradMode::accumulate the gradients are added into the
-// caller's fp32 tensors in `into` (same shapes), which are also returned.
+// (dtype of q) are returned, or written into those of `into` that are defined (dtype of q
+// or f32); with GradMode::accumulate the gradients are added into the caller's fp32 tensors
+// in `into` (same shapes), which are also returned. CUDA: asynchronous on `s`; its fp32 dq
+// scratch is stream-ordered memory freed after its kernels, so the host never waits.
 FlashGrads flash_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
                           const Tensor& dout, const FlashOptions& opts, GradMode mode = GradMode::overwrite,
                           FlashGrads into = {}, Stream s = {});

@@ -2,6 +2,7 @@
 // Stream wraps cudaStream_t as an opaque handle so CPU-only code needs no CUDA headers;
 // a default Stream{} is the CUDA legacy default stream, and is ignored on the CPU.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace lctx {

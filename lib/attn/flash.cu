@@ -1,0 +1,120 @@
+// Flash attention CUDA launch site: checks what the kernels need beyond flash.cpp's
+// validation (16-byte aligned rows for cp.async), then dispatches dtype x head_dim to the
+// templates. Masks, windows, ALiBi, documents and offsets are runtime branches inside the
+// kernels, so there are 4 forward and 4 backward instantiations in all.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "attn/flash_bwd_kernel.cuh"
+#include "attn/flash_fwd_kernel.cuh"
+#include "attn/flash_params.h"
+#include "core/cuda_check.h"
+#include "core/cuda_types.cuh"
+
+namespace lctx::attn {
+namespace {
+
+void check_rows_aligned(const char* op, const char* name, const void* ptr, const int64_t* stride) {
+  const bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride[0] % 8 == 0 && stride[1] % 8 == 0 &&
+                  stride[2] % 8 == 0;
+  LCTX_CHECK(ok, op, ": CUDA needs ", name, " rows 16-byte aligned (pointer and b/s/h strides multiples of 8 elements)");
+}
+
+template <class T, class F>
+void with_head_dim(int d, F&& f) {
+  if (d == 64) f.template operator()<T, 64>();
+  else f.template operator()<T, 128>();
+}
+
+template <class F>
+void dispatch(const FlashParams& p, F&& f) {
+  if (p.dtype == DType::bf16) with_head_dim<__nv_bfloat16>(p.head_dim, f);
+  else with_head_dim<__half>(p.head_dim, f);
+}
+
+float scale_log2(const FlashParams& p) { return static_cast<float>(p.softmax_scale) * kLog2e; }
+
+}  // namespace
+
+void flash_forward_cuda(const FlashParams& p, Stream s) {
+  check_rows_aligned("flash_forward", "q", p.q, p.q_stride);
+  check_rows_aligned("flash_forward", "k", p.k, p.k_stride);
+  check_rows_aligned("flash_forward", "v", p.v, p.v_stride);
+  dispatch(p, [&]<class T, int D>() {
+    using Tr = FlashFwdTraits<T, D>;
+    auto kernel = flash_fwd_kernel<Tr, T>;
+    LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    const dim3 grid(static_cast<unsigned>((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM), p.heads_q,
+                    static_cast<unsigned>(p.batch));
+    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda_stream(s)>>>(p, scale_log2(p));
+    LCTX_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
+  });
+}
+
+// The backward's fp32 scratch (dQ partial sums, Dsum, lse2) comes from a stream-ordered pool
+// (cudaMallocAsync / cudaFreeAsync on the caller's stream), so it is freed only after the
+// kernels that use it, with no host synchronization (ring attention overlaps streams). The
+// pool keeps its memory (release threshold: unbounded), so steady-state calls do no cudaMalloc.
+cudaMemPool_t scratch_pool() {
+  static std::mutex mu;
+  static std::vector<cudaMemPool_t> pools;
+  int dev = 0;
+  LCTX_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (pools.size() <= static_cast<size_t>(dev)) pools.resize(dev + 1, nullptr);
+  if (!pools[dev]) {
+    cudaMemPoolProps props = {};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = dev;
+    LCTX_CUDA_CHECK(cudaMemPoolCreate(&pools[dev], &props));
+    uint64_t keep = UINT64_MAX;
+    LCTX_CUDA_CHECK(cudaMemPoolSetAttribute(pools[dev], cudaMemPoolAttrReleaseThreshold, &keep));
+  }
+  return pools[dev];
+}
+
+void flash_backward_cuda(const FlashParams& p, Stream s) {
+  check_rows_aligned("flash_backward", "q", p.q, p.q_stride);
+  check_rows_aligned("flash_backward", "k", p.k, p.k_stride);
+  check_rows_aligned("flash_backward", "v", p.v, p.v_stride);
+  check_rows_aligned("flash_backward", "dout", p.dout, p.dout_stride);
+  const cudaStream_t stream = cuda_stream(s);
+  const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
+  dispatch(p, [&]<class T, int D>() {
+    using Tr = FlashBwdTraits<T, D>;
+    const int64_t q_tiles = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
+    const int64_t acc_elems = p.batch * p.heads_q * q_tiles * Tr::kBlockM * D;
+    float* scratch = nullptr;
+    LCTX_CUDA_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&scratch),
+                                            sizeof(float) * (acc_elems + 2 * rows), scratch_pool(), stream));
+    float* dq_acc = scratch;
+    float* dsum = scratch + acc_elems;
+    float* lse2 = dsum + rows;
+    LCTX_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, sizeof(float) * acc_elems, stream));
+    const unsigned dot_blocks = static_cast<unsigned>((rows * 32 + 255) / 256);
+    if (rows > 0) {
+      if (p.o_dtype == DType::f32) flash_bwd_dot_kernel<T, float><<<dot_blocks, 256, 0, stream>>>(p, dsum, lse2);
+      else flash_bwd_dot_kernel<T, T><<<dot_blocks, 256, 0, stream>>>(p, dsum, lse2);
+      LCTX_CUDA_CHECK_LAUNCH("flash_bwd_dot_kernel");
+    }
+    auto kernel = flash_bwd_kernel<Tr, T>;
+    LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    const dim3 grid(static_cast<unsigned>((p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN), p.heads_kv,
+                    static_cast<unsigned>(p.batch));
+    if (p.seqlen_k > 0) {
+      kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p, scale_log2(p), dsum, lse2, dq_acc);
+      LCTX_CUDA_CHECK_LAUNCH("flash_bwd_kernel");
+    }
+    if (rows > 0) {
+      flash_bwd_dq_kernel<Tr, T><<<2048, 256, 0, stream>>>(p, dq_acc, static_cast<float>(p.softmax_scale));
+      LCTX_CUDA_CHECK_LAUNCH("flash_bwd_dq_kernel");
+    }
+    LCTX_CUDA_CHECK(cudaFreeAsync(scratch, stream));
+  });
+}
+
+}  // namespace lctx::attn

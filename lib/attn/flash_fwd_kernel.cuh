@@ -1,0 +1,191 @@
+// Flash attention forward kernel (FlashAttention-2): one block per (128-query tile, head,
+// batch), 4 warps of 32 query rows; each warp keeps its O accumulator, running max and sum
+// in registers and streams K/V tiles, double buffered with cp.async (one barrier per tile:
+// the next tile's copy is issued right after it and overlaps this tile's math), through
+// mma.sync. P goes from the score registers straight into the A fragments of P V. Scores
+// live in the log2 domain (scale * log2e folded into one FMA before ex2). Key tiles that no
+// query of the block can see are skipped; only tiles that flash_tile_unmasked rejects
+// (diagonal, window edges, ALiBi, documents, ragged ends) run the per-element mask.
+#pragma once
+#include <math_constants.h>
+
+#include "attn/flash_mask.cuh"
+#include "attn/flash_params.h"
+#include "attn/flash_traits.cuh"
+
+namespace lctx::attn {
+
+template <class Tr, class T>
+__global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashParams p, float scale_log2) {
+  constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN, NT = BN / 8, DT = D / 8, MT = 2;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BM * D;      // [2][BN][D]
+  T* sV = sK + 2 * BN * D;  // [2][BN][D]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int m_block = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;  // heavy causal tiles first
+  const int h = blockIdx.y, hk = h / p.group();
+  const int64_t b = blockIdx.z, m0 = static_cast<int64_t>(m_block) * BM;
+  const int64_t m_end = min(m0 + BM, p.seqlen_q);
+  const int wr = warp * Tr::kWarpRows;
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[2];
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[2];
+  const uint32_t g_q_base = ldsm_base<D, kLanesRowsFirst>(sQ, lane);
+  const uint32_t g_k_base = ldsm_base<D, kLanesColsFirst>(sK, lane);
+  const uint32_t g_v_base = ldsm_base<D, kLanesRowsFirst>(sV, lane);
+
+  int64_t klo, khi;
+  flash_key_range(p, m0, m_end, &klo, &khi);
+  const int64_t n_begin = klo / BN, n_end = khi > klo ? (khi + BN - 1) / BN : n_begin;
+
+  load_tile<BM, D, Tr::kThreads>(sQ, qg + m0 * p.q_stride[1], p.q_stride[1], 0, p.seqlen_q - m0, tid);
+  if (n_begin < n_end) {
+    load_tile<BN, D, Tr::kThreads>(sK, kg, p.k_stride[1], n_begin * BN, p.seqlen_k, tid);
+    load_tile<BN, D, Tr::kThreads>(sV, vg, p.v_stride[1], n_begin * BN, p.seqlen_k, tid);
+  }
+  cp_async_commit();
+
+  float o[MT][DT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < DT; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+  // Row r of m-tile mt: this thread's query row m0 + wr + 16 mt + lane / 4 + 8 r.
+  float row_max[MT][2], row_sum[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) row_max[mt][r] = -CUDART_INF_F, row_sum[mt][r] = 0.f;
+
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    const int buf = static_cast<int>(n - n_begin) & 1;
+    cp_async_wait<0>();
+    __syncthreads();  // tile n landed for all; everyone is done with tile n - 1's buffer
+    if (n + 1 < n_end) {
+      load_tile<BN, D, Tr::kThreads>(sK + (buf ^ 1) * BN * D, kg, p.k_stride[1], (n + 1) * BN, p.seqlen_k, tid);
+      load_tile<BN, D, Tr::kThreads>(sV + (buf ^ 1) * BN * D, vg, p.v_stride[1], (n + 1) * BN, p.seqlen_k, tid);
+      cp_async_commit();
+    }
+    const uint32_t boff = buf * BN * D * sizeof(T);  // K/V buffer
+    const uint32_t q_base = opaque(g_q_base), k_base = opaque(g_k_base), v_base = opaque(g_v_base);
+
+    // S = Q K^T for this warp's 32 rows x BN keys.
+    float s[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < NT; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qf[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) ldsm_x4(qf[mt], ldsm_at<D>(q_base, wr + 16 * mt, kk * 16));
+#pragma unroll
+      for (int nj = 0; nj < NT / 2; ++nj) {
+        uint32_t bf[4];
+        ldsm_x4(bf, ldsm_at<D>(k_base, nj * 16, kk * 16) + boff);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(s[mt][2 * nj], qf[mt], bf[0], bf[1]);
+          mma16816<T>(s[mt][2 * nj + 1], qf[mt], bf[2], bf[3]);
+        }
+      }
+    }
+    // Interior tiles keep raw scores and scale inside the exponent's FMA (max commutes with
+    // a positive scale); masked tiles come back scaled, with -inf where hidden.
+    const int64_t n0 = n * BN;
+    float mult = scale_log2;
+    if (!(scale_log2 > 0.f && flash_tile_unmasked(p, m0, m0 + BM, n0, n0 + BN))) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        apply_mask<NT>(s[mt], p, b, mask_rows(p, b, h, m0 + wr + 16 * mt + lane / 4), n0 + 2 * (lane % 4),
+                       scale_log2);
+      mult = 1.f;
+    }
+
+    // Online softmax; the row max is shared by the 4 threads of a quad.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = -CUDART_INF_F;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        mx = fmaxf(row_max[mt][r], mx * mult);
+        const float m_use = mx == -CUDART_INF_F ? 0.f : mx;  // never exp2(s - (-inf))
+        const float alpha = fast_exp2(row_max[mt][r] - m_use);
+        row_max[mt][r] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          s[mt][j][2 * r] = fast_exp2(fmaf(s[mt][j][2 * r], mult, -m_use));
+          s[mt][j][2 * r + 1] = fast_exp2(fmaf(s[mt][j][2 * r + 1], mult, -m_use));
+          sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+        }
+        row_sum[mt][r] = row_sum[mt][r] * alpha + sum;
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+          o[mt][j][2 * r] *= alpha;
+          o[mt][j][2 * r + 1] *= alpha;
+        }
+      }
+
+    // O += P V, P straight from the score registers.
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        a[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dj = 0; dj < D / 16; ++dj) {
+        uint32_t bf[4];
+        ldsm_x4_trans(bf, ldsm_at<D>(v_base, kk * 16, dj * 16) + boff);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(o[mt][2 * dj], a[mt], bf[0], bf[1]);
+          mma16816<T>(o[mt][2 * dj + 1], a[mt], bf[2], bf[3]);
+        }
+      }
+    }
+  }
+
+  // Normalize and store O and lse (natural log).
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = row_sum[mt][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int64_t row = m0 + wr + 16 * mt + lane / 4 + 8 * r;
+      if (row >= p.seqlen_q) continue;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      char* orow = static_cast<char*>(p.o) + (b * p.o_stride[0] + row * p.o_stride[1] + h * p.o_stride[2]) *
+                                                 (p.o_dtype == DType::f32 ? 4 : 2);
+#pragma unroll
+      for (int j = 0; j < DT; ++j) {
+        const int col = j * 8 + 2 * (lane % 4);
+        const float x = o[mt][j][2 * r] * inv, y = o[mt][j][2 * r + 1] * inv;
+        if (p.o_dtype == DType::f32) {
+          *reinterpret_cast<float2*>(reinterpret_cast<float*>(orow) + col) = make_float2(x, y);
+        } else {
+          *reinterpret_cast<uint32_t*>(reinterpret_cast<T*>(orow) + col) = pack2<T>(x, y);
+        }
+      }
+      if (lane % 4 == 0) {
+        float* lse = static_cast<float*>(p.lse) + b * p.lse_stride[0] + h * p.lse_stride[1];
+        lse[row] = l > 0.f ? (row_max[mt][r] + log2f(l)) * kLn2 : -CUDART_INF_F;
+      }
+    }
+}
+
+}  // namespace lctx::attn

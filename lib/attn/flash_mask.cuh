@@ -1,0 +1,67 @@
+// Per-element masking of a warp's score fragment (the slow path of both flash kernels):
+// turns raw q.k scores into log2-domain logits, -inf where the key is out of range, on the
+// wrong side of the causal diagonal or window, or in another document, and adds ALiBi.
+#pragma once
+#include <math_constants.h>
+
+#include "attn/flash_params.h"
+#include "attn/flash_traits.cuh"
+
+namespace lctx::attn {
+
+// The two query rows (row, row + 8) a thread holds in an m16 fragment.
+struct MaskRows {
+  int64_t row[2];
+  int32_t doc[2];       // document ids (when p.has_docs())
+  float alibi_log2;     // slope * log2e (when p.has_alibi())
+};
+
+__device__ __forceinline__ MaskRows mask_rows(const FlashParams& p, int64_t b, int h, int64_t row_a) {
+  MaskRows m;
+  m.row[0] = row_a;
+  m.row[1] = row_a + 8;
+  for (int r = 0; r < 2; ++r)
+    m.doc[r] = p.q_doc_ids && m.row[r] < p.seqlen_q ? p.q_doc_ids[b * p.q_doc_stride + m.row[r]] : 0;
+  m.alibi_log2 = p.alibi_slopes ? p.alibi_slopes[h] * kLog2e : 0.f;
+  return m;
+}
+
+// s[j][e]: column col0 + 8j + (e & 1) (col0 includes the thread's 2 * (lane % 4)), row e / 2.
+// The position rules are evaluated on d = qpos - kpos relative to the fragment's first
+// element, in 32-bit (the bounds are clamped to a range wider than one fragment), to keep
+// the masked path light on registers next to the kernels' accumulators.
+template <int NT>
+__device__ __forceinline__ void apply_mask(float (&s)[NT][4], const FlashParams& p, int64_t b, const MaskRows& m,
+                                           int64_t col0, float scale_log2) {
+  constexpr int64_t kBig = int64_t(1) << 40;
+  constexpr int kClamp = 8 * NT + 64;
+  // visible iff lo <= d <= hi, d = d0 + 8 (e / 2) - 8 j - (e & 1)
+  const int64_t d0 = (p.q_offset + m.row[0]) - (p.k_offset + col0);
+  int64_t lo = p.causal ? 0 : -kBig, hi = p.window_left >= 0 ? p.window_left : kBig;
+  if (p.window_right >= 0 && -p.window_right > lo) lo = -p.window_right;
+  const int lo_r = static_cast<int>(max(min(lo - d0, int64_t(kClamp)), int64_t(-kClamp)));
+  const int hi_r = static_cast<int>(max(min(hi - d0, int64_t(kClamp)), int64_t(-kClamp)));
+  const int col_lim = static_cast<int>(max(min(p.seqlen_k - col0, int64_t(kClamp)), int64_t(-1)));
+  const bool row_ok[2] = {m.row[0] < p.seqlen_q, m.row[1] < p.seqlen_q};
+  const float d0f = static_cast<float>(d0);
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int dc = 8 * j + c;
+      const bool col_ok = dc < col_lim;
+      int32_t kdoc = 0;
+      if (p.k_doc_ids && col_ok) kdoc = p.k_doc_ids[b * p.k_doc_stride + col0 + dc];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int off = 8 * r - dc;
+        bool vis = row_ok[r] && col_ok && off >= lo_r && off <= hi_r;
+        if (p.k_doc_ids) vis = vis && kdoc == m.doc[r];
+        float x = s[j][2 * r + c] * scale_log2;
+        if (p.alibi_slopes) x -= m.alibi_log2 * fabsf(d0f + static_cast<float>(off));
+        s[j][2 * r + c] = vis ? x : -CUDART_INF_F;
+      }
+    }
+}
+
+}  // namespace lctx::attn

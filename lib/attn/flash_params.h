@@ -1,0 +1,111 @@
+// Host/device contract of flash attention: raw pointers, element strides, shapes and mask
+// options in one plain struct. flash.cpp builds and validates it from the tensors, then hands
+// it to the CPU reference (same file) or to the CUDA launch site (flash.cu). The position
+// rules below are shared by both so that the CPU and the GPU mask exactly the same keys.
+#pragma once
+#include <cstdint>
+
+#include "core/device.h"
+#include "core/dtype.h"
+#include "core/strided.h"  // LCTX_HD
+
+namespace lctx::attn {
+
+struct FlashParams {
+  // Shapes: q/o/dq/dout [B, Sq, Hq, D], k/v/dk/dv [B, Sk, Hkv, D], lse [B, Hq, Sq].
+  int64_t batch = 0, seqlen_q = 0, seqlen_k = 0;
+  int heads_q = 0, heads_kv = 0, head_dim = 0;
+  DType dtype = DType::f32;  // q, k, v, dout
+
+  // Tensors [B, S, H, D] with a contiguous last dim; strides in elements (b, s, h).
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  int64_t q_stride[3] = {}, k_stride[3] = {}, v_stride[3] = {};
+
+  // Forward output (written) or the given (possibly global) output in backward (read).
+  void* o = nullptr;
+  DType o_dtype = DType::f32;
+  int64_t o_stride[3] = {};
+  void* lse = nullptr;  // [B, Hq, Sq], sequence stride 1
+  DType lse_dtype = DType::f32;
+  int64_t lse_stride[2] = {};  // (b, h)
+
+  // Masks on global positions qpos = q_offset + i, kpos = k_offset + j.
+  double softmax_scale = 1.0;
+  bool causal = false;
+  int64_t window_left = -1, window_right = -1;  // -1: unbounded
+  int64_t q_offset = 0, k_offset = 0;
+  const float* alibi_slopes = nullptr;   // [Hq]
+  const int32_t* q_doc_ids = nullptr;    // [B, Sq], sequence stride 1
+  const int32_t* k_doc_ids = nullptr;    // [B, Sk], sequence stride 1
+  int64_t q_doc_stride = 0, k_doc_stride = 0;  // batch strides
+
+  // Backward only.
+  const void* dout = nullptr;
+  int64_t dout_stride[3] = {};
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  DType grad_dtype = DType::f32;
+  int64_t dq_stride[3] = {}, dk_stride[3] = {}, dv_stride[3] = {};
+  bool accumulate = false;  // add into dq/dk/dv instead of overwriting them
+
+  LCTX_HD int group() const { return heads_q / heads_kv; }
+  LCTX_HD bool has_alibi() const { return alibi_slopes != nullptr; }
+  LCTX_HD bool has_docs() const { return q_doc_ids != nullptr; }
+};
+
+// Position rules (causal, window) for one query/key pair of global positions.
+LCTX_HD inline bool flash_pos_visible(const FlashParams& p, int64_t qpos, int64_t kpos) {
+  if (p.causal && kpos > qpos) return false;
+  if (p.window_left >= 0 && kpos < qpos - p.window_left) return false;
+  if (p.window_right >= 0 && kpos > qpos + p.window_right) return false;
+  return true;
+}
+
+// Local key rows [*lo, *hi) that the position rules may show to some query in local rows
+// [q_lo, q_hi); keys outside are masked for every such query (block skipping).
+LCTX_HD inline void flash_key_range(const FlashParams& p, int64_t q_lo, int64_t q_hi, int64_t* lo, int64_t* hi) {
+  int64_t l = 0, h = p.seqlen_k;
+  const int64_t qmin = p.q_offset + q_lo, qmax = p.q_offset + q_hi - 1;
+  if (p.causal && qmax - p.k_offset + 1 < h) h = qmax - p.k_offset + 1;
+  if (p.window_right >= 0 && qmax + p.window_right - p.k_offset + 1 < h) h = qmax + p.window_right - p.k_offset + 1;
+  if (p.window_left >= 0 && qmin - p.window_left - p.k_offset > l) l = qmin - p.window_left - p.k_offset;
+  if (h < l) h = l;
+  *lo = l;
+  *hi = h;
+}
+
+// Local query rows [*lo, *hi) that may see some key in local rows [k_lo, k_hi).
+LCTX_HD inline void flash_query_range(const FlashParams& p, int64_t k_lo, int64_t k_hi, int64_t* lo, int64_t* hi) {
+  int64_t l = 0, h = p.seqlen_q;
+  const int64_t kmin = p.k_offset + k_lo, kmax = p.k_offset + k_hi - 1;
+  if (p.causal && kmin - p.q_offset > l) l = kmin - p.q_offset;
+  if (p.window_right >= 0 && kmin - p.window_right - p.q_offset > l) l = kmin - p.window_right - p.q_offset;
+  if (p.window_left >= 0 && kmax + p.window_left - p.q_offset + 1 < h) h = kmax + p.window_left - p.q_offset + 1;
+  if (h < l) h = l;
+  *lo = l;
+  *hi = h;
+}
+
+// True when every pair of the tile [q_lo, q_hi) x [k_lo, k_hi) (all in range) is visible
+// and unbiased, so the tile needs no per-element masking (no ALiBi, no documents).
+LCTX_HD inline bool flash_tile_unmasked(const FlashParams& p, int64_t q_lo, int64_t q_hi, int64_t k_lo, int64_t k_hi) {
+  if (p.alibi_slopes || p.q_doc_ids || q_hi > p.seqlen_q || k_hi > p.seqlen_k) return false;
+  const int64_t qmin = p.q_offset + q_lo, qmax = p.q_offset + q_hi - 1;
+  const int64_t kmin = p.k_offset + k_lo, kmax = p.k_offset + k_hi - 1;
+  if (p.causal && kmax > qmin) return false;
+  if (p.window_left >= 0 && kmin < qmax - p.window_left) return false;
+  if (p.window_right >= 0 && kmax > qmin + p.window_right) return false;
+  return true;
+}
+
+#ifdef LCTX_HAVE_CUDA
+// CUDA launch site (flash.cu); params validated by flash.cpp. bf16/f16 inputs, D in {64, 128}.
+void flash_forward_cuda(const FlashParams& p, Stream s);
+// Stream-ordered: takes its fp32 scratch from a pool on `s` and never blocks the host.
+void flash_backward_cuda(const FlashParams& p, Stream s);
+#endif
+
+}  // namespace lctx::attn

@@ -1,0 +1,36 @@
+// Shared vocabulary of lctx::ops: how weight gradients are written (GradMode), the dtype they
+// are kept in, and the small host-side helpers every op's dispatch uses (row counting, the
+// error for CUDA tensors on a CPU-only build).
+#pragma once
+#include <cstdint>
+
+#include "core/grad_mode.h"
+#include "core/tensor.h"
+
+namespace lctx::ops {
+
+using lctx::GradMode;
+
+// Weight gradients (and optimizer state) are f32, or f64 for f64 inputs (CPU gradient checks).
+inline DType grad_dtype(DType input) { return input == DType::f64 ? DType::f64 : DType::f32; }
+
+namespace detail {
+
+// Rows of a [..., C] tensor (product of all dims but the last).
+inline int64_t rows_of(const Tensor& t) {
+  const int64_t c = t.size(-1);
+  return c == 0 ? 0 : t.numel() / c;
+}
+
+// Every op calls this for a CUDA tensor when lctx was built without CUDA.
+[[noreturn]] inline void fail_no_cuda(const char* op, const Tensor& t) {
+  LCTX_FAIL(op, ": ", t.str(), " is a CUDA tensor but lctx was built without CUDA (LCTX_CUDA=OFF)");
+}
+
+// Up-front checks shared by the ops: defined, contiguous, on `device`, with a float dtype the
+// device supports (CPU: f32/f64, CUDA: f32/bf16/f16).
+void check_float_input(const char* op, const char* name, const Tensor& t);
+void check_on_device(const char* op, const char* name, const Tensor& t, Device device);
+
+}  // namespace detail
+}  // namespace lctx::ops

@@ -1,0 +1,218 @@
+// CUDA RMSNorm / LayerNorm: one block per row, fp32 statistics, the forward keeps the row in
+// registers when it fits (else, like the backward, re-reads it from cache for each pass);
+// LayerNorm subtracts the mean before squaring, so no E[x^2] - mean^2 cancellation.
+// Rows whose length is a multiple of 16 bytes / sizeof(T) and whose pointers are 16-byte
+// aligned use 16-byte vector loads (N = 16 / sizeof(T)); others take the N = 1 instantiation.
+// Weight and bias gradients are column reductions (ops/col_reduce.h, deterministic).
+#include "ops/col_reduce.h"
+#include "ops/cuda_utils.cuh"
+#include "ops/norm.h"
+
+namespace lctx::ops::detail {
+
+namespace {
+
+template <class T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <int N, class T>
+__device__ __forceinline__ void load(const T* p, float (&f)[N]) {
+  const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
+#pragma unroll
+  for (int j = 0; j < N; ++j) f[j] = to_f32(pk.v[j]);
+}
+
+template <int N, class T>
+__device__ __forceinline__ void store(T* p, const float (&f)[N]) {
+  Pack<T, N> pk;
+#pragma unroll
+  for (int j = 0; j < N; ++j) pk.v[j] = from_f32<T>(f[j]);
+  *reinterpret_cast<Pack<T, N>*>(p) = pk;
+}
+
+struct NormParams {
+  bool layer;
+  int64_t rows, cols;
+  float eps;
+  float* mean;
+  float* rstd;
+};
+
+// Packs of N elements per thread kept in registers when a row fits (blockDim * N * kCached
+// elements, e.g. 8192 bf16 columns with 256 threads): the row is then read from memory once.
+// Longer rows are re-read for each pass (from L1/L2).
+constexpr int kCached = 4;
+
+template <class T, int N>
+__global__ void norm_forward_kernel(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
+                                    const T* __restrict__ b, NormParams p) {
+  __shared__ float scratch[32];
+  const int64_t c = p.cols;
+  const float inv_c = 1.0f / static_cast<float>(c);
+  const int64_t stride = int64_t(blockDim.x) * N;
+  const bool cached = c <= stride * kCached;
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const T* xr = x + r * c;
+    float v[kCached][N];
+    if (cached) {
+#pragma unroll
+      for (int k = 0; k < kCached; ++k) {
+        const int64_t i = threadIdx.x * N + k * stride;
+        if (i < c) load<N>(xr + i, v[k]);
+      }
+    }
+    // Calls f(f32 values of the pack at column i) for each of this thread's packs.
+    auto for_packs = [&](auto&& f) {
+      if (cached) {
+#pragma unroll
+        for (int k = 0; k < kCached; ++k) {
+          const int64_t i = threadIdx.x * N + k * stride;
+          if (i < c) f(i, v[k]);
+        }
+      } else {
+        for (int64_t i = threadIdx.x * N; i < c; i += stride) {
+          float f32[N];
+          load<N>(xr + i, f32);
+          f(i, f32);
+        }
+      }
+    };
+    float mu = 0.0f;
+    if (p.layer) {
+      float s = 0.0f;
+      for_packs([&](int64_t, const float(&f)[N]) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) s += f[j];
+      });
+      mu = block_sum(s, scratch) * inv_c;
+    }
+    float ss = 0.0f;
+    for_packs([&](int64_t, const float(&f)[N]) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) ss += (f[j] - mu) * (f[j] - mu);
+    });
+    const float rs = rsqrtf(block_sum(ss, scratch) * inv_c + p.eps);
+    T* orow = out + r * c;
+    for_packs([&](int64_t i, const float(&f)[N]) {
+      float y[N], wf[N], bf[N] = {};
+      load<N>(w + i, wf);
+      if (b) load<N>(b + i, bf);
+#pragma unroll
+      for (int j = 0; j < N; ++j) y[j] = (f[j] - mu) * rs * wf[j] + bf[j];
+      store<N>(orow + i, y);
+    });
+    if (threadIdx.x == 0) {
+      if (p.mean) p.mean[r] = mu;
+      p.rstd[r] = rs;
+    }
+  }
+}
+
+template <class T, int N>
+__global__ void norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
+                                     const T* __restrict__ w, NormParams p) {
+  __shared__ float scratch[32];
+  const int64_t c = p.cols;
+  const float inv_c = 1.0f / static_cast<float>(c);
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const T* xr = x + r * c;
+    const T* gr = dy + r * c;
+    const float mu = p.layer ? p.mean[r] : 0.0f, rs = p.rstd[r];
+    float sg = 0.0f, sgx = 0.0f;
+    for (int64_t i = threadIdx.x * N; i < c; i += blockDim.x * N) {
+      float f[N], g[N], wf[N];
+      load<N>(xr + i, f);
+      load<N>(gr + i, g);
+      load<N>(w + i, wf);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const float gw = g[j] * wf[j];
+        sg += gw;
+        sgx += gw * (f[j] - mu) * rs;
+      }
+    }
+    sg = p.layer ? block_sum(sg, scratch) * inv_c : 0.0f;
+    sgx = block_sum(sgx, scratch) * inv_c;
+    for (int64_t i = threadIdx.x * N; i < c; i += blockDim.x * N) {
+      float f[N], g[N], wf[N];
+      load<N>(xr + i, f);
+      load<N>(gr + i, g);
+      load<N>(w + i, wf);
+#pragma unroll
+      for (int j = 0; j < N; ++j) f[j] = rs * (g[j] * wf[j] - sg - (f[j] - mu) * rs * sgx);
+      store<N>(dx + r * c + i, f);
+    }
+  }
+}
+
+bool aligned16(const Tensor& t) { return !t.defined() || reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
+
+// Vector width usable for rows of `cols` elements of `t`'s dtype given the tensors' addresses.
+template <class T>
+bool use_vectors(int64_t cols, std::initializer_list<const Tensor*> ts) {
+  if (cols % (16 / sizeof(T)) != 0) return false;
+  for (const Tensor* t : ts)
+    if (!aligned16(*t)) return false;
+  return true;
+}
+
+int norm_grid(int64_t rows) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 20))); }
+
+template <class T>
+const T* ptr(const Tensor& t) {
+  return t.defined() ? static_cast<const T*>(t.raw()) : nullptr;
+}
+
+}  // namespace
+
+void cuda_norm_forward(NormKind kind, Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
+                       const Tensor& b, float eps, Stream s) {
+  const int64_t rows = rows_of(x), cols = x.size(-1);
+  if (rows == 0) return;
+  set_device(x);
+  NormParams p{kind == NormKind::layer, rows, cols, eps, mean.defined() ? mean.data<float>() : nullptr,
+               rstd.data<float>()};
+  LCTX_DISPATCH_CUDA_FLOAT(x.dtype(), "norm_forward", [&] {
+    constexpr int V = 16 / sizeof(scalar_t);
+    const bool vec = use_vectors<scalar_t>(cols, {&out, &x, &w, &b});
+    const int64_t packs = vec ? cols / V : cols;
+    const int threads = row_threads((packs + kCached - 1) / kCached, 1024);  // row in registers up to 1024 * kCached packs
+    auto launch = [&](auto kernel) {
+      kernel<<<norm_grid(rows), threads, 0, cuda_stream(s)>>>(static_cast<scalar_t*>(out.raw()), ptr<scalar_t>(x),
+                                                                ptr<scalar_t>(w), ptr<scalar_t>(b), p);
+    };
+    if (vec) launch(norm_forward_kernel<scalar_t, V>);
+    else launch(norm_forward_kernel<scalar_t, 1>);
+  });
+  LCTX_CUDA_CHECK_LAUNCH("norm_forward_kernel");
+}
+
+void cuda_norm_backward(NormKind kind, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
+                        const Tensor& w, const Tensor& mean, const Tensor& rstd, GradMode mode, Stream s) {
+  const int64_t rows = rows_of(x), cols = x.size(-1);
+  set_device(x);
+  if (dx.defined() && rows > 0) {
+    NormParams p{kind == NormKind::layer, rows, cols, 0.0f, mean.defined() ? mean.data<float>() : nullptr,
+                 rstd.data<float>()};
+    LCTX_DISPATCH_CUDA_FLOAT(x.dtype(), "norm_backward", [&] {
+      constexpr int V = 16 / sizeof(scalar_t);
+      const bool vec = use_vectors<scalar_t>(cols, {&dx, &dout, &x, &w});
+      const int threads = row_threads(vec ? cols / V : cols, 256);
+      auto launch = [&](auto kernel) {
+        kernel<<<norm_grid(rows), threads, 0, cuda_stream(s)>>>(static_cast<scalar_t*>(dx.raw()),
+                                                                  ptr<scalar_t>(dout), ptr<scalar_t>(x),
+                                                                  ptr<scalar_t>(w), p);
+      };
+      if (vec) launch(norm_backward_kernel<scalar_t, V>);
+      else launch(norm_backward_kernel<scalar_t, 1>);
+    });
+    LCTX_CUDA_CHECK_LAUNCH("norm_backward_kernel");
+  }
+  const ColReduce wkind = kind == NormKind::layer ? ColReduce::x_mean_rstd : ColReduce::x_rstd;
+  if (dw.defined()) cuda_col_reduce(dw, wkind, dout, x, mean, rstd, rows, cols, mode, s);
+  if (db.defined()) cuda_col_reduce(db, ColReduce::sum, dout, Tensor(), Tensor(), Tensor(), rows, cols, mode, s);
+}
+
+}  // namespace lctx::ops::detail
