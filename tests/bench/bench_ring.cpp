@@ -1,0 +1,211 @@
+// Ring attention across GPUs (mpirun -np N, one GPU per rank, NcclComm): causal, B=1, H=16,
+// D=128, bf16, zigzag layout, total sequence S. For each S it measures (wall time, max over
+// ranks, median of repetitions; forward and forward+backward taken from the same run):
+//   t1     single-GPU attn::flash on the whole sequence (rank 0)
+//   tn     ring attention on N GPUs
+//   nocomm the same ring with communication removed (sendrecv does nothing)
+//   comm   the ring's exchanges alone (same messages, no compute)
+// and prints "RESULT impl=lctx S=.. N=.. key=ms ..." lines; run_bench_ring.sh combines them
+// with bench_ring_torch.py (PyTorch context_parallel) into one table: scaling efficiency
+// t1 / (N * tn), fraction of communication hidden 1 - (tn - nocomm) / comm, and ratios.
+// Arguments: [comma-separated S list] [repetitions] [time budget in seconds].
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "attn/flash.h"
+#include "core/cuda_check.h"
+#include "core/rng.h"
+#include "dist/layout.h"
+#include "dist/mpi_comm.h"
+#include "dist/nccl_comm.h"
+#include "dist/ring_attention.h"
+
+using namespace lctx;
+using namespace lctx::dist;
+
+namespace {
+
+constexpr int kH = 16, kD = 128;
+
+// The ring with its communication removed: every exchange completes at once and moves nothing.
+class NoComm final : public Comm {
+ public:
+  NoComm(int rank, int size) : Comm(rank, size, {}) {}
+  std::string_view backend() const override { return "none"; }
+  void barrier() override {}
+  std::unique_ptr<Comm> split(int, int) override { LCTX_FAIL("NoComm::split"); }
+
+ protected:
+  Request isend_impl(const Buffer&, int, Stream) override { return {}; }
+  Request irecv_impl(const Buffer&, int, Stream) override { return {}; }
+  Request sendrecv_impl(const Buffer&, int, const Buffer&, int, Stream) override { return {}; }
+  void all_reduce_impl(const Buffer&, ReduceOp, Stream) override {}
+  void all_gather_impl(const Buffer&, const Buffer&, Stream) override {}
+  void reduce_scatter_impl(const Buffer&, const Buffer&, ReduceOp, Stream) override {}
+  void all_to_all_impl(const Buffer&, const Buffer&, Stream) override {}
+  void broadcast_impl(const Buffer&, int, Stream) override {}
+};
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double max_over_ranks(double v) {
+  double m = v;
+  LCTX_MPI_CHECK(MPI_Allreduce(&v, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  return m;
+}
+
+// Median over reps of (forward ms, forward+backward ms); `run(fwd_done)` calls fwd_done()
+// between its forward and backward, after synchronizing.
+struct Timing {
+  double fwd = 0, fb = 0;
+};
+Timing measure(int reps, Stream s, const std::function<void(const std::function<void()>&)>& run) {
+  std::vector<double> f, fb;
+  for (int i = 0; i < reps; ++i) {
+    synchronize(s);
+    LCTX_CUDA_CHECK(cudaDeviceSynchronize());
+    MPI_Barrier(MPI_COMM_WORLD);
+    const double t0 = now_ms();
+    double t1 = t0;
+    run([&] {
+      synchronize(s);
+      t1 = now_ms();
+    });
+    synchronize(s);
+    LCTX_CUDA_CHECK(cudaDeviceSynchronize());
+    const double t2 = now_ms();
+    f.push_back(max_over_ranks(t1 - t0));
+    fb.push_back(max_over_ranks(t2 - t0));
+  }
+  std::sort(f.begin(), f.end());
+  std::sort(fb.begin(), fb.end());
+  return {f[f.size() / 2], fb[fb.size() / 2]};
+}
+
+std::vector<int64_t> parse_list(const char* s) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::atoll(item.c_str()));
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int rank = mpi_init();
+  auto world = MpiComm::world();
+  const int N = world->size();
+  const std::vector<int64_t> seqs = parse_list(argc > 1 ? argv[1] : "131072,524288");
+  const int reps = argc > 2 ? std::atoi(argv[2]) : 3;
+  const double budget_s = argc > 3 ? std::atof(argv[3]) : 240;
+  if (cuda_device_count() < 1) {
+    std::printf("bench_ring: no CUDA GPU\n");
+    return 0;
+  }
+  const int dev_index = rank % cuda_device_count();
+  LCTX_CUDA_CHECK(cudaSetDevice(dev_index));
+  const Device dev = Device::cuda(dev_index);
+  cudaDeviceProp prop;
+  LCTX_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev_index));
+  if (rank == 0) std::printf("device %s x %d (one per rank), NCCL ring, bf16 causal B=1 H=%d D=%d\n", prop.name, N, kH, kD);
+  NcclComm nccl(*world, dev_index);
+  NoComm nocomm(rank, N);
+  cudaStream_t st;
+  LCTX_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  const Stream s{st};
+  attn::FlashOptions opts;
+  opts.mask = attn::Mask::causal;
+
+  const double start = now_ms();
+  double scale_from = 0, t_at = 0;  // one timed run of everything at the previous size (s)
+  for (int64_t S : seqs) {
+    if (scale_from > 0) {
+      const double est = t_at * (double(S) / scale_from) * (double(S) / scale_from);
+      const double left = budget_s - (now_ms() - start) / 1000;
+      if (max_over_ranks(est) > left) {
+        if (rank == 0) std::printf("SKIP S=%lld: estimated %.0f s > %.0f s left of the budget\n", (long long)S, est, left);
+        continue;
+      }
+    }
+    const int r = S >= 262144 ? 1 : reps;  // the long sequences: one timed run (after warm-up at the short ones)
+    const int warm = S >= 262144 ? 0 : 1;
+    const Layout layout(LayoutKind::zigzag, S, N);
+    const int64_t L = layout.ring_local_len();
+    Tensor q = Tensor::empty({1, L, kH, kD}, DType::bf16, dev), k = Tensor::empty({1, L, kH, kD}, DType::bf16, dev),
+           v = Tensor::empty({1, L, kH, kD}, DType::bf16, dev), dout = Tensor::empty({1, L, kH, kD}, DType::bf16, dev);
+    rng_normal(q, 1, rank * 4 * L * kH * kD, 0, 1, s);
+    rng_normal(k, 2, rank * 4 * L * kH * kD, 0, 1, s);
+    rng_normal(v, 3, rank * 4 * L * kH * kD, 0, 1, s);
+    rng_normal(dout, 4, rank * 4 * L * kH * kD, 0, 1, s);
+
+    auto ring_run = [&](Comm& comm) {
+      return [&](const std::function<void()>& fwd_done) {
+        auto f = ring_attention_forward(comm, layout, q, k, v, opts, RingMode::ring, s);
+        fwd_done();
+        ring_attention_backward(comm, layout, q, k, v, f.o, f.lse, dout, opts, RingMode::ring,
+                                attn::OutputDType::input, s);
+      };
+    };
+    // Single GPU: rank 0 computes the whole sequence, the others wait.
+    Timing t1;
+    {
+      Tensor Q, K, V, DO;
+      if (rank == 0) {
+        Q = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
+        K = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
+        V = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
+        DO = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
+        for (Tensor* t : {&Q, &K, &V, &DO}) rng_normal(*t, 5, 0, 0, 1, s);
+      }
+      auto one = [&](const std::function<void()>& fwd_done) {
+        if (rank != 0) return fwd_done();
+        auto f = attn::flash_forward(Q, K, V, opts, s);
+        fwd_done();
+        attn::flash_backward(Q, K, V, f.o, f.lse, DO, opts, attn::GradMode::overwrite, {}, s);
+      };
+      if (warm) measure(warm, s, one);
+      t1 = measure(r, s, one);
+    }
+    if (warm) measure(warm, s, ring_run(nccl));
+    const Timing tn = measure(r, s, ring_run(nccl));
+    const Timing tnc = measure(r, s, ring_run(nocomm));
+    // The exchanges alone: forward N-1 K/V hops; backward N-1 K/V hops, N-1 fp32 dK/dV hops
+    // and the return of dK/dV to their owner.
+    Tensor kv = Tensor::empty({2, 1, L, kH, kD}, DType::bf16, dev), kv2 = Tensor::empty(kv.shape(), DType::bf16, dev);
+    Tensor dkv = Tensor::empty(kv.shape(), DType::f32, dev), dkv2 = Tensor::empty(kv.shape(), DType::f32, dev);
+    const int next = (rank + 1) % N, prev = (rank + N - 1) % N;
+    auto comm_only = [&](const std::function<void()>& fwd_done) {
+      for (int h = 1; h < N; ++h) nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
+      fwd_done();
+      for (int h = 1; h < N; ++h) {
+        nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
+        nccl.sendrecv(dkv, next, dkv2, prev, s).wait(s);
+      }
+      nccl.sendrecv(dkv, next, dkv2, prev, s).wait(s);
+    };
+    measure(1, s, comm_only);
+    const Timing tc = measure(std::max(r, 3), s, comm_only);
+    if (rank == 0) {
+      std::printf(
+          "RESULT impl=lctx S=%lld N=%d t1_fwd=%.3f t1_fb=%.3f tn_fwd=%.3f tn_fb=%.3f nocomm_fwd=%.3f nocomm_fb=%.3f "
+          "comm_fwd=%.3f comm_fb=%.3f\n",
+          (long long)S, N, t1.fwd, t1.fb, tn.fwd, tn.fb, tnc.fwd, tnc.fb, tc.fwd, tc.fb);
+      std::fflush(stdout);
+    }
+    scale_from = double(S);
+    t_at = (t1.fb + tn.fb + tnc.fb + tc.fb) / 1000;
+  }
+  cudaStreamDestroy(st);
+  return 0;
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs bench_ring (lctx ring attention over NCCL, mpirun -np N) and bench_ring_torch.py
+# (PyTorch context_parallel, torch.distributed.run) on the same GPUs and prints one table:
+# per sequence length, 1-GPU and N-GPU times, scaling efficiency t1 / (N * tn), fraction of
+# communication hidden (lctx: 1 - (tn - tn_without_comm) / comm_alone) and the ratios.
+# Usage: tests/bench/run_bench_ring.sh <build dir> [N=2] [S list=131072,524288] [reps=3] [budget s=240]
+set -euo pipefail
+BUILD="${1:-build}"
+N="${2:-2}"
+SEQS="${3:-131072,524288}"
+REPS="${4:-3}"
+BUDGET="${5:-240}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export NCCL_NVLS_ENABLE=0
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+LOG="$(mktemp)"
+mpirun -np "$N" --oversubscribe -x NCCL_NVLS_ENABLE "$BUILD/tests/bench/bench_ring" "$SEQS" "$REPS" "$BUDGET" 2>&1 | tee "$LOG" || true
+python3 -m torch.distributed.run --standalone --nproc_per_node "$N" "$HERE/bench_ring_torch.py" "$SEQS" "$REPS" "$BUDGET" 2>&1 \
+  | grep -v "^W[0-9]* " | tee -a "$LOG" || true
+python3 - "$LOG" <<'PY'
+import re, sys
+rows = []
+for line in open(sys.argv[1]):
+    if line.startswith("RESULT "):
+        d = dict(kv.split("=", 1) for kv in line.split()[1:])
+        rows.append({k: (v if k == "impl" else float(v)) for k, v in d.items()})
+if not rows:
+    sys.exit("no RESULT lines")
+H, D = 16, 128
+def tflops(r, key):  # per GPU, forward+backward = 3.5 x causal forward (FlashAttention convention)
+    n = r["N"] if key.startswith("tn") else 1
+    return 3.5 * 2 * r["S"] ** 2 * H * D / (r[key] * 1e-3) / n / 1e12
+lctx = {r["S"]: r for r in rows if r["impl"] == "lctx"}
+print()
+print("causal bf16 B=1 H=16 D=128; times in ms (wall, max over ranks); eff = t1 / (N * tN); "
+      "hidden = share of the exchange time overlapped by compute")
+hdr = (f"{'impl':<20} {'S':>7} {'N':>2} | {'t1 fwd':>8} {'tN fwd':>8} {'eff':>5} {'hidden':>6} | "
+       f"{'t1 f+b':>9} {'tN f+b':>9} {'eff':>5} {'hidden':>6} {'TF/s/GPU':>8} | {'lctx x':>6}")
+print(hdr)
+print("-" * len(hdr))
+for r in sorted(rows, key=lambda r: (r["S"], r["impl"] != "lctx", r["impl"])):
+    n = r["N"]
+    eff_f, eff_b = r["t1_fwd"] / (n * r["tn_fwd"]), r["t1_fb"] / (n * r["tn_fb"])
+    hid_f = hid_b = "   -"
+    if "comm_fwd" in r:
+        hid = lambda tn, nc, c: f"{max(0.0, min(1.0, 1 - (tn - nc) / c)):6.2f}" if c > 0 else "   -"
+        hid_f = hid(r["tn_fwd"], r["nocomm_fwd"], r["comm_fwd"])
+        hid_b = hid(r["tn_fb"], r["nocomm_fb"], r["comm_fb"])
+    l = lctx.get(r["S"])
+    ratio = f"{r['tn_fb'] / l['tn_fb']:6.2f}" if l else "     -"
+    print(f"{r['impl']:<20} {int(r['S']):>7} {int(n):>2} | {r['t1_fwd']:8.1f} {r['tn_fwd']:8.1f} {eff_f:5.2f} {hid_f:>6} | "
+          f"{r['t1_fb']:9.1f} {r['tn_fb']:9.1f} {eff_b:5.2f} {hid_b:>6} {tflops(r, 'tn_fb'):8.1f} | {ratio}")
+print("lctx x = (this implementation's N-GPU fwd+bwd time) / (lctx's): > 1 means lctx is faster")
+for S, r in sorted(lctx.items()):
+    print(f"lctx S={int(S)}: ring without communication fwd {r['nocomm_fwd']:.1f} ms, f+b {r['nocomm_fb']:.1f} ms; "
+          f"exchanges alone fwd {r['comm_fwd']:.1f} ms, f+b {r['comm_fb']:.1f} ms")
+PY
