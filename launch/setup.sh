@@ -29,7 +29,8 @@ lctx_install_deps() {
   have_header gtest/gtest.h || missing+=(libgtest-dev)
   have_header benchmark/benchmark.h || missing+=(libbenchmark-dev)
   command -v python3 >/dev/null || missing+=(python3)
-  python3 -c 'import matplotlib' 2>/dev/null || missing+=(python3-matplotlib)
+  python3 -c 'import matplotlib' 2>/dev/null || /usr/bin/python3 -c 'import matplotlib' 2>/dev/null \
+    || missing+=(python3-matplotlib)
   if [ ${#missing[@]} -eq 0 ]; then return 0; fi
   echo "lctx: installing missing packages: ${missing[*]}"
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then

@@ -1,0 +1,159 @@
+// Strict config parsing: every class of invalid config gives a message naming the key and the
+// expectation; the resolved config round-trips; the README documents every option.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "trainers/config.h"
+
+using namespace lctx;
+using namespace lctx::train;
+
+namespace {
+
+struct BadCase {
+  const char* name;
+  const char* yaml;
+  std::vector<const char*> expect;  // substrings of the error message
+};
+
+std::string error_of(const std::string& yaml) {
+  try {
+    parse_config(yaml);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+const std::vector<BadCase>& bad_cases() {
+  static const std::vector<BadCase> cases = {
+      {"unknown_key", "model:\n  n_layer: 2\n", {"unknown key 'model.n_layer'", "did you mean 'model.n_layers'"}},
+      {"unknown_section", "optimiser:\n  lr: 0.1\n", {"unknown key 'optimiser'", "did you mean 'optimizer'"}},
+      {"unknown_nested", "data:\n  passkey:\n    digit: 3\n", {"unknown key 'data.passkey.digit'", "data.passkey.digits"}},
+      {"section_not_map", "model: 3\n", {"'model' must be a mapping"}},
+      {"int_type", "model:\n  dim: sixty\n", {"model.dim must be an integer", "'sixty'"}},
+      {"int_not_float", "model:\n  dim: 64.5\n", {"model.dim must be an integer"}},
+      {"float_type", "optimizer:\n  lr: fast\n", {"optimizer.lr must be a number", "'fast'"}},
+      {"bool_type", "model:\n  tied_embeddings: 1\n", {"model.tied_embeddings must be true or false"}},
+      {"null_value", "train:\n  steps:\n", {"train.steps must be an integer", "null"}},
+      {"list_for_scalar", "data:\n  seq_len: [1, 2]\n", {"data.seq_len must be an integer", "a list"}},
+      {"range_low", "model:\n  n_layers: 0\n", {"model.n_layers must be an integer in [1, 4096]", "'0'"}},
+      {"range_high", "optimizer:\n  beta1: 1.5\n", {"optimizer.beta1 must be a number in [0,", "'1.5'"}},
+      {"negative_steps", "train:\n  steps: -5\n", {"train.steps must be an integer", "'-5'"}},
+      {"bad_choice", "model:\n  position: learned\n", {"model.position must be one of rope, alibi", "'learned'"}},
+      {"bad_source", "data:\n  source: wikipedia\n", {"data.source must be one of passkey, mqar"}},
+      {"bad_layer_set", "model:\n  activation_checkpointing: some\n", {"model.activation_checkpointing must be none, all or a list"}},
+      {"ckpt_layer_range", "model:\n  n_layers: 2\n  activation_checkpointing: [0, 5]\n", {"names layer 5", "0..1"}},
+      {"heads_dim", "model:\n  dim: 60\n  n_heads: 8\n", {"model.dim (60) must be divisible by model.n_heads (8)"}},
+      {"heads_kv", "model:\n  n_heads: 4\n  n_kv_heads: 3\n", {"model.n_heads (4) must be divisible by model.n_kv_heads (3)"}},
+      {"rope_odd", "model:\n  dim: 12\n  n_heads: 4\n", {"RoPE needs an even head dim"}},
+      {"kind_unavailable", "attention:\n  kind: mamba\n", {"attention kind 'mamba' is not available yet", "flash, ring, ulysses, hybrid"}},
+      {"kind_layers_unavailable", "model:\n  n_layers: 2\nattention:\n  layers: [ring, linear]\n", {"attention.layers[1]", "'linear' is not available yet"}},
+      {"layers_count", "model:\n  n_layers: 3\nattention:\n  layers: [ring, ring]\n", {"attention.layers has 2 entries, expected model.n_layers = 3"}},
+      {"flash_with_sp", "attention:\n  kind: flash\nparallel:\n  sp: 2\n", {"flash", "needs parallel.sp = 1 (got 2)"}},
+      {"zigzag_divisible", "attention:\n  kind: ring\nparallel:\n  sp: 4\ndata:\n  seq_len: 100\n", {"data.seq_len (100) must be divisible by 2 * parallel.sp = 8"}},
+      {"ulysses_divides_sp", "attention:\n  kind: hybrid\nparallel:\n  sp: 4\n  ulysses: 3\n", {"parallel.ulysses (3) must divide parallel.sp (4)"}},
+      {"ulysses_heads", "model:\n  dim: 48\n  n_heads: 6\n  n_kv_heads: 6\nattention:\n  kind: ulysses\nparallel:\n  sp: 4\n  ulysses: 4\ndata:\n  seq_len: 64\n", {"model.n_heads (6) must be divisible by parallel.ulysses (4)"}},
+      {"ulysses_kv_heads", "model:\n  dim: 96\n  n_heads: 12\n  n_kv_heads: 3\nattention:\n  kind: ulysses\nparallel:\n  sp: 4\n  ulysses: 4\ndata:\n  seq_len: 64\n", {"model.n_kv_heads (3) and parallel.ulysses (4) must divide one another"}},
+      {"ulysses_needs_full", "attention:\n  kind: ulysses\nparallel:\n  sp: 4\n  ulysses: 2\n", {"ulysses needs parallel.ulysses = parallel.sp"}},
+      {"ring_with_ulysses", "attention:\n  kind: ring\nparallel:\n  sp: 4\n  ulysses: 2\n", {"ring needs parallel.ulysses = 1"}},
+      {"world_mismatch", "attention:\n  kind: ring\nparallel:\n  dp: 2\n  sp: 2\n  simulate: 3\n", {"parallel.simulate (3) must equal the world size parallel.dp * parallel.sp = 4"}},
+      {"batch_dp", "parallel:\n  dp: 3\ndata:\n  batch_size: 8\n", {"data.batch_size (8) must be divisible by parallel.dp (3)"}},
+      {"passkey_short", "data:\n  source: passkey\n  seq_len: 10\n  passkey:\n    digits: 4\n", {"data.seq_len (10) is too short", "4-digit passkey"}},
+      {"mqar_vocab", "model:\n  vocab_size: 16\ndata:\n  source: mqar\n  mqar:\n    pairs: 20\n    queries: 4\n", {"needs model.vocab_size >= 41"}},
+      {"mqar_queries", "data:\n  source: mqar\n  mqar:\n    pairs: 4\n    queries: 8\n", {"data.mqar.queries (8) must be <= data.mqar.pairs (4)"}},
+      {"text_needs_path", "data:\n  source: text\n", {"data.source = text needs data.path"}},
+      {"text_vocab", "model:\n  vocab_size: 100\ndata:\n  source: text\n  path: x.txt\n", {"needs model.vocab_size >= 256"}},
+      {"min_lr", "optimizer:\n  lr: 1.0e-3\n  min_lr: 1.0e-2\n", {"optimizer.min_lr (0.01) must be <= optimizer.lr (0.001)"}},
+      {"bf16_cpu", "model:\n  dtype: bf16\ntrain:\n  device: cpu\n", {"model.dtype = bf16 needs a GPU"}},
+      {"sim_backend", "parallel:\n  dp: 2\n  simulate: 2\n  backend: mpi\n", {"parallel.backend = mpi cannot simulate ranks"}},
+      {"invalid_yaml", "model: {dim: 3\n", {"invalid YAML"}},
+      {"top_level_list", "- 1\n- 2\n", {"the top level must be a mapping"}},
+  };
+  return cases;
+}
+
+class BadConfig : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(BadConfig, NamesKeyAndExpectation) {
+  const BadCase& c = GetParam();
+  const std::string msg = error_of(c.yaml);
+  ASSERT_FALSE(msg.empty()) << "accepted:\n" << c.yaml;
+  for (const char* e : c.expect) EXPECT_NE(msg.find(e), std::string::npos) << "expected '" << e << "' in: " << msg;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllClasses, BadConfig, ::testing::ValuesIn(bad_cases()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Config, WorldSizeCheck) {
+  const Config c = parse_config("attention:\n  kind: ring\nparallel:\n  dp: 2\n  sp: 2\n");
+  validate_world(c, 4);
+  try {
+    validate_world(c, 2);
+    FAIL() << "world 2 accepted for dp 2 x sp 2";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the job has 2 ranks but parallel.dp * parallel.sp = 2 * 2 = 4"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Config, DefaultsAndOverrides) {
+  const Config c = parse_config("model:\n  dim: 128\n", {"model.n_layers=6", "attention.layers=[flash, flash, flash, flash, flash, flash]"});
+  EXPECT_EQ(c.model.dim, 128);
+  EXPECT_EQ(c.model.n_layers, 6);
+  EXPECT_EQ(c.attention.layers.size(), 6u);
+  EXPECT_EQ(c.model.vocab_size, ModelConfig{}.vocab_size);
+  try {
+    parse_config("", {"model.dimm=3"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown key 'model.dimm' (did you mean 'model.dim'?)"), std::string::npos);
+  }
+}
+
+TEST(Config, ActivationCheckpointingForms) {
+  EXPECT_TRUE(parse_config("model:\n  activation_checkpointing: all\n").model.recompute(1));
+  const Config c = parse_config("model:\n  n_layers: 3\n  activation_checkpointing: [1]\n");
+  EXPECT_FALSE(c.model.recompute(0));
+  EXPECT_TRUE(c.model.recompute(1));
+  EXPECT_FALSE(parse_config("model:\n  activation_checkpointing: none\n").model.recompute(0));
+}
+
+TEST(Config, ResolvedYamlRoundTrips) {
+  const Config c = parse_config(
+      "model:\n  dim: 96\n  n_heads: 6\n  n_kv_heads: 2\n  rope_theta: 500000\n  activation_checkpointing: [0, 1]\n"
+      "attention:\n  kind: ring\nparallel:\n  sp: 2\n  simulate: 2\ndata:\n  path: \"a file: with colon.txt\"\n"
+      "optimizer:\n  lr: 0.00123456789\n");
+  const std::string y = to_yaml(c);
+  const Config back = parse_config(y);
+  EXPECT_EQ(to_yaml(back), y);
+  for (const auto& k : option_paths()) EXPECT_EQ(option_value(back, k), option_value(c, k)) << k;
+  EXPECT_NE(y.find("rope_theta: 500000.0"), std::string::npos) << y;
+}
+
+TEST(Config, EveryOptionInReadmeTable) {
+  std::ifstream f(std::string(LCTX_SOURCE_DIR) + "README.md");
+  ASSERT_TRUE(f.good());
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string readme = ss.str();
+  const size_t sec = readme.find("## Configuration (lctx-train)");
+  ASSERT_NE(sec, std::string::npos) << "README has no '## Configuration (lctx-train)' section";
+  const size_t end = readme.find("\n## ", sec + 5);
+  const std::string section = readme.substr(sec, end == std::string::npos ? std::string::npos : end - sec);
+  for (const auto& k : option_paths())
+    EXPECT_NE(section.find("| `" + k + "` |"), std::string::npos) << "README table lacks option " << k;
+}
+
+TEST(Config, ShippedConfigsParse) {
+  for (const char* name : {"quickstart", "gpu-1", "gpu-2-ring", "ctx-1m"}) {
+    const std::string path = std::string(LCTX_SOURCE_DIR) + "configs/" + name + ".yaml";
+    EXPECT_NO_THROW(load_config(path)) << path;
+  }
+}
+
+}  // namespace

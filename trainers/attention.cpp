@@ -1,0 +1,110 @@
+#include "trainers/attention.h"
+
+#include <algorithm>
+
+#include "attn/flash.h"
+#include "dist/layout.h"
+#include "dist/mesh.h"
+#include "dist/ring_attention.h"
+#include "dist/ulysses.h"
+
+namespace lctx::train {
+
+namespace {
+
+attn::FlashOptions causal_options(const Config& cfg, const Tensor& alibi) {
+  attn::FlashOptions o;
+  o.softmax_scale = static_cast<float>(cfg.attention.softmax_scale);
+  o.mask = attn::Mask::causal;
+  o.alibi_slopes = alibi;
+  return o;
+}
+
+// Whole-sequence causal flash attention on one rank (sp = 1: positions are 0..S-1).
+class FlashAttention final : public Attention {
+ public:
+  explicit FlashAttention(const Config& cfg) : cfg_(cfg) {}
+  void forward(AttnSaved& out, const Tensor& q, const Tensor& k, const Tensor& v) override {
+    attn::FlashOutput r = attn::flash_forward(q, k, v, causal_options(cfg_, alibi_));
+    out.o = r.o;
+    out.lse = r.lse;
+  }
+  AttnGrads backward(const Tensor& dout, const AttnSaved& s, const Tensor& q, const Tensor& k,
+                     const Tensor& v) override {
+    attn::FlashGrads g = attn::flash_backward(q, k, v, s.o, s.lse, dout, causal_options(cfg_, alibi_));
+    return {g.dq, g.dk, g.dv};
+  }
+
+ private:
+  const Config& cfg_;
+};
+
+// Ring attention over the mesh's ring group (zigzag shards, K/V passed around the ring).
+class RingAttention final : public Attention {
+ public:
+  RingAttention(const Config& cfg, dist::Mesh& mesh, const dist::Layout& layout)
+      : cfg_(cfg), mesh_(mesh), layout_(layout) {}
+  void forward(AttnSaved& out, const Tensor& q, const Tensor& k, const Tensor& v) override {
+    attn::FlashOutput r = dist::ring_attention_forward(mesh_.ring(), layout_, q, k, v, causal_options(cfg_, alibi_));
+    out.o = r.o;
+    out.lse = r.lse;
+  }
+  AttnGrads backward(const Tensor& dout, const AttnSaved& s, const Tensor& q, const Tensor& k,
+                     const Tensor& v) override {
+    attn::FlashGrads g =
+        dist::ring_attention_backward(mesh_.ring(), layout_, q, k, v, s.o, s.lse, dout, causal_options(cfg_, alibi_));
+    return {g.dq, g.dk, g.dv};
+  }
+
+ private:
+  const Config& cfg_;
+  dist::Mesh& mesh_;
+  const dist::Layout& layout_;
+};
+
+// Ulysses all-to-all over heads inside the Ulysses group, ring attention across ring groups
+// (plain Ulysses when the ring has one rank, i.e. parallel.ulysses = parallel.sp).
+class UlyssesAttention final : public Attention {
+ public:
+  UlyssesAttention(const Config& cfg, dist::Mesh& mesh, const dist::Layout& layout)
+      : cfg_(cfg), mesh_(mesh), layout_(layout) {}
+  void forward(AttnSaved& out, const Tensor& q, const Tensor& k, const Tensor& v) override {
+    attn::FlashOutput r = dist::ulysses_attention_forward(mesh_.ulysses(), mesh_.ring(), layout_, q, k, v,
+                                                          causal_options(cfg_, alibi_));
+    out.o = r.o;
+    out.lse = r.lse;
+  }
+  AttnGrads backward(const Tensor& dout, const AttnSaved& s, const Tensor& q, const Tensor& k,
+                     const Tensor& v) override {
+    attn::FlashGrads g = dist::ulysses_attention_backward(mesh_.ulysses(), mesh_.ring(), layout_, q, k, v, s.o, s.lse,
+                                                          dout, causal_options(cfg_, alibi_));
+    return {g.dq, g.dk, g.dv};
+  }
+
+ private:
+  const Config& cfg_;
+  dist::Mesh& mesh_;
+  const dist::Layout& layout_;
+};
+
+}  // namespace
+
+std::unique_ptr<Attention> make_attention(const Config& cfg, const std::string& kind, dist::Mesh& mesh,
+                                          const dist::Layout& layout) {
+  const auto& kinds = available_attention_kinds();
+  LCTX_CHECK(std::find(kinds.begin(), kinds.end(), kind) != kinds.end(), "attention kind '", kind,
+             "' is not available yet (available: flash, ring, ulysses, hybrid)");
+  if (kind == "flash") {
+    LCTX_CHECK(mesh.shape().sp() == 1, "attention kind flash runs on one rank, but the sp group has ",
+               mesh.shape().sp(), " ranks");
+    return std::make_unique<FlashAttention>(cfg);
+  }
+  if (kind == "ring") {
+    LCTX_CHECK(mesh.shape().ulysses == 1, "attention kind ring needs parallel.ulysses = 1 (got ", mesh.shape().ulysses,
+               "); use hybrid");
+    return std::make_unique<RingAttention>(cfg, mesh, layout);
+  }
+  return std::make_unique<UlyssesAttention>(cfg, mesh, layout);  // ulysses, hybrid
+}
+
+}  // namespace lctx::train

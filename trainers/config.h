@@ -1,0 +1,148 @@
+// lctx-train configuration: the typed Config every part of the trainer reads, parsed from YAML
+// with a strict schema. Every option has one entry in a schema table (path, type, default,
+// range, doc): parsing, `--print-config`, the README option table and the error messages all
+// come from that table, so an unknown key, a wrong type or an out-of-range value is reported
+// with its full path ("model.n_heads") and what was expected before any work starts.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lctx::train {
+
+struct ModelConfig {
+  int64_t vocab_size = 256;
+  int64_t dim = 64;
+  int64_t n_layers = 2;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 0;  // 0: same as n_heads
+  int64_t ffn_dim = 0;     // 0: 8/3 * dim rounded up to a multiple of 16
+  std::string position = "rope";  // rope | alibi
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;
+  double init_std = 0.02;
+  bool tied_embeddings = true;
+  std::string dtype = "auto";  // auto | f32 | bf16 (compute dtype; master weights are f32)
+  // Layers whose activations are recomputed in backward: YAML `none`, `all` or a list of indices.
+  std::vector<int64_t> checkpoint_layers;
+  bool checkpoint_all = false;
+  bool recompute(int64_t layer) const;
+
+  int64_t head_dim() const { return dim / n_heads; }
+  int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  int64_t ffn_hidden() const { return ffn_dim > 0 ? ffn_dim : ((8 * dim / 3 + 15) / 16) * 16; }
+};
+
+struct AttentionConfig {
+  std::string kind = "flash";       // default kind of every layer
+  std::vector<std::string> layers;  // optional per-layer kinds (length n_layers)
+  double softmax_scale = 0.0;       // 0: 1/sqrt(head_dim)
+
+  const std::string& kind_of(int64_t layer) const { return layers.empty() ? kind : layers[layer]; }
+};
+
+struct ParallelConfig {
+  int64_t dp = 1;
+  int64_t sp = 1;
+  int64_t ulysses = 1;   // Ulysses (all-to-all) degree inside the sp group; sp / ulysses ring steps
+  int64_t simulate = 0;  // > 0: run that many simulated ranks (threads) in one process
+  std::string backend = "auto";  // auto | sim | mpi | nccl
+
+  int64_t world() const { return dp * sp; }
+};
+
+struct DataConfig {
+  std::string source = "passkey";  // passkey | mqar | selective_copy | text | tokens | hdf5
+  int64_t seq_len = 256;
+  int64_t batch_size = 8;  // global sequences per step (split over dp)
+  int64_t seed = 1234;
+  std::string path;                   // text / tokens / hdf5 file
+  std::string token_dtype = "uint16"; // tokens: uint16 | uint32
+  std::string hdf5_dataset = "tokens";
+  double holdout = 0.05;  // fraction of a real data file held out for eval (at its end)
+  // passkey: a key of `passkey_digits` digit tokens at depth `passkey_depth` (fraction of the
+  // context, < 0 = uniform random per sample) inside filler; the answer repeats it at the end.
+  int64_t passkey_digits = 1;
+  double passkey_depth = -1.0;
+  // mqar: `mqar_pairs` key-value pairs, then `mqar_queries` of their keys; answers are values.
+  int64_t mqar_pairs = 8;
+  int64_t mqar_queries = 8;
+  // selective_copy: `copy_tokens` data tokens scattered in noise, copied in order at the end.
+  int64_t copy_tokens = 8;
+};
+
+struct OptimizerConfig {
+  double lr = 1e-3;
+  double min_lr = 1e-4;
+  int64_t warmup_steps = 10;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;  // 0: off
+};
+
+struct TrainConfig {
+  int64_t steps = 100;
+  int64_t seed = 42;
+  std::string device = "auto";  // auto | cpu | cuda
+  int64_t threads = 0;          // OpenMP threads per process (0: leave as is)
+};
+
+struct EvalConfig {
+  int64_t every = 50;   // 0: only at the end
+  int64_t batches = 4;  // eval batches (of data.batch_size sequences)
+};
+
+struct CheckpointConfig {
+  int64_t every = 0;  // 0: only at the end (and on a signal)
+  int64_t keep = 3;
+  std::string resume = "none";  // none | auto | <path to a checkpoint file>
+  bool save_final = true;
+};
+
+struct LoggingConfig {
+  std::string out_dir = "runs/default";
+  int64_t every = 10;
+  bool progress = true;
+};
+
+struct Config {
+  ModelConfig model;
+  AttentionConfig attention;
+  ParallelConfig parallel;
+  DataConfig data;
+  OptimizerConfig optimizer;
+  TrainConfig train;
+  EvalConfig eval;
+  CheckpointConfig checkpoint;
+  LoggingConfig logging;
+};
+
+// Parses YAML text strictly, then applies `overrides` ("model.dim=128", YAML values) and runs
+// validate(). Throws lctx::Error naming the key path and what was expected.
+Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides = {});
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// Cross-field checks (sizes, layout, kinds); parse_config calls it.
+void validate(const Config& c);
+// Checks that a runtime world size fits the config (dp*sp); called once the world is known.
+void validate_world(const Config& c, int64_t world_size);
+
+// The resolved configuration as YAML, every option present (defaults included).
+std::string to_yaml(const Config& c);
+// The keys whose values change the model's parameters (their shapes/meaning); a checkpoint
+// written with different values cannot be resumed.
+std::vector<std::string> model_shaping_keys();
+// The value of one option (by path) as it appears in to_yaml().
+std::string option_value(const Config& c, const std::string& path);
+
+// Documentation of every option, one row per key: used by --print-options (markdown table).
+std::string options_markdown();
+// All option paths in schema order.
+std::vector<std::string> option_paths();
+
+// Attention kinds available in this build.
+std::vector<std::string> available_attention_kinds();
+
+}  // namespace lctx::train

@@ -1,0 +1,72 @@
+// Training data for lctx-train. A Dataset produces sample `index` of a split as S+1 tokens plus
+// a mask of the positions scored by the loss and the accuracy metric; a sample depends only on
+// (data.seed, split, index), never on the rank layout or on earlier samples, so the loader's
+// whole state is the number of samples consumed and any dp/sp layout sees the same data.
+// Synthetic long-context tasks (generated on the fly, answer tokens scored):
+//   passkey         filler tokens with "KEY d1..dD" at a chosen depth; the sequence ends with
+//                   "QUERY d1..dD" and the D digits after QUERY are scored.
+//   mqar            multi-query associative recall: "k1 v1 ... kP vP", filler, then Q queries
+//                   "k v" of earlier keys; each v after a queried k is scored.
+//   selective_copy  T data tokens scattered in noise, then "COPY t1..tT"; the copies are scored.
+// Real data (every next-token prediction scored): `text` (a byte file, memory-mapped),
+// `tokens` (raw uint16/uint32 little-endian ids, memory-mapped) and `hdf5` (a 1-D integer
+// dataset); the last `data.holdout` fraction of the file is the eval split. Samples are
+// windows at deterministic pseudo-random offsets.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "trainers/config.h"
+
+namespace lctx::train {
+
+enum class Split { train, eval };
+
+// Token ids reserved by the synthetic tasks.
+namespace tokens {
+// passkey: digits 0..9 are tokens 0..9.
+constexpr int32_t kPasskeyKey = 10, kPasskeyQuery = 11, kPasskeyFillerBegin = 12;
+// mqar: filler 0, keys [1, 1 + K), values [1 + K, vocab) with K = (vocab - 1) / 2.
+constexpr int32_t kMqarFiller = 0;
+// selective_copy: noise 0, copy marker 1, data tokens [2, vocab).
+constexpr int32_t kCopyNoise = 0, kCopyMarker = 1, kCopyDataBegin = 2;
+}  // namespace tokens
+
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  // Writes seq_len + 1 tokens to `x` and seq_len flags to `scored` (scored[i]: the prediction
+  // of x[i + 1] from position i counts).
+  virtual void sample(Split split, int64_t index, int32_t* x, uint8_t* scored) const = 0;
+  virtual std::string describe() const = 0;
+};
+
+std::unique_ptr<Dataset> make_dataset(const DataConfig& d, int64_t vocab_size);
+
+// Which part of the global batch one rank holds: dp rank d of dp takes samples
+// [d * B/dp, (d+1) * B/dp); of every sequence it holds the tokens at `positions` (global, in
+// local order: dist::Layout's zigzag shard of its sp rank, see shard_positions).
+struct Shard {
+  int64_t dp_rank = 0, dp = 1;
+  std::vector<int64_t> positions;
+};
+
+// Global positions held by sp rank `sp_rank` under dist::Layout(zigzag, seq_len, ring, ulysses).
+std::vector<int64_t> shard_positions(int64_t seq_len, int64_t ring, int64_t ulysses, int64_t sp_rank);
+
+// One rank's share of the batch of a step (CPU tensors).
+struct Batch {
+  Tensor inputs;     // i32 [B_local, S_local]
+  Tensor targets;    // i32 [B_local, S_local]; -1 where not scored
+  Tensor positions;  // i32 [S_local] global positions of the local tokens
+  int64_t scored = 0;  // number of targets != -1 in this rank's share
+};
+
+// The global batch is samples [first, first + data.batch_size) of `split`; the trainer's data
+// state is the number of train samples consumed so far (the next `first`).
+Batch make_batch(const Dataset& data, const DataConfig& d, Split split, int64_t first, const Shard& shard);
+
+}  // namespace lctx::train

@@ -1,0 +1,60 @@
+// LCTX_HDF5_CHECK: the HDF5 C API returns negative ids/status on failure (and prints its own
+// error stack, which we silence). The macro turns that into an lctx::Error naming the call and
+// the file, and a small RAII handle closes ids on every path (including exceptions).
+#pragma once
+#include <hdf5.h>
+
+#include <mutex>
+#include <utility>
+
+#include "core/error.h"
+
+#define LCTX_HDF5_CHECK(expr, ...)                                                            \
+  ([&] {                                                                                      \
+    auto lctx_h5_r_ = (expr);                                                                 \
+    if (lctx_h5_r_ < 0) LCTX_FAIL("HDF5: ", #expr, " failed: ", ::lctx::detail::cat(__VA_ARGS__)); \
+    return lctx_h5_r_;                                                                        \
+  }())
+
+namespace lctx::train {
+
+// Owns an HDF5 id; `close` is H5Fclose / H5Dclose / ... matching the id's kind.
+class H5Id {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  H5Id() = default;
+  H5Id(hid_t id, Closer close) : id_(id), close_(close) {}
+  H5Id(const H5Id&) = delete;
+  H5Id& operator=(const H5Id&) = delete;
+  H5Id(H5Id&& o) noexcept : id_(std::exchange(o.id_, -1)), close_(o.close_) {}
+  H5Id& operator=(H5Id&& o) noexcept {
+    reset();
+    id_ = std::exchange(o.id_, -1);
+    close_ = o.close_;
+    return *this;
+  }
+  ~H5Id() { reset(); }
+  operator hid_t() const { return id_; }
+  // Closes now, reporting a failure (H5Fclose flushes: its error matters).
+  void close() {
+    if (id_ >= 0) {
+      const hid_t id = std::exchange(id_, -1);
+      LCTX_HDF5_CHECK(close_(id), "closing an HDF5 object");
+    }
+  }
+
+ private:
+  void reset() {
+    if (id_ >= 0) close_(std::exchange(id_, -1));
+  }
+  hid_t id_ = -1;
+  Closer close_ = nullptr;
+};
+
+// Turns off HDF5's automatic error-stack printing (errors surface as lctx::Error instead).
+void hdf5_quiet();
+// The serial HDF5 library is not thread-safe and simulated ranks are threads: every HDF5 call
+// in the trainer holds this lock.
+std::mutex& hdf5_mutex();
+
+}  // namespace lctx::train

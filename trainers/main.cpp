@@ -1,0 +1,81 @@
+// lctx-train: trains a decoder-only LM from a YAML config (README "Configuration (lctx-train)").
+//   lctx-train CONFIG.yaml [--out DIR] [--resume | --resume=auto|PATH] [--set key.path=value]...
+//   lctx-train CONFIG.yaml --print-config     the resolved config, defaults included
+//   lctx-train --print-options                markdown table of every option
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "trainers/config.h"
+#include "trainers/train.h"
+
+namespace {
+
+int usage(const char* msg) {
+  if (msg) std::cerr << "lctx-train: " << msg << "\n";
+  std::cerr << "usage: lctx-train CONFIG.yaml [--out DIR] [--resume | --resume=auto|PATH] [--set key.path=value]...\n"
+               "       lctx-train CONFIG.yaml --print-config\n"
+               "       lctx-train --print-options\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  bool print_config = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&](const char* flag) -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(std::string(flag) + " needs a value");
+      return argv[++i];
+    };
+    try {
+      if (a == "--print-options") {
+        std::cout << lctx::train::options_markdown();
+        return 0;
+      } else if (a == "--print-config") {
+        print_config = true;
+      } else if (a == "--out") {
+        overrides.push_back("logging.out_dir=" + value("--out"));
+      } else if (a == "--resume") {
+        overrides.push_back("checkpoint.resume=auto");
+      } else if (a.rfind("--resume=", 0) == 0) {
+        overrides.push_back("checkpoint.resume=" + a.substr(9));
+      } else if (a == "--set") {
+        overrides.push_back(value("--set"));
+      } else if (a.rfind("--set=", 0) == 0) {
+        overrides.push_back(a.substr(6));
+      } else if (a == "-h" || a == "--help") {
+        usage(nullptr);
+        return 0;
+      } else if (a.rfind("-", 0) == 0) {
+        return usage(("unknown option " + a).c_str());
+      } else if (config_path.empty()) {
+        config_path = a;
+      } else {
+        return usage(("unexpected argument " + a).c_str());
+      }
+    } catch (const std::invalid_argument& e) {
+      return usage(e.what());
+    }
+  }
+  if (config_path.empty()) return usage("no config file given");
+  try {
+    const lctx::train::Config cfg = lctx::train::load_config(config_path, overrides);
+    if (print_config) {
+      std::cout << lctx::train::to_yaml(cfg);
+      return 0;
+    }
+    lctx::train::install_signal_handlers();
+    const lctx::train::RunResult r = lctx::train::run_training(cfg);
+    if (r.stopped_by_signal) std::cout << "lctx-train: stopped by signal at step " << r.final_step << "\n";
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "lctx-train: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,93 @@
+// The decoder-only language model lctx-train trains, written llm.c style: explicit forward and
+// backward over lctx::ops layers, every activation the backward needs saved in a named buffer.
+//
+//   tokens -> embedding -> N x [ x += Wo attn(rope(Wqkv rmsnorm(x)))          (pre-norm)
+//                                x += Wdown swiglu(Wgateup rmsnorm(x)) ]
+//          -> rmsnorm -> head (tied to the embedding or not) -> cross-entropy on scored targets
+//
+// Each layer's attention kind comes from the config (flash on one rank; ring, ulysses or hybrid
+// across the sequence-parallel group, which owns zigzag shards of every sequence). Layers
+// listed in model.activation_checkpointing keep only their input and recompute the rest in
+// backward. Master weights, gradients and AdamW state are f32; on a GPU the forward/backward
+// run in bf16 on a copy of the weights refreshed after every optimizer step.
+//
+// All parameters are replicated on every rank: their gradients are summed over the whole world
+// (dp and sp) by the trainer, which sees them as one flat f32 buffer.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "trainers/config.h"
+#include "trainers/data.h"
+
+namespace lctx::dist {
+class Mesh;
+class Layout;
+}
+
+namespace lctx::train {
+
+struct Param {
+  std::string name;
+  Tensor master;   // f32, a view into the flat parameter buffer (global shape)
+  Tensor grad;     // f32, a view into the flat gradient buffer
+  Tensor compute;  // weights used by forward/backward: master itself (f32) or a bf16 copy
+  bool decay = false;  // weight decay applies (matrices)
+};
+
+// Per-rank sums over its share of a batch; the trainer all-reduces them.
+struct StepStats {
+  double loss_sum = 0;  // sum of the per-token cross-entropy over scored targets
+  double correct = 0;   // scored targets whose argmax prediction is right
+  double scored = 0;    // scored targets
+};
+
+class Model {
+ public:
+  // mesh: this rank's dp/sp/ulysses/ring groups; layout: which tokens of every sequence this
+  // rank holds (dist::Layout, zigzag). Both must outlive the model.
+  Model(const Config& cfg, Device device, dist::Mesh& mesh, const dist::Layout& layout);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // Normal(0, init_std) matrices (output projections scaled by 1/sqrt(2 n_layers)), ones for
+  // norms; element i of parameter p is Philox draw (seed, p's offset + i): identical on every
+  // rank and device.
+  void init(uint64_t seed);
+
+  std::vector<Param>& params() { return params_; }
+  Tensor& flat_params() { return flat_params_; }  // f32 [n]
+  Tensor& flat_grads() { return flat_grads_; }    // f32 [n]
+  int64_t num_params() const { return flat_params_.numel(); }
+
+  // Forward and backward on this rank's share of a batch. Gradients are overwritten with
+  // d(loss_scale * sum of scored token losses)/d(params) for this rank's tokens; the trainer
+  // passes loss_scale = 1 / (scored targets in the global batch) and sums over ranks.
+  StepStats forward_backward(const Batch& b, double loss_scale);
+  // Forward only (eval).
+  StepStats evaluate(const Batch& b);
+  // Refreshes the compute copy (bf16) from the master weights after they changed.
+  void sync_compute_weights();
+
+  const Config& config() const { return cfg_; }
+  Device device() const { return device_; }
+  DType compute_dtype() const { return dtype_; }
+
+ private:
+  struct Impl;
+  Config cfg_;
+  Device device_;
+  DType dtype_;
+  std::vector<Param> params_;
+  Tensor flat_params_, flat_grads_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Compute dtype for a config on a device (model.dtype, auto: f32 on CPU, bf16 on GPU).
+DType compute_dtype_for(const Config& cfg, Device device);
+
+}  // namespace lctx::train
