@@ -33,8 +33,12 @@ __device__ __forceinline__ void store_grad2(void* base, int64_t idx, float x, fl
     d[1] = y;
   } else {
     T* d = static_cast<T*>(base) + idx;
-    d[0] = from_f32<T>(x);
-    d[1] = from_f32<T>(y);
+    if (reinterpret_cast<uintptr_t>(d) % 4 == 0) {  // one 4-byte store (always, for even strides)
+      *reinterpret_cast<uint32_t*>(d) = pack2<T>(x, y);
+    } else {
+      d[0] = from_f32<T>(x);
+      d[1] = from_f32<T>(y);
+    }
   }
 }
 
@@ -138,33 +142,29 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     const uint32_t qA = opaque(g_qA), doA = opaque(g_doA), kB = opaque(g_kB), kBt = opaque(g_kBt), vB = opaque(g_vB);
     const uint32_t pAt = opaque(g_pAt), dsAt = opaque(g_dsAt), dsA = opaque(g_dsA);
 
-    // S = Q K^T and dP = dO V^T: this warp's 32 queries x 32 keys.
-    float s[2][4][4], dp[2][4][4];
+    // S = Q K^T, then P = exp2(S - lse2) to shared memory, then dP = dO V^T and
+    // dS = P (dP - Dsum): this warp's 32 queries x 32 keys. S and dP are computed one after
+    // the other so that only one of their operand sets is live next to dK/dV.
+    float s[2][4][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[mt][j][e] = dp[mt][j][e] = 0.f;
+        for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[2][4], ado[2][4];
+      uint32_t aq[2][4];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        ldsm_x4(aq[mt], ldsm_at<D>(qA, wq + 16 * mt, kk * 16) + boff);
-        ldsm_x4(ado[mt], ldsm_at<D>(doA, wq + 16 * mt, kk * 16) + boff);
-      }
+      for (int mt = 0; mt < 2; ++mt) ldsm_x4(aq[mt], ldsm_at<D>(qA, wq + 16 * mt, kk * 16) + boff);
 #pragma unroll
       for (int nj = 0; nj < 2; ++nj) {
-        uint32_t bk[4], bv[4];
+        uint32_t bk[4];
         ldsm_x4(bk, ldsm_at<D>(kB, wk + nj * 16, kk * 16));
-        ldsm_x4(bv, ldsm_at<D>(vB, wk + nj * 16, kk * 16));
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           mma16816<T>(s[mt][2 * nj], aq[mt], bk[0], bk[1]);
           mma16816<T>(s[mt][2 * nj + 1], aq[mt], bk[2], bk[3]);
-          mma16816<T>(dp[mt][2 * nj], ado[mt], bv[0], bv[1]);
-          mma16816<T>(dp[mt][2 * nj + 1], ado[mt], bv[2], bv[3]);
         }
       }
     }
@@ -176,21 +176,54 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                       scale_log2);
       mult = 1.f;
     }
-    // P = exp2(s - lse2), dS = P (dP - Dsum); both to shared memory as T.
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = wq + 16 * mt + lane / 4 + 8 * r;
-        const float l2 = sLse[buf * BM + row], ds = sDsum[buf * BM + row];
+        const float l2 = sLse[buf * BM + row];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const float p0 = fast_exp2(fmaf(s[mt][j][2 * r], mult, -l2));
-          const float p1 = fast_exp2(fmaf(s[mt][j][2 * r + 1], mult, -l2));
+          s[mt][j][2 * r] = fast_exp2(fmaf(s[mt][j][2 * r], mult, -l2));
+          s[mt][j][2 * r + 1] = fast_exp2(fmaf(s[mt][j][2 * r + 1], mult, -l2));
           const int col = wk + j * 8 + 2 * (lane % 4);
-          *reinterpret_cast<uint32_t*>(sP + swz(row, col, BN)) = pack2<T>(p0, p1);
+          *reinterpret_cast<uint32_t*>(sP + swz(row, col, BN)) = pack2<T>(s[mt][j][2 * r], s[mt][j][2 * r + 1]);
+        }
+      }
+    float dp[2][4][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[mt][j][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ado[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) ldsm_x4(ado[mt], ldsm_at<D>(doA, wq + 16 * mt, kk * 16) + boff);
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) {
+        uint32_t bv[4];
+        ldsm_x4(bv, ldsm_at<D>(vB, wk + nj * 16, kk * 16));
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mma16816<T>(dp[mt][2 * nj], ado[mt], bv[0], bv[1]);
+          mma16816<T>(dp[mt][2 * nj + 1], ado[mt], bv[2], bv[3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = wq + 16 * mt + lane / 4 + 8 * r;
+        const float ds = sDsum[buf * BM + row];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int col = wk + j * 8 + 2 * (lane % 4);
           *reinterpret_cast<uint32_t*>(sdS + swz(row, col, BN)) =
-              pack2<T>(p0 * (dp[mt][j][2 * r] - ds), p1 * (dp[mt][j][2 * r + 1] - ds));
+              pack2<T>(s[mt][j][2 * r] * (dp[mt][j][2 * r] - ds), s[mt][j][2 * r + 1] * (dp[mt][j][2 * r + 1] - ds));
         }
       }
     __syncthreads();

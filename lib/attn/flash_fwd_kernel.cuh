@@ -3,9 +3,10 @@
 // in registers and streams K/V tiles, double buffered with cp.async (one barrier per tile:
 // the next tile's copy is issued right after it and overlaps this tile's math), through
 // mma.sync. P goes from the score registers straight into the A fragments of P V. Scores
-// live in the log2 domain (scale * log2e folded into one FMA before ex2). Key tiles that no
-// query of the block can see are skipped; only tiles that flash_tile_unmasked rejects
-// (diagonal, window edges, ALiBi, documents, ragged ends) run the per-element mask.
+// live in the log2 domain (scale * log2e folded into one FMA before ex2); the running max
+// is raised lazily, so most tiles skip rescaling O. Key tiles that no query of the block can
+// see are skipped; only tiles outside flash_unmasked_tiles (diagonal, window edges, ALiBi,
+// documents, ragged ends) run the per-element mask.
 #pragma once
 #include <math_constants.h>
 
@@ -39,6 +40,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashP
   int64_t klo, khi;
   flash_key_range(p, m0, m_end, &klo, &khi);
   const int64_t n_begin = klo / BN, n_end = khi > klo ? (khi + BN - 1) / BN : n_begin;
+  int64_t ulo, uhi;  // key tiles that need no per-element mask
+  flash_unmasked_tiles(p, m0, m0 + BM, BN, &ulo, &uhi);
+  if (!(scale_log2 > 0.f)) uhi = ulo;  // raw-score max needs a positive scale
+  const int n_tiles = static_cast<int>(n_end - n_begin), u_lo = static_cast<int>(max(ulo - n_begin, int64_t(0))),
+            u_hi = static_cast<int>(max(min(uhi, n_end) - n_begin, int64_t(0)));
 
   load_tile<BM, D, Tr::kThreads>(sQ, qg + m0 * p.q_stride[1], p.q_stride[1], 0, p.seqlen_q - m0, tid);
   if (n_begin < n_end) {
@@ -59,11 +65,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashP
 #pragma unroll
     for (int r = 0; r < 2; ++r) row_max[mt][r] = -CUDART_INF_F, row_sum[mt][r] = 0.f;
 
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    const int buf = static_cast<int>(n - n_begin) & 1;
+  for (int t = 0; t < n_tiles; ++t) {
+    const int64_t n = n_begin + t;
+    const int buf = t & 1;
     cp_async_wait<0>();
     __syncthreads();  // tile n landed for all; everyone is done with tile n - 1's buffer
-    if (n + 1 < n_end) {
+    if (t + 1 < n_tiles) {
       load_tile<BN, D, Tr::kThreads>(sK + (buf ^ 1) * BN * D, kg, p.k_stride[1], (n + 1) * BN, p.seqlen_k, tid);
       load_tile<BN, D, Tr::kThreads>(sV + (buf ^ 1) * BN * D, vg, p.v_stride[1], (n + 1) * BN, p.seqlen_k, tid);
       cp_async_commit();
@@ -97,7 +104,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashP
     // a positive scale); masked tiles come back scaled, with -inf where hidden.
     const int64_t n0 = n * BN;
     float mult = scale_log2;
-    if (!(scale_log2 > 0.f && flash_tile_unmasked(p, m0, m0 + BM, n0, n0 + BN))) {
+    if (t < u_lo || t >= u_hi) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
         apply_mask<NT>(s[mt], p, b, mask_rows(p, b, h, m0 + wr + 16 * mt + lane / 4), n0 + 2 * (lane % 4),
@@ -105,20 +112,47 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashP
       mult = 1.f;
     }
 
-    // Online softmax; the row max is shared by the 4 threads of a quad.
+    // Online softmax; the row max is shared by the 4 threads of a quad. The running max is
+    // only raised when a tile's max exceeds it by more than kRescaleSlack (log2 units), so
+    // P stays <= 2^kRescaleSlack and most tiles skip rescaling O (exact: sum and O share the
+    // max that was used). Rescaling is warp-uniform: all rows or none.
+    constexpr float kRescaleSlack = 8.f;
+    float mx[MT][2];
+    bool grow = false;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        float mx = -CUDART_INF_F;
+        float m = -CUDART_INF_F;
 #pragma unroll
-        for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        mx = fmaxf(row_max[mt][r], mx * mult);
-        const float m_use = mx == -CUDART_INF_F ? 0.f : mx;  // never exp2(s - (-inf))
-        const float alpha = fast_exp2(row_max[mt][r] - m_use);
-        row_max[mt][r] = mx;
+        for (int j = 0; j < NT; ++j) m = fmaxf(m, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        mx[mt][r] = m * mult;
+        grow |= mx[mt][r] > row_max[mt][r] + kRescaleSlack;
+      }
+    if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float m_new = fmaxf(row_max[mt][r], mx[mt][r]);
+          // exp2(-inf - -inf) would be NaN; O and the sum are 0 while the max is -inf.
+          const float alpha = m_new == -CUDART_INF_F ? 1.f : fast_exp2(row_max[mt][r] - m_new);
+          row_max[mt][r] = m_new;
+          row_sum[mt][r] *= alpha;
+#pragma unroll
+          for (int j = 0; j < DT; ++j) {
+            o[mt][j][2 * r] *= alpha;
+            o[mt][j][2 * r + 1] *= alpha;
+          }
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float m_use = row_max[mt][r] == -CUDART_INF_F ? 0.f : row_max[mt][r];  // never s - (-inf)
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
@@ -126,12 +160,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashP
           s[mt][j][2 * r + 1] = fast_exp2(fmaf(s[mt][j][2 * r + 1], mult, -m_use));
           sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
         }
-        row_sum[mt][r] = row_sum[mt][r] * alpha + sum;
-#pragma unroll
-        for (int j = 0; j < DT; ++j) {
-          o[mt][j][2 * r] *= alpha;
-          o[mt][j][2 * r + 1] *= alpha;
-        }
+        row_sum[mt][r] += sum;
       }
 
     // O += P V, P straight from the score registers.

@@ -3,6 +3,7 @@
 // it to the CPU reference (same file) or to the CUDA launch site (flash.cu). The position
 // rules below are shared by both so that the CPU and the GPU mask exactly the same keys.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "core/device.h"
@@ -99,6 +100,24 @@ LCTX_HD inline bool flash_tile_unmasked(const FlashParams& p, int64_t q_lo, int6
   if (p.window_left >= 0 && kmin < qmax - p.window_left) return false;
   if (p.window_right >= 0 && kmax > qmin + p.window_right) return false;
   return true;
+}
+
+// Key tiles n in [*lo, *hi) (tile n = local keys [n * bn, n * bn + bn)) for which
+// flash_tile_unmasked(p, q_lo, q_hi, n * bn, n * bn + bn) holds: the rules bound n on each
+// side, so they form one interval, computed once per block instead of tested per tile.
+LCTX_HD inline void flash_unmasked_tiles(const FlashParams& p, int64_t q_lo, int64_t q_hi, int64_t bn, int64_t* lo,
+                                         int64_t* hi) {
+  auto floor_div = [](int64_t a, int64_t d) { return a >= 0 ? a / d : -((-a + d - 1) / d); };
+  int64_t l = 0, h = p.seqlen_k / bn;  // whole tiles inside [0, seqlen_k)
+  if (p.alibi_slopes || p.q_doc_ids || q_hi > p.seqlen_q) h = 0;
+  const int64_t qmin = p.q_offset + q_lo, qmax = p.q_offset + q_hi - 1;
+  // causal: kmax = k_offset + n bn + bn - 1 <= qmin; window_right: kmax <= qmin + wr
+  if (p.causal) h = std::min(h, floor_div(qmin - p.k_offset + 1, bn));
+  if (p.window_right >= 0) h = std::min(h, floor_div(qmin + p.window_right - p.k_offset + 1, bn));
+  // window_left: kmin = k_offset + n bn >= qmax - wl
+  if (p.window_left >= 0) l = std::max(l, -floor_div(-(qmax - p.window_left - p.k_offset), bn));
+  *lo = l;
+  *hi = std::max(h, l);
 }
 
 #ifdef LCTX_HAVE_CUDA

@@ -21,7 +21,8 @@ namespace lctx::attn {
 // fragment read from shared memory feeds two mma), 2 blocks per SM; 64-key tiles double
 // buffered. Q is re-read from shared memory per tile (no room in
 // registers next to the O accumulator). Measured on an H100 at S=16k, D=128: 64-key tiles
-// beat 32-key ones by ~6% (316 vs 297 TFLOP/s) although ptxas spills ~68 bytes for them.
+// beat 32-key ones by ~6% (316 vs 297 TFLOP/s); with the lazy rescale and one-pointer tile
+// loads ptxas still spills ~32 bytes at D=128, a few reloads per tile (not the bottleneck).
 template <class T, int D>
 struct FlashFwdTraits {
   static constexpr int kHeadDim = D;
@@ -76,16 +77,22 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Copies rows [row0, row0 + ROWS) of a [S, ..., D] head slice (row stride `stride`) into a
-// swizzled [ROWS][D] tile; rows >= S become zeros.
+// swizzled [ROWS][D] tile; rows >= S become zeros. Each thread copies one 16-byte chunk
+// column of every (THREADS / (D / 8))-th row: one global pointer and one shared offset per
+// thread, the rest immediates (few live registers next to the kernels' accumulators).
 template <int ROWS, int D, int THREADS, class T>
 __device__ __forceinline__ void load_tile(T* tile, const T* g, int64_t stride, int64_t row0, int64_t S, int tid) {
-  constexpr int kChunks = D / 8;
+  constexpr int kChunks = D / 8, kRowStep = THREADS / kChunks;
+  static_assert(THREADS % kChunks == 0 && ROWS % kRowStep == 0 && kRowStep % 8 == 0,
+                "load_tile: threads must tile the rows in steps of the swizzle period");
+  const int r0 = tid / kChunks, ch = tid % kChunks;
+  const int64_t left = S - row0 - r0;  // rows of this thread's column still inside [0, S)
+  const T* src = g + (row0 + r0) * stride + ch * 8;
+  T* dst = tile + swz(r0, ch * 8, D);
 #pragma unroll
-  for (int c = tid; c < ROWS * kChunks; c += THREADS) {
-    const int r = c / kChunks, ch = c % kChunks;
-    const bool valid = row0 + r < S;
-    const T* src = g + (valid ? (row0 + r) * stride : 0) + ch * 8;
-    cp_async16(tile + swz(r, ch * 8, D), src, valid);
+  for (int i = 0; i < ROWS / kRowStep; ++i) {
+    const bool valid = i * kRowStep < left;
+    cp_async16(dst + i * kRowStep * D, valid ? src + i * kRowStep * stride : g, valid);
   }
 }
 
