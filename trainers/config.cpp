@@ -111,6 +111,7 @@ const std::vector<Option>& schema() {
     add("logging.out_dir", Kind::string, LCTX_FIELD(logging.out_dir), "run directory: metrics.jsonl, loss.png, config.yaml, checkpoints/");
     add("logging.every", Kind::integer, LCTX_FIELD(logging.every), "progress line and metrics record every this many steps", 1, 1ll << 40);
     add("logging.progress", Kind::boolean, LCTX_FIELD(logging.progress), "print the progress line on rank 0");
+    add("logging.peak_tflops", Kind::real, LCTX_FIELD(logging.peak_tflops), "per-GPU peak TFLOP/s that MFU is measured against (dense bf16; H100/H200: 989)", 1e-3, 1e6);
     return o;
   }();
   return s;
@@ -467,6 +468,15 @@ void validate(const Config& c) {
              "config: model.dtype = bf16 needs a GPU (train.device cuda or auto); the CPU computes in f32");
   LCTX_CHECK(!(p.backend == "nccl" && c.train.device == "cpu"), "config: parallel.backend = nccl needs train.device cuda or auto");
   LCTX_CHECK(!c.checkpoint.resume.empty(), "config: checkpoint.resume must be none, auto or a file path");
+  if (c.train.device == "cuda") validate_for_gpu(c);
+}
+
+void validate_for_gpu(const Config& c) {
+  const ModelConfig& m = c.model;
+  LCTX_CHECK(m.dtype != "f32", "config: model.dtype = f32 is CPU-only; on a GPU use bf16 (or auto), ",
+             "master weights stay f32");
+  LCTX_CHECK(m.head_dim() == 64 || m.head_dim() == 128, "config: on a GPU the head dim model.dim / model.n_heads = ",
+             m.dim, " / ", m.n_heads, " = ", m.head_dim(), " must be 64 or 128 (the CUDA attention kernels' head dims)");
 }
 
 void validate_world(const Config& c, int64_t world_size) {

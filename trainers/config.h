@@ -105,6 +105,7 @@ struct LoggingConfig {
   std::string out_dir = "runs/default";
   int64_t every = 10;
   bool progress = true;
+  double peak_tflops = 989.0;  // per-GPU dense bf16 peak for MFU (H100/H200 SXM)
 };
 
 struct Config {
@@ -127,6 +128,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 // Cross-field checks (sizes, layout, kinds); parse_config calls it.
 void validate(const Config& c);
 // Checks that a runtime world size fits the config (dp*sp); called once the world is known.
+// The GPU-only rules (bf16 compute, head dim 64 or 128); validate() applies them when
+// train.device is cuda, and the trainer when train.device = auto resolves to a GPU.
+void validate_for_gpu(const Config& c);
 void validate_world(const Config& c, int64_t world_size);
 
 // The resolved configuration as YAML, every option present (defaults included).

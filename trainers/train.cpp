@@ -94,6 +94,7 @@ Device device_for(const Config& cfg, bool simulated, int world_rank) {
              "no",
 #endif
              ")");
+  validate_for_gpu(cfg);
   if (simulated) return Device::cuda(0);
   return Device::cuda(local_rank(world_rank) % cuda_device_count());
 }
@@ -282,12 +283,26 @@ class Trainer {
     std::cout.flush();
   }
 
+  // Model FLOPs utilisation per GPU: (6 * non-embedding params + 6 * layers * heads * head_dim
+  // * seq_len (causal attention)) per token, over the configured peak. 0 on the CPU.
+  double mfu(double tok_s) const {
+    if (!device_.is_cuda()) return 0.0;
+    const auto& m = cfg_.model;
+    const double non_embedding = static_cast<double>(model_->num_params() - m.vocab_size * m.dim);
+    const double attention = 6.0 * static_cast<double>(m.n_layers * m.n_heads * m.head_dim()) *
+                             static_cast<double>(cfg_.data.seq_len);
+    const double flops_per_token = 6.0 * non_embedding + attention;
+    return flops_per_token * tok_s / (static_cast<double>(world_.size()) * cfg_.logging.peak_tflops * 1e12);
+  }
+
   void progress(const StepRecord& r, double tok_s, double eta_s) {
     const MemoryStats ms = memory_stats(device_);
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "step %6lld/%lld | loss %.4f | acc %5.1f%% | lr %.2e | gnorm %.3f | %s tok/s | ETA %s | mem %s%s",
+    char mfu_buf[32] = "";
+    if (device_.is_cuda()) std::snprintf(mfu_buf, sizeof mfu_buf, " | MFU %.3f", mfu(tok_s));
+    char buf[320];
+    std::snprintf(buf, sizeof buf, "step %6lld/%lld | loss %.4f | acc %5.1f%% | lr %.2e | gnorm %.3f | %s tok/s%s | ETA %s | mem %s%s",
                   static_cast<long long>(r.step), static_cast<long long>(cfg_.train.steps), r.loss, 100.0 * r.accuracy,
-                  r.lr, r.grad_norm, human_rate(tok_s).c_str(), human_time(eta_s).c_str(),
+                  r.lr, r.grad_norm, human_rate(tok_s).c_str(), mfu_buf, human_time(eta_s).c_str(),
                   human_bytes(static_cast<double>(ms.peak_bytes)).c_str(), r.skipped ? " | SKIPPED (non-finite grad)" : "");
     std::cout << buf << std::endl;
   }
@@ -297,6 +312,7 @@ class Trainer {
     metrics_ << "{\"split\": \"train\", \"step\": " << r.step << ", \"loss\": " << json_num(r.loss)
              << ", \"accuracy\": " << json_num(r.accuracy) << ", \"lr\": " << json_num(r.lr)
              << ", \"grad_norm\": " << json_num(r.grad_norm) << ", \"tokens_per_s\": " << json_num(tok_s)
+             << ", \"mfu\": " << json_num(mfu(tok_s))
              << ", \"tokens\": " << consumed_ * cfg_.data.seq_len << ", \"skipped\": " << (r.skipped ? "true" : "false")
              << ", \"skipped_total\": " << skipped_ << ", \"mem_peak_bytes\": " << ms.peak_bytes << "}\n";
     metrics_.flush();

@@ -183,7 +183,7 @@ TEST_F(Training, MetricsJsonlSchema) {
   run(config("a"));
   std::ifstream in(dir_ + "/a/metrics.jsonl");
   ASSERT_TRUE(in.good());
-  const std::vector<std::string> train_keys = {"split", "step", "loss", "accuracy", "lr", "grad_norm", "tokens_per_s",
+  const std::vector<std::string> train_keys = {"split", "step", "loss", "accuracy", "lr", "grad_norm", "tokens_per_s", "mfu",
                                                "tokens", "skipped", "skipped_total", "mem_peak_bytes"};
   const std::vector<std::string> eval_keys = {"split", "step", "loss", "accuracy", "tokens"};
   int train = 0, eval = 0;

@@ -1,6 +1,6 @@
-// lctx-train on a GPU (skips without one): f32 on the GPU follows the CPU run, bf16 compute
-// with fp32 master weights learns and stays close to f32, ring attention over simulated ranks
-// sharing the GPU matches one rank, and a GPU checkpoint resumes on the CPU.
+// lctx-train on a GPU (skips without one): bf16 compute with fp32 master weights follows the
+// f32 CPU run and learns, ring attention over simulated ranks sharing the GPU matches one rank,
+// and a GPU checkpoint resumes on the CPU. Head dim 64: the CUDA attention kernels' smallest.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -30,7 +30,7 @@ class TrainGpu : public ::testing::Test {
   Config config(const std::string& run, std::vector<std::string> extra) const {
     extra.push_back("logging.out_dir=" + dir_ + "/" + run);
     return parse_config(
-        "model:\n  vocab_size: 32\n  dim: 64\n  n_layers: 2\n  n_heads: 4\n  n_kv_heads: 2\n"
+        "model:\n  vocab_size: 32\n  dim: 128\n  n_layers: 2\n  n_heads: 2\n  n_kv_heads: 1\n"
         "data:\n  source: passkey\n  seq_len: 256\n  batch_size: 8\n"
         "optimizer:\n  lr: 3.0e-3\n  warmup_steps: 5\n"
         "train:\n  steps: 30\n"
@@ -48,30 +48,27 @@ class TrainGpu : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(TrainGpu, F32FollowsCpuAndBf16Learns) {
+TEST_F(TrainGpu, Bf16FollowsCpuAndLearns) {
   LCTX_REQUIRE_GPU();
   const RunResult cpu = run(config("cpu", {"train.device=cpu"}));
-  const RunResult f32 = run(config("f32", {"train.device=cuda", "model.dtype=f32"}));
   const RunResult bf16 = run(config("bf16", {"train.device=cuda", "model.dtype=bf16"}));
   ASSERT_EQ(cpu.train.size(), 30u);
-  ASSERT_EQ(f32.train.size(), 30u);
   ASSERT_EQ(bf16.train.size(), 30u);
-  for (size_t i = 0; i < 5; ++i) {
-    EXPECT_NEAR(f32.train[i].loss, cpu.train[i].loss, 1e-3 * cpu.train[i].loss) << "step " << i + 1;
+  for (size_t i = 0; i < 5; ++i)
     EXPECT_NEAR(bf16.train[i].loss, cpu.train[i].loss, 3e-2 * cpu.train[i].loss) << "step " << i + 1;
-  }
-  EXPECT_LT(bf16.train.back().loss, bf16.train.front().loss);
+  EXPECT_LT(bf16.train.back().loss, 0.8 * bf16.train.front().loss);
   for (const auto& r : bf16.train) EXPECT_FALSE(r.skipped);
 }
 
 TEST_F(TrainGpu, RingOnSimulatedRanksMatchesOneRank) {
   LCTX_REQUIRE_GPU();
-  const RunResult one = run(config("one", {"train.device=cuda", "model.dtype=f32", "train.steps=5"}));
-  const RunResult ring = run(config("ring", {"train.device=cuda", "model.dtype=f32", "train.steps=5",
-                                             "attention.kind=ring", "parallel.sp=4", "parallel.simulate=4"}));
+  const RunResult one = run(config("one", {"train.device=cuda", "train.steps=5"}));
+  const RunResult ring = run(config("ring", {"train.device=cuda", "train.steps=5", "attention.kind=ring",
+                                             "parallel.sp=4", "parallel.simulate=4"}));
   ASSERT_EQ(ring.train.size(), one.train.size());
+  // bf16 compute: the ring merges fp32 partials, one rank rounds once; both within bf16 noise.
   for (size_t i = 0; i < one.train.size(); ++i)
-    EXPECT_NEAR(ring.train[i].loss, one.train[i].loss, 1e-4 * one.train[i].loss) << "step " << i + 1;
+    EXPECT_NEAR(ring.train[i].loss, one.train[i].loss, 1e-2 * one.train[i].loss) << "step " << i + 1;
 }
 
 TEST_F(TrainGpu, Bf16CheckpointResumesOnCpu) {
