@@ -18,7 +18,8 @@ namespace fs = std::filesystem;
 
 namespace lctx::train {
 
-void hdf5_quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+Hdf5Quiet::Hdf5Quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+Hdf5Quiet::~Hdf5Quiet() { H5Eclear2(H5E_DEFAULT); }
 
 std::mutex& hdf5_mutex() {
   static std::mutex m;
@@ -191,7 +192,7 @@ std::vector<std::string> list_checkpoints(const std::string& dir) {
 
 void save_checkpoint(const std::string& dir, const CheckpointState& st, int64_t keep) {
   std::lock_guard<std::mutex> lock(hdf5_mutex());
-  hdf5_quiet();
+  const Hdf5Quiet quiet;
   std::error_code ec;
   fs::create_directories(dir, ec);
   LCTX_CHECK(!ec, "checkpoint: cannot create directory ", dir, ": ", ec.message());
@@ -231,7 +232,7 @@ void save_checkpoint(const std::string& dir, const CheckpointState& st, int64_t 
 
 CheckpointState load_checkpoint(const std::string& file) {
   std::lock_guard<std::mutex> lock(hdf5_mutex());
-  hdf5_quiet();
+  const Hdf5Quiet quiet;
   std::error_code ec;
   LCTX_CHECK(fs::is_regular_file(file, ec), "checkpoint: ", file, " does not exist");
   LCTX_CHECK(H5Fis_hdf5(file.c_str()) > 0, "checkpoint ", file, " is not a valid HDF5 file (truncated or corrupt)");

@@ -223,7 +223,7 @@ class Hdf5Tokens final : public TokenFile {
  public:
   Hdf5Tokens(const DataConfig& d, int64_t vocab) : TokenFile(d, vocab) {
     std::lock_guard<std::mutex> lock(hdf5_mutex());
-    hdf5_quiet();
+    const Hdf5Quiet quiet;
     file_ = H5Id(H5Fopen(d.path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
     LCTX_CHECK(file_ >= 0, "data: cannot open HDF5 file data.path = '", d.path, "'");
     LCTX_CHECK(H5Lexists(file_, d.hdf5_dataset.c_str(), H5P_DEFAULT) > 0, "data: ", d.path, " has no dataset '",

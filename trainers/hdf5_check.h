@@ -51,8 +51,15 @@ class H5Id {
   Closer close_ = nullptr;
 };
 
-// Turns off HDF5's automatic error-stack printing (errors surface as lctx::Error instead).
-void hdf5_quiet();
+// For the scope of one HDF5 call sequence: HDF5's own error printing off, and its (per-thread)
+// error stack cleared on exit so failed calls leave nothing behind (checked with LSan).
+class Hdf5Quiet {
+ public:
+  Hdf5Quiet();
+  ~Hdf5Quiet();
+  Hdf5Quiet(const Hdf5Quiet&) = delete;
+  Hdf5Quiet& operator=(const Hdf5Quiet&) = delete;
+};
 // The serial HDF5 library is not thread-safe and simulated ranks are threads: every HDF5 call
 // in the trainer holds this lock.
 std::mutex& hdf5_mutex();

@@ -1,12 +1,12 @@
-// Flash attention forward kernel (FlashAttention-2): one block per (128-query tile, head,
-// batch), 4 warps of 32 query rows; each warp keeps its O accumulator, running max and sum
-// in registers and streams K/V tiles, double buffered with cp.async (one barrier per tile:
-// the next tile's copy is issued right after it and overlaps this tile's math), through
-// mma.sync. P goes from the score registers straight into the A fragments of P V. Scores
-// live in the log2 domain (scale * log2e folded into one FMA before ex2); the running max
-// is raised lazily, so most tiles skip rescaling O. Key tiles that no query of the block can
-// see are skipped; only tiles outside flash_unmasked_tiles (diagonal, window edges, ALiBi,
-// documents, ragged ends) run the per-element mask.
+// Flash attention forward kernel (FlashAttention-2): one block per (kBlockM-query tile,
+// head, batch), warps of 32 query rows (FlashFwdTraits); each warp keeps its O accumulator,
+// running max and sum in registers and streams K/V tiles, double buffered with cp.async
+// (one barrier per tile: the next tile's copy is issued right after it and overlaps this
+// tile's math), through mma.sync. P goes from the score registers straight into the A
+// fragments of P V. Scores live in the log2 domain (scale * log2e folded into one FMA before
+// ex2); the running max is raised lazily, so most tiles skip rescaling O. Key tiles that no
+// query of the block can see are skipped; only tiles outside flash_unmasked_tiles (diagonal,
+// window edges, ALiBi, documents, ragged ends) run the per-element mask.
 #pragma once
 #include <math_constants.h>
 
@@ -17,7 +17,7 @@
 namespace lctx::attn {
 
 template <class Tr, class T>
-__global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashParams p, float scale_log2) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel(const FlashParams p, float scale_log2) {
   constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN, NT = BN / 8, DT = D / 8, MT = 2;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);

@@ -17,20 +17,24 @@
 
 namespace lctx::attn {
 
-// Forward: 128 query rows per block over 4 warps of 32 rows (two m16 tiles, so every K/V
-// fragment read from shared memory feeds two mma), 2 blocks per SM; 64-key tiles double
-// buffered. Q is re-read from shared memory per tile (no room in
-// registers next to the O accumulator). Measured on an H100 at S=16k, D=128: 64-key tiles
-// beat 32-key ones by ~6% (316 vs 297 TFLOP/s); with the lazy rescale and one-pointer tile
-// loads ptxas still spills ~32 bytes at D=128, a few reloads per tile (not the bottleneck).
+// Forward: kBlockM query rows per block over kBlockM / 32 warps of 32 rows (two m16 tiles, so
+// every K/V fragment read from shared memory feeds two mma), 8 warps per SM; 64-key tiles
+// double buffered. Q is re-read from shared memory per tile (no room in registers next to
+// the O accumulator). Measured on an H100 at S=16k, D=128: 64-key tiles beat 32-key ones by
+// ~6% (316 vs 297 TFLOP/s); with the lazy rescale and one-pointer tile loads ptxas still
+// spills ~32 bytes at D=128, a few reloads per tile (not the bottleneck). At D=128 one block
+// of 256 rows per SM beats two of 128 (H100, bf16, H=16: 392-396 vs 375 TFLOP/s at S=16k,
+// 395-399 vs 378-381 at S=64k; half the K/V bytes per FLOP through L2 and cp.async; the L2
+// hit rate was already ~98% at S=64k); at D=64 it lost at S=16k causal, so D=64 keeps 128.
 template <class T, int D>
 struct FlashFwdTraits {
   static constexpr int kHeadDim = D;
-  static constexpr int kBlockM = 128;
+  static constexpr int kBlockM = D == 128 ? 256 : 128;
   static constexpr int kBlockN = 64;
-  static constexpr int kWarps = 4;
-  static constexpr int kWarpRows = kBlockM / kWarps;  // 32
+  static constexpr int kWarps = kBlockM / 32;
+  static constexpr int kWarpRows = 32;
   static constexpr int kThreads = kWarps * 32;
+  static constexpr int kMinBlocks = 256 / kThreads;  // blocks per SM: 8 warps per SM
   static constexpr int kSmemElems = (kBlockM + 4 * kBlockN) * D;  // Q, K[2], V[2]
   static constexpr int kSmemBytes = kSmemElems * sizeof(T);
 };

@@ -2,7 +2,7 @@
 // convention (forward 4*B*H*S*S*D, halved when causal; forward+backward = 3.5x forward),
 // median of timed repetitions after warm-up, CUDA events. Prints one line per shape
 // ("lctx <shape> fwd <TFLOP/s> fwdbwd <TFLOP/s>") and the allocator's peak bytes of a
-// forward+backward at S=64k to show O(S) memory. Optional arguments: repetitions, max S.
+// forward+backward at S=64k to show O(S) memory. Optional arguments: repetitions, max S, min S.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   }
   const int reps = argc > 1 ? std::atoi(argv[1]) : 10;
   const int64_t max_s = argc > 2 ? std::atoll(argv[2]) : 65536;
+  const int64_t min_s = argc > 3 ? std::atoll(argv[3]) : 0;
   cudaDeviceProp prop;
   LCTX_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device %s\n", prop.name);
@@ -61,7 +62,7 @@ int main(int argc, char** argv) {
   const Device gpu = Device::cuda();
   for (const Shape& sh : shapes)
     for (bool causal : {false, true}) {
-      if (sh.S > max_s) continue;
+      if (sh.S > max_s || sh.S < min_s) continue;
       Tensor q = Tensor::empty({1, sh.S, sh.H, sh.D}, DType::bf16, gpu);
       Tensor k = Tensor::empty(q.shape(), DType::bf16, gpu), v = Tensor::empty(q.shape(), DType::bf16, gpu);
       Tensor dout = Tensor::empty(q.shape(), DType::bf16, gpu);
