@@ -9,7 +9,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [ $# -ge 1 ] || { echo "usage: bash launch/mpirun.sh CONFIG.yaml [lctx-train args...]" >&2; exit 2; }
 CONFIG="$1"
 shift
-source "$ROOT/launch/setup.sh" --target lctx-train
+LCTX_BUILD_TARGET=lctx-train
+source "$ROOT/launch/setup.sh"
 if [ -z "${LCTX_NP:-}" ]; then
   LCTX_NP=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   [ "${LCTX_NP:-0}" -gt 0 ] || LCTX_NP=2

@@ -12,7 +12,8 @@ if [ $# -gt 0 ] && [[ "$1" == *.yaml || "$1" == *.yml ]]; then
   CONFIG="$1"
   shift
 fi
-source "$ROOT/launch/setup.sh" --target lctx-train
+LCTX_BUILD_TARGET=lctx-train
+source "$ROOT/launch/setup.sh"
 NAME="$(basename "${CONFIG%.*}")"
 OUT="${LCTX_RUN_DIR:-$ROOT/runs/$NAME}"
 cd "$ROOT"

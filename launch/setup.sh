@@ -2,6 +2,7 @@
 # Shared by run.sh and test.sh: installs missing build dependencies (Debian 12 / Ubuntu 24.04,
 # as root, via apt) and configures + builds lctx into build/ (Ninja when present).
 # Idempotent: with everything installed and built it only runs an incremental build.
+# LCTX_BUILD_TARGET (optional) builds one target instead of all (run.sh: lctx-train).
 set -euo pipefail
 
 LCTX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,13 +45,14 @@ lctx_install_deps() {
 }
 
 lctx_build() {
-  local gen=()
+  local gen=() target=()
+  [ -n "${LCTX_BUILD_TARGET:-}" ] && target=(--target "$LCTX_BUILD_TARGET")
   command -v ninja >/dev/null && gen=(-G Ninja)
   if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
     cmake -S "$LCTX_ROOT" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release ${LCTX_CMAKE_ARGS:-}
   fi
-  cmake --build "$BUILD_DIR" -j "$(nproc)" "$@"
+  cmake --build "$BUILD_DIR" -j "$(nproc)" "${target[@]}"
 }
 
 lctx_install_deps
-lctx_build "$@"
+lctx_build
