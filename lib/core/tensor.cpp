@@ -295,6 +295,12 @@ void check_contiguous(const char* op, const char* name, const Tensor& t) {
   LCTX_CHECK(t.is_contiguous(), op, ": ", name, " ", t.str(), " must be contiguous");
 }
 
+void check_like(const char* op, const char* name, const Tensor& t, const Tensor& like) {
+  check_shape(op, name, t, like.shape());
+  check_dtype(op, name, t, like.dtype());
+  check_contiguous(op, name, t);
+}
+
 DType dtype_from_name(std::string_view name) {
   for (DType t : {DType::f64, DType::f32, DType::bf16, DType::f16, DType::i32, DType::i64})
     if (dtype_name(t) == name) return t;

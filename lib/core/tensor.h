@@ -96,5 +96,7 @@ void check_shape(const char* op, const char* name, const Tensor& t, const Shape&
 void check_dtype(const char* op, const char* name, const Tensor& t, DType expected);
 void check_same_device(const char* op, std::initializer_list<const Tensor*> ts);
 void check_contiguous(const char* op, const char* name, const Tensor& t);
+// `t` has the shape and dtype of `like` and is contiguous (outputs and gradients of an op).
+void check_like(const char* op, const char* name, const Tensor& t, const Tensor& like);
 
 }  // namespace lctx

@@ -58,9 +58,7 @@ void cross_entropy(const char* op, Tensor& losses, Tensor& mean_loss, Tensor& dl
              " must have one element");
   check_dtype(op, "mean_loss", mean_loss, gd);
   if (dlogits.defined()) {
-    check_shape(op, "dlogits", dlogits, logits.shape());
-    check_dtype(op, "dlogits", dlogits, logits.dtype());
-    check_contiguous(op, "dlogits", dlogits);
+    check_like(op, "dlogits", dlogits, logits);
   }
   LCTX_CHECK(v > 0, op, ": logits ", logits.str(), " has an empty vocabulary");
   if (logits.device().is_cuda()) {

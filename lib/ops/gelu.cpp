@@ -19,11 +19,6 @@ void cpu_gelu(T* y, const T* dout, const T* x, int64_t n) {
     y[i] = static_cast<T>(dout ? dout[i] * detail::gelu_grad<double>(x[i]) : detail::gelu<double>(x[i]));
 }
 
-void check_like(const char* op, const char* name, const Tensor& t, const Tensor& x) {
-  check_shape(op, name, t, x.shape());
-  check_dtype(op, name, t, x.dtype());
-  check_contiguous(op, name, t);
-}
 }  // namespace
 
 void gelu_forward(Tensor& out, const Tensor& x, Stream s) {

@@ -88,9 +88,7 @@ void linear_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dy, co
   const float beta = mode == GradMode::accumulate ? 1.0f : 0.0f;
   const Tensor dy2 = as_2d(dy);
   if (dx.defined()) {
-    check_shape(op, "dx", dx, x.shape());
-    check_dtype(op, "dx", dx, x.dtype());
-    check_contiguous(op, "dx", dx);
+    check_like(op, "dx", dx, x);
     Tensor dx2 = as_2d(dx);
     matmul(dx2, dy2, w, Trans::none, Trans::none, 1.0f, 0.0f, s);
   }

@@ -97,9 +97,7 @@ void norm_forward(const char* op, NormKind kind, Tensor& out, Tensor& mean, Tens
   check_same_device(op, {&x, &out, &mean, &rstd, &w, &b});
   check_param(op, "w", w, x);
   if (b.defined()) check_param(op, "b", b, x);
-  check_shape(op, "out", out, x.shape());
-  check_dtype(op, "out", out, x.dtype());
-  check_contiguous(op, "out", out);
+  check_like(op, "out", out, x);
   check_stat(op, "rstd", rstd, x);
   if (kind == NormKind::layer) check_stat(op, "mean", mean, x);
   LCTX_CHECK(eps >= 0.0f, op, ": eps must be >= 0, got ", eps);
@@ -125,16 +123,12 @@ void norm_backward(const char* op, NormKind kind, Tensor& dx, Tensor& dw, Tensor
   check_float_input(op, "x", x);
   LCTX_CHECK(x.dim() >= 1, op, ": x must be [..., C], got ", x.str());
   check_same_device(op, {&x, &dout, &dx, &dw, &db, &w, &mean, &rstd});
-  check_shape(op, "dout", dout, x.shape());
-  check_dtype(op, "dout", dout, x.dtype());
-  check_contiguous(op, "dout", dout);
+  check_like(op, "dout", dout, x);
   check_param(op, "w", w, x);
   check_stat(op, "rstd", rstd, x);
   if (kind == NormKind::layer) check_stat(op, "mean", mean, x);
   if (dx.defined()) {
-    check_shape(op, "dx", dx, x.shape());
-    check_dtype(op, "dx", dx, x.dtype());
-    check_contiguous(op, "dx", dx);
+    check_like(op, "dx", dx, x);
   }
   const DType gd = grad_dtype(x.dtype());
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"dw", &dw}, {"db", &db}}) {

@@ -71,9 +71,7 @@ void swiglu_backward(Tensor& din, const Tensor& dout, const Tensor& in, Stream s
   constexpr const char* op = "swiglu_backward";
   check_same_device(op, {&din, &dout, &in});
   const int64_t f = check_packed(op, in, dout, "dout");
-  check_shape(op, "din", din, in.shape());
-  check_dtype(op, "din", din, in.dtype());
-  check_contiguous(op, "din", din);
+  check_like(op, "din", din, in);
   const int64_t rows = detail::rows_of(dout);
   if (in.device().is_cuda()) {
 #ifdef LCTX_HAVE_CUDA
