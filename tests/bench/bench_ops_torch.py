@@ -6,19 +6,7 @@ import sys
 
 import torch
 
-
-def median_ms(fn, warmup=10, reps=50):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[reps // 2]
+from torch_timing import median_ms
 
 
 def rms_norm(x, w, eps):
