@@ -8,13 +8,72 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
+#include <mutex>
+#include <set>
+#include <string>
 #include <vector>
 
+#include "attn/flash_cudnn.h"
 #include "attn/flash_params.h"
 
 namespace lctx::attn {
+
+std::string_view attn_backend_name(AttnBackend b) {
+  switch (b) {
+    case AttnBackend::automatic: return "auto";
+    case AttnBackend::cudnn: return "cudnn";
+    case AttnBackend::lctx: return "lctx";
+  }
+  return "?";
+}
+
+AttnBackend parse_attn_backend(std::string_view name) {
+  for (AttnBackend b : {AttnBackend::automatic, AttnBackend::cudnn, AttnBackend::lctx})
+    if (name == attn_backend_name(b)) return b;
+  LCTX_FAIL("attention backend '", name, "' is not one of auto, cudnn, lctx");
+}
+
 namespace {
+
+// The backend a call asks for: its option, or LCTX_ATTN_BACKEND in place of `automatic`.
+AttnBackend requested_backend(const FlashOptions& opts) {
+  if (opts.backend != AttnBackend::automatic) return opts.backend;
+  const char* env = std::getenv("LCTX_ATTN_BACKEND");
+  if (!env || !*env) return AttnBackend::automatic;
+  for (AttnBackend b : {AttnBackend::automatic, AttnBackend::cudnn, AttnBackend::lctx})
+    if (std::string_view(env) == attn_backend_name(b)) return b;
+  LCTX_FAIL("environment variable LCTX_ATTN_BACKEND='", env, "' is not one of auto, cudnn, lctx");
+}
+
+// Prints each distinct line once per process (rank 0 or a non-distributed run).
+void report_once(const std::string& line) {
+  static std::mutex mu;
+  static std::set<std::string> seen;
+  std::lock_guard<std::mutex> lock(mu);
+  if (seen.insert(line).second && error_rank() <= 0) std::fprintf(stderr, "lctx: %s\n", line.c_str());
+}
+
+#ifdef LCTX_HAVE_CUDA
+// The backend policy of a CUDA call: `attempt` tries cuDNN (false, with the reason, when it
+// cannot run the call). Returns false when lctx's kernels must run the call instead.
+template <class F>
+bool ran_on_cudnn(const char* op, const FlashOptions& opts, const Tensor& q, const Tensor& k, F&& attempt) {
+  const AttnBackend want = requested_backend(opts);
+  if (want == AttnBackend::lctx) return false;
+  std::string why;
+  if (attempt(&why)) {
+    report_once(std::string(op) + ": cuDNN " + detail::cudnn_version_string() + " fused attention");
+    return true;
+  }
+  LCTX_CHECK(want != AttnBackend::cudnn, op, ": attention backend cudnn cannot run this call (", why, "); q ",
+             q.str(), ", k ", k.str(), ". Use backend auto or lctx");
+  report_once(std::string(op) + ": lctx kernels for calls cuDNN cannot run (" + why + ")");
+  return false;
+}
+#endif
 
 constexpr int64_t kTile = 64;
 
@@ -351,10 +410,24 @@ FlashOutput flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
   if (out.o.numel() == 0) return out;
   (void)s;
   if (dev.is_cpu()) {
+    LCTX_CHECK(requested_backend(opts) != AttnBackend::cudnn, op, ": attention backend cudnn needs CUDA tensors, q ",
+               q.str());
     LCTX_DISPATCH_CPU_FLOAT(p.dtype, op, [&] { cpu_forward<scalar_t>(p); });
   } else {
 #ifdef LCTX_HAVE_CUDA
-    flash_forward_cuda(p, s);
+    const bool cudnn = ran_on_cudnn(op, opts, q, k, [&](std::string* why) {
+      // cuDNN writes o in the input dtype: an f32 output goes through a converted copy.
+      const Tensor o_io = odt == q.dtype() ? out.o : Tensor::empty(q.shape(), q.dtype(), dev);
+      FlashParams pc = p;
+      pc.o = o_io.raw();
+      pc.o_dtype = q.dtype();
+      set_strides3(pc.o_stride, o_io);
+      *why = detail::cudnn_unsupported(pc);
+      if (!why->empty() || !detail::flash_forward_cudnn(pc, s, why)) return false;
+      if (o_io.raw() != out.o.raw()) out.o.copy_from(o_io, s);
+      return true;
+    });
+    if (!cudnn) flash_forward_cuda(p, s);
 #endif
   }
   return out;
@@ -421,10 +494,41 @@ FlashGrads flash_backward(const Tensor& q, const Tensor& k, const Tensor& v, con
   if (g.dq.numel() == 0 && g.dk.numel() == 0) return g;
   (void)s;
   if (dev.is_cpu()) {
+    LCTX_CHECK(requested_backend(opts) != AttnBackend::cudnn, op, ": attention backend cudnn needs CUDA tensors, q ",
+               q.str());
     LCTX_DISPATCH_CPU_FLOAT(p.dtype, op, [&] { cpu_backward<scalar_t>(p); });
   } else {
 #ifdef LCTX_HAVE_CUDA
-    flash_backward_cuda(p, s);
+    const bool cudnn = ran_on_cudnn(op, opts, q, k, [&](std::string* why) {
+      // cuDNN reads o and writes dq/dk/dv in the input dtype: f32 o is converted, f32 or
+      // accumulated gradients go through temporaries.
+      FlashParams pc = p;
+      const Tensor o_io = o.dtype() == q.dtype() ? o : o.to(q.dtype(), s);
+      pc.o = o_io.raw();
+      pc.o_dtype = q.dtype();
+      set_strides3(pc.o_stride, o_io);
+      const bool direct = mode == GradMode::overwrite && g.dq.dtype() == q.dtype();
+      const FlashGrads t = direct ? g
+                                  : FlashGrads{Tensor::empty(q.shape(), q.dtype(), dev),
+                                               Tensor::empty(k.shape(), q.dtype(), dev),
+                                               Tensor::empty(k.shape(), q.dtype(), dev)};
+      pc.dq = t.dq.raw();
+      pc.dk = t.dk.raw();
+      pc.dv = t.dv.raw();
+      pc.grad_dtype = q.dtype();
+      set_strides3(pc.dq_stride, t.dq);
+      set_strides3(pc.dk_stride, t.dk);
+      set_strides3(pc.dv_stride, t.dv);
+      *why = detail::cudnn_unsupported(pc);
+      if (!why->empty() || !detail::flash_backward_cudnn(pc, s, why)) return false;
+      if (direct) return true;
+      for (auto [dst, src] : {std::pair{&g.dq, &t.dq}, std::pair{&g.dk, &t.dk}, std::pair{&g.dv, &t.dv}}) {
+        if (mode == GradMode::accumulate) detail::add_into_cuda(*dst, *src, s);
+        else dst->copy_from(*src, s);
+      }
+      return true;
+    });
+    if (!cudnn) flash_backward_cuda(p, s);
 #endif
   }
   return g;

@@ -77,6 +77,14 @@ cudaMemPool_t scratch_pool() {
   return pools[dev];
 }
 
+void* flash_scratch_alloc(int64_t bytes, Stream s) {
+  void* ptr = nullptr;
+  LCTX_CUDA_CHECK(cudaMallocFromPoolAsync(&ptr, static_cast<size_t>(bytes), scratch_pool(), cuda_stream(s)));
+  return ptr;
+}
+
+void flash_scratch_free(void* ptr, Stream s) { LCTX_CUDA_CHECK(cudaFreeAsync(ptr, cuda_stream(s))); }
+
 void flash_backward_cuda(const FlashParams& p, Stream s) {
   check_rows_aligned("flash_backward", "q", p.q, p.q_stride);
   check_rows_aligned("flash_backward", "k", p.k, p.k_stride);
@@ -88,9 +96,7 @@ void flash_backward_cuda(const FlashParams& p, Stream s) {
     using Tr = FlashBwdTraits<T, D>;
     const int64_t q_tiles = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
     const int64_t acc_elems = p.batch * p.heads_q * q_tiles * Tr::kBlockM * D;
-    float* scratch = nullptr;
-    LCTX_CUDA_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&scratch),
-                                            sizeof(float) * (acc_elems + 2 * rows), scratch_pool(), stream));
+    float* scratch = static_cast<float*>(flash_scratch_alloc(sizeof(float) * (acc_elems + 2 * rows), s));
     float* dq_acc = scratch;
     float* dsum = scratch + acc_elems;
     float* lse2 = dsum + rows;
@@ -113,7 +119,7 @@ void flash_backward_cuda(const FlashParams& p, Stream s) {
       flash_bwd_dq_kernel<Tr, T><<<2048, 256, 0, stream>>>(p, dq_acc, static_cast<float>(p.softmax_scale));
       LCTX_CUDA_CHECK_LAUNCH("flash_bwd_dq_kernel");
     }
-    LCTX_CUDA_CHECK(cudaFreeAsync(scratch, stream));
+    flash_scratch_free(scratch, s);
   });
 }
 

@@ -17,6 +17,7 @@
 // Tensors may be strided views (e.g. sequence slices) as long as head_dim is contiguous.
 #pragma once
 #include <cstdint>
+#include <string_view>
 
 #include "core/grad_mode.h"
 #include "core/tensor.h"
@@ -26,6 +27,17 @@ namespace lctx::attn {
 enum class Mask { none, causal };
 enum class OutputDType { input, f32 };     // f32: partial outputs for an exact fp32 merge
 using lctx::GradMode;
+
+// Which implementation runs a CUDA call: lctx's own kernels, cuDNN's fused attention, or
+// automatic: cuDNN where it supports the call (bf16/f16, causal or window bands that leave
+// every query row a key, no ALiBi, no documents), lctx's kernels otherwise. `automatic`
+// follows the environment variable LCTX_ATTN_BACKEND (auto|cudnn|lctx) when it is set. A
+// forced `cudnn` that cannot run a call is an error naming the reason. The first use of each
+// backend (and each reason for falling back) is reported once on stderr. CPU tensors always
+// run the reference (a forced `cudnn` on the CPU is an error).
+enum class AttnBackend { automatic, cudnn, lctx };
+std::string_view attn_backend_name(AttnBackend b);    // "auto", "cudnn", "lctx"
+AttnBackend parse_attn_backend(std::string_view name);  // throws naming the accepted values
 
 struct FlashOptions {
   float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)
@@ -38,6 +50,7 @@ struct FlashOptions {
   Tensor q_doc_ids;            // i32 [B, Sq] or undefined (one document)
   Tensor k_doc_ids;            // i32 [B, Sk]; defined iff q_doc_ids is
   OutputDType out_dtype = OutputDType::input;  // forward only
+  AttnBackend backend = AttnBackend::automatic;
 };
 
 struct FlashOutput {

@@ -125,6 +125,10 @@ LCTX_HD inline void flash_unmasked_tiles(const FlashParams& p, int64_t q_lo, int
 void flash_forward_cuda(const FlashParams& p, Stream s);
 // Stream-ordered: takes its fp32 scratch from a pool on `s` and never blocks the host.
 void flash_backward_cuda(const FlashParams& p, Stream s);
+// Scratch memory ordered on `s` (flash.cu): usable by work queued on `s` after the alloc,
+// returned to the pool once the work queued before the free is done. No host sync.
+void* flash_scratch_alloc(int64_t bytes, Stream s);
+void flash_scratch_free(void* ptr, Stream s);
 #endif
 
 }  // namespace lctx::attn

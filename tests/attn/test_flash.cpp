@@ -242,4 +242,22 @@ TEST(FlashCpuErrors, RejectsBadArguments) {
   EXPECT_THROW(attn::flash_backward(good.q, good.k, good.v, out.o, out.lse, good.dout, {}, GradMode::accumulate), Error);
 }
 
+TEST(FlashBackend, NamesParseAndCudnnNeedsCuda) {
+  for (auto b : {attn::AttnBackend::automatic, attn::AttnBackend::cudnn, attn::AttnBackend::lctx})
+    EXPECT_EQ(attn::parse_attn_backend(attn::attn_backend_name(b)), b);
+  EXPECT_THROW(attn::parse_attn_backend("cuDNN"), Error);
+  FlashCase c{.name = "cpu"};
+  const FlashInputs in = make_flash_inputs(c, 2);
+  attn::FlashOptions o;
+  o.backend = attn::AttnBackend::cudnn;
+  try {
+    attn::flash_forward(in.q, in.k, in.v, o);
+    ADD_FAILURE() << "a forced cudnn backend on CPU tensors must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cudnn needs CUDA tensors"), std::string::npos) << e.what();
+  }
+  o.backend = attn::AttnBackend::lctx;  // CPU runs the reference whatever the CUDA choice
+  EXPECT_NO_THROW(attn::flash_forward(in.q, in.k, in.v, o));
+}
+
 }  // namespace

@@ -1,6 +1,8 @@
 // CUDA flash attention (bf16, f16; head_dim 64 and 128) against the CPU reference run in
 // f32 on the same rounded inputs, for every option, forward and backward, both output
-// dtypes and both gradient modes.
+// dtypes and both gradient modes; once with lctx's kernels and once with cuDNN (forced where
+// cuDNN supports the options, where it does not: a forced cuDNN is an error and the automatic
+// choice falls back to lctx's kernels).
 #include <gtest/gtest.h>
 
 #include "attn/flash.h"
@@ -17,7 +19,19 @@ namespace {
 struct GpuCase {
   FlashCase c;
   DType dt;
+  attn::AttnBackend backend;
 };
+
+// The options cuDNN's fused attention covers: no ALiBi or documents, and every query row
+// keeps a visible key.
+bool cudnn_supports(const FlashCase& c) {
+  const int64_t delta = c.qoff - c.koff;
+  if (c.alibi || c.docs) return false;
+  if (c.causal && delta < 0) return false;
+  if (!c.causal && c.wr >= 0 && delta + c.wr < 0) return false;
+  if (c.wl >= 0 && (c.Sq - 1) + delta - c.wl > c.Sk - 1) return false;
+  return true;
+}
 
 std::vector<GpuCase> gpu_cases() {
   std::vector<FlashCase> base;
@@ -46,14 +60,16 @@ std::vector<GpuCase> gpu_cases() {
   add({.name = "everything", .B = 2, .Sq = 177, .Sk = 230, .Hq = 4, .Hkv = 2, .causal = true, .wl = 120, .wr = 3,
        .qoff = 60, .alibi = true, .docs = true});
   std::vector<GpuCase> v;
-  for (int d : {64, 128})
-    for (DType dt : {DType::bf16, DType::f16})
-      for (FlashCase c : base) {
-        if (c.name == "len4097" && (d == 64 || dt == DType::f16)) continue;  // keep the CPU reference time modest
-        c.D = d;
-        c.name += "_d" + std::to_string(d) + "_" + std::string(dtype_name(dt));
-        v.push_back({c, dt});
-      }
+  for (attn::AttnBackend be : {attn::AttnBackend::lctx, attn::AttnBackend::cudnn})
+    for (int d : {64, 128})
+      for (DType dt : {DType::bf16, DType::f16})
+        for (FlashCase c : base) {
+          if (c.name == "len4097" && (d == 64 || dt == DType::f16)) continue;  // keep the CPU reference time modest
+          c.D = d;
+          c.name += "_d" + std::to_string(d) + "_" + std::string(dtype_name(dt)) + "_" +
+                    std::string(attn::attn_backend_name(be));
+          v.push_back({c, dt, be});
+        }
   return v;
 }
 
@@ -70,7 +86,7 @@ void expect_grad_match(const Tensor& got, const Tensor& want, double tol, const 
 
 TEST_P(FlashGpu, MatchesCpuReference) {
   LCTX_REQUIRE_GPU();
-  const auto& [c, dt] = GetParam();
+  const auto& [c, dt, backend] = GetParam();
   FlashInputs in = make_flash_inputs(c, 7);
   // The CPU reference sees exactly the rounded inputs the GPU sees.
   const Tensor q = in.q.to(dt), k = in.k.to(dt), v = in.v.to(dt), dout = in.dout.to(dt);
@@ -87,6 +103,11 @@ TEST_P(FlashGpu, MatchesCpuReference) {
   }
   const Tensor qd = q.to(gpu), kd = k.to(gpu), vd = v.to(gpu), dod = dout.to(gpu);
   const double ftol = dt == DType::bf16 ? 1.5e-2 : 4e-3, btol = dt == DType::bf16 ? 3e-2 : 1e-2;
+  go.backend = backend;
+  if (backend == attn::AttnBackend::cudnn && !cudnn_supports(c)) {
+    EXPECT_THROW(attn::flash_forward(qd, kd, vd, go), Error);
+    go.backend = attn::AttnBackend::automatic;  // falls back to lctx's kernels
+  }
 
   const auto out = attn::flash_forward(qd, kd, vd, go);
   EXPECT_EQ(out.o.dtype(), dt);
@@ -124,6 +145,41 @@ TEST_P(FlashGpu, MatchesCpuReference) {
 
 INSTANTIATE_TEST_SUITE_P(Options, FlashGpu, testing::ValuesIn(gpu_cases()),
                          [](const auto& info) { return info.param.c.name; });
+
+// Ring attention's backward: each key block's gradient from the *global* o and lse, added
+// into fp32 accumulators, sums to the gradient over all keys (cuDNN and lctx blocks alike).
+TEST(FlashGpuBlocks, GlobalLseBackwardOverKeyBlocksSumsToFull) {
+  LCTX_REQUIRE_GPU();
+  for (bool causal : {false, true}) {
+    FlashCase c{.name = "blocks", .B = 1, .Sq = 384, .Sk = 384, .Hq = 4, .Hkv = 2, .D = 128, .causal = causal};
+    FlashInputs in = make_flash_inputs(c, 11);
+    const Device gpu = Device::cuda();
+    const Tensor q = in.q.to(DType::bf16).to(gpu), k = in.k.to(DType::bf16).to(gpu), v = in.v.to(DType::bf16).to(gpu),
+                 dout = in.dout.to(DType::bf16).to(gpu);
+    attn::FlashOptions opts = in.opts;
+    opts.backend = attn::AttnBackend::cudnn;
+    const auto full = attn::flash_forward(q, k, v, opts);
+    opts.out_dtype = attn::OutputDType::f32;
+    const auto want = attn::flash_backward(q, k, v, full.o, full.lse, dout, opts, GradMode::overwrite,
+                                           {Tensor::empty(q.shape(), DType::f32, gpu),
+                                            Tensor::empty(k.shape(), DType::f32, gpu),
+                                            Tensor::empty(k.shape(), DType::f32, gpu)});
+    FlashGrads acc{Tensor::zeros(q.shape(), DType::f32, gpu), Tensor::zeros(k.shape(), DType::f32, gpu),
+                   Tensor::zeros(k.shape(), DType::f32, gpu)};
+    // The second block starts at key 128: causal rows 0..127 see none of it (lctx's kernels run
+    // that block under the automatic choice).
+    opts.backend = attn::AttnBackend::automatic;
+    for (auto [k0, k1] : {std::pair<int64_t, int64_t>{0, 128}, {128, 384}}) {
+      attn::FlashOptions bo = opts;
+      bo.k_offset = k0;
+      attn::flash_backward(q, k.slice(1, k0, k1), v.slice(1, k0, k1), full.o, full.lse, dout, bo,
+                           GradMode::accumulate, {acc.dq, acc.dk.slice(1, k0, k1), acc.dv.slice(1, k0, k1)});
+    }
+    EXPECT_LE(rel_error(acc.dq, want.dq), 2e-2) << "dq causal=" << causal;
+    EXPECT_LE(rel_error(acc.dk, want.dk), 2e-2) << "dk causal=" << causal;
+    EXPECT_LE(rel_error(acc.dv, want.dv), 2e-2) << "dv causal=" << causal;
+  }
+}
 
 TEST(FlashGpuErrors, RejectsF32AndOddHeadDim) {
   LCTX_REQUIRE_GPU();

@@ -1,7 +1,9 @@
 // Flash attention throughput on the GPU: bf16, B=1, TFLOP/s with the FlashAttention
 // convention (forward 4*B*H*S*S*D, halved when causal; forward+backward = 3.5x forward),
-// median of timed repetitions after warm-up, CUDA events. Prints one line per shape
-// ("lctx <shape> fwd <TFLOP/s> fwdbwd <TFLOP/s>") and the allocator's peak bytes of a
+// median of timed repetitions after warm-up, CUDA events. Every shape runs twice: on lctx's
+// own kernels ("lctx-kernels") and with the automatic backend choice ("lctx-auto": cuDNN's
+// fused attention where it supports the call). One line per shape and backend
+// ("<impl> <shape> fwd <TFLOP/s> fwdbwd <TFLOP/s>") and the allocator's peak bytes of a
 // forward+backward at S=64k to show O(S) memory. Optional arguments: repetitions, max S, min S.
 #include <cuda_runtime.h>
 
@@ -61,7 +63,8 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {{4096, 16, 128}, {16384, 16, 128}, {65536, 16, 128}, {16384, 32, 64}};
   const Device gpu = Device::cuda();
   for (const Shape& sh : shapes)
-    for (bool causal : {false, true}) {
+    for (bool causal : {false, true})
+      for (attn::AttnBackend backend : {attn::AttnBackend::lctx, attn::AttnBackend::automatic}) {
       if (sh.S > max_s || sh.S < min_s) continue;
       Tensor q = Tensor::empty({1, sh.S, sh.H, sh.D}, DType::bf16, gpu);
       Tensor k = Tensor::empty(q.shape(), DType::bf16, gpu), v = Tensor::empty(q.shape(), DType::bf16, gpu);
@@ -72,6 +75,8 @@ int main(int argc, char** argv) {
       rng_normal(dout, 4, 0);
       attn::FlashOptions opts;
       opts.mask = causal ? attn::Mask::causal : attn::Mask::none;
+      opts.backend = backend;
+      const char* impl = backend == attn::AttnBackend::lctx ? "lctx-kernels" : "lctx-auto";
       const double flops = 4.0 * sh.H * double(sh.S) * double(sh.S) * sh.D / (causal ? 2 : 1);
       const int r = sh.S >= 65536 ? 2 : reps, warmup = sh.S >= 65536 ? 1 : 2;  // S=64k runs take seconds
       const double fwd = median_ms([&] { attn::flash_forward(q, k, v, opts); }, r, warmup);
@@ -84,12 +89,12 @@ int main(int argc, char** argv) {
           },
           r, warmup);
       const size_t peak = memory_stats(gpu).peak_bytes - base;
-      std::printf("lctx S=%lld H=%d D=%d %s fwd %.1f fwdbwd %.1f  (fwd %.3f ms, fwd+bwd %.3f ms, extra peak %.1f MiB)\n",
-                  static_cast<long long>(sh.S), sh.H, sh.D, causal ? "causal" : "full", flops / fwd * 1e-9,
+      std::printf("%s S=%lld H=%d D=%d %s fwd %.1f fwdbwd %.1f  (fwd %.3f ms, fwd+bwd %.3f ms, extra peak %.1f MiB)\n",
+                  impl, static_cast<long long>(sh.S), sh.H, sh.D, causal ? "causal" : "full", flops / fwd * 1e-9,
                   3.5 * flops / fb * 1e-9, fwd, fb, peak / 1048576.0);
       if (sh.S == 65536)
-        std::printf("memory S=%lld %s: q/k/v/dout %.1f MiB, extra peak in fwd+bwd %.1f MiB (O(S): no SxS buffer = %.1f GiB)\n",
-                    static_cast<long long>(sh.S), causal ? "causal" : "full", 4.0 * q.nbytes() / 1048576.0,
+        std::printf("memory %s S=%lld %s: q/k/v/dout %.1f MiB, extra peak in fwd+bwd %.1f MiB (O(S): no SxS buffer = %.1f GiB)\n",
+                    impl, static_cast<long long>(sh.S), causal ? "causal" : "full", 4.0 * q.nbytes() / 1048576.0,
                     peak / 1048576.0, double(sh.S) * sh.S * sh.H * 2 / 1073741824.0);
     }
   return 0;

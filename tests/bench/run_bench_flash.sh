@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs bench_flash (lctx) and bench_flash_torch.py (PyTorch SDPA flash/cuDNN) back to back on
-# the same GPU and prints a combined table with the ratios lctx / torch.
+# Runs bench_flash (lctx's kernels, and the automatic backend choice that uses cuDNN where it
+# can) and bench_flash_torch.py (PyTorch SDPA flash/cuDNN) back to back on the same GPU and
+# prints a combined table: lctx's kernels / torch flash, lctx auto / torch cuDNN.
 # Usage: tests/bench/run_bench_flash.sh <build dir or bench_flash binary> [repetitions] [max S]
 set -euo pipefail
 BUILD="${1:-build}"
@@ -23,13 +24,15 @@ for line in open(sys.argv[1]):
             order.append(shape)
         rows[shape][impl] = (float(m.group(3)), float(m.group(4)))
 print()
-print(f"{'shape (bf16, B=1)':<28} {'lctx fwd':>9} {'flash':>7} {'cudnn':>7} {'x flash':>8} | "
-      f"{'lctx f+b':>9} {'flash':>7} {'cudnn':>7} {'x flash':>8}   (TFLOP/s)")
-for s in order:
-    r = rows[s]
-    l = r.get("lctx", (float("nan"),) * 2)
-    fl = r.get("torch-flash", (float("nan"),) * 2)
-    cu = r.get("torch-cudnn", (float("nan"),) * 2)
-    print(f"{s:<28} {l[0]:9.1f} {fl[0]:7.1f} {cu[0]:7.1f} {l[0] / fl[0]:8.2f} | "
-          f"{l[1]:9.1f} {fl[1]:7.1f} {cu[1]:7.1f} {l[1] / fl[1]:8.2f}")
+print("TFLOP/s; kern = lctx's own kernels, auto = lctx's automatic backend (cuDNN where it can); "
+      "x fl = kern / torch flash, x cu = auto / torch cudnn")
+for i, part in enumerate(["forward", "forward+backward"]):
+    print(f"\n{part}\n{'shape (bf16, B=1)':<28} {'kern':>7} {'auto':>7} {'t-flash':>8} {'t-cudnn':>8} "
+          f"{'x fl':>6} {'x cu':>6}")
+    for s in order:
+        r = rows[s]
+        nan = (float("nan"),) * 2
+        k, a = r.get("lctx-kernels", nan), r.get("lctx-auto", nan)
+        fl, cu = r.get("torch-flash", nan), r.get("torch-cudnn", nan)
+        print(f"{s:<28} {k[i]:7.1f} {a[i]:7.1f} {fl[i]:8.1f} {cu[i]:8.1f} {k[i] / fl[i]:6.2f} {a[i] / cu[i]:6.2f}")
 PY
