@@ -17,6 +17,7 @@ attn::FlashOptions causal_options(const Config& cfg, const Tensor& alibi) {
   o.softmax_scale = static_cast<float>(cfg.attention.softmax_scale);
   o.mask = attn::Mask::causal;
   o.alibi_slopes = alibi;
+  o.backend = attn::parse_attn_backend(cfg.attention.backend);
   return o;
 }
 

@@ -65,6 +65,7 @@ const std::vector<Option>& schema() {
     add("attention.kind", Kind::string, LCTX_FIELD(attention.kind), "attention of every layer: flash, ring, ulysses or hybrid");
     add("attention.layers", Kind::string_list, LCTX_FIELD(attention.layers), "per-layer kinds (list of n_layers names); empty = attention.kind everywhere");
     add("attention.softmax_scale", Kind::real, LCTX_FIELD(attention.softmax_scale), "score scale; 0 = 1/sqrt(head_dim)", 0.0, kInf, {}, true);
+    add("attention.backend", Kind::choice, LCTX_FIELD(attention.backend), "GPU attention implementation: auto (cuDNN fused attention where it supports the call, else lctx's kernels; env LCTX_ATTN_BACKEND), cudnn or lctx", -kInf, kInf, {"auto", "cudnn", "lctx"});
     // parallel
     add("parallel.dp", Kind::integer, LCTX_FIELD(parallel.dp), "data-parallel degree", 1, 1 << 20);
     add("parallel.sp", Kind::integer, LCTX_FIELD(parallel.sp), "sequence-parallel degree (ranks sharing one sequence)", 1, 1 << 20);
@@ -464,6 +465,8 @@ void validate(const Config& c) {
   // Optimizer, device.
   LCTX_CHECK(c.optimizer.min_lr <= c.optimizer.lr, "config: optimizer.min_lr (", c.optimizer.min_lr,
              ") must be <= optimizer.lr (", c.optimizer.lr, ")");
+  LCTX_CHECK(!(c.attention.backend == "cudnn" && c.train.device == "cpu"),
+             "config: attention.backend = cudnn needs a GPU (train.device cuda or auto); the CPU runs lctx's reference");
   LCTX_CHECK(!(m.dtype == "bf16" && c.train.device == "cpu"),
              "config: model.dtype = bf16 needs a GPU (train.device cuda or auto); the CPU computes in f32");
   LCTX_CHECK(!(p.backend == "nccl" && c.train.device == "cpu"), "config: parallel.backend = nccl needs train.device cuda or auto");

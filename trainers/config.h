@@ -37,6 +37,7 @@ struct AttentionConfig {
   std::string kind = "flash";       // default kind of every layer
   std::vector<std::string> layers;  // optional per-layer kinds (length n_layers)
   double softmax_scale = 0.0;       // 0: 1/sqrt(head_dim)
+  std::string backend = "auto";     // CUDA implementation: auto | cudnn | lctx (attn::AttnBackend)
 
   const std::string& kind_of(int64_t layer) const { return layers.empty() ? kind : layers[layer]; }
 };

@@ -69,6 +69,8 @@ const std::vector<BadCase>& bad_cases() {
       {"text_vocab", "model:\n  vocab_size: 100\ndata:\n  source: text\n  path: x.txt\n", {"needs model.vocab_size >= 256"}},
       {"min_lr", "optimizer:\n  lr: 1.0e-3\n  min_lr: 1.0e-2\n", {"optimizer.min_lr (0.01) must be <= optimizer.lr (0.001)"}},
       {"bf16_cpu", "model:\n  dtype: bf16\ntrain:\n  device: cpu\n", {"model.dtype = bf16 needs a GPU"}},
+      {"cudnn_cpu", "attention:\n  backend: cudnn\ntrain:\n  device: cpu\n", {"attention.backend = cudnn needs a GPU"}},
+      {"backend_name", "attention:\n  backend: cuDNN\n", {"attention.backend", "auto, cudnn, lctx"}},
       {"f32_gpu", "model:\n  dim: 256\n  dtype: f32\ntrain:\n  device: cuda\n", {"model.dtype = f32 is CPU-only"}},
       {"gpu_head_dim", "model:\n  dim: 64\n  n_heads: 4\ntrain:\n  device: cuda\n",
        {"model.dim / model.n_heads = 64 / 4 = 16 must be 64 or 128"}},
