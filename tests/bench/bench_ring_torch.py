@@ -1,10 +1,11 @@
 """PyTorch counterpart of bench_ring: torch.distributed.tensor.experimental.context_parallel
-(ring attention over SDPA's flash backend, load-balanced causal sharding) on the same GPUs,
+(ring attention over SDPA's cuDNN and flash backends, load-balanced causal sharding) on the same GPUs,
 causal, B=1, H=16, D=128, bf16. Launched by run_bench_ring.sh with
 `python3 -m torch.distributed.run --standalone --nproc_per_node N`. Prints
-"RESULT impl=torch-cp-<rotate> S=.. N=.. t1_fwd=.. t1_fb=.. tn_fwd=.. tn_fb=.." (ms, wall time,
-max over ranks, median; forward and forward+backward from the same run).
-Arguments: [comma-separated S list] [repetitions] [time budget s] [rotate methods]."""
+"RESULT impl=torch-cp-<rotate>-<backend> S=.. N=.. t1_fwd=.. t1_fb=.. tn_fwd=.. tn_fb=.." (ms, wall
+time, max over ranks, median; forward and forward+backward from the same run; t1 = the same SDPA
+backend on one GPU).
+Arguments: [comma-separated S list] [repetitions] [time budget s] [rotate methods] [SDPA backends]."""
 import sys
 import time
 
@@ -20,7 +21,9 @@ def main():
     seqs = [int(x) for x in (sys.argv[1] if len(sys.argv) > 1 else "131072,524288").split(",")]
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     budget = float(sys.argv[3]) if len(sys.argv) > 3 else 240.0
-    rotates = (sys.argv[4] if len(sys.argv) > 4 else "allgather,alltoall").split(",")
+    rotates = (sys.argv[4] if len(sys.argv) > 4 else "allgather").split(",")
+    kernels = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
+    backends = (sys.argv[5] if len(sys.argv) > 5 else "cudnn,flash").split(",")
     dist.init_process_group("nccl")
     rank, n = dist.get_rank(), dist.get_world_size()
     torch.cuda.set_device(rank % torch.cuda.device_count())
@@ -77,44 +80,48 @@ def main():
 
         # One GPU: rank 0 attends over the whole sequence.
         full = [rand() for _ in range(4)]
+        total = 0.0
+        for be in backends:
+            kernel = kernels[be]
 
-        def one(fwd_done):
-            if rank != 0:
-                return fwd_done()
-            q, k, v = (t.detach().requires_grad_() for t in full[:3])
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                fwd_done()
-                out.backward(full[3])
+            def one(fwd_done):
+                if rank != 0:
+                    return fwd_done()
+                q, k, v = (t.detach().requires_grad_() for t in full[:3])
+                with sdpa_kernel([kernel]):
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    fwd_done()
+                    out.backward(full[3])
 
-        if warm:
-            measure(one, warm)
-        t1 = measure(one, r)
-        total = t1[1]
-        for rot in rotates:
-            try:
-                set_rotate_method(rot)
-                bufs = [t.clone() for t in full]
-                with context_parallel(mesh, buffers=bufs, buffer_seq_dims=[2, 2, 2, 2], no_restore_buffers=set(bufs)):
+            if warm:
+                measure(one, warm)
+            t1 = measure(one, r)
+            total += t1[1]
+            for rot in rotates:
+                try:
+                    set_rotate_method(rot)
+                    bufs = [t.clone() for t in full]
+                    with context_parallel(mesh, buffers=bufs, buffer_seq_dims=[2, 2, 2, 2],
+                                          no_restore_buffers=set(bufs)):
 
-                    def ring(fwd_done):
-                        q, k, v = (t.detach().requires_grad_() for t in bufs[:3])
-                        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-                            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                            fwd_done()
-                            out.backward(bufs[3])
+                        def ring(fwd_done):
+                            q, k, v = (t.detach().requires_grad_() for t in bufs[:3])
+                            with sdpa_kernel([kernel]):
+                                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                                fwd_done()
+                                out.backward(bufs[3])
 
-                    if warm:
-                        measure(ring, warm)
-                    tn = measure(ring, r)
-                total += tn[1]
-                del bufs
-                if rank == 0:
-                    print(f"RESULT impl=torch-cp-{rot} S={S} N={n} t1_fwd={t1[0]:.3f} t1_fb={t1[1]:.3f} "
-                          f"tn_fwd={tn[0]:.3f} tn_fb={tn[1]:.3f}", flush=True)
-            except Exception as e:  # report and go on with the next method
-                if rank == 0:
-                    print(f"ERROR impl=torch-cp-{rot} S={S}: {type(e).__name__}: {e}", flush=True)
+                        if warm:
+                            measure(ring, warm)
+                        tn = measure(ring, r)
+                    total += tn[1]
+                    del bufs
+                    if rank == 0:
+                        print(f"RESULT impl=torch-cp-{rot}-{be} S={S} N={n} t1_fwd={t1[0]:.3f} t1_fb={t1[1]:.3f} "
+                              f"tn_fwd={tn[0]:.3f} tn_fb={tn[1]:.3f}", flush=True)
+                except Exception as e:  # report and go on with the next method
+                    if rank == 0:
+                        print(f"ERROR impl=torch-cp-{rot}-{be} S={S}: {type(e).__name__}: {e}", flush=True)
         del full
         torch.cuda.empty_cache()
         prev_s, prev_t = S, total / 1e3
