@@ -37,8 +37,9 @@ struct LayerParams {
   int attn_norm, wqkv, wo, mlp_norm, w_gate_up, w_down;
 };
 
-// Activations of one layer's forward. `x` (the layer input) is always kept; the rest is kept
-// per layer, or lives in shared scratch for recomputed (checkpointed) layers.
+// Activations of one layer's forward. `x` (the layer input) and `attn` (the attention output
+// and lse) are always kept; the rest is kept per layer, or lives in shared scratch for
+// recomputed (checkpointed) layers, whose backward recomputes everything but the attention.
 struct LayerActs {
   Tensor x;             // [B, S, D] input (residual stream)
   Tensor ln1, rstd1;    // [B, S, D], [B*S]
@@ -67,7 +68,7 @@ struct Model::Impl {
 
   // Buffers sized for the current batch shape (B, S); reallocated when it changes.
   int64_t B = -1, S = -1;
-  std::vector<LayerActs> acts;  // per layer; recomputed layers only hold x
+  std::vector<LayerActs> acts;  // per layer; recomputed layers only hold x and attn
   LayerActs scratch;            // forward buffers of recomputed layers
   Tensor recompute_out;         // where a recomputed layer's (unused) output goes
   Tensor x_final, lnf, rstdf, logits, losses, mean_loss;
@@ -81,6 +82,9 @@ struct Model::Impl {
   }
 
   bool recompute(int64_t l) const { return cfg.model.recompute(l); }
+  // Whether layer_forward computes the attention or reuses a.attn (a recomputed layer's
+  // backward: the attention forward, the costliest part at long context, runs once per step).
+  enum class AttnPass { compute, reuse };
 
   void alloc_layer(LayerActs& a, bool full) {
     const int64_t N = B * S;
@@ -137,7 +141,8 @@ struct Model::Impl {
 
   // Forward of layer l from a.x into `out` (the next layer's input); `a` receives every
   // activation (a's own buffers, or scratch with a.x set for recomputed layers).
-  void layer_forward(const std::vector<Param>& P, int64_t l, LayerActs& a, Tensor& out, const Tensor& pos) {
+  void layer_forward(const std::vector<Param>& P, int64_t l, LayerActs& a, Tensor& out, const Tensor& pos,
+                     AttnPass attn_pass = AttnPass::compute) {
     const LayerParams& p = lp[l];
     const auto& m = cfg.model;
     const float eps = static_cast<float>(m.norm_eps);
@@ -151,7 +156,7 @@ struct Model::Impl {
       ops::rope_forward(a.q, a.q, pos, m.rope_theta);
       ops::rope_forward(a.k, a.k, pos, m.rope_theta);
     }
-    attention[l]->forward(a.attn, a.q, a.k, a.v);
+    if (attn_pass == AttnPass::compute) attention[l]->forward(a.attn, a.q, a.k, a.v);
     ops::linear_forward(a.proj, a.attn.o.view({B, S, H * hd}), P[p.wo].compute, Tensor());
     ops::residual_forward(a.x_mid, a.x, a.proj);
     ops::rmsnorm_forward(a.ln2, a.rstd2, a.x_mid, P[p.mlp_norm].compute, eps);
@@ -199,6 +204,8 @@ struct Model::Impl {
       if (recompute(l)) {
         scratch.x = acts[l].x;
         layer_forward(P, l, scratch, out, pos);
+        acts[l].attn = std::move(scratch.attn);  // kept for the backward
+        scratch.attn = {};
       } else {
         layer_forward(P, l, acts[l], out, pos);
       }
@@ -355,8 +362,11 @@ StepStats Model::forward_backward(const Batch& b, double loss_scale) {
   for (int64_t l = I.L - 1; l >= 0; --l) {
     if (I.recompute(l)) {
       I.scratch.x = I.acts[l].x;
-      I.layer_forward(params_, l, I.scratch, I.recompute_out, pos);
+      I.scratch.attn = std::move(I.acts[l].attn);
+      I.acts[l].attn = {};
+      I.layer_forward(params_, l, I.scratch, I.recompute_out, pos, Impl::AttnPass::reuse);
       I.layer_backward(params_, l, I.scratch, pos);
+      I.scratch.attn = {};  // freed as the backward goes down the layers
     } else {
       I.layer_backward(params_, l, I.acts[l], pos);
     }
