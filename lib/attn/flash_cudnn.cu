@@ -11,7 +11,7 @@ namespace {
 template <class S>
 __global__ void add_into_kernel(float* dst, StridedLayout dl, const S* src, StridedLayout sl, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dst[dl.offset(i)] += to_f32(src[sl.offset(i)]);
+    dst[dl.offset_in(i, n)] += to_f32(src[sl.offset_in(i, n)]);
 }
 
 }  // namespace

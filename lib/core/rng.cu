@@ -14,7 +14,7 @@ __global__ void rng_kernel(T* p, StridedLayout l, Distribution dist, uint64_t se
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const double r = dist == Distribution::uniform ? philox::uniform(seed, offset + i) * (b - a) + a
                                                    : philox::normal(seed, offset + i) * b + a;
-    p[l.offset(i)] = cuda_convert<T>(r);
+    p[l.offset_in(i, n)] = cuda_convert<T>(r);
   }
 }
 

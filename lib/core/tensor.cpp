@@ -46,10 +46,17 @@ StridedLayout detail::layout_of(const Tensor& t) {
   LCTX_CHECK(t.dim() <= StridedLayout::kMaxDims, "tensor ", t.str(), " has more than ",
              StridedLayout::kMaxDims, " dims");
   StridedLayout l;
-  l.ndim = t.dim();
   for (int i = 0; i < t.dim(); ++i) {
-    l.shape[i] = t.shape()[i];
-    l.stride[i] = t.strides()[i];
+    const int64_t n = t.shape()[i], st = t.strides()[i];
+    if (n == 1) continue;  // moves nothing
+    if (l.ndim > 0 && l.stride[l.ndim - 1] == st * n) {  // the previous dim steps over this one whole
+      l.shape[l.ndim - 1] *= n;
+      l.stride[l.ndim - 1] = st;
+    } else {
+      l.shape[l.ndim] = n;
+      l.stride[l.ndim] = st;
+      ++l.ndim;
+    }
   }
   return l;
 }

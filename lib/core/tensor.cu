@@ -11,13 +11,13 @@ namespace {
 template <class D, class S>
 __global__ void copy_kernel(D* dst, StridedLayout dl, const S* src, StridedLayout sl, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dst[dl.offset(i)] = cuda_convert<D>(src[sl.offset(i)]);
+    dst[dl.offset_in(i, n)] = cuda_convert<D>(src[sl.offset_in(i, n)]);
 }
 
 template <class T>
 __global__ void fill_kernel(T* dst, StridedLayout dl, T value, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dst[dl.offset(i)] = value;
+    dst[dl.offset_in(i, n)] = value;
 }
 
 int grid_for(int64_t n, int threads) {
