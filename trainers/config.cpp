@@ -53,6 +53,7 @@ const std::vector<Option>& schema() {
     add("model.n_heads", Kind::integer, LCTX_FIELD(model.n_heads), "query heads (dim / n_heads = head dim)", 1, 4096, {}, true);
     add("model.n_kv_heads", Kind::integer, LCTX_FIELD(model.n_kv_heads), "key/value heads for GQA; 0 = n_heads", 0, 4096, {}, true);
     add("model.ffn_dim", Kind::integer, LCTX_FIELD(model.ffn_dim), "SwiGLU hidden size; 0 = 8/3 dim rounded up to 16", 0, 1 << 22, {}, true);
+    add("model.mlp_chunk", Kind::integer, LCTX_FIELD(model.mlp_chunk), "tokens per MLP chunk in recomputed layers: their gate/up activations exist for one chunk at a time", 1, int64_t(1) << 40);
     add("model.position", Kind::choice, LCTX_FIELD(model.position), "position encoding", -kInf, kInf, {"rope", "alibi"}, true);
     add("model.rope_theta", Kind::real, LCTX_FIELD(model.rope_theta), "RoPE base", 1.0, kInf, {}, true);
     add("model.norm_eps", Kind::real, LCTX_FIELD(model.norm_eps), "RMSNorm epsilon", 0.0, 1.0, {}, true);

@@ -17,6 +17,7 @@ struct ModelConfig {
   int64_t n_heads = 4;
   int64_t n_kv_heads = 0;  // 0: same as n_heads
   int64_t ffn_dim = 0;     // 0: 8/3 * dim rounded up to a multiple of 16
+  int64_t mlp_chunk = 65536;  // tokens per MLP chunk in recomputed layers
   std::string position = "rope";  // rope | alibi
   double rope_theta = 10000.0;
   double norm_eps = 1e-5;

@@ -40,6 +40,8 @@ struct LayerParams {
 // Activations of one layer's forward. `x` (the layer input) and `attn` (the attention output
 // and lse) are always kept; the rest is kept per layer, or lives in shared scratch for
 // recomputed (checkpointed) layers, whose backward recomputes everything but the attention.
+// The MLP of a recomputed layer runs in chunks of model.mlp_chunk tokens, so its widest
+// activations (gate/up, SwiGLU output and their gradients) exist for one chunk at a time.
 struct LayerActs {
   Tensor x;             // [B, S, D] input (residual stream)
   Tensor ln1, rstd1;    // [B, S, D], [B*S]
@@ -49,9 +51,9 @@ struct LayerActs {
   Tensor proj;          // [B, S, D] attention output projection
   Tensor x_mid;         // [B, S, D] x + proj
   Tensor ln2, rstd2;    // [B, S, D], [B*S]
-  Tensor gu;            // [B, S, 2F]
-  Tensor act;           // [B, S, F]
-  Tensor mlp;           // [B, S, D]
+  Tensor gu;            // [rows, 2F]: all B*S tokens, or one chunk (recomputed layers)
+  Tensor act;           // [rows, F]
+  Tensor mlp;           // [rows, D]
 };
 
 }  // namespace
@@ -70,7 +72,6 @@ struct Model::Impl {
   int64_t B = -1, S = -1;
   std::vector<LayerActs> acts;  // per layer; recomputed layers only hold x and attn
   LayerActs scratch;            // forward buffers of recomputed layers
-  Tensor recompute_out;         // where a recomputed layer's (unused) output goes
   Tensor x_final, lnf, rstdf, logits, losses, mean_loss;
   // Backward buffers.
   Tensor dres, dtmp, dact, dgu, dln, dqkv, dattn_o, dlnf;
@@ -82,11 +83,13 @@ struct Model::Impl {
   }
 
   bool recompute(int64_t l) const { return cfg.model.recompute(l); }
-  // Whether layer_forward computes the attention or reuses a.attn (a recomputed layer's
-  // backward: the attention forward, the costliest part at long context, runs once per step).
-  enum class AttnPass { compute, reuse };
+  // layer_forward's pass: the step's forward, or a recomputed layer's backward, which reuses
+  // the kept attention output (the costliest part at long context runs once per step) and
+  // stops before the MLP (layer_backward recomputes it chunk by chunk).
+  enum class Pass { forward, recompute };
 
-  void alloc_layer(LayerActs& a, bool full) {
+  // full: every activation, with MLP buffers of mlp_rows tokens.
+  void alloc_layer(LayerActs& a, bool full, int64_t mlp_rows) {
     const int64_t N = B * S;
     a.x = Tensor::empty({B, S, D}, dt, dev);
     if (!full) return;
@@ -101,9 +104,9 @@ struct Model::Impl {
     a.x_mid = Tensor::empty({B, S, D}, dt, dev);
     a.ln2 = Tensor::empty({B, S, D}, dt, dev);
     a.rstd2 = Tensor::empty({N}, st, dev);
-    a.gu = Tensor::empty({B, S, 2 * F}, dt, dev);
-    a.act = Tensor::empty({B, S, F}, dt, dev);
-    a.mlp = Tensor::empty({B, S, D}, dt, dev);
+    a.gu = Tensor::empty({mlp_rows, 2 * F}, dt, dev);
+    a.act = Tensor::empty({mlp_rows, F}, dt, dev);
+    a.mlp = Tensor::empty({mlp_rows, D}, dt, dev);
   }
 
   void ensure_buffers(int64_t b, int64_t s) {
@@ -112,16 +115,17 @@ struct Model::Impl {
     const int64_t N = B * S;
     const DType st = ops::grad_dtype(dt);
     acts.assign(L, LayerActs{});
-    bool any_recompute = false;
+    bool any_recompute = false, any_kept = false;
     for (int64_t l = 0; l < L; ++l) {
-      alloc_layer(acts[l], !recompute(l));
+      alloc_layer(acts[l], !recompute(l), N);
       any_recompute |= recompute(l);
+      any_kept |= !recompute(l);
     }
     scratch = LayerActs{};
+    const int64_t grad_rows = any_kept ? N : std::min(N, cfg.model.mlp_chunk);
     if (any_recompute) {
-      alloc_layer(scratch, true);
+      alloc_layer(scratch, true, std::min(N, cfg.model.mlp_chunk));
       scratch.x = Tensor();
-      recompute_out = Tensor::empty({B, S, D}, dt, dev);
     }
     x_final = Tensor::empty({B, S, D}, dt, dev);
     lnf = Tensor::empty({B, S, D}, dt, dev);
@@ -131,8 +135,8 @@ struct Model::Impl {
     mean_loss = Tensor::empty({1}, st, dev);
     dres = Tensor::empty({B, S, D}, dt, dev);
     dtmp = Tensor::empty({B, S, D}, dt, dev);
-    dact = Tensor::empty({B, S, F}, dt, dev);
-    dgu = Tensor::empty({B, S, 2 * F}, dt, dev);
+    dact = Tensor::empty({grad_rows, F}, dt, dev);
+    dgu = Tensor::empty({grad_rows, 2 * F}, dt, dev);
     dln = Tensor::empty({B, S, D}, dt, dev);
     dqkv = Tensor::empty({B, S, (H + 2 * Hk) * hd}, dt, dev);
     dattn_o = Tensor::empty({B, S, H, hd}, dt, dev);
@@ -142,7 +146,7 @@ struct Model::Impl {
   // Forward of layer l from a.x into `out` (the next layer's input); `a` receives every
   // activation (a's own buffers, or scratch with a.x set for recomputed layers).
   void layer_forward(const std::vector<Param>& P, int64_t l, LayerActs& a, Tensor& out, const Tensor& pos,
-                     AttnPass attn_pass = AttnPass::compute) {
+                     Pass pass = Pass::forward) {
     const LayerParams& p = lp[l];
     const auto& m = cfg.model;
     const float eps = static_cast<float>(m.norm_eps);
@@ -156,14 +160,37 @@ struct Model::Impl {
       ops::rope_forward(a.q, a.q, pos, m.rope_theta);
       ops::rope_forward(a.k, a.k, pos, m.rope_theta);
     }
-    if (attn_pass == AttnPass::compute) attention[l]->forward(a.attn, a.q, a.k, a.v);
+    if (pass == Pass::forward) attention[l]->forward(a.attn, a.q, a.k, a.v);
     ops::linear_forward(a.proj, a.attn.o.view({B, S, H * hd}), P[p.wo].compute, Tensor());
     ops::residual_forward(a.x_mid, a.x, a.proj);
     ops::rmsnorm_forward(a.ln2, a.rstd2, a.x_mid, P[p.mlp_norm].compute, eps);
-    ops::linear_forward(a.gu, a.ln2, P[p.w_gate_up].compute, Tensor());
-    ops::swiglu_forward(a.act, a.gu);
-    ops::linear_forward(a.mlp, a.act, P[p.w_down].compute, Tensor());
-    ops::residual_forward(out, a.x_mid, a.mlp);
+    if (pass == Pass::recompute) return;
+    for_mlp_chunks(a, [&](int64_t r0, int64_t r1, Tensor& gu, Tensor& act) {
+      mlp_up(P, l, a, r0, r1, gu, act);
+      Tensor mlp = a.mlp.slice(0, 0, r1 - r0), o = rows(out).slice(0, r0, r1);
+      ops::linear_forward(mlp, act, P[lp[l].w_down].compute, Tensor());
+      ops::residual_forward(o, rows(a.x_mid).slice(0, r0, r1), mlp);
+    });
+  }
+
+  Tensor rows(const Tensor& t) const { return t.view({B * S, t.size(-1)}); }
+
+  // Calls f(r0, r1, gu, act) for the token rows [r0, r1) of each MLP chunk of `a` (one chunk
+  // of all B*S rows for kept layers), with gu/act the chunk's views of a's buffers.
+  template <class Fn>
+  void for_mlp_chunks(LayerActs& a, Fn&& f) {
+    const int64_t N = B * S, C = a.gu.size(0);
+    for (int64_t r0 = 0; r0 < N; r0 += C) {
+      const int64_t r1 = std::min(N, r0 + C);
+      Tensor gu = a.gu.slice(0, 0, r1 - r0), act = a.act.slice(0, 0, r1 - r0);
+      f(r0, r1, gu, act);
+    }
+  }
+
+  // gu, act = gate_up(ln2), swiglu(gu) for rows [r0, r1).
+  void mlp_up(const std::vector<Param>& P, int64_t l, LayerActs& a, int64_t r0, int64_t r1, Tensor& gu, Tensor& act) {
+    ops::linear_forward(gu, rows(a.ln2).slice(0, r0, r1), P[lp[l].w_gate_up].compute, Tensor());
+    ops::swiglu_forward(act, gu);
   }
 
   // dres holds d(loss)/d(layer output) on entry and d(loss)/d(layer input) on exit.
@@ -172,9 +199,18 @@ struct Model::Impl {
     const auto& m = cfg.model;
     Tensor none;
     // MLP branch: out = x_mid + down(swiglu(gate_up(rmsnorm(x_mid)))).
-    ops::linear_backward(dact, P[p.w_down].grad, none, dres, a.act, P[p.w_down].compute, GradMode::overwrite);
-    ops::swiglu_backward(dgu, dact, a.gu);
-    ops::linear_backward(dln, P[p.w_gate_up].grad, none, dgu, a.ln2, P[p.w_gate_up].compute, GradMode::overwrite);
+    // Chunks of a recomputed layer recompute their gate/up and SwiGLU first; weight gradients
+    // add up over the chunks.
+    const bool chunked = recompute(l);
+    for_mlp_chunks(a, [&](int64_t r0, int64_t r1, Tensor& gu, Tensor& act) {
+      if (chunked) mlp_up(P, l, a, r0, r1, gu, act);
+      const GradMode gm = r0 == 0 ? GradMode::overwrite : GradMode::accumulate;
+      Tensor da = dact.slice(0, 0, r1 - r0), dg = dgu.slice(0, 0, r1 - r0), dl = rows(dln).slice(0, r0, r1);
+      ops::linear_backward(da, P[p.w_down].grad, none, rows(dres).slice(0, r0, r1), act, P[p.w_down].compute, gm);
+      ops::swiglu_backward(dg, da, gu);
+      ops::linear_backward(dl, P[p.w_gate_up].grad, none, dg, rows(a.ln2).slice(0, r0, r1), P[p.w_gate_up].compute,
+                           gm);
+    });
     ops::rmsnorm_backward(dtmp, P[p.mlp_norm].grad, dln, a.x_mid, P[p.mlp_norm].compute, a.rstd2, GradMode::overwrite);
     ops::residual_backward(dres, none, dtmp, GradMode::accumulate);
     // Attention branch: x_mid = x + wo(attn(rope(q), rope(k), v)).
@@ -364,7 +400,8 @@ StepStats Model::forward_backward(const Batch& b, double loss_scale) {
       I.scratch.x = I.acts[l].x;
       I.scratch.attn = std::move(I.acts[l].attn);
       I.acts[l].attn = {};
-      I.layer_forward(params_, l, I.scratch, I.recompute_out, pos, Impl::AttnPass::reuse);
+      Tensor no_output;  // the recompute pass stops before the layer output
+      I.layer_forward(params_, l, I.scratch, no_output, pos, Impl::Pass::recompute);
       I.layer_backward(params_, l, I.scratch, pos);
       I.scratch.attn = {};  // freed as the backward goes down the layers
     } else {
