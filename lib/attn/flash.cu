@@ -5,12 +5,12 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <mutex>
 #include <vector>
 
 #include "attn/flash_bwd_kernel.cuh"
 #include "attn/flash_fwd_kernel.cuh"
 #include "attn/flash_params.h"
+#include "core/allocator.h"
 #include "core/cuda_check.h"
 #include "core/cuda_types.cuh"
 
@@ -54,36 +54,20 @@ void flash_forward_cuda(const FlashParams& p, Stream s) {
   });
 }
 
-// The backward's fp32 scratch (dQ partial sums, Dsum, lse2) comes from a stream-ordered pool
-// (cudaMallocAsync / cudaFreeAsync on the caller's stream), so it is freed only after the
-// kernels that use it, with no host synchronization (ring attention overlaps streams). The
-// pool keeps its memory (release threshold: unbounded), so steady-state calls do no cudaMalloc.
-cudaMemPool_t scratch_pool() {
-  static std::mutex mu;
-  static std::vector<cudaMemPool_t> pools;
+// Scratch (the backward's fp32 dQ partial sums, Dsum, lse2; cuDNN's workspace) is
+// stream-ordered memory from the allocator: freed only after the kernels that use it, with no
+// host synchronization (ring attention overlaps streams).
+void* flash_scratch_alloc(int64_t bytes, Stream s) {
   int dev = 0;
   LCTX_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  if (pools.size() <= static_cast<size_t>(dev)) pools.resize(dev + 1, nullptr);
-  if (!pools[dev]) {
-    cudaMemPoolProps props = {};
-    props.allocType = cudaMemAllocationTypePinned;
-    props.location.type = cudaMemLocationTypeDevice;
-    props.location.id = dev;
-    LCTX_CUDA_CHECK(cudaMemPoolCreate(&pools[dev], &props));
-    uint64_t keep = UINT64_MAX;
-    LCTX_CUDA_CHECK(cudaMemPoolSetAttribute(pools[dev], cudaMemPoolAttrReleaseThreshold, &keep));
-  }
-  return pools[dev];
+  return allocate_async(static_cast<size_t>(bytes), Device::cuda(dev), s);
 }
 
-void* flash_scratch_alloc(int64_t bytes, Stream s) {
-  void* ptr = nullptr;
-  LCTX_CUDA_CHECK(cudaMallocFromPoolAsync(&ptr, static_cast<size_t>(bytes), scratch_pool(), cuda_stream(s)));
-  return ptr;
+void flash_scratch_free(void* ptr, Stream s) {
+  int dev = 0;
+  LCTX_CUDA_CHECK(cudaGetDevice(&dev));
+  deallocate_async(ptr, Device::cuda(dev), s);
 }
-
-void flash_scratch_free(void* ptr, Stream s) { LCTX_CUDA_CHECK(cudaFreeAsync(ptr, cuda_stream(s))); }
 
 void flash_backward_cuda(const FlashParams& p, Stream s) {
   check_rows_aligned("flash_backward", "q", p.q, p.q_stride);

@@ -47,6 +47,8 @@ struct CudaPool {
   Counter count;
   std::multimap<size_t, void*> free_blocks;  // size -> ptr
   std::unordered_map<void*, size_t> live;    // ptr -> rounded size
+  cudaMemPool_t ordered = nullptr;            // stream-ordered scratch (allocate_async)
+  std::unordered_map<void*, size_t> ordered_live;
 
   void release_cache(int device) {
     LCTX_CUDA_CHECK(cudaSetDevice(device));
@@ -100,6 +102,19 @@ void* cuda_allocate(size_t bytes, int device) {
   pool.live[ptr] = size;
   pool.count.add(size);
   return ptr;
+}
+
+cudaMemPool_t ordered_pool(CudaPool& pool, int device) {
+  if (!pool.ordered) {
+    cudaMemPoolProps props = {};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    LCTX_CUDA_CHECK(cudaMemPoolCreate(&pool.ordered, &props));
+    uint64_t keep = UINT64_MAX;  // keep freed memory: steady-state steps do no cudaMalloc
+    LCTX_CUDA_CHECK(cudaMemPoolSetAttribute(pool.ordered, cudaMemPoolAttrReleaseThreshold, &keep));
+  }
+  return pool.ordered;
 }
 
 void cuda_deallocate(void* ptr, int device) {
@@ -156,6 +171,44 @@ void deallocate(void* ptr, Device device) {
 #endif
 }
 
+void* allocate_async(size_t bytes, Device device, Stream s) {
+#ifdef LCTX_HAVE_CUDA
+  LCTX_CHECK(device.is_cuda(), "allocate_async: ", device.str(), " is not a GPU");
+  CudaPool& pool = cuda_pool(device.index);
+  std::lock_guard lock(pool.mu);
+  void* ptr = nullptr;
+  const size_t size = round_cuda_size(std::max<size_t>(bytes, 1));
+  const cudaError_t err =
+      cudaMallocFromPoolAsync(&ptr, size, ordered_pool(pool, device.index), static_cast<cudaStream_t>(s.handle));
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    LCTX_FAIL("stream-ordered CUDA allocation of ", bytes, " bytes on ", device.str(), " failed (",
+              cudaGetErrorString(err), "); in use ", pool.count.current, " bytes");
+  }
+  pool.ordered_live[ptr] = size;
+  pool.count.add(size);
+  return ptr;
+#else
+  (void)bytes, (void)s;
+  LCTX_FAIL("allocate_async on ", device.str(), ": lctx was built without CUDA (LCTX_CUDA=OFF)");
+#endif
+}
+
+void deallocate_async(void* ptr, Device device, Stream s) {
+#ifdef LCTX_HAVE_CUDA
+  if (ptr == nullptr) return;
+  CudaPool& pool = cuda_pool(device.index);
+  std::lock_guard lock(pool.mu);
+  auto it = pool.ordered_live.find(ptr);
+  LCTX_CHECK(it != pool.ordered_live.end(), "deallocate_async: pointer ", ptr, " was not allocated on ", device.str());
+  pool.count.current -= it->second;
+  pool.ordered_live.erase(it);
+  LCTX_CUDA_CHECK(cudaFreeAsync(ptr, static_cast<cudaStream_t>(s.handle)));
+#else
+  (void)ptr, (void)device, (void)s;
+#endif
+}
+
 MemoryStats memory_stats(Device device) {
   if (device.is_cpu()) {
     CpuPool& pool = cpu_pool();
@@ -165,7 +218,10 @@ MemoryStats memory_stats(Device device) {
 #ifdef LCTX_HAVE_CUDA
   CudaPool& pool = cuda_pool(device.index);
   std::lock_guard lock(pool.mu);
-  return {pool.count.current, pool.count.peak, pool.count.reserved};
+  uint64_t ordered_reserved = 0;
+  if (pool.ordered)
+    LCTX_CUDA_CHECK(cudaMemPoolGetAttribute(pool.ordered, cudaMemPoolAttrReservedMemCurrent, &ordered_reserved));
+  return {pool.count.current, pool.count.peak, pool.count.reserved + static_cast<size_t>(ordered_reserved)};
 #else
   return {};
 #endif

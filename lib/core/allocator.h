@@ -19,6 +19,14 @@ struct MemoryStats {
 void* allocate(size_t bytes, Device device);
 void deallocate(void* ptr, Device device);
 
+// Stream-ordered CUDA scratch (cudaMallocFromPoolAsync from a per-device pool that keeps its
+// memory): usable by work queued on `s` after the call, returned to the pool once the work
+// queued on `s` before deallocate_async is done, with no host synchronization (kernels on
+// overlapping streams, as in ring attention, never see it reused early). Counted in
+// memory_stats like every other block.
+void* allocate_async(size_t bytes, Device device, Stream s);
+void deallocate_async(void* ptr, Device device, Stream s);
+
 MemoryStats memory_stats(Device device);
 void reset_peak_memory(Device device);
 // Returns cached (unused) CUDA blocks to the driver.

@@ -4,6 +4,7 @@
 # per sequence length, 1-GPU and N-GPU times, scaling efficiency t1 / (N * tn), fraction of
 # communication hidden (lctx: 1 - (tn - tn_without_comm) / comm_alone) and the ratios.
 # Usage: tests/bench/run_bench_ring.sh <build dir> [N=2] [S list=131072,524288] [reps=3] [budget s=240]
+# LCTX_BENCH_TORCH_BACKENDS: PyTorch SDPA backends under context_parallel (default cudnn,flash).
 set -euo pipefail
 BUILD="${1:-build}"
 N="${2:-2}"
@@ -15,7 +16,8 @@ export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 LOG="$(mktemp)"
 mpirun -np "$N" --oversubscribe -x NCCL_NVLS_ENABLE "$BUILD/tests/bench/bench_ring" "$SEQS" "$REPS" "$BUDGET" 2>&1 | tee "$LOG" || true
-python3 -m torch.distributed.run --standalone --nproc_per_node "$N" "$HERE/bench_ring_torch.py" "$SEQS" "$REPS" "$BUDGET" 2>&1 \
+python3 -m torch.distributed.run --standalone --nproc_per_node "$N" "$HERE/bench_ring_torch.py" "$SEQS" "$REPS" "$BUDGET" allgather \
+  "${LCTX_BENCH_TORCH_BACKENDS:-cudnn,flash}" 2>&1 \
   | grep -v "^W[0-9]* " | tee -a "$LOG" || true
 python3 - "$LOG" <<'PY'
 import re, sys

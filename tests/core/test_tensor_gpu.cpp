@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include "common/check.h"
+#include "core/allocator.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 
@@ -58,4 +61,36 @@ TEST(TensorGpu, CachingAllocatorReusesAndCounts) {
   Tensor b = Tensor::empty({1 << 20}, DType::f32, d);
   EXPECT_EQ(b.raw(), first);  // served from the cache
   EXPECT_GE(memory_stats(d).peak_bytes, before.current_bytes + (4u << 20));
+}
+
+TEST(TensorGpu, StreamOrderedScratchIsCounted) {
+  LCTX_REQUIRE_GPU();
+  const Device d = Device::cuda();
+  const auto before = memory_stats(d);
+  void* p = allocate_async(3 << 20, d, {});
+  EXPECT_GE(memory_stats(d).current_bytes, before.current_bytes + (3u << 20));
+  EXPECT_GE(memory_stats(d).reserved_bytes, before.reserved_bytes);
+  deallocate_async(p, d, {});
+  EXPECT_EQ(memory_stats(d).current_bytes, before.current_bytes);
+  EXPECT_THROW(deallocate_async(p, d, {}), Error);  // already returned
+}
+
+// Copies between views whose layouts coalesce differently (size-1 dims, row slices, column
+// slices) and across dtypes give the element-by-element result, as on the CPU.
+TEST(TensorGpu, StridedCopiesMatchCpu) {
+  LCTX_REQUIRE_GPU();
+  Tensor h = Tensor::empty({1, 6, 5, 8}, DType::f32);
+  rng_normal(h, 3, 0);
+  const Tensor d = h.to(Device::cuda());
+  for (auto [dim, a, b] : {std::tuple{1, 2, 5}, std::tuple{2, 1, 4}, std::tuple{3, 0, 8}}) {
+    const Tensor want = h.slice(dim, a, b).contiguous();
+    Tensor got = Tensor::empty(want.shape(), DType::bf16, Device::cuda());
+    got.copy_from(d.slice(dim, a, b));
+    EXPECT_EQ(got.to(DType::f32).to_vector(), want.to(DType::bf16).to(DType::f32).to_vector()) << dim;
+    Tensor back = Tensor::zeros(h.shape(), DType::f32, Device::cuda());
+    back.slice(dim, a, b).copy_from(got);
+    Tensor expect = Tensor::zeros(h.shape(), DType::f32);
+    expect.slice(dim, a, b).copy_from(want.to(DType::bf16));
+    EXPECT_EQ(back.to_vector(), expect.to_vector()) << dim;
+  }
 }
