@@ -177,6 +177,6 @@ for n in ns:
                 ratio = f"{r['mfu'] / t['mfu']:.2f}"
             print(f"{impl:<6} {n:>2} {s:>8} | {r['step_s']:9.3f} {r['tok_s_gpu']:10.0f} {r['mfu']:6.3f} "
                   f"{r['peak_gib']:8.2f} | {ratio:>14}")
-print("lctx/torch MFU > 1: lctx is faster. peak GiB: lctx = its allocator's peak of live tensors (rank 0; the flash "
-      "backward's fp32 scratch pool is not counted); torch = max_memory_allocated, max over ranks.")
+print("lctx/torch MFU > 1: lctx is faster. peak GiB: lctx = its allocator's peak of live tensors and stream-ordered "
+      "scratch (rank 0); torch = max_memory_allocated, max over ranks.")
 PY
