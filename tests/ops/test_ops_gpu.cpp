@@ -12,6 +12,7 @@
 #include "common/check.h"
 #include "core/cuda_check.h"
 #include "ops/adamw.h"
+#include "ops/argmax.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 #include "ops/gelu.h"
@@ -70,6 +71,22 @@ TEST_P(OpsGpu, MatmulAllTransposes) {
         EXPECT_LE(test::rel_error(c32, ref), 1e-5);
       }
     }
+  }
+}
+
+TEST_P(OpsGpu, ArgmaxRows) {
+  const DType dt = GetParam();
+  for (int64_t v : {1, 33, 256, 5000}) {
+    Both x = make({70, v}, 21, dt);
+    // Exact ties in the rounded values: the first index wins on both devices.
+    if (v > 40) {
+      x.gpu.slice(0, 0, 10).slice(1, 5, 40).fill(9.0);
+      x.cpu.slice(0, 0, 10).slice(1, 5, 40).fill(9.0);
+    }
+    Tensor want = cpu_empty({70}, DType::i32), got = gpu_empty({70}, DType::i32);
+    argmax_rows(want, x.cpu);
+    argmax_rows(got, x.gpu);
+    EXPECT_EQ(got.to_vector(), want.to_vector()) << v;
   }
 }
 
