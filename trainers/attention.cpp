@@ -88,10 +88,58 @@ class UlyssesAttention final : public Attention {
   const dist::Layout& layout_;
 };
 
-}  // namespace
+// Attention over groups of heads, one group after another (attention.head_groups): the same
+// result, with the temporaries of each call (ring buffers, fp32 accumulators, cuDNN scratch)
+// scaled by 1 / groups. Group g holds query heads [g H/G, (g+1) H/G) and the KV heads they read.
+class HeadGroups final : public Attention {
+ public:
+  HeadGroups(std::unique_ptr<Attention> inner, int64_t groups) : inner_(std::move(inner)), groups_(groups) {}
+  void forward(AttnSaved& out, const Tensor& q, const Tensor& k, const Tensor& v) override {
+    out.o = Tensor::empty(q.shape(), q.dtype(), q.device());
+    out.lse = Tensor::empty({q.size(0), q.size(2), q.size(1)}, DType::f32, q.device());
+    for (int64_t g = 0; g < groups_; ++g) {
+      AttnSaved part;
+      select(g, q);
+      inner_->forward(part, heads(q, g), heads(k, g), heads(v, g));
+      heads(out.o, g).copy_from(part.o);
+      out.lse.slice(1, g * q.size(2) / groups_, (g + 1) * q.size(2) / groups_).copy_from(part.lse);
+    }
+  }
+  AttnGrads backward(const Tensor& dout, const AttnSaved& saved, const Tensor& q, const Tensor& k,
+                     const Tensor& v) override {
+    AttnGrads grads{Tensor::empty(q.shape(), q.dtype(), q.device()), Tensor::empty(k.shape(), k.dtype(), k.device()),
+                    Tensor::empty(v.shape(), v.dtype(), v.device())};
+    for (int64_t g = 0; g < groups_; ++g) {
+      select(g, q);
+      const int64_t h = q.size(2) / groups_;
+      const AttnSaved part{heads(saved.o, g), saved.lse.slice(1, g * h, (g + 1) * h)};
+      const AttnGrads pg = inner_->backward(heads(dout, g), part, heads(q, g), heads(k, g), heads(v, g));
+      heads(grads.dq, g).copy_from(pg.dq);
+      heads(grads.dk, g).copy_from(pg.dk);
+      heads(grads.dv, g).copy_from(pg.dv);
+    }
+    return grads;
+  }
 
-std::unique_ptr<Attention> make_attention(const Config& cfg, const std::string& kind, dist::Mesh& mesh,
-                                          const dist::Layout& layout) {
+ private:
+  // Heads of group g of a [B, S, H, hd] tensor (a view).
+  Tensor heads(const Tensor& t, int64_t g) const {
+    const int64_t h = t.size(2) / groups_;
+    return t.slice(2, g * h, (g + 1) * h);
+  }
+  // Hands the inner attention the ALiBi slopes of group g's query heads.
+  void select(int64_t g, const Tensor& q) {
+    if (!alibi_.defined()) return;
+    const int64_t h = q.size(2) / groups_;
+    inner_->set_alibi(alibi_.slice(0, g * h, (g + 1) * h));
+  }
+
+  std::unique_ptr<Attention> inner_;
+  int64_t groups_;
+};
+
+std::unique_ptr<Attention> make_kind(const Config& cfg, const std::string& kind, dist::Mesh& mesh,
+                                     const dist::Layout& layout) {
   const auto& kinds = available_attention_kinds();
   LCTX_CHECK(std::find(kinds.begin(), kinds.end(), kind) != kinds.end(), "attention kind '", kind,
              "' is not available yet (available: flash, ring, ulysses, hybrid)");
@@ -106,6 +154,15 @@ std::unique_ptr<Attention> make_attention(const Config& cfg, const std::string& 
     return std::make_unique<RingAttention>(cfg, mesh, layout);
   }
   return std::make_unique<UlyssesAttention>(cfg, mesh, layout);  // ulysses, hybrid
+}
+
+}  // namespace
+
+std::unique_ptr<Attention> make_attention(const Config& cfg, const std::string& kind, dist::Mesh& mesh,
+                                          const dist::Layout& layout) {
+  std::unique_ptr<Attention> a = make_kind(cfg, kind, mesh, layout);
+  if (cfg.attention.head_groups == 1) return a;
+  return std::make_unique<HeadGroups>(std::move(a), cfg.attention.head_groups);
 }
 
 }  // namespace lctx::train

@@ -66,6 +66,7 @@ const std::vector<Option>& schema() {
     add("attention.kind", Kind::string, LCTX_FIELD(attention.kind), "attention of every layer: flash, ring, ulysses or hybrid");
     add("attention.layers", Kind::string_list, LCTX_FIELD(attention.layers), "per-layer kinds (list of n_layers names); empty = attention.kind everywhere");
     add("attention.softmax_scale", Kind::real, LCTX_FIELD(attention.softmax_scale), "score scale; 0 = 1/sqrt(head_dim)", 0.0, kInf, {}, true);
+    add("attention.head_groups", Kind::integer, LCTX_FIELD(attention.head_groups), "compute attention in this many groups of heads, one after another: same result, its temporaries (ring buffers, fp32 accumulators, cuDNN scratch) divided by the groups", 1, 1 << 20);
     add("attention.backend", Kind::choice, LCTX_FIELD(attention.backend), "GPU attention implementation: auto (cuDNN fused attention where it supports the call, else lctx's kernels; env LCTX_ATTN_BACKEND), cudnn or lctx", -kInf, kInf, {"auto", "cudnn", "lctx"});
     // parallel
     add("parallel.dp", Kind::integer, LCTX_FIELD(parallel.dp), "data-parallel degree", 1, 1 << 20);
@@ -403,6 +404,9 @@ void validate(const Config& c) {
              "config: attention.layers has ", c.attention.layers.size(), " entries, expected model.n_layers = ", m.n_layers);
 
   // Attention kinds and the parallel layout.
+  const int64_t G = c.attention.head_groups;
+  LCTX_CHECK(m.n_heads % G == 0 && m.kv_heads() % G == 0, "config: attention.head_groups (", G,
+             ") must divide model.n_heads (", m.n_heads, ") and model.n_kv_heads (", m.kv_heads(), ")");
   LCTX_CHECK(p.sp % p.ulysses == 0, "config: parallel.ulysses (", p.ulysses, ") must divide parallel.sp (", p.sp, ")");
   bool any_ring = false;
   for (int64_t l = 0; l < m.n_layers; ++l) {
@@ -422,10 +426,10 @@ void validate(const Config& c) {
                  ", sp ", p.sp, "); use hybrid for ulysses < sp");
     if (k == "hybrid") any_ring = true;
     if (k == "ulysses" || k == "hybrid") {
-      LCTX_CHECK(m.n_heads % p.ulysses == 0, "config: model.n_heads (", m.n_heads, ") must be divisible by parallel.ulysses (",
-                 p.ulysses, ")");
-      LCTX_CHECK(m.kv_heads() % p.ulysses == 0 || p.ulysses % m.kv_heads() == 0, "config: model.n_kv_heads (",
-                 m.kv_heads(), ") and parallel.ulysses (", p.ulysses,
+      LCTX_CHECK(m.n_heads / G % p.ulysses == 0, "config: model.n_heads (", m.n_heads, ") / attention.head_groups (", G,
+                 ") must be divisible by parallel.ulysses (", p.ulysses, ")");
+      LCTX_CHECK(m.kv_heads() / G % p.ulysses == 0 || p.ulysses % (m.kv_heads() / G) == 0, "config: model.n_kv_heads (",
+                 m.kv_heads(), ") / attention.head_groups (", G, ") and parallel.ulysses (", p.ulysses,
                  ") must divide one another (KV heads are sharded or replicated over the Ulysses group)");
     }
   }

@@ -39,6 +39,7 @@ struct AttentionConfig {
   std::vector<std::string> layers;  // optional per-layer kinds (length n_layers)
   double softmax_scale = 0.0;       // 0: 1/sqrt(head_dim)
   std::string backend = "auto";     // CUDA implementation: auto | cudnn | lctx (attn::AttnBackend)
+  int64_t head_groups = 1;          // heads computed in this many groups, one after another
 
   const std::string& kind_of(int64_t layer) const { return layers.empty() ? kind : layers[layer]; }
 };

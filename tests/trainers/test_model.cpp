@@ -133,6 +133,28 @@ TEST(ModelGrad, ChunkedMlpMatchesWholeSequence) {
   EXPECT_GT(den, 0);
 }
 
+// Attention in groups of heads (one after another) computes the same thing, for every kind
+// and with ALiBi slopes split over the groups.
+TEST(ModelGrad, HeadGroupsMatchAllHeads) {
+  const char* layouts[] = {"", "attention:\n  kind: ring\nparallel:\n  sp: 2\n",
+                           "attention:\n  kind: ulysses\nparallel:\n  sp: 2\n  ulysses: 2\n"};
+  for (const char* l : layouts)
+    for (const char* pos : {"", "  position: alibi\n"}) {
+      const Result a = loss_and_grads(tiny(pos, l));
+      const std::string grouped = std::string(l).empty() ? "attention:\n  head_groups: 2\n"
+                                                         : std::string(l).replace(0, 11, "attention:\n  head_groups: 2\n");
+      const Result b = loss_and_grads(tiny(pos, grouped));
+      EXPECT_NEAR(a.loss, b.loss, 1e-6 * a.loss) << l << pos;
+      ASSERT_EQ(a.grads.size(), b.grads.size());
+      double num = 0, den = 0;
+      for (size_t i = 0; i < a.grads.size(); ++i) {
+        num += (a.grads[i] - b.grads[i]) * (a.grads[i] - b.grads[i]);
+        den += a.grads[i] * a.grads[i];
+      }
+      EXPECT_LE(std::sqrt(num / den), 1e-6) << l << pos;
+    }
+}
+
 TEST(ModelGrad, RingAndUlyssesMatchOneRank) {
   const Result one = loss_and_grads(tiny());
   const char* layouts[] = {
