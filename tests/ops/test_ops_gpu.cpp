@@ -75,6 +75,7 @@ TEST_P(OpsGpu, MatmulAllTransposes) {
 }
 
 TEST_P(OpsGpu, ArgmaxRows) {
+  LCTX_REQUIRE_GPU();
   const DType dt = GetParam();
   for (int64_t v : {1, 33, 256, 5000}) {
     Both x = make({70, v}, 21, dt);
