@@ -78,6 +78,13 @@ def main():
         def rand():
             return torch.randn(1, H, S, D, device=dev, dtype=torch.bfloat16, generator=gen)
 
+        def attend(tensors, kernel, fwd_done):  # causal SDPA forward, then backward with tensors[3]
+            q, k, v = (t.detach().requires_grad_() for t in tensors[:3])
+            with sdpa_kernel([kernel]):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                fwd_done()
+                out.backward(tensors[3])
+
         # One GPU: rank 0 attends over the whole sequence.
         full = [rand() for _ in range(4)]
         total = 0.0
@@ -87,11 +94,7 @@ def main():
             def one(fwd_done):
                 if rank != 0:
                     return fwd_done()
-                q, k, v = (t.detach().requires_grad_() for t in full[:3])
-                with sdpa_kernel([kernel]):
-                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                    fwd_done()
-                    out.backward(full[3])
+                attend(full, kernel, fwd_done)
 
             if warm:
                 measure(one, warm)
@@ -105,11 +108,7 @@ def main():
                                           no_restore_buffers=set(bufs)):
 
                         def ring(fwd_done):
-                            q, k, v = (t.detach().requires_grad_() for t in bufs[:3])
-                            with sdpa_kernel([kernel]):
-                                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                                fwd_done()
-                                out.backward(bufs[3])
+                            attend(bufs, kernel, fwd_done)
 
                         if warm:
                             measure(ring, warm)
