@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
       opts.backend = backend;
       const char* impl = backend == attn::AttnBackend::lctx ? "lctx-kernels" : "lctx-auto";
       const double flops = 4.0 * sh.H * double(sh.S) * double(sh.S) * sh.D / (causal ? 2 : 1);
-      const int r = sh.S >= 65536 ? 2 : reps, warmup = sh.S >= 65536 ? 1 : 2;  // S=64k runs take seconds
+      const int r = sh.S >= 65536 ? std::min(reps, 5) : reps, warmup = sh.S >= 65536 ? 1 : 2;  // S=64k runs take seconds
       const double fwd = median_ms([&] { attn::flash_forward(q, k, v, opts); }, r, warmup);
       reset_peak_memory(gpu);
       const size_t base = memory_stats(gpu).current_bytes;
