@@ -75,7 +75,9 @@ struct Model::Impl {
   LayerActs scratch;            // forward buffers of recomputed layers
   Tensor x_final, lnf, rstdf, logits, predictions, losses, mean_loss;
   // Backward buffers.
-  Tensor dres, dtmp, dact, dgu, dln, dqkv, dattn_o, dlnf;
+  // (d(attention output) and d(qkv) live in the layer's proj and qkv buffers, which its
+  // backward no longer reads.)
+  Tensor dres, dtmp, dact, dgu, dln, dlnf;
 
   Impl(const Config& c, Device d, DType t) : cfg(c), dev(d), dt(t) {
     const auto& m = c.model;
@@ -140,8 +142,6 @@ struct Model::Impl {
     dact = Tensor::empty({grad_rows, F}, dt, dev);
     dgu = Tensor::empty({grad_rows, 2 * F}, dt, dev);
     dln = Tensor::empty({B, S, D}, dt, dev);
-    dqkv = Tensor::empty({B, S, (H + 2 * Hk) * hd}, dt, dev);
-    dattn_o = Tensor::empty({B, S, H, hd}, dt, dev);
     dlnf = Tensor::empty({B, S, D}, dt, dev);
   }
 
@@ -215,8 +215,10 @@ struct Model::Impl {
     });
     ops::rmsnorm_backward(dtmp, P[p.mlp_norm].grad, dln, a.x_mid, P[p.mlp_norm].compute, a.rstd2, GradMode::overwrite);
     ops::residual_backward(dres, none, dtmp, GradMode::accumulate);
-    // Attention branch: x_mid = x + wo(attn(rope(q), rope(k), v)).
-    Tensor do_flat = dattn_o.view({B, S, H * hd});
+    // Attention branch: x_mid = x + wo(attn(rope(q), rope(k), v)). The backward reads neither
+    // proj nor qkv, so d(attention output) and d(qkv) are written over them.
+    Tensor dattn_o = a.proj.view({B, S, H, hd}), dqkv = a.qkv;
+    Tensor do_flat = a.proj;
     ops::linear_backward(do_flat, P[p.wo].grad, none, dres, a.attn.o.view({B, S, H * hd}), P[p.wo].compute,
                          GradMode::overwrite);
     Tensor dheads = dqkv.view({B, S, H + 2 * Hk, hd});
