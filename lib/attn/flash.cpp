@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -30,21 +31,21 @@ std::string_view attn_backend_name(AttnBackend b) {
   return "?";
 }
 
-AttnBackend parse_attn_backend(std::string_view name) {
+namespace {
+
+// The backend named `name`, or nullopt.
+std::optional<AttnBackend> find_backend(std::string_view name) {
   for (AttnBackend b : {AttnBackend::automatic, AttnBackend::cudnn, AttnBackend::lctx})
     if (name == attn_backend_name(b)) return b;
-  LCTX_FAIL("attention backend '", name, "' is not one of auto, cudnn, lctx");
+  return std::nullopt;
 }
-
-namespace {
 
 // The backend a call asks for: its option, or LCTX_ATTN_BACKEND in place of `automatic`.
 AttnBackend requested_backend(const FlashOptions& opts) {
   if (opts.backend != AttnBackend::automatic) return opts.backend;
   const char* env = std::getenv("LCTX_ATTN_BACKEND");
   if (!env || !*env) return AttnBackend::automatic;
-  for (AttnBackend b : {AttnBackend::automatic, AttnBackend::cudnn, AttnBackend::lctx})
-    if (std::string_view(env) == attn_backend_name(b)) return b;
+  if (const auto b = find_backend(env)) return *b;
   LCTX_FAIL("environment variable LCTX_ATTN_BACKEND='", env, "' is not one of auto, cudnn, lctx");
 }
 
@@ -392,6 +393,11 @@ void cpu_backward(const FlashParams& p) {
 }
 
 }  // namespace
+
+AttnBackend parse_attn_backend(std::string_view name) {
+  if (const auto b = find_backend(name)) return *b;
+  LCTX_FAIL("attention backend '", name, "' is not one of auto, cudnn, lctx");
+}
 
 FlashOutput flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, const FlashOptions& opts, Stream s) {
   const char* op = "flash_forward";

@@ -17,10 +17,8 @@
 namespace lctx::attn {
 namespace {
 
-void check_rows_aligned(const char* op, const char* name, const void* ptr, const int64_t* stride) {
-  const bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride[0] % 8 == 0 && stride[1] % 8 == 0 &&
-                  stride[2] % 8 == 0;
-  LCTX_CHECK(ok, op, ": CUDA needs ", name, " rows 16-byte aligned (pointer and b/s/h strides multiples of 8 elements)");
+void check_rows_aligned(const char* op, const char* name, const void* ptr, const int64_t (&stride)[3]) {
+  LCTX_CHECK(flash_rows_aligned(ptr, stride), op, ": CUDA needs ", name, " rows 16-byte aligned (pointer and b/s/h strides multiples of 8 elements)");
 }
 
 template <class T, class F>

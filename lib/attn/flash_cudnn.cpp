@@ -336,10 +336,6 @@ float neg_inf() {
   return cudnnGetVersion() < 91000 ? std::numeric_limits<float>::lowest() : -std::numeric_limits<float>::infinity();
 }
 
-bool aligned(const void* ptr, const int64_t (&st)[3]) {
-  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st[0] % 8 == 0 && st[1] % 8 == 0 && st[2] % 8 == 0;
-}
-
 // Builds (once) and returns the plan for `key`, or null with *why.
 const Plan* get_plan(const PlanKey& key, const std::function<void(Graph&)>& describe, std::string* why) {
   ThreadCudnn& tc = thread_cudnn();
@@ -419,11 +415,11 @@ std::string cudnn_unsupported(const FlashParams& p) {
   if (band.right && band.shift < 0) return "query rows with no visible key";
   if (band.left && (p.seqlen_q - 1) + (p.q_offset - p.k_offset) - p.window_left > p.seqlen_k - 1)
     return "query rows with no visible key";
-  if (!aligned(p.q, p.q_stride) || !aligned(p.k, p.k_stride) || !aligned(p.v, p.v_stride) ||
-      !aligned(p.o, p.o_stride))
+  if (!flash_rows_aligned(p.q, p.q_stride) || !flash_rows_aligned(p.k, p.k_stride) ||
+      !flash_rows_aligned(p.v, p.v_stride) || !flash_rows_aligned(p.o, p.o_stride))
     return "rows not 16-byte aligned";
-  if (p.dout && (!aligned(p.dout, p.dout_stride) || !aligned(p.dq, p.dq_stride) || !aligned(p.dk, p.dk_stride) ||
-                 !aligned(p.dv, p.dv_stride)))
+  if (p.dout && (!flash_rows_aligned(p.dout, p.dout_stride) || !flash_rows_aligned(p.dq, p.dq_stride) ||
+                 !flash_rows_aligned(p.dk, p.dk_stride) || !flash_rows_aligned(p.dv, p.dv_stride)))
     return "rows not 16-byte aligned";
   if (reinterpret_cast<uintptr_t>(p.lse) % 16 != 0) return "lse not 16-byte aligned";
   return {};

@@ -57,6 +57,13 @@ struct FlashParams {
   LCTX_HD bool has_docs() const { return q_doc_ids != nullptr; }
 };
 
+// Rows of a [B, S, H, D] tensor start 16-byte aligned: the pointer, and the b/s/h strides in
+// multiples of 8 (16-bit) elements. lctx's cp.async loads and cuDNN's kernels both need it.
+inline bool flash_rows_aligned(const void* ptr, const int64_t (&stride)[3]) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride[0] % 8 == 0 && stride[1] % 8 == 0 &&
+         stride[2] % 8 == 0;
+}
+
 // Position rules (causal, window) for one query/key pair of global positions.
 LCTX_HD inline bool flash_pos_visible(const FlashParams& p, int64_t qpos, int64_t kpos) {
   if (p.causal && kpos > qpos) return false;
