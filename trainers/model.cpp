@@ -254,6 +254,19 @@ struct Model::Impl {
     ops::linear_forward(logits, lnf.view({B * S, D}), P[head].compute, Tensor());
   }
 
+  // What training and evaluation share: the batch on the device, the trunk forward (logits)
+  // and the argmax accuracy, read before a cross-entropy overwrites the logits.
+  struct DeviceBatch {
+    Tensor ids, pos, tgt;
+  };
+  DeviceBatch forward_batch(const std::vector<Param>& P, const Batch& b, StepStats& st) {
+    ensure_buffers(b.inputs.size(0), b.inputs.size(1));
+    DeviceBatch d{b.inputs.to(dev), b.positions.to(dev), b.targets.to(dev)};
+    trunk_forward(P, d.ids, d.pos);
+    st.correct = correct_predictions(b.targets);
+    return d;
+  }
+
   // Sum of losses and correct argmax predictions over scored rows (targets != -1).
   void score(StepStats& st, const Tensor& targets_host, int64_t scored) {
     st.scored = static_cast<double>(scored);
@@ -373,11 +386,8 @@ void Model::sync_compute_weights() {
 
 StepStats Model::forward_backward(const Batch& b, double loss_scale) {
   Impl& I = *impl_;
-  I.ensure_buffers(b.inputs.size(0), b.inputs.size(1));
-  const Tensor ids = b.inputs.to(device_), pos = b.positions.to(device_), tgt = b.targets.to(device_);
-  I.trunk_forward(params_, ids, pos);
   StepStats st;
-  st.correct = I.correct_predictions(b.targets);
+  const auto [ids, pos, tgt] = I.forward_batch(params_, b, st);
   // d(loss_scale * sum of scored losses): the op's gradient is scale / n_valid * sum.
   ops::CrossEntropyOptions ce;
   ce.ignore_index = -1;
@@ -413,11 +423,8 @@ StepStats Model::forward_backward(const Batch& b, double loss_scale) {
 
 StepStats Model::evaluate(const Batch& b) {
   Impl& I = *impl_;
-  I.ensure_buffers(b.inputs.size(0), b.inputs.size(1));
-  const Tensor ids = b.inputs.to(device_), pos = b.positions.to(device_), tgt = b.targets.to(device_);
-  I.trunk_forward(params_, ids, pos);
   StepStats st;
-  st.correct = I.correct_predictions(b.targets);
+  const Tensor tgt = I.forward_batch(params_, b, st).tgt;
   ops::CrossEntropyOptions ce;
   ce.ignore_index = -1;
   ops::cross_entropy_forward(I.losses, I.mean_loss, I.logits, tgt.view({I.B * I.S}), ce);
