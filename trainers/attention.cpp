@@ -102,7 +102,7 @@ class HeadGroups final : public Attention {
       select(g, q);
       inner_->forward(part, heads(q, g), heads(k, g), heads(v, g));
       heads(out.o, g).copy_from(part.o);
-      out.lse.slice(1, g * q.size(2) / groups_, (g + 1) * q.size(2) / groups_).copy_from(part.lse);
+      lse_heads(out.lse, g).copy_from(part.lse);
     }
   }
   AttnGrads backward(const Tensor& dout, const AttnSaved& saved, const Tensor& q, const Tensor& k,
@@ -111,8 +111,7 @@ class HeadGroups final : public Attention {
                     Tensor::empty(v.shape(), v.dtype(), v.device())};
     for (int64_t g = 0; g < groups_; ++g) {
       select(g, q);
-      const int64_t h = q.size(2) / groups_;
-      const AttnSaved part{heads(saved.o, g), saved.lse.slice(1, g * h, (g + 1) * h)};
+      const AttnSaved part{heads(saved.o, g), lse_heads(saved.lse, g)};
       const AttnGrads pg = inner_->backward(heads(dout, g), part, heads(q, g), heads(k, g), heads(v, g));
       heads(grads.dq, g).copy_from(pg.dq);
       heads(grads.dk, g).copy_from(pg.dk);
@@ -126,6 +125,11 @@ class HeadGroups final : public Attention {
   Tensor heads(const Tensor& t, int64_t g) const {
     const int64_t h = t.size(2) / groups_;
     return t.slice(2, g * h, (g + 1) * h);
+  }
+  // Heads of group g of an lse [B, H, S] (a view).
+  Tensor lse_heads(const Tensor& lse, int64_t g) const {
+    const int64_t h = lse.size(1) / groups_;
+    return lse.slice(1, g * h, (g + 1) * h);
   }
   // Hands the inner attention the ALiBi slopes of group g's query heads.
   void select(int64_t g, const Tensor& q) {
