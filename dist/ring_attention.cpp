@@ -85,6 +85,11 @@ struct RingCall {
     return ring.sendrecv(send, mod(r + next.dir, R), into, mod(r - next.dir, R), s);
   }
 
+  // A ring buffer, allocated only where at least `min_steps` steps use it.
+  Tensor buffer(size_t min_steps, const Shape& shape, DType dt, Device d) const {
+    return steps.size() >= min_steps ? Tensor::empty(shape, dt, d) : Tensor{};
+  }
+
   Tensor gather_kv(const Tensor& own) {
     Shape shape = own.shape();
     shape.insert(shape.begin(), R);
@@ -118,8 +123,8 @@ attn::FlashOutput ring_attention_forward(Comm& ring, const Layout& layout, const
     const Tensor all = c.gather_kv(own);
     for (const RingStep& st : c.steps) compute(st, part(all, st.src));
   } else {
-    const Tensor buf[2] = {Tensor::empty(own.shape(), own.dtype(), own.device()),
-                           Tensor::empty(own.shape(), own.dtype(), own.device())};
+    const Tensor buf[2] = {c.buffer(2, own.shape(), own.dtype(), own.device()),
+                           c.buffer(3, own.shape(), own.dtype(), own.device())};
     Tensor cur = own;
     for (size_t i = 0; i < c.steps.size(); ++i) {
       Request next_kv;
@@ -143,11 +148,11 @@ attn::FlashGrads ring_attention_backward(Comm& ring, const Layout& layout, const
   check_shape(op, "lse", lse, {q.size(0), q.size(2), q.size(1)});
   const DType wd = wide(q.dtype());
   Tensor dq = Tensor::zeros(q.shape(), wd, q.device(), s);
-  auto compute = [&](const RingStep& st, const Tensor& kv, const Tensor& dkv) {
-    for (const AttnBlock& b : st.blocks) {
+  auto compute = [&](std::span<const AttnBlock> blocks, int src, const Tensor& kv, const Tensor& dkv) {
+    for (const AttnBlock& b : blocks) {
       const int64_t q0 = b.q_begin, q1 = b.q_end, k0 = b.k_begin, k1 = b.k_end;
       attn::flash_backward(q.slice(1, q0, q1), part(kv, 0).slice(1, k0, k1), part(kv, 1).slice(1, k0, k1),
-                           o.slice(1, q0, q1), lse.slice(2, q0, q1), dout.slice(1, q0, q1), c.block_options(b, st.src),
+                           o.slice(1, q0, q1), lse.slice(2, q0, q1), dout.slice(1, q0, q1), c.block_options(b, src),
                            attn::GradMode::accumulate,
                            {dq.slice(1, q0, q1), part(dkv, 0).slice(1, k0, k1), part(dkv, 1).slice(1, k0, k1)}, s);
     }
@@ -160,38 +165,50 @@ attn::FlashGrads ring_attention_backward(Comm& ring, const Layout& layout, const
     const Tensor all = c.gather_kv(own);
     dshape.insert(dshape.begin(), c.R);
     const Tensor dall = Tensor::zeros(dshape, wd, q.device(), s);
-    for (const RingStep& st : c.steps) compute(st, part(all, st.src), part(dall, st.src));
+    for (const RingStep& st : c.steps) compute(st.blocks, st.src, part(all, st.src), part(dall, st.src));
     ring.reduce_scatter(dall, home, ReduceOp::sum, s);
   } else {
+    // A remote block's dK/dV start at the first rank that uses it, travel with its K/V and go
+    // home one hop after the last step of their phase. The local step runs last, straight into
+    // home, so that it overlaps the last return (fp32: twice the bytes of a K/V exchange); the
+    // first K/V exchange is the one left in the open.
     home.zero(s);
-    const Tensor buf[2] = {Tensor::empty(own.shape(), own.dtype(), own.device()),
-                           Tensor::empty(own.shape(), own.dtype(), own.device())};
-    Tensor dbuf[2] = {Tensor::empty(dshape, wd, q.device()), Tensor::empty(dshape, wd, q.device())};
-    const Tensor din = Tensor::empty(dshape, wd, q.device());
-    Tensor cur = own;
-    Request next_dkv;
     const auto& steps = c.steps;
+    const Tensor buf[2] = {c.buffer(2, own.shape(), own.dtype(), own.device()),
+                           c.buffer(3, own.shape(), own.dtype(), own.device())};
+    Tensor dbuf[2] = {c.buffer(2, dshape, wd, q.device()), c.buffer(3, dshape, wd, q.device())};
+    const Tensor din = c.buffer(2, dshape, wd, q.device());
+    Tensor cur = own;
+    Request next_dkv, back;
     for (size_t i = 0; i < steps.size(); ++i) {
       const RingStep& st = steps[i];
       Request next_kv;
       if (i + 1 < steps.size()) next_kv = c.exchange(i, own, cur, buf[i % 2]);
-      Tensor& dkv = dbuf[i % 2];
-      dkv.zero(s);
-      compute(st, cur, dkv);
-      if (i > 0 && st.continues(steps[i - 1])) {  // add what the previous hops accumulated
-        next_dkv.wait(s);
-        accumulate(dkv, din, s);
-      }
-      if (i + 1 < steps.size() && steps[i + 1].continues(st)) {
-        next_dkv = ring.sendrecv(dkv, mod(c.r + st.dir, c.R), din, mod(c.r - st.dir, c.R), s);
-      } else if (st.src == c.r) {
-        accumulate(home, dkv, s);
-      } else {  // end of a phase: dK/dV go home, one hop after the last step
-        ring.sendrecv(dkv, st.src, din, mod(c.r + st.dir * st.hop, c.R), s).wait(s);
-        accumulate(home, din, s);
+      if (st.hop > 0) {
+        Tensor& dkv = dbuf[(i - 1) % 2];  // step 0 is the local one
+        dkv.zero(s);
+        compute(st.blocks, st.src, cur, dkv);
+        if (st.hop > 1) {  // add what the previous hops accumulated
+          next_dkv.wait(s);
+          accumulate(dkv, din, s);
+        }
+        if (i + 1 < steps.size() && steps[i + 1].continues(st)) {
+          next_dkv = ring.sendrecv(dkv, mod(c.r + st.dir, c.R), din, mod(c.r - st.dir, c.R), s);
+        } else {  // end of a phase: dK/dV go home, this rank's come back
+          back = ring.sendrecv(dkv, st.src, din, mod(c.r + st.dir * st.hop, c.R), s);
+          if (i + 1 < steps.size()) {
+            back.wait(s);
+            accumulate(home, din, s);
+          }
+        }
       }
       next_kv.wait(s);
       cur = buf[i % 2];
+    }
+    compute(steps[0].blocks, c.r, own, home);  // overlaps the last return
+    if (steps.size() > 1) {
+      back.wait(s);
+      accumulate(home, din, s);
     }
   }
   const DType gd = grad_dtype == attn::OutputDType::f32 ? wd : q.dtype();

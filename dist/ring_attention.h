@@ -5,8 +5,10 @@
 // buffer, double-buffered; on GPUs the compute stream waits on the communicator's events,
 // never the host) while attn::flash_forward computes the local blocks at their global
 // positions with fp32 partial outputs, merged exactly in fp32 (merge_attention) and cast
-// once at the end. Backward: K/V travel with fp32 dK/dV accumulators, which reach their owner
-// one hop after the last step; dQ stays local; every block uses the global o and lse.
+// once at the end. Backward: a remote block's fp32 dK/dV accumulator starts at the first rank
+// that uses it, travels with its K/V and reaches the owner one hop after the last step; the
+// local block runs last, into the owner's dK/dV, overlapping that return; dQ stays local;
+// every block uses the global o and lse.
 // RingMode::all_gather gathers all K/V once (and reduce-scatters dK/dV): more memory, fewer
 // latency-bound steps. Both modes give the same blocks in the same order.
 //

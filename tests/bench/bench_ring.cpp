@@ -180,8 +180,8 @@ int main(int argc, char** argv) {
     if (warm) measure(warm, s, ring_run(nccl));
     const Timing tn = measure(r, s, ring_run(nccl));
     const Timing tnc = measure(r, s, ring_run(nocomm));
-    // The exchanges alone: forward N-1 K/V hops; backward N-1 K/V hops, N-1 fp32 dK/dV hops
-    // and the return of dK/dV to their owner.
+    // The exchanges alone: forward N-1 K/V hops; backward N-1 K/V hops and N-1 fp32 dK/dV
+    // hops (the last one returns them to their owner).
     Tensor kv = Tensor::empty({2, 1, L, kH, kD}, DType::bf16, dev), kv2 = Tensor::empty(kv.shape(), DType::bf16, dev);
     Tensor dkv = Tensor::empty(kv.shape(), DType::f32, dev), dkv2 = Tensor::empty(kv.shape(), DType::f32, dev);
     const int next = (rank + 1) % N, prev = (rank + N - 1) % N;
@@ -192,7 +192,6 @@ int main(int argc, char** argv) {
         nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
         nccl.sendrecv(dkv, next, dkv2, prev, s).wait(s);
       }
-      nccl.sendrecv(dkv, next, dkv2, prev, s).wait(s);
     };
     measure(1, s, comm_only);
     const Timing tc = measure(std::max(r, 3), s, comm_only);
