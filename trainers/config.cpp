@@ -114,6 +114,7 @@ const std::vector<Option>& schema() {
     add("logging.out_dir", Kind::string, LCTX_FIELD(logging.out_dir), "run directory: metrics.jsonl, loss.png, config.yaml, checkpoints/");
     add("logging.every", Kind::integer, LCTX_FIELD(logging.every), "progress line and metrics record every this many steps", 1, 1ll << 40);
     add("logging.progress", Kind::boolean, LCTX_FIELD(logging.progress), "print the progress line on rank 0");
+    add("logging.profile", Kind::boolean, LCTX_FIELD(logging.profile), "time each step's phases (attention forward/backward, the rest of forward/backward, head and loss, gradient sync, optimizer): a profile line and \"profile_ms\" in metrics.jsonl, at one host wait per step");
     add("logging.peak_tflops", Kind::real, LCTX_FIELD(logging.peak_tflops), "per-GPU peak TFLOP/s that MFU is measured against (dense bf16; H100/H200: 989)", 1e-3, 1e6);
     return o;
   }();

@@ -109,6 +109,7 @@ struct LoggingConfig {
   int64_t every = 10;
   bool progress = true;
   double peak_tflops = 989.0;  // per-GPU dense bf16 peak for MFU (H100/H200 SXM)
+  bool profile = false;        // time the phases of every step (StepProfile)
 };
 
 struct Config {

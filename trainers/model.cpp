@@ -68,6 +68,11 @@ struct Model::Impl {
   std::vector<LayerParams> lp;
   std::vector<std::unique_ptr<Attention>> attention;  // per layer
   Tensor alibi;                                       // f32 [H] or undefined
+  StepProfile* profile = nullptr;
+
+  void enter(Phase ph) {
+    if (profile) profile->enter(ph);
+  }
 
   // Buffers sized for the current batch shape (B, S); reallocated when it changes.
   int64_t B = -1, S = -1;
@@ -162,7 +167,11 @@ struct Model::Impl {
       ops::rope_forward(a.q, a.q, pos, m.rope_theta);
       ops::rope_forward(a.k, a.k, pos, m.rope_theta);
     }
-    if (pass == Pass::forward) attention[l]->forward(a.attn, a.q, a.k, a.v);
+    if (pass == Pass::forward) {
+      enter(Phase::attention_forward);
+      attention[l]->forward(a.attn, a.q, a.k, a.v);
+      enter(Phase::forward);
+    }
     ops::linear_forward(a.proj, a.attn.o.view({B, S, H * hd}), P[p.wo].compute, Tensor());
     ops::residual_forward(a.x_mid, a.x, a.proj);
     ops::rmsnorm_forward(a.ln2, a.rstd2, a.x_mid, P[p.mlp_norm].compute, eps);
@@ -223,7 +232,9 @@ struct Model::Impl {
                          GradMode::overwrite);
     Tensor dheads = dqkv.view({B, S, H + 2 * Hk, hd});
     Tensor dq = dheads.slice(2, 0, H), dk = dheads.slice(2, H, H + Hk), dv = dheads.slice(2, H + Hk, H + 2 * Hk);
+    enter(Phase::attention_backward);
     AttnGrads g = attention[l]->backward(dattn_o, a.attn, a.q, a.k, a.v);
+    enter(Phase::backward);
     if (m.position == "rope") {
       ops::rope_backward(g.dq, g.dq, pos, m.rope_theta);
       ops::rope_backward(g.dk, g.dk, pos, m.rope_theta);
@@ -250,6 +261,7 @@ struct Model::Impl {
         layer_forward(P, l, acts[l], out, pos);
       }
     }
+    enter(Phase::head_loss);
     ops::rmsnorm_forward(lnf, rstdf, x_final, P[final_norm].compute, static_cast<float>(cfg.model.norm_eps));
     ops::linear_forward(logits, lnf.view({B * S, D}), P[head].compute, Tensor());
   }
@@ -379,6 +391,8 @@ void Model::init(uint64_t seed) {
   flat_grads_.zero();
 }
 
+void Model::set_profile(StepProfile* profile) { impl_->profile = profile; }
+
 void Model::sync_compute_weights() {
   if (dtype_ == DType::f32) return;
   for (auto& p : params_) p.compute.copy_from(p.master);
@@ -403,6 +417,7 @@ StepStats Model::forward_backward(const Batch& b, double loss_scale) {
                        GradMode::overwrite);
   ops::rmsnorm_backward(I.dres, params_[I.final_norm].grad, I.dlnf, I.x_final, params_[I.final_norm].compute, I.rstdf,
                         GradMode::overwrite);
+  I.enter(Phase::backward);
   for (int64_t l = I.L - 1; l >= 0; --l) {
     if (I.recompute(l)) {
       I.scratch.x = I.acts[l].x;

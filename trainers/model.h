@@ -22,6 +22,7 @@
 #include "core/tensor.h"
 #include "trainers/config.h"
 #include "trainers/data.h"
+#include "trainers/step_profile.h"
 
 namespace lctx::dist {
 class Mesh;
@@ -72,6 +73,8 @@ class Model {
   StepStats evaluate(const Batch& b);
   // Refreshes the compute copy (bf16) from the master weights after they changed.
   void sync_compute_weights();
+  // Marks the phases of forward_backward in `profile` (nullptr: none); it must outlive the model.
+  void set_profile(StepProfile* profile);
 
   const Config& config() const { return cfg_; }
   Device device() const { return device_; }

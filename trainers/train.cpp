@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -27,6 +28,7 @@
 #include "trainers/checkpoint.h"
 #include "trainers/data.h"
 #include "trainers/model.h"
+#include "trainers/step_profile.h"
 
 namespace fs = std::filesystem;
 
@@ -144,6 +146,10 @@ class Trainer {
     device_ = pick_device();
     model_ = std::make_unique<Model>(cfg_, device_, *mesh_, *layout_);
     model_->init(static_cast<uint64_t>(cfg_.train.seed));
+    if (cfg_.logging.profile) {
+      profile_ = std::make_unique<StepProfile>(device_);
+      model_->set_profile(profile_.get());
+    }
     m_ = Tensor::zeros({model_->num_params()}, DType::f32, device_);
     v_ = Tensor::zeros({model_->num_params()}, DType::f32, device_);
     data_ = make_dataset(cfg_.data, cfg_.model.vocab_size);
@@ -171,7 +177,9 @@ class Trainer {
       Batch batch = make_batch(*data_, cfg_.data, Split::train, consumed_, shard_);
       int64_t scored_global = batch.scored;
       ctrl_.all_reduce(std::span<int64_t>(&scored_global, 1), dist::ReduceOp::sum);
+      if (profile_) profile_->start(Phase::forward);
       StepStats st = model_->forward_backward(batch, 1.0 / static_cast<double>(std::max<int64_t>(1, scored_global)));
+      if (profile_) profile_->enter(Phase::grad_sync);
       if (step_ + 1 == inject_nan_at && world_.rank() == 0) {
         Tensor g = model_->flat_grads().slice(0, 0, 1);
         g.fill(NAN);
@@ -180,6 +188,7 @@ class Trainer {
       double sums[3] = {st.loss_sum, st.correct, st.scored};
       ctrl_.all_reduce(std::span<double>(sums, 3), dist::ReduceOp::sum);
 
+      if (profile_) profile_->enter(Phase::optimizer);
       const Tensor grads[1] = {model_->flat_grads()};
       const ops::GradNorm gn = cfg_.optimizer.grad_clip > 0 ? ops::clip_grad_norm(grads, cfg_.optimizer.grad_clip)
                                                             : ops::grad_norm(grads);
@@ -198,6 +207,11 @@ class Trainer {
       } else {
         apply_adamw(lr);
       }
+      if (profile_) {
+        const auto ms = profile_->finish();
+        for (int i = 0; i < kPhases; ++i) profile_ms_[i] += ms[i];
+        ++profile_steps_;
+      }
       consumed_ += cfg_.data.batch_size;
       ++step_;
       log_tokens += cfg_.data.batch_size * cfg_.data.seq_len;
@@ -211,6 +225,8 @@ class Trainer {
           const double per_step = seconds_since(run_t0) / static_cast<double>(step_ - first_step);
           write_train_record(rec, tok_s);
           if (cfg_.logging.progress && !hooks_.quiet) progress(rec, tok_s, per_step * static_cast<double>(total - step_));
+          profile_ms_ = {};
+          profile_steps_ = 0;
           log_t = Clock::now();
           log_tokens = 0;
         }
@@ -305,6 +321,19 @@ class Trainer {
                   r.lr, r.grad_norm, human_rate(tok_s).c_str(), mfu_buf, human_time(eta_s).c_str(),
                   human_bytes(static_cast<double>(ms.peak_bytes)).c_str(), r.skipped ? " | SKIPPED (non-finite grad)" : "");
     std::cout << buf << std::endl;
+    if (profile_steps_ > 0) {
+      double total = 0;
+      for (double v : profile_ms_) total += v;
+      std::string line = "  profile per step";
+      for (int i = 0; i < kPhases; ++i) {
+        const double ms = profile_ms_[i] / static_cast<double>(profile_steps_);
+        std::snprintf(buf, sizeof buf, " | %s %.*f %s (%.0f%%)", std::string(phase_name(static_cast<Phase>(i))).c_str(),
+                      ms >= 1000 ? 2 : 1, ms >= 1000 ? ms / 1000 : ms, ms >= 1000 ? "s" : "ms",
+                      total > 0 ? 100 * profile_ms_[i] / total : 0.0);
+        line += buf;
+      }
+      std::cout << line << std::endl;
+    }
   }
 
   void write_train_record(const StepRecord& r, double tok_s) {
@@ -314,7 +343,15 @@ class Trainer {
              << ", \"grad_norm\": " << json_num(r.grad_norm) << ", \"tokens_per_s\": " << json_num(tok_s)
              << ", \"mfu\": " << json_num(mfu(tok_s))
              << ", \"tokens\": " << consumed_ * cfg_.data.seq_len << ", \"skipped\": " << (r.skipped ? "true" : "false")
-             << ", \"skipped_total\": " << skipped_ << ", \"mem_peak_bytes\": " << ms.peak_bytes << "}\n";
+             << ", \"skipped_total\": " << skipped_ << ", \"mem_peak_bytes\": " << ms.peak_bytes;
+    if (profile_steps_ > 0) {  // milliseconds per step, averaged since the last record
+      metrics_ << ", \"profile_ms\": {";
+      for (int i = 0; i < kPhases; ++i)
+        metrics_ << (i ? ", \"" : "\"") << phase_name(static_cast<Phase>(i))
+                 << "\": " << json_num(profile_ms_[i] / static_cast<double>(profile_steps_));
+      metrics_ << "}";
+    }
+    metrics_ << "}\n";
     metrics_.flush();
   }
 
@@ -494,6 +531,9 @@ class Trainer {
   std::unique_ptr<dist::Layout> layout_;
   Device device_;
   std::unique_ptr<Model> model_;
+  std::unique_ptr<StepProfile> profile_;    // logging.profile
+  std::array<double, kPhases> profile_ms_{};  // per phase, summed over the steps since the last log
+  int64_t profile_steps_ = 0;
   Tensor m_, v_;
   std::unique_ptr<Dataset> data_;
   std::string out_dir_, ckpt_dir_;
