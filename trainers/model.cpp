@@ -267,21 +267,24 @@ struct Model::Impl {
   }
 
   // What training and evaluation share: the batch on the device, the trunk forward (logits)
-  // and the argmax accuracy, read before a cross-entropy overwrites the logits.
+  // and the argmax predictions, taken before a cross-entropy overwrites the logits.
   struct DeviceBatch {
     Tensor ids, pos, tgt;
   };
-  DeviceBatch forward_batch(const std::vector<Param>& P, const Batch& b, StepStats& st) {
+  DeviceBatch forward_batch(const std::vector<Param>& P, const Batch& b) {
     ensure_buffers(b.inputs.size(0), b.inputs.size(1));
     DeviceBatch d{b.inputs.to(dev), b.positions.to(dev), b.targets.to(dev)};
     trunk_forward(P, d.ids, d.pos);
-    st.correct = correct_predictions(b.targets);
+    ops::argmax_rows(predictions, logits);
     return d;
   }
 
-  // Sum of losses and correct argmax predictions over scored rows (targets != -1).
-  void score(StepStats& st, const Tensor& targets_host, int64_t scored) {
+  // Sum of losses and correct argmax predictions over scored rows (targets != -1): the one
+  // read of device results, at the end of the step (4 + 4 bytes per token reach the host).
+  StepStats score(const Tensor& targets_host, int64_t scored) {
+    StepStats st;
     st.scored = static_cast<double>(scored);
+    st.correct = correct_predictions(targets_host);
     const Tensor lh = losses.device().is_cpu() ? losses : losses.to(Device::cpu());
     const Tensor lf = lh.dtype() == DType::f32 ? lh : lh.to(DType::f32);
     const float* lp_ = lf.data<float>();
@@ -290,12 +293,11 @@ struct Model::Impl {
     for (int64_t i = 0; i < B * S; ++i)
       if (t[i] >= 0) sum += lp_[i];
     st.loss_sum = sum;
+    return st;
   }
 
-  // Argmax accuracy of the scored rows, read before the cross-entropy overwrites the logits
-  // (the argmax runs where the logits are; 4 bytes per row reach the host).
-  double correct_predictions(const Tensor& targets_host) {
-    ops::argmax_rows(predictions, logits);
+  // Scored rows whose argmax prediction (forward_batch) is the target.
+  double correct_predictions(const Tensor& targets_host) const {
     const Tensor ph = predictions.device().is_cpu() ? predictions : predictions.to(Device::cpu());
     const int32_t* t = targets_host.data<int32_t>();
     const int32_t* pred = ph.data<int32_t>();
@@ -400,15 +402,13 @@ void Model::sync_compute_weights() {
 
 StepStats Model::forward_backward(const Batch& b, double loss_scale) {
   Impl& I = *impl_;
-  StepStats st;
-  const auto [ids, pos, tgt] = I.forward_batch(params_, b, st);
+  const auto [ids, pos, tgt] = I.forward_batch(params_, b);
   // d(loss_scale * sum of scored losses): the op's gradient is scale / n_valid * sum.
   ops::CrossEntropyOptions ce;
   ce.ignore_index = -1;
   ce.loss_scale = static_cast<float>(loss_scale * static_cast<double>(b.scored));
   const Tensor tflat = tgt.view({I.B * I.S});
   ops::cross_entropy_forward_backward(I.losses, I.mean_loss, I.logits, I.logits, tflat, ce);
-  I.score(st, b.targets, b.scored);
 
   Tensor none;
   const Param& head = params_[I.head];
@@ -433,18 +433,16 @@ StepStats Model::forward_backward(const Batch& b, double loss_scale) {
   }
   ops::embedding_backward(params_[I.embedding].grad, ids, I.dres,
                           cfg_.model.tied_embeddings ? GradMode::accumulate : GradMode::overwrite);
-  return st;
+  return I.score(b.targets, b.scored);
 }
 
 StepStats Model::evaluate(const Batch& b) {
   Impl& I = *impl_;
-  StepStats st;
-  const Tensor tgt = I.forward_batch(params_, b, st).tgt;
+  const Tensor tgt = I.forward_batch(params_, b).tgt;
   ops::CrossEntropyOptions ce;
   ce.ignore_index = -1;
   ops::cross_entropy_forward(I.losses, I.mean_loss, I.logits, tgt.view({I.B * I.S}), ce);
-  I.score(st, b.targets, b.scored);
-  return st;
+  return I.score(b.targets, b.scored);
 }
 
 }  // namespace lctx::train
