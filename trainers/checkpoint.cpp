@@ -11,6 +11,7 @@
 #include <iostream>
 #include <mutex>
 #include <regex>
+#include <type_traits>
 
 #include "trainers/hdf5_check.h"
 
@@ -57,19 +58,14 @@ void write_attr_str(hid_t obj, const char* name, const std::string& v) {
   LCTX_HDF5_CHECK(H5Awrite(a, type, buf.data()), name);
 }
 
-int64_t read_attr_i64(hid_t obj, const char* name, const std::string& file) {
+// An int64_t or uint64_t scalar attribute.
+template <class T>
+T read_attr(hid_t obj, const char* name, const std::string& file) {
+  static_assert(std::is_same_v<T, int64_t> || std::is_same_v<T, uint64_t>);
   LCTX_CHECK(H5Aexists(obj, name) > 0, "checkpoint ", file, ": attribute '", name, "' is missing");
   H5Id a(LCTX_HDF5_CHECK(H5Aopen(obj, name, H5P_DEFAULT), file, " ", name), H5Aclose);
-  int64_t v = 0;
-  LCTX_HDF5_CHECK(H5Aread(a, H5T_NATIVE_INT64, &v), file, " ", name);
-  return v;
-}
-
-uint64_t read_attr_u64(hid_t obj, const char* name, const std::string& file) {
-  LCTX_CHECK(H5Aexists(obj, name) > 0, "checkpoint ", file, ": attribute '", name, "' is missing");
-  H5Id a(LCTX_HDF5_CHECK(H5Aopen(obj, name, H5P_DEFAULT), file, " ", name), H5Aclose);
-  uint64_t v = 0;
-  LCTX_HDF5_CHECK(H5Aread(a, H5T_NATIVE_UINT64, &v), file, " ", name);
+  T v = 0;
+  LCTX_HDF5_CHECK(H5Aread(a, std::is_signed_v<T> ? H5T_NATIVE_INT64 : H5T_NATIVE_UINT64, &v), file, " ", name);
   return v;
 }
 
@@ -136,7 +132,7 @@ std::vector<T> read_dataset(hid_t file, const std::string& path, hid_t mem_type,
   for (hsize_t x : dims) n *= x;
   std::vector<T> v(n);
   if (n > 0) LCTX_HDF5_CHECK(H5Dread(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), "reading ", fname, " ", path);
-  const uint64_t want = read_attr_u64(d, "checksum", fname + " " + path);
+  const uint64_t want = read_attr<uint64_t>(d, "checksum", fname + " " + path);
   const uint64_t got = fnv1a(v.data(), n * sizeof(T));
   LCTX_CHECK(want == got, "checkpoint ", fname, ": checksum mismatch in dataset ", path, " (stored ", want, ", computed ", got,
              "): the file is corrupt");
@@ -239,17 +235,17 @@ CheckpointState load_checkpoint(const std::string& file) {
   H5Id f(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   LCTX_CHECK(f >= 0, "checkpoint ", file, " cannot be opened (truncated or corrupt)");
   CheckpointState st;
-  const int64_t version = read_attr_i64(f, "format_version", file);
+  const int64_t version = read_attr<int64_t>(f, "format_version", file);
   LCTX_CHECK(version == kCheckpointFormatVersion, "checkpoint ", file, " has format_version ", version, ", this lctx-train reads ",
              kCheckpointFormatVersion);
-  st.step = read_attr_i64(f, "step", file);
-  st.adam_step = read_attr_i64(f, "adam_step", file);
-  st.mesh_dp = read_attr_i64(f, "mesh_dp", file);
-  st.mesh_sp = read_attr_i64(f, "mesh_sp", file);
-  st.mesh_ulysses = read_attr_i64(f, "mesh_ulysses", file);
-  st.data_consumed_samples = read_attr_i64(f, "data_consumed_samples", file);
-  st.data_seed = read_attr_i64(f, "data_seed", file);
-  st.skipped_steps = read_attr_i64(f, "skipped_steps", file);
+  st.step = read_attr<int64_t>(f, "step", file);
+  st.adam_step = read_attr<int64_t>(f, "adam_step", file);
+  st.mesh_dp = read_attr<int64_t>(f, "mesh_dp", file);
+  st.mesh_sp = read_attr<int64_t>(f, "mesh_sp", file);
+  st.mesh_ulysses = read_attr<int64_t>(f, "mesh_ulysses", file);
+  st.data_consumed_samples = read_attr<int64_t>(f, "data_consumed_samples", file);
+  st.data_seed = read_attr<int64_t>(f, "data_seed", file);
+  st.skipped_steps = read_attr<int64_t>(f, "skipped_steps", file);
   st.config_yaml = read_attr_str(f, "config", file);
   st.params = read_group(f, "/params", file);
   st.adam_m = read_group(f, "/optimizer/m", file);
