@@ -1,4 +1,4 @@
-// StepProfile: where a training step's time goes (logging.profile). Model and trainer mark
+// StepProfile: where a training step's time goes (logging.profile, on rank 0). Model and trainer mark
 // phase boundaries on the compute stream (TimingEvent: CUDA events, host clocks on the CPU);
 // finish() waits for the step's last marker once and sums the spans per phase, so profiling
 // adds one host wait per step and nothing inside it. Ring/Ulysses communication joins the

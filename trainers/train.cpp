@@ -146,7 +146,7 @@ class Trainer {
     device_ = pick_device();
     model_ = std::make_unique<Model>(cfg_, device_, *mesh_, *layout_);
     model_->init(static_cast<uint64_t>(cfg_.train.seed));
-    if (cfg_.logging.profile) {
+    if (cfg_.logging.profile && is_root()) {  // rank 0 reports; its waits on the others show in its phases
       profile_ = std::make_unique<StepProfile>(device_);
       model_->set_profile(profile_.get());
     }
