@@ -5,6 +5,8 @@
 # communication hidden (lctx: 1 - (tn - tn_without_comm) / comm_alone) and the ratios.
 # Usage: tests/bench/run_bench_ring.sh <build dir> [N=2] [S list=131072,524288] [reps=3] [budget s=240]
 # LCTX_BENCH_TORCH_BACKENDS: PyTorch SDPA backends under context_parallel (default cudnn,flash).
+# LCTX_BENCH_ROUNDS: run lctx and PyTorch alternately this many times (default 1) and report the
+#   median of each figure over the rounds (GPU clocks drift by a few % between runs).
 set -euo pipefail
 BUILD="${1:-build}"
 N="${2:-2}"
@@ -15,19 +17,30 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 LOG="$(mktemp)"
-mpirun -np "$N" --oversubscribe -x NCCL_NVLS_ENABLE "$BUILD/tests/bench/bench_ring" "$SEQS" "$REPS" "$BUDGET" 2>&1 | tee "$LOG" || true
-python3 -m torch.distributed.run --standalone --nproc_per_node "$N" "$HERE/bench_ring_torch.py" "$SEQS" "$REPS" "$BUDGET" allgather \
-  "${LCTX_BENCH_TORCH_BACKENDS:-cudnn,flash}" 2>&1 \
-  | grep -v "^W[0-9]* " | tee -a "$LOG" || true
+ROUNDS="${LCTX_BENCH_ROUNDS:-1}"
+: > "$LOG"
+for ((round = 1; round <= ROUNDS; ++round)); do
+  (( ROUNDS > 1 )) && echo "== round $round of $ROUNDS"
+  mpirun -np "$N" --oversubscribe -x NCCL_NVLS_ENABLE "$BUILD/tests/bench/bench_ring" "$SEQS" "$REPS" "$BUDGET" 2>&1 \
+    | tee -a "$LOG" || true
+  python3 -m torch.distributed.run --standalone --nproc_per_node "$N" "$HERE/bench_ring_torch.py" "$SEQS" "$REPS" \
+    "$BUDGET" allgather "${LCTX_BENCH_TORCH_BACKENDS:-cudnn,flash}" 2>&1 \
+    | grep -v "^W[0-9]* " | tee -a "$LOG" || true
+done
 python3 - "$LOG" <<'PY'
-import re, sys
-rows = []
+import statistics, sys
+runs = {}  # (impl, S) -> the RESULT of every round
 for line in open(sys.argv[1]):
     if line.startswith("RESULT "):
         d = dict(kv.split("=", 1) for kv in line.split()[1:])
-        rows.append({k: (v if k == "impl" else float(v)) for k, v in d.items()})
-if not rows:
+        r = {k: (v if k == "impl" else float(v)) for k, v in d.items()}
+        runs.setdefault((r["impl"], r["S"]), []).append(r)
+if not runs:
     sys.exit("no RESULT lines")
+# The median of each figure over the rounds (every field of a round's line is one measurement).
+rows = [{k: (rs[0][k] if k == "impl" else statistics.median(r[k] for r in rs)) for k in rs[0]}
+        for rs in runs.values()]
+n_rounds = max(len(rs) for rs in runs.values())
 H, D = 16, 128
 def tflops(r, key):  # per GPU, forward+backward = 3.5 x causal forward (FlashAttention convention)
     n = r["N"] if key.startswith("tn") else 1
@@ -35,7 +48,8 @@ def tflops(r, key):  # per GPU, forward+backward = 3.5 x causal forward (FlashAt
 lctx = {r["S"]: r for r in rows if r["impl"] == "lctx"}
 print()
 print("causal bf16 B=1 H=16 D=128; times in ms (wall, max over ranks); eff = t1 / (N * tN); "
-      "hidden = share of the exchange time overlapped by compute")
+      "hidden = share of the exchange time overlapped by compute"
+      + (f"; median of {n_rounds} rounds" if n_rounds > 1 else ""))
 hdr = (f"{'impl':<20} {'S':>7} {'N':>2} | {'t1 fwd':>8} {'tN fwd':>8} {'eff':>5} {'hidden':>6} | "
        f"{'t1 f+b':>9} {'tN f+b':>9} {'eff':>5} {'hidden':>6} {'TF/s/GPU':>8} | {'lctx x':>6}")
 print(hdr)
