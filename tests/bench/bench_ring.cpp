@@ -1,14 +1,17 @@
-// Ring attention across GPUs (mpirun -np N, one GPU per rank, NcclComm): causal, B=1, H=16,
-// D=128, bf16, zigzag layout, total sequence S. For each S it measures (wall time, max over
-// ranks, median of repetitions; forward and forward+backward taken from the same run):
+// Sequence-parallel attention across GPUs (mpirun -np N, one GPU per rank, NcclComm): causal,
+// B=1, H=16, D=128, bf16, total sequence S, in one or more modes: zigzag ring (reported as
+// "lctx"), contiguous ring, Ulysses over N, hybrid (Ulysses 2 x zigzag ring N/2). For each S it
+// measures (wall time, max over ranks, median of repetitions; forward and forward+backward
+// taken from the same run):
 //   t1     single-GPU attn::flash on the whole sequence (rank 0)
-//   tn     ring attention on N GPUs
-//   nocomm the same ring with communication removed (sendrecv is a local copy)
-//   comm   the ring's exchanges alone (same messages, no compute)
-// and prints "RESULT impl=lctx S=.. N=.. key=ms ..." lines; run_bench_ring.sh combines them
-// with bench_ring_torch.py (PyTorch context_parallel) into one table: scaling efficiency
+//   tn     the mode on N GPUs
+//   nocomm the same with communication removed (sendrecv/all_to_all are local copies)
+//   comm   ring modes: the ring's exchanges alone (same messages, no compute)
+// and prints "RESULT impl=lctx[-mode] S=.. N=.. key=ms ..." lines; run_bench_ring.sh combines
+// them with bench_ring_torch.py (PyTorch context_parallel) into one table: scaling efficiency
 // t1 / (N * tn), fraction of communication hidden 1 - (tn - nocomm) / comm, and ratios.
-// Arguments: [comma-separated S list] [repetitions] [time budget in seconds].
+// Arguments: [comma-separated S list] [repetitions] [time budget in seconds]
+//            [comma-separated modes: zigzag (default), ring, ulysses, hybrid].
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -16,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,9 +28,11 @@
 #include "core/cuda_check.h"
 #include "core/rng.h"
 #include "dist/layout.h"
+#include "dist/mesh.h"
 #include "dist/mpi_comm.h"
 #include "dist/nccl_comm.h"
 #include "dist/ring_attention.h"
+#include "dist/ulysses.h"
 
 using namespace lctx;
 using namespace lctx::dist;
@@ -57,7 +63,10 @@ class NoComm final : public Comm {
   void all_reduce_impl(const Buffer&, ReduceOp, Stream) override {}
   void all_gather_impl(const Buffer&, const Buffer&, Stream) override {}
   void reduce_scatter_impl(const Buffer&, const Buffer&, ReduceOp, Stream) override {}
-  void all_to_all_impl(const Buffer&, const Buffer&, Stream) override {}
+  void all_to_all_impl(const Buffer& in, const Buffer& out, Stream s) override {
+    LCTX_CUDA_CHECK(cudaMemcpyAsync(out.data, in.data, out.count * dtype_size(out.dtype), cudaMemcpyDeviceToDevice,
+                                    cuda_stream(s)));
+  }
   void broadcast_impl(const Buffer&, int, Stream) override {}
 };
 
@@ -99,6 +108,35 @@ Timing measure(int reps, Stream s, const std::function<void(const std::function<
   return {f[f.size() / 2], fb[fb.size() / 2]};
 }
 
+// A sequence-parallel mode over all N ranks: zigzag (load-balanced ring, reported as "lctx"),
+// ring (contiguous shards), ulysses (all-to-all over N, heads split N ways) or hybrid
+// (Ulysses over 2 ranks inside, zigzag ring over N/2 outside).
+struct ModeRun {
+  std::string impl;
+  LayoutKind kind = LayoutKind::zigzag;
+  MeshShape shape;
+  std::unique_ptr<Mesh> mesh;
+  std::unique_ptr<Comm> no_ulysses, no_ring;
+
+  ModeRun(const std::string& name, int n) {
+    impl = name == "zigzag" ? "lctx" : "lctx-" + name;
+    if (name == "zigzag") {
+      shape.ring = n;
+    } else if (name == "ring") {
+      kind = LayoutKind::contiguous;
+      shape.ring = n;
+    } else if (name == "ulysses") {
+      kind = LayoutKind::contiguous;
+      shape.ulysses = n;
+    } else if (name == "hybrid") {
+      shape.ulysses = 2;
+      shape.ring = n / 2;
+    } else {
+      LCTX_FAIL("bench_ring: unknown mode '", name, "' (zigzag, ring, ulysses, hybrid)");
+    }
+  }
+};
+
 std::vector<int64_t> parse_list(const char* s) {
   std::vector<int64_t> v;
   std::stringstream ss(s);
@@ -116,6 +154,11 @@ int main(int argc, char** argv) {
   const std::vector<int64_t> seqs = parse_list(argc > 1 ? argv[1] : "131072,524288");
   const int reps = argc > 2 ? std::atoi(argv[2]) : 3;
   const double budget_s = argc > 3 ? std::atof(argv[3]) : 240;
+  std::vector<std::string> modes;
+  {
+    std::stringstream ss(argc > 4 ? argv[4] : "zigzag");
+    for (std::string item; std::getline(ss, item, ',');) modes.push_back(item);
+  }
   if (cuda_device_count() < 1) {
     std::printf("bench_ring: no CUDA GPU\n");
     return 0;
@@ -127,12 +170,26 @@ int main(int argc, char** argv) {
   LCTX_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev_index));
   if (rank == 0) std::printf("device %s x %d (one per rank), NCCL ring, bf16 causal B=1 H=%d D=%d\n", prop.name, N, kH, kD);
   NcclComm nccl(*world, dev_index);
-  NoComm nocomm(rank, N);
   cudaStream_t st;
   LCTX_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   const Stream s{st};
   attn::FlashOptions opts;
   opts.mask = attn::Mask::causal;
+
+  // Each mode on its mesh, with the same groups made of NoComm for the run without communication.
+  std::vector<std::unique_ptr<ModeRun>> runs;
+  for (const std::string& name : modes) {
+    auto m = std::make_unique<ModeRun>(name, N);
+    if (m->shape.world() != N || kH % m->shape.ulysses) {
+      if (rank == 0) std::printf("SKIP mode=%s: needs N even and H=%d divisible by the Ulysses degree\n", name.c_str(), kH);
+      continue;
+    }
+    m->mesh = std::make_unique<Mesh>(nccl, m->shape);
+    const MeshCoords c = m->mesh->coords();
+    m->no_ulysses = std::make_unique<NoComm>(c.ulysses, m->shape.ulysses);
+    m->no_ring = std::make_unique<NoComm>(c.ring, m->shape.ring);
+    runs.push_back(std::move(m));
+  }
 
   const double start = now_ms();
   double scale_from = 0, t_at = 0;  // one timed run of everything at the previous size (s)
@@ -147,23 +204,6 @@ int main(int argc, char** argv) {
     }
     const int r = S >= 262144 ? 1 : reps;  // the long sequences: one timed run (after warm-up at the short ones)
     const int warm = S >= 262144 ? 0 : 1;
-    const Layout layout(LayoutKind::zigzag, S, N);
-    const int64_t L = layout.ring_local_len();
-    Tensor q = Tensor::empty({1, L, kH, kD}, DType::bf16, dev), k = Tensor::empty({1, L, kH, kD}, DType::bf16, dev),
-           v = Tensor::empty({1, L, kH, kD}, DType::bf16, dev), dout = Tensor::empty({1, L, kH, kD}, DType::bf16, dev);
-    rng_normal(q, 1, rank * 4 * L * kH * kD, 0, 1, s);
-    rng_normal(k, 2, rank * 4 * L * kH * kD, 0, 1, s);
-    rng_normal(v, 3, rank * 4 * L * kH * kD, 0, 1, s);
-    rng_normal(dout, 4, rank * 4 * L * kH * kD, 0, 1, s);
-
-    auto ring_run = [&](Comm& comm) {
-      return [&](const std::function<void()>& fwd_done) {
-        auto f = ring_attention_forward(comm, layout, q, k, v, opts, RingMode::ring, s);
-        fwd_done();
-        ring_attention_backward(comm, layout, q, k, v, f.o, f.lse, dout, opts, RingMode::ring,
-                                attn::OutputDType::input, s);
-      };
-    };
     // Single GPU: rank 0 computes the whole sequence, the others wait.
     Timing t1;
     {
@@ -184,33 +224,63 @@ int main(int argc, char** argv) {
       if (warm) measure(warm, s, one);
       t1 = measure(r, s, one);
     }
-    if (warm) measure(warm, s, ring_run(nccl));
-    const Timing tn = measure(r, s, ring_run(nccl));
-    const Timing tnc = measure(r, s, ring_run(nocomm));
-    // The exchanges alone: forward N-1 K/V hops; backward N-1 K/V hops and N-1 fp32 dK/dV
-    // hops (the last one returns them to their owner).
-    Tensor kv = Tensor::empty({2, 1, L, kH, kD}, DType::bf16, dev), kv2 = Tensor::empty(kv.shape(), DType::bf16, dev);
-    Tensor dkv = Tensor::empty(kv.shape(), DType::f32, dev), dkv2 = Tensor::empty(kv.shape(), DType::f32, dev);
-    const int next = (rank + 1) % N, prev = (rank + N - 1) % N;
-    auto comm_only = [&](const std::function<void()>& fwd_done) {
-      for (int h = 1; h < N; ++h) nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
-      fwd_done();
-      for (int h = 1; h < N; ++h) {
-        nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
-        nccl.sendrecv(dkv, next, dkv2, prev, s).wait(s);
+    double total_ms = t1.fb;
+    for (const auto& m : runs) {
+      const Layout layout(m->kind, S, m->shape.ring, m->shape.ulysses);
+      const int64_t L = layout.local_len();
+      const Shape shape{1, L, kH, kD};
+      Tensor q = Tensor::empty(shape, DType::bf16, dev), k = Tensor::empty(shape, DType::bf16, dev),
+             v = Tensor::empty(shape, DType::bf16, dev), dout = Tensor::empty(shape, DType::bf16, dev);
+      rng_normal(q, 1, rank * 4 * L * kH * kD, 0, 1, s);
+      rng_normal(k, 2, rank * 4 * L * kH * kD, 0, 1, s);
+      rng_normal(v, 3, rank * 4 * L * kH * kD, 0, 1, s);
+      rng_normal(dout, 4, rank * 4 * L * kH * kD, 0, 1, s);
+      auto sp_run = [&](Comm& uly, Comm& ring) {
+        return [&](const std::function<void()>& fwd_done) {
+          if (m->shape.ulysses == 1) {
+            auto f = ring_attention_forward(ring, layout, q, k, v, opts, RingMode::ring, s);
+            fwd_done();
+            ring_attention_backward(ring, layout, q, k, v, f.o, f.lse, dout, opts, RingMode::ring,
+                                    attn::OutputDType::input, s);
+          } else {
+            auto f = ulysses_attention_forward(uly, ring, layout, q, k, v, opts, RingMode::ring, s);
+            fwd_done();
+            ulysses_attention_backward(uly, ring, layout, q, k, v, f.o, f.lse, dout, opts, RingMode::ring, s);
+          }
+        };
+      };
+      if (warm) measure(warm, s, sp_run(m->mesh->ulysses(), m->mesh->ring()));
+      const Timing tn = measure(r, s, sp_run(m->mesh->ulysses(), m->mesh->ring()));
+      const Timing tnc = measure(r, s, sp_run(*m->no_ulysses, *m->no_ring));
+      // Ring modes: the exchanges alone. Forward R-1 K/V hops; backward R-1 K/V hops and R-1
+      // fp32 dK/dV hops (the last one returns them to their owner).
+      Timing tc;
+      if (m->shape.ulysses == 1) {
+        Tensor kv = Tensor::empty({2, 1, L, kH, kD}, DType::bf16, dev), kv2 = Tensor::empty(kv.shape(), DType::bf16, dev);
+        Tensor dkv = Tensor::empty(kv.shape(), DType::f32, dev), dkv2 = Tensor::empty(kv.shape(), DType::f32, dev);
+        const int next = (rank + 1) % N, prev = (rank + N - 1) % N;
+        auto comm_only = [&](const std::function<void()>& fwd_done) {
+          for (int h = 1; h < N; ++h) nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
+          fwd_done();
+          for (int h = 1; h < N; ++h) {
+            nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
+            nccl.sendrecv(dkv, next, dkv2, prev, s).wait(s);
+          }
+        };
+        measure(1, s, comm_only);
+        tc = measure(std::max(r, 3), s, comm_only);
       }
-    };
-    measure(1, s, comm_only);
-    const Timing tc = measure(std::max(r, 3), s, comm_only);
-    if (rank == 0) {
-      std::printf(
-          "RESULT impl=lctx S=%lld N=%d t1_fwd=%.3f t1_fb=%.3f tn_fwd=%.3f tn_fb=%.3f nocomm_fwd=%.3f nocomm_fb=%.3f "
-          "comm_fwd=%.3f comm_fb=%.3f\n",
-          (long long)S, N, t1.fwd, t1.fb, tn.fwd, tn.fb, tnc.fwd, tnc.fb, tc.fwd, tc.fb);
-      std::fflush(stdout);
+      if (rank == 0) {
+        std::printf(
+            "RESULT impl=%s S=%lld N=%d t1_fwd=%.3f t1_fb=%.3f tn_fwd=%.3f tn_fb=%.3f nocomm_fwd=%.3f nocomm_fb=%.3f "
+            "comm_fwd=%.3f comm_fb=%.3f\n",
+            m->impl.c_str(), (long long)S, N, t1.fwd, t1.fb, tn.fwd, tn.fb, tnc.fwd, tnc.fb, tc.fwd, tc.fb);
+        std::fflush(stdout);
+      }
+      total_ms += tn.fb + tnc.fb + tc.fb;
     }
     scale_from = double(S);
-    t_at = (t1.fb + tn.fb + tnc.fb + tc.fb) / 1000;
+    t_at = total_ms / 1000;
   }
   cudaStreamDestroy(st);
   return 0;

@@ -5,6 +5,7 @@
 # communication hidden (lctx: 1 - (tn - tn_without_comm) / comm_alone) and the ratios.
 # Usage: tests/bench/run_bench_ring.sh <build dir> [N=2] [S list=131072,524288] [reps=3] [budget s=240]
 # LCTX_BENCH_TORCH_BACKENDS: PyTorch SDPA backends under context_parallel (default cudnn,flash).
+# LCTX_BENCH_RING_MODES: lctx's modes (default zigzag; also ring, ulysses, hybrid: see bench_ring.cpp).
 # LCTX_BENCH_ROUNDS: run lctx and PyTorch alternately this many times (default 1) and report the
 #   median of each figure over the rounds (GPU clocks drift by a few % between runs).
 set -euo pipefail
@@ -21,7 +22,8 @@ ROUNDS="${LCTX_BENCH_ROUNDS:-1}"
 : > "$LOG"
 for ((round = 1; round <= ROUNDS; ++round)); do
   (( ROUNDS > 1 )) && echo "== round $round of $ROUNDS"
-  mpirun -np "$N" --oversubscribe -x NCCL_NVLS_ENABLE "$BUILD/tests/bench/bench_ring" "$SEQS" "$REPS" "$BUDGET" 2>&1 \
+  mpirun -np "$N" --oversubscribe -x NCCL_NVLS_ENABLE "$BUILD/tests/bench/bench_ring" "$SEQS" "$REPS" "$BUDGET" \
+    "${LCTX_BENCH_RING_MODES:-zigzag}" 2>&1 \
     | tee -a "$LOG" || true
   python3 -m torch.distributed.run --standalone --nproc_per_node "$N" "$HERE/bench_ring_torch.py" "$SEQS" "$REPS" \
     "$BUDGET" allgather "${LCTX_BENCH_TORCH_BACKENDS:-cudnn,flash}" 2>&1 \
@@ -54,7 +56,7 @@ hdr = (f"{'impl':<20} {'S':>7} {'N':>2} | {'t1 fwd':>8} {'tN fwd':>8} {'eff':>5}
        f"{'t1 f+b':>9} {'tN f+b':>9} {'eff':>5} {'hidden':>6} {'TF/s/GPU':>8} | {'lctx x':>6}")
 print(hdr)
 print("-" * len(hdr))
-for r in sorted(rows, key=lambda r: (r["S"], r["impl"] != "lctx", r["impl"])):
+for r in sorted(rows, key=lambda r: (r["S"], not r["impl"].startswith("lctx"), r["impl"])):
     n = r["N"]
     eff_f, eff_b = r["t1_fwd"] / (n * r["tn_fwd"]), r["t1_fb"] / (n * r["tn_fb"])
     hid_f = hid_b = "   -"
@@ -67,7 +69,8 @@ for r in sorted(rows, key=lambda r: (r["S"], r["impl"] != "lctx", r["impl"])):
     print(f"{r['impl']:<20} {int(r['S']):>7} {int(n):>2} | {r['t1_fwd']:8.1f} {r['tn_fwd']:8.1f} {eff_f:5.2f} {hid_f:>6} | "
           f"{r['t1_fb']:9.1f} {r['tn_fb']:9.1f} {eff_b:5.2f} {hid_b:>6} {tflops(r, 'tn_fb'):8.1f} | {ratio}")
 print("lctx x = (this implementation's N-GPU fwd+bwd time) / (lctx's): > 1 means lctx is faster")
-for S, r in sorted(lctx.items()):
-    print(f"lctx S={int(S)}: ring without communication fwd {r['nocomm_fwd']:.1f} ms, f+b {r['nocomm_fb']:.1f} ms; "
-          f"exchanges alone fwd {r['comm_fwd']:.1f} ms, f+b {r['comm_fb']:.1f} ms")
+for r in sorted((r for r in rows if "nocomm_fb" in r), key=lambda r: (r["S"], r["impl"])):
+    alone = f"; exchanges alone fwd {r['comm_fwd']:.1f} ms, f+b {r['comm_fb']:.1f} ms" if r["comm_fb"] > 0 else ""
+    print(f"{r['impl']} S={int(r['S'])}: without communication fwd {r['nocomm_fwd']:.1f} ms, "
+          f"f+b {r['nocomm_fb']:.1f} ms{alone}")
 PY
