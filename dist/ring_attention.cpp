@@ -1,5 +1,6 @@
 #include "dist/ring_attention.h"
 
+#include <array>
 #include <limits>
 
 #include "dist/ring_kernels.h"
@@ -89,6 +90,11 @@ struct RingCall {
   Tensor buffer(size_t min_steps, const Shape& shape, DType dt, Device d) const {
     return steps.size() >= min_steps ? Tensor::empty(shape, dt, d) : Tensor{};
   }
+  // The two alternating buffers of an exchange: the second only from 3 steps on, where one
+  // step's send and the next step's receive overlap.
+  std::array<Tensor, 2> buffers(const Shape& shape, DType dt, Device d) const {
+    return {buffer(2, shape, dt, d), buffer(3, shape, dt, d)};
+  }
 
   Tensor gather_kv(const Tensor& own) {
     Shape shape = own.shape();
@@ -123,8 +129,7 @@ attn::FlashOutput ring_attention_forward(Comm& ring, const Layout& layout, const
     const Tensor all = c.gather_kv(own);
     for (const RingStep& st : c.steps) compute(st, part(all, st.src));
   } else {
-    const Tensor buf[2] = {c.buffer(2, own.shape(), own.dtype(), own.device()),
-                           c.buffer(3, own.shape(), own.dtype(), own.device())};
+    const auto buf = c.buffers(own.shape(), own.dtype(), own.device());
     Tensor cur = own;
     for (size_t i = 0; i < c.steps.size(); ++i) {
       Request next_kv;
@@ -174,9 +179,8 @@ attn::FlashGrads ring_attention_backward(Comm& ring, const Layout& layout, const
     // first K/V exchange is the one left in the open.
     home.zero(s);
     const auto& steps = c.steps;
-    const Tensor buf[2] = {c.buffer(2, own.shape(), own.dtype(), own.device()),
-                           c.buffer(3, own.shape(), own.dtype(), own.device())};
-    Tensor dbuf[2] = {c.buffer(2, dshape, wd, q.device()), c.buffer(3, dshape, wd, q.device())};
+    const auto buf = c.buffers(own.shape(), own.dtype(), own.device());
+    auto dbuf = c.buffers(dshape, wd, q.device());
     const Tensor din = c.buffer(2, dshape, wd, q.device());
     Tensor cur = own;
     Request next_dkv, back;
