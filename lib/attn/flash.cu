@@ -78,15 +78,17 @@ void flash_backward_cuda(const FlashParams& p, Stream s) {
     using Tr = FlashBwdTraits<T, D>;
     const int64_t q_tiles = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
     const int64_t acc_elems = p.batch * p.heads_q * q_tiles * Tr::kBlockM * D;
-    float* scratch = static_cast<float*>(flash_scratch_alloc(sizeof(float) * (acc_elems + 2 * rows), s));
+    const int64_t prows = p.batch * p.heads_q * q_tiles * Tr::kBlockM;  // rows padded to whole tiles
+    float* scratch = static_cast<float*>(flash_scratch_alloc(sizeof(float) * (acc_elems + 2 * prows), s));
     float* dq_acc = scratch;
     float* dsum = scratch + acc_elems;
-    float* lse2 = dsum + rows;
+    float* lse2 = dsum + prows;
     LCTX_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, sizeof(float) * acc_elems, stream));
-    const unsigned dot_blocks = static_cast<unsigned>((rows * 32 + 255) / 256);
+    const unsigned dot_blocks = static_cast<unsigned>((prows * 32 + 255) / 256);
+    const int64_t q_pad = q_tiles * Tr::kBlockM;
     if (rows > 0) {
-      if (p.o_dtype == DType::f32) flash_bwd_dot_kernel<T, float><<<dot_blocks, 256, 0, stream>>>(p, dsum, lse2);
-      else flash_bwd_dot_kernel<T, T><<<dot_blocks, 256, 0, stream>>>(p, dsum, lse2);
+      if (p.o_dtype == DType::f32) flash_bwd_dot_kernel<T, float><<<dot_blocks, 256, 0, stream>>>(p, dsum, lse2, q_pad);
+      else flash_bwd_dot_kernel<T, T><<<dot_blocks, 256, 0, stream>>>(p, dsum, lse2, q_pad);
       LCTX_CUDA_CHECK_LAUNCH("flash_bwd_dot_kernel");
     }
     auto kernel = flash_bwd_kernel<Tr, T>;

@@ -1,11 +1,12 @@
 // Flash attention backward kernels (FlashAttention-2):
 //  * flash_bwd_dot_kernel: Dsum = rowsum(dO * O) per query row (O as given, possibly the
 //    global merged output) and lse2 = lse * log2e (+inf for fully masked rows, so that
-//    exp2(s - lse2) is 0 and never exp(s - (-inf))).
+//    exp2(s - lse2) is 0 and never exp(s - (-inf))), per (batch, head) padded to whole
+//    64-row tiles (Dsum 0, lse2 +inf) so that the main kernel copies them with cp.async.
 //  * flash_bwd_kernel: one block per (128-key tile, KV head, batch). It walks every query
 //    head of the KV group and every 64-query tile that can see its keys (block skipping),
 //    recomputes P from lse2, and keeps dK/dV in registers (deterministic, summed over the
-//    group). dQ = dS K is added with fp32 16-byte atomics into a scratch laid out in mma
+//    group). P and dS go to shared memory with stmatrix (sm_90; per-thread stores before). dQ = dS K is added with fp32 16-byte atomics into a scratch laid out in mma
 //    fragment order per (batch, head, 64-query tile) (FlashBwdTraits::kDqFrags). Two block
 //    barriers per query tile: one before S/dP (the next tile's copy is issued right after it)
 //    and one between writing P/dS to shared memory and reading them transposed.
@@ -43,12 +44,19 @@ __device__ __forceinline__ void store_grad2(void* base, int64_t idx, float x, fl
 }
 
 template <class T, class TO>
-__global__ void flash_bwd_dot_kernel(const FlashParams p, float* dsum, float* lse2) {
-  const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
+__global__ void flash_bwd_dot_kernel(const FlashParams p, float* dsum, float* lse2, int64_t q_pad) {
+  const int64_t rows = p.batch * p.heads_q * q_pad;
   const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
-  const int64_t b = r / (p.heads_q * p.seqlen_q), h = r / p.seqlen_q % p.heads_q, i = r % p.seqlen_q;
+  const int64_t b = r / (p.heads_q * q_pad), h = r / q_pad % p.heads_q, i = r % q_pad;
+  if (i >= p.seqlen_q) {
+    if (lane == 0) {
+      dsum[r] = 0.f;
+      lse2[r] = CUDART_INF_F;
+    }
+    return;
+  }
   const TO* o = static_cast<const TO*>(p.o) + b * p.o_stride[0] + i * p.o_stride[1] + h * p.o_stride[2];
   const T* d = static_cast<const T*>(p.dout) + b * p.dout_stride[0] + i * p.dout_stride[1] + h * p.dout_stride[2];
   float acc = 0.f;
@@ -56,7 +64,7 @@ __global__ void flash_bwd_dot_kernel(const FlashParams p, float* dsum, float* ls
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) {
-    dsum[r] = acc;  // r = (b * Hq + h) * Sq + i
+    dsum[r] = acc;  // r = (b * Hq + h) * q_pad + i
     const float l = static_cast<const float*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i];
     lse2[r] = l == -CUDART_INF_F ? CUDART_INF_F : l * kLog2e;
   }
@@ -100,7 +108,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   flash_query_range(p, n0, min(n0 + BN, p.seqlen_k), &qlo, &qhi);
   const int64_t m_begin = qlo / BM, m_tiles = qhi > qlo ? (qhi + BM - 1) / BM - m_begin : 0;
   const int64_t iters = m_tiles * G;
-
+  // Q, dO, lse2 and Dsum of iteration it into buffer buf; lse2 and Dsum are padded to whole
+  // tiles, so all four are plain 16-byte copies.
   auto prefetch = [&](int64_t it, int buf) {
     const int h = hk * G + static_cast<int>(it / m_tiles);
     const int64_t m0 = (m_begin + it % m_tiles) * BM;
@@ -108,11 +117,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     const T* dog = static_cast<const T*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[2];
     load_tile<BM, D, Tr::kThreads>(sQ + buf * BM * D, qg, p.q_stride[1], m0, p.seqlen_q, tid);
     load_tile<BM, D, Tr::kThreads>(sdO + buf * BM * D, dog, p.dout_stride[1], m0, p.seqlen_q, tid);
-    if (tid < BM) {
-      const int64_t i = m0 + tid, r = (b * p.heads_q + h) * p.seqlen_q + i;
-      sLse[buf * BM + tid] = i < p.seqlen_q ? lse2_g[r] : CUDART_INF_F;
-      sDsum[buf * BM + tid] = i < p.seqlen_q ? dsum_g[r] : 0.f;
-    }
+    const int64_t r0 = (b * p.heads_q + h) * (q_tiles * BM) + m0;
+    if (tid < BM / 4) cp_async16(sLse + buf * BM + 4 * tid, lse2_g + r0 + 4 * tid, true);
+    else if (tid < BM / 2) cp_async16(sDsum + buf * BM + 4 * (tid - BM / 4), dsum_g + r0 + 4 * (tid - BM / 4), true);
   };
 
   load_tile<BN, D, Tr::kThreads>(sK, kg, p.k_stride[1], n0, p.seqlen_k, tid);
@@ -141,6 +148,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     const uint32_t boff = buf * BM * D * sizeof(T);  // Q/dO buffer
     const uint32_t qA = opaque(g_qA), doA = opaque(g_doA), kB = opaque(g_kB), kBt = opaque(g_kBt), vB = opaque(g_vB);
     const uint32_t pAt = opaque(g_pAt), dsAt = opaque(g_dsAt), dsA = opaque(g_dsA);
+    const uint32_t pA = dsA - BM * BN * sizeof(T);  // sP sits right before sdS
 
     // S = Q K^T, then P = exp2(S - lse2) to shared memory, then dP = dO V^T and
     // dS = P (dP - Dsum): this warp's 32 queries x 32 keys. S and dP are computed one after
@@ -177,19 +185,19 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       mult = 1.f;
     }
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int row = wq + 16 * mt + lane / 4 + 8 * r;
-        const float l2 = sLse[buf * BM + row];
+        const float l2 = sLse[buf * BM + wq + 16 * mt + lane / 4 + 8 * r];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           s[mt][j][2 * r] = fast_exp2(fmaf(s[mt][j][2 * r], mult, -l2));
           s[mt][j][2 * r + 1] = fast_exp2(fmaf(s[mt][j][2 * r + 1], mult, -l2));
-          const int col = wk + j * 8 + 2 * (lane % 4);
-          *reinterpret_cast<uint32_t*>(sP + swz(row, col, BN)) = pack2<T>(s[mt][j][2 * r], s[mt][j][2 * r + 1]);
         }
       }
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) stsm_c16<T, BN>(pA, sP, lane, wq + 16 * mt, wk + 16 * nj, s[mt][2 * nj], s[mt][2 * nj + 1]);
+    }
     float dp[2][4][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -214,18 +222,19 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       }
     }
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int row = wq + 16 * mt + lane / 4 + 8 * r;
-        const float ds = sDsum[buf * BM + row];
+        const float ds = sDsum[buf * BM + wq + 16 * mt + lane / 4 + 8 * r];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const int col = wk + j * 8 + 2 * (lane % 4);
-          *reinterpret_cast<uint32_t*>(sdS + swz(row, col, BN)) =
-              pack2<T>(s[mt][j][2 * r] * (dp[mt][j][2 * r] - ds), s[mt][j][2 * r + 1] * (dp[mt][j][2 * r + 1] - ds));
+          dp[mt][j][2 * r] = s[mt][j][2 * r] * (dp[mt][j][2 * r] - ds);
+          dp[mt][j][2 * r + 1] = s[mt][j][2 * r + 1] * (dp[mt][j][2 * r + 1] - ds);
         }
       }
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) stsm_c16<T, BN>(dsA, sdS, lane, wq + 16 * mt, wk + 16 * nj, dp[mt][2 * nj], dp[mt][2 * nj + 1]);
+    }
     __syncthreads();
 
     // dV += P^T dO, dK += dS^T Q: this warp's 32 keys x DH head dims.
