@@ -1,5 +1,6 @@
 #include "dist/ring_attention.h"
 
+#include <algorithm>
 #include <array>
 #include <limits>
 
@@ -163,6 +164,38 @@ attn::FlashGrads ring_attention_backward(Comm& ring, const Layout& layout, const
     }
   };
 
+  // The blocks of a one-hop step into dkv (input dtype): where their key rows are disjoint each
+  // block writes its rows (rows no block sees are zeroed), dQ through a per-block temporary;
+  // otherwise they are summed in the wide dtype and cast once.
+  auto compute_one = [&](std::span<const AttnBlock> blocks, int src, const Tensor& kv, Tensor dkv) {
+    std::vector<AttnBlock> by_key(blocks.begin(), blocks.end());
+    std::sort(by_key.begin(), by_key.end(), [](const AttnBlock& a, const AttnBlock& b) { return a.k_begin < b.k_begin; });
+    bool disjoint = true;
+    for (size_t j = 1; j < by_key.size(); ++j) disjoint = disjoint && by_key[j - 1].k_end <= by_key[j].k_begin;
+    if (!disjoint) {
+      const Tensor wide_dkv = Tensor::zeros(dkv.shape(), wd, q.device(), s);
+      compute(blocks, src, kv, wide_dkv);
+      dkv.copy_from(wide_dkv, s);
+      return;
+    }
+    const int64_t L = dkv.size(2);
+    int64_t covered = 0;
+    for (const AttnBlock& b : by_key) {
+      if (b.k_begin > covered) dkv.slice(2, covered, b.k_begin).zero(s);
+      covered = b.k_end;
+    }
+    if (covered < L) dkv.slice(2, covered, L).zero(s);
+    for (const AttnBlock& b : blocks) {
+      const int64_t q0 = b.q_begin, q1 = b.q_end, k0 = b.k_begin, k1 = b.k_end;
+      const Tensor dq_blk = Tensor::empty(q.slice(1, q0, q1).shape(), q.dtype(), q.device());
+      attn::flash_backward(q.slice(1, q0, q1), part(kv, 0).slice(1, k0, k1), part(kv, 1).slice(1, k0, k1),
+                           o.slice(1, q0, q1), lse.slice(2, q0, q1), dout.slice(1, q0, q1), c.block_options(b, src),
+                           attn::GradMode::overwrite,
+                           {dq_blk, part(dkv, 0).slice(1, k0, k1), part(dkv, 1).slice(1, k0, k1)}, s);
+      dq.slice(1, q0, q1).add_from(dq_blk, s);
+    }
+  };
+
   const Tensor own = pack_kv(k, v, s);
   Shape dshape = own.shape();
   Tensor home = Tensor::empty(dshape, wd, q.device());  // this rank's dK/dV
@@ -175,34 +208,51 @@ attn::FlashGrads ring_attention_backward(Comm& ring, const Layout& layout, const
   } else {
     // A remote block's dK/dV start at the first rank that uses it, travel with its K/V and go
     // home one hop after the last step of their phase. The local step runs last, straight into
-    // home, so that it overlaps the last return (fp32: twice the bytes of a K/V exchange); the
-    // first K/V exchange is the one left in the open.
+    // home, so that it overlaps the last return; the first K/V exchange is the one left in the
+    // open. A phase of one hop sends home one rank's gradient, no sum over ranks: it travels in
+    // the input dtype (half the bytes of fp32; what cuDNN writes anyway), the blocks writing
+    // it directly; longer phases carry fp32 accumulators.
     home.zero(s);
     const auto& steps = c.steps;
+    auto one_hop = [&](size_t i) {
+      return steps[i].hop == 1 && !(i + 1 < steps.size() && steps[i + 1].continues(steps[i]));
+    };
+    size_t wide_steps = 0;
+    for (size_t i = 1; i < steps.size(); ++i) wide_steps += one_hop(i) ? 0 : 1;
     const auto buf = c.buffers(own.shape(), own.dtype(), own.device());
-    auto dbuf = c.buffers(dshape, wd, q.device());
-    const Tensor din = c.buffer(2, dshape, wd, q.device());
-    Tensor cur = own;
+    auto dbuf = std::array<Tensor, 2>{wide_steps > 0 ? Tensor::empty(dshape, wd, q.device()) : Tensor{},
+                                      wide_steps > 1 ? Tensor::empty(dshape, wd, q.device()) : Tensor{}};
+    const Tensor din = wide_steps > 0 ? Tensor::empty(dshape, wd, q.device()) : Tensor{};  // wide arrivals
+    const bool narrow_used = wide_steps + 1 < steps.size();
+    const Tensor nkv = narrow_used ? Tensor::empty(dshape, q.dtype(), q.device()) : Tensor{};
+    const Tensor nin = narrow_used ? Tensor::empty(dshape, q.dtype(), q.device()) : Tensor{};
+    Tensor cur = own, back_into;
     Request next_dkv, back;
-    for (size_t i = 0; i < steps.size(); ++i) {
+    for (size_t i = 0, wide_i = 0; i < steps.size(); ++i) {
       const RingStep& st = steps[i];
       Request next_kv;
       if (i + 1 < steps.size()) next_kv = c.exchange(i, own, cur, buf[i % 2]);
       if (st.hop > 0) {
-        Tensor& dkv = dbuf[(i - 1) % 2];  // step 0 is the local one
-        dkv.zero(s);
-        compute(st.blocks, st.src, cur, dkv);
-        if (st.hop > 1) {  // add what the previous hops accumulated
-          next_dkv.wait(s);
-          accumulate(dkv, din, s);
+        Tensor dkv = nkv;
+        if (one_hop(i)) {
+          compute_one(st.blocks, st.src, cur, nkv);
+        } else {
+          dkv = dbuf[wide_i++ % 2];
+          dkv.zero(s);
+          compute(st.blocks, st.src, cur, dkv);
+          if (st.hop > 1) {  // add what the previous hops accumulated
+            next_dkv.wait(s);
+            dkv.add_from(din, s);
+          }
         }
         if (i + 1 < steps.size() && steps[i + 1].continues(st)) {
           next_dkv = ring.sendrecv(dkv, mod(c.r + st.dir, c.R), din, mod(c.r - st.dir, c.R), s);
         } else {  // end of a phase: dK/dV go home, this rank's come back
-          back = ring.sendrecv(dkv, st.src, din, mod(c.r + st.dir * st.hop, c.R), s);
+          back_into = one_hop(i) ? nin : din;
+          back = ring.sendrecv(dkv, st.src, back_into, mod(c.r + st.dir * st.hop, c.R), s);
           if (i + 1 < steps.size()) {
             back.wait(s);
-            accumulate(home, din, s);
+            home.add_from(back_into, s);
           }
         }
       }
@@ -212,7 +262,7 @@ attn::FlashGrads ring_attention_backward(Comm& ring, const Layout& layout, const
     compute(steps[0].blocks, c.r, own, home);  // overlaps the last return
     if (steps.size() > 1) {
       back.wait(s);
-      accumulate(home, din, s);
+      home.add_from(back_into, s);
     }
   }
   const DType gd = grad_dtype == attn::OutputDType::f32 ? wd : q.dtype();

@@ -6,9 +6,10 @@
 // never the host) while attn::flash_forward computes the local blocks at their global
 // positions with fp32 partial outputs, merged exactly in fp32 (merge_attention) and cast
 // once at the end. Backward: a remote block's fp32 dK/dV accumulator starts at the first rank
-// that uses it, travels with its K/V and reaches the owner one hop after the last step; the
-// local block runs last, into the owner's dK/dV, overlapping that return; dQ stays local;
-// every block uses the global o and lse.
+// that uses it, travels with its K/V and reaches the owner one hop after the last step (a
+// phase of one hop, e.g. 2 ranks, sends one rank's gradient home in the input dtype: there is
+// no sum over ranks to keep in fp32); the local block runs last, into the owner's dK/dV,
+// overlapping that return; dQ stays local; every block uses the global o and lse.
 // RingMode::all_gather gathers all K/V once (and reduce-scatters dK/dV): more memory, fewer
 // latency-bound steps. Both modes give the same blocks in the same order.
 //

@@ -50,15 +50,6 @@ void merge_cpu(const Tensor& oa, const Tensor& la, const Tensor& ob, const Tenso
       }
 }
 
-template <class T>
-void accumulate_cpu(const Tensor& dst, const Tensor& src) {
-  T* d = dst.data<T>();
-  const T* s = src.data<T>();
-  const int64_t n = dst.numel();
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) d[i] += s[i];
-}
-
 }  // namespace
 
 void merge_attention(const Tensor& o_acc, const Tensor& lse_acc, const Tensor& o_blk, const Tensor& lse_blk, Stream s) {
@@ -71,27 +62,6 @@ void merge_attention(const Tensor& o_acc, const Tensor& lse_acc, const Tensor& o
   }
 #ifdef LCTX_HAVE_CUDA
   detail::merge_attention_cuda(o_acc, lse_acc, o_blk, lse_blk, s);
-#else
-  (void)s;
-#endif
-}
-
-void accumulate(const Tensor& dst, const Tensor& src, Stream s) {
-  const char* op = "accumulate";
-  check_shape(op, "src", src, dst.shape());
-  check_contiguous(op, "dst", dst);
-  check_contiguous(op, "src", src);
-  check_same_device(op, {&dst, &src});
-  LCTX_CHECK(dst.dtype() == src.dtype() && (dst.dtype() == DType::f32 || dst.dtype() == DType::f64), op, ": ",
-             dst.str(), " += ", src.str(), " needs two f32 or two f64 tensors");
-  if (dst.numel() == 0) return;
-  if (dst.device().is_cpu()) {
-    if (dst.dtype() == DType::f64) accumulate_cpu<double>(dst, src);
-    else accumulate_cpu<float>(dst, src);
-    return;
-  }
-#ifdef LCTX_HAVE_CUDA
-  detail::accumulate_cuda(dst, src, s);
 #else
   (void)s;
 #endif

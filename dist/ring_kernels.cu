@@ -1,4 +1,4 @@
-// CUDA halves of merge_attention and accumulate (see ring_kernels.h). The merge uses one warp
+// CUDA half of merge_attention (see ring_kernels.h). The merge uses one warp
 // per (b, h, i) row: lane 0's view of both lse values is read by every lane before lane 0
 // writes the merged lse, and the D elements of the row are spread over the lanes.
 #include "core/cuda_check.h"
@@ -35,10 +35,6 @@ __global__ void merge_kernel(MergeArgs a) {
   if (lane == 0) *l1p = m + logf(w1 + w2);
 }
 
-__global__ void accumulate_kernel(float* dst, const float* src, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dst[i] += src[i];
-}
 
 }  // namespace
 
@@ -59,15 +55,6 @@ void merge_attention_cuda(const Tensor& o_acc, const Tensor& lse_acc, const Tens
   LCTX_CUDA_CHECK(cudaSetDevice(o_acc.device().index));
   merge_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, cuda_stream(s)>>>(a);
   LCTX_CUDA_CHECK_LAUNCH("merge_kernel");
-}
-
-void accumulate_cuda(const Tensor& dst, const Tensor& src, Stream s) {
-  LCTX_CHECK(dst.dtype() == DType::f32, "accumulate: CUDA accumulates f32, got ", dst.str());
-  const int64_t n = dst.numel();
-  LCTX_CUDA_CHECK(cudaSetDevice(dst.device().index));
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535 * 8));
-  accumulate_kernel<<<grid, 256, 0, cuda_stream(s)>>>(dst.data<float>(), src.data<float>(), n);
-  LCTX_CUDA_CHECK_LAUNCH("accumulate_kernel");
 }
 
 }  // namespace lctx::dist::detail

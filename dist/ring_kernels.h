@@ -1,6 +1,6 @@
 // Small kernels of sequence-parallel attention, on the CPU and on CUDA (ring_kernels.cu):
-// the exact merge of partial attention results (o, lse) and fp32/fp64 accumulation, plus
-// the view helper for packed buffers.
+// the exact merge of partial attention results (o, lse), plus the view helper for packed
+// buffers (accumulation is Tensor::add_from).
 // Partial results come from attn::flash_forward with OutputDType::f32 ("wide" dtype: f64 for
 // f64 inputs, else f32); they are merged in that dtype and cast once by the caller.
 #pragma once
@@ -16,9 +16,6 @@ namespace lctx::dist {
 void merge_attention(const Tensor& o_acc, const Tensor& lse_acc, const Tensor& o_blk, const Tensor& lse_blk,
                      Stream s = {});
 
-// dst += src (same shape, contiguous, f32 or f64).
-void accumulate(const Tensor& dst, const Tensor& src, Stream s = {});
-
 // Block i along dim 0 of a contiguous tensor, without that dim (packed K/V buffers, gathered
 // blocks): [n, *rest] -> [*rest].
 inline Tensor block_of(const Tensor& t, int64_t i) {
@@ -29,7 +26,6 @@ inline Tensor block_of(const Tensor& t, int64_t i) {
 namespace detail {
 void merge_attention_cuda(const Tensor& o_acc, const Tensor& lse_acc, const Tensor& o_blk, const Tensor& lse_blk,
                           Stream s);
-void accumulate_cuda(const Tensor& dst, const Tensor& src, Stream s);
 }  // namespace detail
 #endif
 

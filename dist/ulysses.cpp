@@ -72,7 +72,7 @@ Tensor head_to_seq(Comm& u, const Tensor& y, int seq_dim, int head_dim, const He
     Tensor sum = block_of(recv, ranks[0]);
     if (ranks.size() > 1) {
       sum = sum.clone(s);
-      for (size_t n = 1; n < ranks.size(); ++n) accumulate(sum, block_of(recv, ranks[n]), s);
+      for (size_t n = 1; n < ranks.size(); ++n) sum.add_from(block_of(recv, ranks[n]), s);
     }
     out.slice(head_dim, first, first + hs.count).copy_from(sum, s);
   }

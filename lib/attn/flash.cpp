@@ -529,7 +529,7 @@ FlashGrads flash_backward(const Tensor& q, const Tensor& k, const Tensor& v, con
       if (!why->empty() || !detail::flash_backward_cudnn(pc, s, why)) return false;
       if (direct) return true;
       for (auto [dst, src] : {std::pair{&g.dq, &t.dq}, std::pair{&g.dk, &t.dk}, std::pair{&g.dv, &t.dv}}) {
-        if (mode == GradMode::accumulate) detail::add_into_cuda(*dst, *src, s);
+        if (mode == GradMode::accumulate) dst->add_from(*src, s);
         else dst->copy_from(*src, s);
       }
       return true;

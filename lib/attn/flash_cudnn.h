@@ -26,8 +26,5 @@ bool flash_backward_cudnn(const FlashParams& p, Stream s, std::string* why);
 
 std::string cudnn_version_string();  // e.g. "9.14.0"
 
-// dst (f32, any strides) += src (bf16 or f16, same shape, any strides): flash_cudnn.cu.
-void add_into_cuda(const Tensor& dst, const Tensor& src, Stream s);
-
 }  // namespace lctx::attn::detail
 #endif

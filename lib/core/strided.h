@@ -44,9 +44,10 @@ namespace detail {
 // The layout of t with size-1 dims dropped and dims that are contiguous with the next one
 // merged (same element order, fewer divisions per offset). Throws beyond kMaxDims dims.
 StridedLayout layout_of(const Tensor& t);
-// CUDA halves of Tensor::copy_from / Tensor::fill (tensor.cu); both tensors on one device.
+// CUDA halves of Tensor::copy_from / fill / add_from (tensor.cu); both tensors on one device.
 void cuda_copy(Tensor& dst, const Tensor& src, Stream s);
 void cuda_fill(Tensor& t, double value, Stream s);
+void cuda_add(Tensor& dst, const Tensor& src, Stream s);
 }  // namespace detail
 
 }  // namespace lctx

@@ -105,6 +105,16 @@ void cpu_fill_typed(Tensor& t, double value) {
   for (int64_t i = 0; i < n; ++i) p[l.offset(i)] = v;
 }
 
+template <class T>
+void cpu_add_typed(Tensor& dst, const Tensor& src) {
+  const StridedLayout dl = detail::layout_of(dst), sl = detail::layout_of(src);
+  T* d = static_cast<T*>(dst.raw());
+  const T* x = static_cast<const T*>(src.raw());
+  const int64_t n = dst.numel();
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) d[dl.offset(i)] += x[sl.offset(i)];
+}
+
 }  // namespace
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
@@ -261,6 +271,26 @@ void Tensor::fill(double value, Stream s) {
   }
 #ifdef LCTX_HAVE_CUDA
   detail::cuda_fill(*this, value, s);
+#else
+  (void)s;
+#endif
+}
+
+void Tensor::add_from(const Tensor& src, Stream s) {
+  LCTX_CHECK(src.shape_ == shape_, "add_from: shape mismatch, destination ", str(), " source ", src.str());
+  LCTX_CHECK(device() == src.device(), "add_from: ", str(), " += ", src.str(), ": tensors on different devices");
+  LCTX_CHECK(dtype_ == DType::f32 || dtype_ == DType::f64, "add_from: destination ", str(), " must be f32 or f64");
+  const bool narrow = dtype_ == DType::f32 && (src.dtype() == DType::bf16 || src.dtype() == DType::f16);
+  LCTX_CHECK(src.dtype() == dtype_ || (narrow && device().is_cuda()), "add_from: ", str(), " += ", src.str(),
+             ": the source must be ", dtype_name(dtype_), device().is_cuda() && dtype_ == DType::f32 ? ", bf16 or f16" : "");
+  if (numel() == 0) return;
+  if (device().is_cpu()) {
+    if (dtype_ == DType::f64) cpu_add_typed<double>(*this, src);
+    else cpu_add_typed<float>(*this, src);
+    return;
+  }
+#ifdef LCTX_HAVE_CUDA
+  detail::cuda_add(*this, src, s);
 #else
   (void)s;
 #endif

@@ -1,4 +1,4 @@
-// CUDA strided copy (with dtype conversion) and fill for Tensor.
+// CUDA strided copy (with dtype conversion), fill and accumulate (add_from) for Tensor.
 #include "core/cuda_check.h"
 #include "core/cuda_types.cuh"
 #include "core/strided.h"
@@ -18,6 +18,12 @@ template <class T>
 __global__ void fill_kernel(T* dst, StridedLayout dl, T value, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dst[dl.offset_in(i, n)] = value;
+}
+
+template <class D, class S>
+__global__ void add_kernel(D* dst, StridedLayout dl, const S* src, StridedLayout sl, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[dl.offset_in(i, n)] += cuda_convert<D>(src[sl.offset_in(i, n)]);
 }
 
 int grid_for(int64_t n, int threads) {
@@ -53,6 +59,21 @@ void cuda_fill(Tensor& t, double value, Stream s) {
     fill_kernel<<<grid_for(n, 256), 256, 0, cuda_stream(s)>>>(static_cast<scalar_t*>(t.raw()), l, v, n);
   });
   LCTX_CUDA_CHECK_LAUNCH("fill_kernel");
+}
+
+void cuda_add(Tensor& dst, const Tensor& src, Stream s) {
+  const int64_t n = dst.numel();
+  const StridedLayout dl = layout_of(dst), sl = layout_of(src);
+  LCTX_CUDA_CHECK(cudaSetDevice(dst.device().index));
+  auto launch = [&]<class D, class S>() {
+    add_kernel<D, S><<<grid_for(n, 256), 256, 0, cuda_stream(s)>>>(static_cast<D*>(dst.raw()), dl,
+                                                                    static_cast<const S*>(src.raw()), sl, n);
+  };
+  if (dst.dtype() == DType::f64) launch.template operator()<double, double>();
+  else if (src.dtype() == DType::bf16) launch.template operator()<float, __nv_bfloat16>();
+  else if (src.dtype() == DType::f16) launch.template operator()<float, __half>();
+  else launch.template operator()<float, float>();
+  LCTX_CUDA_CHECK_LAUNCH("add_kernel");
 }
 
 }  // namespace lctx::detail

@@ -78,6 +78,9 @@ class Tensor {
   Tensor to(DType dtype, Stream s = {}) const;
   void fill(double value, Stream s = {});
   void zero(Stream s = {}) { fill(0.0, s); }
+  // this += src: this f32 or f64 (accumulators), src of the same shape and device, in this
+  // dtype or, on CUDA, bf16/f16 (gradients added into fp32); any strides on both sides.
+  void add_from(const Tensor& src, Stream s = {});
 
   // All elements as doubles in row-major order (copies to the host and synchronizes).
   std::vector<double> to_vector() const;

@@ -44,6 +44,24 @@ TEST(Tensor, SliceIsAViewAndContiguousCopies) {
   EXPECT_THROW(t.slice(1, 2, 4), Error);
 }
 
+TEST(Tensor, AddFromAccumulatesThroughStrides) {
+  for (DType dt : {DType::f32, DType::f64}) {
+    Tensor acc = Tensor::from_vector({2, 3, 4}, iota(24), dt);
+    const Tensor src = Tensor::from_vector({2, 4, 4}, iota(32), dt).slice(1, 1, 3);  // strided source
+    acc.slice(1, 1, 3).add_from(src);                                                 // strided destination
+    std::vector<double> want = iota(24);
+    for (int b = 0; b < 2; ++b)
+      for (int i = 1; i < 3; ++i)
+        for (int j = 0; j < 4; ++j) want[b * 12 + i * 4 + j] += b * 16 + i * 4 + j;
+    EXPECT_EQ(acc.to_vector(), want) << dtype_name(dt);
+  }
+  Tensor f32 = Tensor::zeros({4}, DType::f32);
+  EXPECT_THROW(f32.add_from(Tensor::zeros({5}, DType::f32)), Error);                 // shape
+  EXPECT_THROW(f32.add_from(Tensor::zeros({4}, DType::f64)), Error);                 // dtype
+  EXPECT_THROW(f32.add_from(Tensor::zeros({4}, DType::bf16)), Error);                // narrow: CUDA only
+  EXPECT_THROW(Tensor::zeros({4}, DType::bf16).add_from(f32.to(DType::bf16)), Error);  // not an accumulator
+}
+
 TEST(Tensor, DtypeConversionRoundTrips) {
   std::vector<double> vals = {0.0, 1.0, -2.5, 3.140625, 1e-3, 65504.0, -1e-7};
   Tensor t = Tensor::from_vector({7}, vals, DType::f64);

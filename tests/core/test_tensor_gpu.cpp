@@ -94,3 +94,18 @@ TEST(TensorGpu, StridedCopiesMatchCpu) {
     EXPECT_EQ(back.to_vector(), expect.to_vector()) << dim;
   }
 }
+
+TEST(TensorGpu, AddFromMatchesCpu) {
+  LCTX_REQUIRE_GPU();
+  Tensor acc = Tensor::empty({2, 6, 5, 8}, DType::f32), g = Tensor::empty({2, 3, 5, 8}, DType::f32);
+  rng_normal(acc, 5, 0);
+  rng_normal(g, 6, 0);
+  for (DType src_dt : {DType::f32, DType::bf16, DType::f16}) {
+    const Tensor src = g.to(src_dt);  // narrow gradients are added exactly as their f32 values
+    Tensor want = acc.clone();
+    want.slice(1, 2, 5).add_from(src.to(DType::f32));
+    Tensor got = acc.to(Device::cuda());
+    got.slice(1, 2, 5).add_from(src.to(Device::cuda()));
+    EXPECT_EQ(got.to_vector(), want.to_vector()) << dtype_name(src_dt);
+  }
+}
