@@ -114,13 +114,25 @@ attn::FlashOutput ring_attention_forward(Comm& ring, const Layout& layout, const
                                          const Tensor& v, const attn::FlashOptions& opts, RingMode mode, Stream s) {
   RingCall c("ring_attention_forward", ring, layout, q, k, v, opts, mode, s);
   const DType wd = wide(q.dtype());
-  Tensor o = Tensor::zeros(q.shape(), wd, q.device(), s);
-  Tensor lse = Tensor::full({q.size(0), q.size(2), q.size(1)}, -std::numeric_limits<double>::infinity(), wd,
-                            q.device(), s);
+  // The running result: the first block, when it covers every row, becomes it (no merge);
+  // otherwise it starts empty (o 0, lse -inf).
+  Tensor o, lse;
+  auto start_empty = [&] {
+    o = Tensor::zeros(q.shape(), wd, q.device(), s);
+    lse = Tensor::full({q.size(0), q.size(2), q.size(1)}, -std::numeric_limits<double>::infinity(), wd, q.device(), s);
+  };
   auto compute = [&](const RingStep& st, const Tensor& kv) {
     for (const AttnBlock& b : st.blocks) {
       attn::FlashOutput p = attn::flash_forward(q.slice(1, b.q_begin, b.q_end), part(kv, 0).slice(1, b.k_begin, b.k_end),
                                                 part(kv, 1).slice(1, b.k_begin, b.k_end), c.block_options(b, st.src), s);
+      if (!o.defined()) {
+        if (b.q_begin == 0 && b.q_end == q.size(1)) {
+          o = p.o;
+          lse = p.lse;
+          continue;
+        }
+        start_empty();
+      }
       merge_attention(o.slice(1, b.q_begin, b.q_end), lse.slice(2, b.q_begin, b.q_end), p.o, p.lse, s);
     }
   };
@@ -140,6 +152,7 @@ attn::FlashOutput ring_attention_forward(Comm& ring, const Layout& layout, const
       cur = buf[i % 2];
     }
   }
+  if (!o.defined()) start_empty();  // no block at all: every key is masked for these rows
   return {opts.out_dtype == attn::OutputDType::f32 ? o : cast(o, q.dtype(), s), lse};
 }
 

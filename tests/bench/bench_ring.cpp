@@ -255,11 +255,13 @@ int main(int argc, char** argv) {
       const Timing tn = measure(r, s, sp_run(m->mesh->ulysses(), m->mesh->ring()));
       const Timing tnc = measure(r, s, sp_run(*m->no_ulysses, *m->no_ring));
       // Ring modes: the exchanges alone. Forward R-1 K/V hops; backward R-1 K/V hops and R-1
-      // fp32 dK/dV hops (the last one returns them to their owner).
+      // dK/dV hops (the last one returns them to their owner): fp32, or bf16 when that is one
+      // hop (2 ranks: one rank's gradient, see ring_attention.h).
       Timing tc;
       if (m->shape.ulysses == 1) {
         Tensor kv = Tensor::empty({2, 1, L, kH, kD}, DType::bf16, dev), kv2 = Tensor::empty(kv.shape(), DType::bf16, dev);
-        Tensor dkv = Tensor::empty(kv.shape(), DType::f32, dev), dkv2 = Tensor::empty(kv.shape(), DType::f32, dev);
+        const DType gdt = N == 2 ? DType::bf16 : DType::f32;
+        Tensor dkv = Tensor::empty(kv.shape(), gdt, dev), dkv2 = Tensor::empty(kv.shape(), gdt, dev);
         const int next = (rank + 1) % N, prev = (rank + N - 1) % N;
         auto comm_only = [&](const std::function<void()>& fwd_done) {
           for (int h = 1; h < N; ++h) nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
