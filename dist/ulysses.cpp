@@ -130,10 +130,14 @@ attn::FlashGrads ulysses_attention_backward(Comm& u, Comm& ring, const Layout& l
                                             const Tensor& dout, const attn::FlashOptions& opts, RingMode mode,
                                             Stream s) {
   UlyssesCall c("ulysses_attention_backward", u, ring, layout, q, k, opts, s);
+  // Replicated KV heads come back as partial gradients to sum: in fp32; otherwise every
+  // gradient travels in the input dtype (half the bytes).
+  const bool replicated = c.ks.count * u.size() > c.ks.total;
   attn::FlashGrads g = ring_attention_backward(
       ring, layout, seq_to_head(u, q, 1, 2, c.qs, s), seq_to_head(u, k, 1, 2, c.ks, s),
       seq_to_head(u, v, 1, 2, c.ks, s), seq_to_head(u, o, 1, 2, c.qs, s), seq_to_head(u, lse, 2, 1, c.qs, s),
-      seq_to_head(u, dout, 1, 2, c.qs, s), c.opts, mode, attn::OutputDType::f32, s);
+      seq_to_head(u, dout, 1, 2, c.qs, s), c.opts, mode,
+      replicated ? attn::OutputDType::f32 : attn::OutputDType::input, s);
   return {head_to_seq(u, g.dq, 1, 2, c.qs, q.dtype(), s), head_to_seq(u, g.dk, 1, 2, c.ks, k.dtype(), s),
           head_to_seq(u, g.dv, 1, 2, c.ks, v.dtype(), s)};
 }

@@ -95,6 +95,27 @@ TEST(TensorGpu, StridedCopiesMatchCpu) {
   }
 }
 
+TEST(TensorGpu, SameDtypeRowCopiesMatchCpu) {  // the 2D-memcpy path: rows contiguous on both sides
+  LCTX_REQUIRE_GPU();
+  Tensor h = Tensor::empty({2, 6, 5, 8}, DType::f32);
+  rng_normal(h, 4, 0);
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor hd = h.to(dt), d = hd.to(Device::cuda());
+    for (auto [dim, a, b] : {std::tuple{1, 2, 5}, std::tuple{2, 1, 4}, std::tuple{3, 2, 6}}) {
+      Tensor got = Tensor::empty(hd.slice(dim, a, b).shape(), dt, Device::cuda());
+      got.copy_from(d.slice(dim, a, b));  // strided source
+      EXPECT_EQ(got.to_vector(), hd.slice(dim, a, b).contiguous().to_vector()) << dim;
+      Tensor back = Tensor::zeros(h.shape(), dt, Device::cuda()), expect = Tensor::zeros(h.shape(), dt);
+      back.slice(dim, a, b).copy_from(got);  // strided destination
+      expect.slice(dim, a, b).copy_from(hd.slice(dim, a, b));
+      EXPECT_EQ(back.to_vector(), expect.to_vector()) << dim;
+      Tensor both = Tensor::zeros(h.shape(), dt, Device::cuda());
+      both.slice(dim, a, b).copy_from(d.slice(dim, a, b));  // strided on both sides
+      EXPECT_EQ(both.to_vector(), expect.to_vector()) << dim;
+    }
+  }
+}
+
 TEST(TensorGpu, AddFromMatchesCpu) {
   LCTX_REQUIRE_GPU();
   Tensor acc = Tensor::empty({2, 6, 5, 8}, DType::f32), g = Tensor::empty({2, 3, 5, 8}, DType::f32);
