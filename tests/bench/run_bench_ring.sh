@@ -71,6 +71,7 @@ for r in sorted(rows, key=lambda r: (r["S"], not r["impl"].startswith("lctx"), r
 print("lctx x = (this implementation's N-GPU fwd+bwd time) / (lctx's): > 1 means lctx is faster")
 for r in sorted((r for r in rows if "nocomm_fb" in r), key=lambda r: (r["S"], r["impl"])):
     alone = f"; exchanges alone fwd {r['comm_fwd']:.1f} ms, f+b {r['comm_fb']:.1f} ms" if r["comm_fb"] > 0 else ""
+    extra = 100 * (r["tn_fb"] / r["nocomm_fb"] - 1)
     print(f"{r['impl']} S={int(r['S'])}: without communication fwd {r['nocomm_fwd']:.1f} ms, "
-          f"f+b {r['nocomm_fb']:.1f} ms{alone}")
+          f"f+b {r['nocomm_fb']:.1f} ms (with it: {extra:+.1f}%){alone}")
 PY
