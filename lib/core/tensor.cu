@@ -1,4 +1,7 @@
 // CUDA strided copy (with dtype conversion), fill and accumulate (add_from) for Tensor.
+#include <algorithm>
+#include <limits>
+
 #include "core/cuda_check.h"
 #include "core/cuda_types.cuh"
 #include "core/strided.h"
@@ -55,11 +58,12 @@ void cuda_copy(Tensor& dst, const Tensor& src, Stream s) {
     return;
   }
   // Same dtype, rows contiguous on both sides: one 2D memcpy (full bandwidth) instead of the
-  // element-wise kernel (2-byte accesses for bf16).
+  // element-wise kernel (2-byte accesses for bf16), for pitches the 2D copy takes (< 2 GiB).
   const int64_t w = dl.ndim == 2 ? dl.shape[1] : sl.ndim == 2 ? sl.shape[1] : 0;
+  const int64_t es = static_cast<int64_t>(dtype_size(dst.dtype()));
   int64_t dp = 0, sp = 0;
-  if (dst.dtype() == src.dtype() && w > 0 && rows_of(dl, n, w, &dp) && rows_of(sl, n, w, &sp)) {
-    const size_t es = dtype_size(dst.dtype());
+  if (dst.dtype() == src.dtype() && w > 0 && rows_of(dl, n, w, &dp) && rows_of(sl, n, w, &sp) &&
+      std::max(dp, sp) * es <= std::numeric_limits<int32_t>::max()) {
     LCTX_CUDA_CHECK(cudaMemcpy2DAsync(dst.raw(), dp * es, src.raw(), sp * es, w * es, n / w,
                                       cudaMemcpyDeviceToDevice, cuda_stream(s)));
     return;
