@@ -2,12 +2,12 @@
 //  * flash_bwd_dot_kernel: Dsum = rowsum(dO * O) per query row (O as given, possibly the
 //    global merged output) and lse2 = lse * log2e (+inf for fully masked rows, so that
 //    exp2(s - lse2) is 0 and never exp(s - (-inf))), per (batch, head) padded to whole
-//    64-row tiles (Dsum 0, lse2 +inf) so that the main kernel copies them with cp.async.
+//    query tiles (Dsum 0, lse2 +inf) so that the main kernel copies them with cp.async.
 //  * flash_bwd_kernel: one block per (128-key tile, KV head, batch). It walks every query
-//    head of the KV group and every 64-query tile that can see its keys (block skipping),
+//    head of the KV group and every query tile that can see its keys (block skipping),
 //    recomputes P from lse2, and keeps dK/dV in registers (deterministic, summed over the
 //    group). P and dS go to shared memory with stmatrix (sm_90; per-thread stores before). dQ = dS K is added with fp32 16-byte atomics into a scratch laid out in mma
-//    fragment order per (batch, head, 64-query tile) (FlashBwdTraits::kDqFrags). Two block
+//    fragment order per (batch, head, query tile) (FlashBwdTraits::kDqFrags). Two block
 //    barriers per query tile: one before S/dP (the next tile's copy is issued right after it)
 //    and one between writing P/dS to shared memory and reading them transposed.
 //  * flash_bwd_dq_kernel: scratch * scale -> dq (overwrite or accumulate, any grad dtype).
@@ -73,7 +73,7 @@ __global__ void flash_bwd_dot_kernel(const FlashParams p, float* dsum, float* ls
 template <class Tr, class T>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_bwd_kernel(const FlashParams p, float scale_log2, const float* dsum_g, const float* lse2_g, float* dq_acc) {
-  constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN;
+  constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN, MQ = Tr::kQueryTiles;
   constexpr int DH = D / 2;  // head-dim half a warp owns in dK/dV
   constexpr int DQ = D / 4;  // head dims a warp owns in dQ
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   float* sDsum = sLse + 2 * BM;                          // [2][BM]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int wq = (warp / 4) * 32;  // queries of this warp in S/dP and dQ (two m16 tiles)
+  const int wq = (warp / 4) * (BM / 2);  // queries of this warp in S/dP and dQ (MQ m16 tiles)
   const int wk = (warp % 4) * 32;  // keys of this warp in S/dP and dK/dV (two 16-row tiles)
   const int wd = warp / 4;         // head-dim half in dK/dV
   const int wdq = (warp % 4) * DQ; // head dims in dQ
@@ -153,24 +153,24 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     // S = Q K^T, then P = exp2(S - lse2) to shared memory, then dP = dO V^T and
     // dS = P (dP - Dsum): this warp's 32 queries x 32 keys. S and dP are computed one after
     // the other so that only one of their operand sets is live next to dK/dV.
-    float s[2][4][4];
+    float s[MQ][4][4];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < MQ; ++mt)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[2][4];
+      uint32_t aq[MQ][4];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) ldsm_x4(aq[mt], ldsm_at<D>(qA, wq + 16 * mt, kk * 16) + boff);
+      for (int mt = 0; mt < MQ; ++mt) ldsm_x4(aq[mt], ldsm_at<D>(qA, wq + 16 * mt, kk * 16) + boff);
 #pragma unroll
       for (int nj = 0; nj < 2; ++nj) {
         uint32_t bk[4];
         ldsm_x4(bk, ldsm_at<D>(kB, wk + nj * 16, kk * 16));
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
+        for (int mt = 0; mt < MQ; ++mt) {
           mma16816<T>(s[mt][2 * nj], aq[mt], bk[0], bk[1]);
           mma16816<T>(s[mt][2 * nj + 1], aq[mt], bk[2], bk[3]);
         }
@@ -179,13 +179,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     float mult = scale_log2;
     if (!flash_tile_unmasked(p, m0, m0 + BM, n0, n0 + BN)) {
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
+      for (int mt = 0; mt < MQ; ++mt)
         apply_mask<4>(s[mt], p, b, mask_rows(p, b, h, m0 + wq + 16 * mt + lane / 4), n0 + wk + 2 * (lane % 4),
                       scale_log2);
       mult = 1.f;
     }
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
+    for (int mt = 0; mt < MQ; ++mt) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const float l2 = sLse[buf * BM + wq + 16 * mt + lane / 4 + 8 * r];
@@ -198,31 +198,31 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
       for (int nj = 0; nj < 2; ++nj) stsm_c16<T, BN>(pA, sP, lane, wq + 16 * mt, wk + 16 * nj, s[mt][2 * nj], s[mt][2 * nj + 1]);
     }
-    float dp[2][4][4];
+    float dp[MQ][4][4];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < MQ; ++mt)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[mt][j][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ado[2][4];
+      uint32_t ado[MQ][4];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) ldsm_x4(ado[mt], ldsm_at<D>(doA, wq + 16 * mt, kk * 16) + boff);
+      for (int mt = 0; mt < MQ; ++mt) ldsm_x4(ado[mt], ldsm_at<D>(doA, wq + 16 * mt, kk * 16) + boff);
 #pragma unroll
       for (int nj = 0; nj < 2; ++nj) {
         uint32_t bv[4];
         ldsm_x4(bv, ldsm_at<D>(vB, wk + nj * 16, kk * 16));
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
+        for (int mt = 0; mt < MQ; ++mt) {
           mma16816<T>(dp[mt][2 * nj], ado[mt], bv[0], bv[1]);
           mma16816<T>(dp[mt][2 * nj + 1], ado[mt], bv[2], bv[3]);
         }
       }
     }
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
+    for (int mt = 0; mt < MQ; ++mt) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const float ds = sDsum[buf * BM + wq + 16 * mt + lane / 4 + 8 * r];
@@ -262,22 +262,22 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
     // dQ += dS K: this warp's 32 queries x DQ head dims, added to the fp32 scratch.
     {
-      float dq[2][DQ / 8][4];
+      float dq[MQ][DQ / 8][4];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
+      for (int mt = 0; mt < MQ; ++mt)
 #pragma unroll
         for (int j = 0; j < DQ / 8; ++j) dq[mt][j][0] = dq[mt][j][1] = dq[mt][j][2] = dq[mt][j][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) {
-        uint32_t ads[2][4];
+        uint32_t ads[MQ][4];
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) ldsm_x4(ads[mt], ldsm_at<BN>(dsA, wq + 16 * mt, kk * 16));
+        for (int mt = 0; mt < MQ; ++mt) ldsm_x4(ads[mt], ldsm_at<BN>(dsA, wq + 16 * mt, kk * 16));
 #pragma unroll
         for (int dj = 0; dj < DQ / 16; ++dj) {
           uint32_t bk[4];
           ldsm_x4_trans(bk, ldsm_at<D>(kBt, kk * 16, wdq + dj * 16));
 #pragma unroll
-          for (int mt = 0; mt < 2; ++mt) {
+          for (int mt = 0; mt < MQ; ++mt) {
             mma16816<T>(dq[mt][2 * dj], ads[mt], bk[0], bk[1]);
             mma16816<T>(dq[mt][2 * dj + 1], ads[mt], bk[2], bk[3]);
           }
@@ -286,7 +286,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       float* dst = dq_acc + ((b * p.heads_q + h) * q_tiles + mtile) * (BM * D) +
                    (warp * Tr::kDqFrags * 32 + lane) * 4;
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
+      for (int mt = 0; mt < MQ; ++mt)
 #pragma unroll
         for (int j = 0; j < DQ / 8; ++j) {
           float* d = dst + (mt * (DQ / 8) + j) * 128;
@@ -334,7 +334,7 @@ __global__ void flash_bwd_dq_kernel(const FlashParams p, const float* dq_acc, fl
     const int64_t tile = e / (BM * D / 4);  // (b * Hq + h) * q_tiles + mtile
     const int64_t mtile = tile % q_tiles, h = tile / q_tiles % p.heads_q, b = tile / (q_tiles * p.heads_q);
     const int mt = frag / NJ, j = frag % NJ;
-    const int64_t row = mtile * BM + (warp / 4) * 32 + 16 * mt + lane / 4;
+    const int64_t row = mtile * BM + (warp / 4) * (BM / 2) + 16 * mt + lane / 4;
     const int col = (warp % 4) * DQ + j * 8 + 2 * (lane % 4);
     const float4 v = reinterpret_cast<const float4*>(dq_acc)[e];
     const int64_t base = b * p.dq_stride[0] + h * p.dq_stride[2] + col;

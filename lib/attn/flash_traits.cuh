@@ -39,9 +39,11 @@ struct FlashFwdTraits {
   static constexpr int kSmemBytes = kSmemElems * sizeof(T);
 };
 
-// Backward: one block per 128-key tile (all query heads of its KV group), 64-query tiles
-// double buffered, 8 warps. S/dP and dQ: warp w owns queries 32*(w/4); S/dP keys 32*(w%4),
-// dQ head dims (D/4)*(w%4). dK/dV: keys 32*(w%4), head-dim half w/4. H100, bf16, H=16, D=128
+// Backward: one block per 128-key tile (all query heads of its KV group), query tiles of
+// kBlockM rows double buffered (64 at D=128; 128 at D=64, where dK/dV leave the registers for
+// it, as in FlashAttention-2), 8 warps. S/dP and dQ: warp w owns queries (kBlockM/2)*(w/4);
+// S/dP keys 32*(w%4), dQ head dims (D/4)*(w%4). dK/dV: keys 32*(w%4), head-dim half w/4.
+// H100, bf16, H=16, D=128
 // fwd+bwd: lse2/Dsum by cp.async and P/dS by stmatrix took 315 -> 332 TFLOP/s at S=16k and
 // 319 -> 337 at 64k (no more spills; the kernel is latency-bound at 8 warps per SM). Starting
 // each key block at a different query tile, to spread the dQ atomics, lost 1-5%: blocks in
@@ -49,17 +51,18 @@ struct FlashFwdTraits {
 template <class T, int D>
 struct FlashBwdTraits {
   static constexpr int kHeadDim = D;
-  static constexpr int kBlockM = 64;
+  static constexpr int kBlockM = D == 64 ? 128 : 64;
   static constexpr int kBlockN = 128;
   static constexpr int kWarps = 8;
   static constexpr int kThreads = kWarps * 32;
+  static constexpr int kQueryTiles = kBlockM / 32;  // m16 query tiles per warp in S/dP and dQ
   // K, V, Q[2], dO[2], P, dS (elements of T), then lse2[2], Dsum[2] (floats).
   static constexpr int kSmemElems = (2 * kBlockN + 4 * kBlockM) * D + 2 * kBlockM * kBlockN;
   static constexpr int kSmemBytes = kSmemElems * sizeof(T) + 4 * kBlockM * sizeof(float);
-  // dQ partial sums per (batch, head, 64-query tile): kBlockM * D floats in the order the
-  // warps' mma fragments hold them (warp, fragment, lane, 4 floats), so that each fp32
-  // 16-byte atomic of a warp covers 512 contiguous bytes.
-  static constexpr int kDqFrags = 2 * (D / 32);  // float4 fragments per thread
+  // dQ partial sums per (batch, head, query tile): kBlockM * D floats in the order the warps'
+  // mma fragments hold them (warp, fragment, lane, 4 floats), so that each fp32 16-byte
+  // atomic of a warp covers 512 contiguous bytes.
+  static constexpr int kDqFrags = kQueryTiles * (D / 32);  // float4 fragments per thread
 };
 
 // Element offset of (row, col) in a [rows][width] tile whose 16-byte chunks are XOR-swizzled
