@@ -87,14 +87,10 @@ struct RingCall {
     return ring.sendrecv(send, mod(r + next.dir, R), into, mod(r - next.dir, R), s);
   }
 
-  // A ring buffer, allocated only where at least `min_steps` steps use it.
-  Tensor buffer(size_t min_steps, const Shape& shape, DType dt, Device d) const {
-    return steps.size() >= min_steps ? Tensor::empty(shape, dt, d) : Tensor{};
-  }
-  // The two alternating buffers of an exchange: the second only from 3 steps on, where one
-  // step's send and the next step's receive overlap.
-  std::array<Tensor, 2> buffers(const Shape& shape, DType dt, Device d) const {
-    return {buffer(2, shape, dt, d), buffer(3, shape, dt, d)};
+  // The two alternating buffers of an exchange that `users` steps receive into: the second
+  // only from 2 on, where one step's send and the next step's receive overlap.
+  static std::array<Tensor, 2> buffers(size_t users, const Shape& shape, DType dt, Device d) {
+    return {users > 0 ? Tensor::empty(shape, dt, d) : Tensor{}, users > 1 ? Tensor::empty(shape, dt, d) : Tensor{}};
   }
 
   Tensor gather_kv(const Tensor& own) {
@@ -142,7 +138,7 @@ attn::FlashOutput ring_attention_forward(Comm& ring, const Layout& layout, const
     const Tensor all = c.gather_kv(own);
     for (const RingStep& st : c.steps) compute(st, part(all, st.src));
   } else {
-    const auto buf = c.buffers(own.shape(), own.dtype(), own.device());
+    const auto buf = c.buffers(c.steps.size() - 1, own.shape(), own.dtype(), own.device());
     Tensor cur = own;
     for (size_t i = 0; i < c.steps.size(); ++i) {
       Request next_kv;
@@ -232,9 +228,8 @@ attn::FlashGrads ring_attention_backward(Comm& ring, const Layout& layout, const
     };
     size_t wide_steps = 0;
     for (size_t i = 1; i < steps.size(); ++i) wide_steps += one_hop(i) ? 0 : 1;
-    const auto buf = c.buffers(own.shape(), own.dtype(), own.device());
-    auto dbuf = std::array<Tensor, 2>{wide_steps > 0 ? Tensor::empty(dshape, wd, q.device()) : Tensor{},
-                                      wide_steps > 1 ? Tensor::empty(dshape, wd, q.device()) : Tensor{}};
+    const auto buf = c.buffers(c.steps.size() - 1, own.shape(), own.dtype(), own.device());
+    const auto dbuf = c.buffers(wide_steps, dshape, wd, q.device());
     const Tensor din = wide_steps > 0 ? Tensor::empty(dshape, wd, q.device()) : Tensor{};  // wide arrivals
     const bool narrow_used = wide_steps + 1 < steps.size();
     const Tensor nkv = narrow_used ? Tensor::empty(dshape, q.dtype(), q.device()) : Tensor{};
