@@ -5,14 +5,13 @@
 #include <limits>
 
 #include "dist/ring_kernels.h"
+#include "dist/ring_schedule.h"
 
 namespace lctx::dist {
 
 std::string_view ring_mode_name(RingMode m) { return m == RingMode::all_gather ? "all_gather" : "ring"; }
 
 namespace {
-
-DType wide(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
 
 // K or V (i = 0, 1) of a packed [2, B, L, H, D] buffer, or a packed buffer of a gathered
 // [R, 2, B, L, H, D] one.
@@ -51,9 +50,9 @@ struct RingCall {
                ": q_offset/k_offset must be 0 (global positions come from the layout)");
     LCTX_CHECK(o.q_doc_ids.defined() == o.k_doc_ids.defined(), op, ": give both q_doc_ids and k_doc_ids or neither");
     if (mode == RingMode::ring) {
-      steps = layout.ring_schedule(r, o);
+      steps = ring_schedule(layout, r, o);
     } else {  // every source, in the ring's order
-      for (int d = 0; d < R; ++d) steps.push_back({1, d, mod(r - d, R), layout.blocks(r, mod(r - d, R), o)});
+      for (int d = 0; d < R; ++d) steps.push_back({1, d, mod(r - d, R), ring_blocks(layout, r, mod(r - d, R), o)});
     }
     if (o.k_doc_ids.defined()) {
       check_shape(op, "k_doc_ids", o.k_doc_ids, {q.size(0), L});
@@ -109,7 +108,7 @@ Tensor cast(const Tensor& t, DType dt, Stream s) { return t.dtype() == dt ? t : 
 attn::FlashOutput ring_attention_forward(Comm& ring, const Layout& layout, const Tensor& q, const Tensor& k,
                                          const Tensor& v, const attn::FlashOptions& opts, RingMode mode, Stream s) {
   RingCall c("ring_attention_forward", ring, layout, q, k, v, opts, mode, s);
-  const DType wd = wide(q.dtype());
+  const DType wd = wide_dtype(q.dtype());
   // The running result: the first block, when it covers every row, becomes it (no merge);
   // otherwise it starts empty (o 0, lse -inf).
   Tensor o, lse;
@@ -161,7 +160,7 @@ attn::FlashGrads ring_attention_backward(Comm& ring, const Layout& layout, const
   check_shape(op, "o", o, q.shape());
   check_shape(op, "dout", dout, q.shape());
   check_shape(op, "lse", lse, {q.size(0), q.size(2), q.size(1)});
-  const DType wd = wide(q.dtype());
+  const DType wd = wide_dtype(q.dtype());
   Tensor dq = Tensor::zeros(q.shape(), wd, q.device(), s);
   auto compute = [&](std::span<const AttnBlock> blocks, int src, const Tensor& kv, const Tensor& dkv) {
     for (const AttnBlock& b : blocks) {

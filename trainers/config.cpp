@@ -3,15 +3,14 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <charconv>
-#include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
-#include <functional>
-#include <limits>
-#include <map>
 #include <sstream>
 
 #include "core/error.h"
+#include "trainers/config_schema.h"
+#include "trainers/mixer_registry.h"
 
 namespace lctx::train {
 
@@ -22,292 +21,61 @@ bool ModelConfig::recompute(int64_t layer) const {
 
 namespace {
 
-enum class Kind { integer, real, boolean, string, choice, string_list, layer_set };
-
-struct Option {
-  std::string path;
-  Kind kind;
-  std::string doc;
-  double lo = -std::numeric_limits<double>::infinity();
-  double hi = std::numeric_limits<double>::infinity();
-  std::vector<std::string> choices;
-  std::function<void*(Config&)> field;  // int64_t*, double*, bool*, std::string*, ...
-  bool shapes_model = false;            // changing it changes the parameters
-};
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-#define LCTX_FIELD(expr) [](Config& c) -> void* { return &c.expr; }
-
-const std::vector<Option>& schema() {
-  static const std::vector<Option> s = [] {
-    std::vector<Option> o;
-    auto add = [&](std::string path, Kind kind, std::function<void*(Config&)> f, std::string doc, double lo = -kInf,
-                   double hi = kInf, std::vector<std::string> choices = {}, bool shapes = false) {
-      o.push_back(Option{std::move(path), kind, std::move(doc), lo, hi, std::move(choices), std::move(f), shapes});
-    };
-    // model
-    add("model.vocab_size", Kind::integer, LCTX_FIELD(model.vocab_size), "vocabulary size (bytes: 256)", 2, 1 << 30, {}, true);
-    add("model.dim", Kind::integer, LCTX_FIELD(model.dim), "model width", 1, 1 << 20, {}, true);
-    add("model.n_layers", Kind::integer, LCTX_FIELD(model.n_layers), "transformer blocks", 1, 4096, {}, true);
-    add("model.n_heads", Kind::integer, LCTX_FIELD(model.n_heads), "query heads (dim / n_heads = head dim)", 1, 4096, {}, true);
-    add("model.n_kv_heads", Kind::integer, LCTX_FIELD(model.n_kv_heads), "key/value heads for GQA; 0 = n_heads", 0, 4096, {}, true);
-    add("model.ffn_dim", Kind::integer, LCTX_FIELD(model.ffn_dim), "SwiGLU hidden size; 0 = 8/3 dim rounded up to 16", 0, 1 << 22, {}, true);
-    add("model.mlp_chunk", Kind::integer, LCTX_FIELD(model.mlp_chunk), "tokens per MLP chunk in recomputed layers: their gate/up activations exist for one chunk at a time", 1, int64_t(1) << 40);
-    add("model.position", Kind::choice, LCTX_FIELD(model.position), "position encoding", -kInf, kInf, {"rope", "alibi"}, true);
-    add("model.rope_theta", Kind::real, LCTX_FIELD(model.rope_theta), "RoPE base", 1.0, kInf, {}, true);
-    add("model.norm_eps", Kind::real, LCTX_FIELD(model.norm_eps), "RMSNorm epsilon", 0.0, 1.0, {}, true);
-    add("model.init_std", Kind::real, LCTX_FIELD(model.init_std), "std of the normal weight init", 0.0, 10.0);
-    add("model.tied_embeddings", Kind::boolean, LCTX_FIELD(model.tied_embeddings), "output head shares the embedding matrix", -kInf, kInf, {}, true);
-    add("model.dtype", Kind::choice, LCTX_FIELD(model.dtype), "compute dtype (auto: f32 on CPU, bf16 on GPU; master weights stay f32)", -kInf, kInf, {"auto", "f32", "bf16"});
-    add("model.activation_checkpointing", Kind::layer_set, [](Config& c) -> void* { return &c.model; },
-        "layers recomputed in backward: none, all, or a list of layer indices");
-    // attention
-    add("attention.kind", Kind::string, LCTX_FIELD(attention.kind), "attention of every layer: flash, ring, ulysses or hybrid");
-    add("attention.layers", Kind::string_list, LCTX_FIELD(attention.layers), "per-layer kinds (list of n_layers names); empty = attention.kind everywhere");
-    add("attention.softmax_scale", Kind::real, LCTX_FIELD(attention.softmax_scale), "score scale; 0 = 1/sqrt(head_dim)", 0.0, kInf, {}, true);
-    add("attention.head_groups", Kind::integer, LCTX_FIELD(attention.head_groups), "compute attention in this many groups of heads, one after another: same result, its temporaries (ring buffers, fp32 accumulators, cuDNN scratch) divided by the groups", 1, 1 << 20);
-    add("attention.backend", Kind::choice, LCTX_FIELD(attention.backend), "GPU attention implementation: auto (cuDNN fused attention where it supports the call, else lctx's kernels; env LCTX_ATTN_BACKEND), cudnn or lctx", -kInf, kInf, {"auto", "cudnn", "lctx"});
-    // parallel
-    add("parallel.dp", Kind::integer, LCTX_FIELD(parallel.dp), "data-parallel degree", 1, 1 << 20);
-    add("parallel.sp", Kind::integer, LCTX_FIELD(parallel.sp), "sequence-parallel degree (ranks sharing one sequence)", 1, 1 << 20);
-    add("parallel.ulysses", Kind::integer, LCTX_FIELD(parallel.ulysses), "Ulysses (head all-to-all) degree inside sp; the rest of sp is a ring", 1, 1 << 20);
-    add("parallel.simulate", Kind::integer, LCTX_FIELD(parallel.simulate), "run this many simulated ranks (threads) in one process; 0 = real ranks", 0, 4096);
-    add("parallel.backend", Kind::choice, LCTX_FIELD(parallel.backend), "communicator: auto (sim when simulating, NCCL on GPU, else MPI), sim, mpi, nccl", -kInf, kInf, {"auto", "sim", "mpi", "nccl"});
-    // data
-    add("data.source", Kind::choice, LCTX_FIELD(data.source), "synthetic task or real data", -kInf, kInf, {"passkey", "mqar", "selective_copy", "text", "tokens", "hdf5"});
-    add("data.seq_len", Kind::integer, LCTX_FIELD(data.seq_len), "tokens per sequence (the context length)", 2, 1ll << 34);
-    add("data.batch_size", Kind::integer, LCTX_FIELD(data.batch_size), "sequences per step, summed over dp ranks", 1, 1 << 24);
-    add("data.seed", Kind::integer, LCTX_FIELD(data.seed), "data seed (samples depend on seed and global sample index only)", 0, 9.0e15);
-    add("data.path", Kind::string, LCTX_FIELD(data.path), "file for text (bytes), tokens (raw uint16/uint32) or hdf5");
-    add("data.token_dtype", Kind::choice, LCTX_FIELD(data.token_dtype), "element type of a tokens file", -kInf, kInf, {"uint16", "uint32"});
-    add("data.hdf5_dataset", Kind::string, LCTX_FIELD(data.hdf5_dataset), "1-D integer dataset inside the hdf5 file");
-    add("data.holdout", Kind::real, LCTX_FIELD(data.holdout), "fraction at the end of a real data file kept for eval", 0.0, 0.5);
-    add("data.passkey.digits", Kind::integer, LCTX_FIELD(data.passkey_digits), "digit tokens in the passkey", 1, 64);
-    add("data.passkey.depth", Kind::real, LCTX_FIELD(data.passkey_depth), "where the passkey sits (0 = start, 1 = end); < 0 = random per sample", -1.0, 1.0);
-    add("data.mqar.pairs", Kind::integer, LCTX_FIELD(data.mqar_pairs), "key-value pairs per sequence", 1, 1 << 20);
-    add("data.mqar.queries", Kind::integer, LCTX_FIELD(data.mqar_queries), "keys queried at the end (answers are their values)", 1, 1 << 20);
-    add("data.selective_copy.tokens", Kind::integer, LCTX_FIELD(data.copy_tokens), "data tokens to copy", 1, 1 << 20);
-    // optimizer
-    add("optimizer.lr", Kind::real, LCTX_FIELD(optimizer.lr), "peak learning rate (AdamW)", 0.0, 10.0);
-    add("optimizer.min_lr", Kind::real, LCTX_FIELD(optimizer.min_lr), "learning rate at the end of the cosine decay", 0.0, 10.0);
-    add("optimizer.warmup_steps", Kind::integer, LCTX_FIELD(optimizer.warmup_steps), "linear warmup steps", 0, 1ll << 40);
-    add("optimizer.beta1", Kind::real, LCTX_FIELD(optimizer.beta1), "AdamW beta1", 0.0, 0.999999);
-    add("optimizer.beta2", Kind::real, LCTX_FIELD(optimizer.beta2), "AdamW beta2", 0.0, 0.999999999);
-    add("optimizer.eps", Kind::real, LCTX_FIELD(optimizer.eps), "AdamW epsilon", 0.0, 1.0);
-    add("optimizer.weight_decay", Kind::real, LCTX_FIELD(optimizer.weight_decay), "decoupled weight decay (matrices only)", 0.0, 10.0);
-    add("optimizer.grad_clip", Kind::real, LCTX_FIELD(optimizer.grad_clip), "clip the global gradient norm to this; 0 = off", 0.0, kInf);
-    // train
-    add("train.steps", Kind::integer, LCTX_FIELD(train.steps), "optimizer steps in total", 0, 1ll << 40);
-    add("train.seed", Kind::integer, LCTX_FIELD(train.seed), "parameter init seed", 0, 9.0e15);
-    add("train.device", Kind::choice, LCTX_FIELD(train.device), "where to compute: auto (GPU when present), cpu, cuda", -kInf, kInf, {"auto", "cpu", "cuda"});
-    add("train.threads", Kind::integer, LCTX_FIELD(train.threads), "OpenMP threads per rank; 0 = cores / ranks in this process", 0, 4096);
-    // eval
-    add("eval.every", Kind::integer, LCTX_FIELD(eval.every), "evaluate every this many steps; 0 = only at the end", 0, 1ll << 40);
-    add("eval.batches", Kind::integer, LCTX_FIELD(eval.batches), "held-out batches per evaluation", 0, 1 << 20);
-    // checkpoint
-    add("checkpoint.every", Kind::integer, LCTX_FIELD(checkpoint.every), "save every this many steps; 0 = only at the end / on a signal", 0, 1ll << 40);
-    add("checkpoint.keep", Kind::integer, LCTX_FIELD(checkpoint.keep), "keep the newest this many checkpoints", 1, 1 << 20);
-    add("checkpoint.resume", Kind::string, LCTX_FIELD(checkpoint.resume), "none, auto (newest valid one in <out_dir>/checkpoints) or a checkpoint file");
-    add("checkpoint.save_final", Kind::boolean, LCTX_FIELD(checkpoint.save_final), "save after the last step");
-    // logging
-    add("logging.out_dir", Kind::string, LCTX_FIELD(logging.out_dir), "run directory: metrics.jsonl, loss.png, config.yaml, checkpoints/");
-    add("logging.every", Kind::integer, LCTX_FIELD(logging.every), "progress line and metrics record every this many steps", 1, 1ll << 40);
-    add("logging.progress", Kind::boolean, LCTX_FIELD(logging.progress), "print the progress line on rank 0");
-    add("logging.profile", Kind::boolean, LCTX_FIELD(logging.profile), "time each step's phases (attention forward/backward, the rest of forward/backward, head and loss, gradient sync, optimizer): a profile line and \"profile_ms\" in metrics.jsonl, at one host wait per step");
-    add("logging.peak_tflops", Kind::real, LCTX_FIELD(logging.peak_tflops), "per-GPU peak TFLOP/s that MFU is measured against (dense bf16; H100/H200: 989)", 1e-3, 1e6);
-    return o;
-  }();
-  return s;
-}
-
-const Option* find_option(const std::string& path) {
-  for (const auto& o : schema())
-    if (o.path == path) return &o;
+// Keys of the retired `attention` section and what replaced them.
+const char* retired_key(const std::string& path) {
+  static const std::pair<const char*, const char*> keys[] = {
+      {"attention", "model.mixers (the kind of each layer) and mixer.<kind>.* (its options): softmax attention is "
+                    "model.mixers: softmax with options under mixer.softmax"},
+      {"attention.kind", "model.mixers: softmax with mixer.softmax.sp (flash -> auto on one rank; ring, ulysses, "
+                         "hybrid -> the same name)"},
+      {"attention.layers", "model.mixers (a list of kinds, one per layer; the SP strategy is mixer.softmax.sp)"},
+      {"attention.softmax_scale", "mixer.softmax.softmax_scale"},
+      {"attention.head_groups", "mixer.softmax.head_groups"},
+      {"attention.backend", "mixer.softmax.backend"},
+  };
+  for (const auto& [k, v] : keys)
+    if (path == k) return v;
   return nullptr;
 }
 
-bool is_section(const std::string& path) {
-  const std::string pre = path + ".";
-  for (const auto& o : schema())
-    if (o.path.rfind(pre, 0) == 0) return true;
-  return false;
-}
-
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
-    std::swap(prev, cur);
+[[noreturn]] void fail_unknown(const std::string& path) {
+  if (const char* now = retired_key(path)) LCTX_FAIL("config: '", path, "' was replaced by ", now);
+  if (path.rfind("attention.", 0) == 0) LCTX_FAIL("config: '", path, "' was replaced: ", retired_key("attention"));
+  if (path.rfind("mixer.", 0) == 0) {
+    const size_t dot = path.find('.', 6);
+    const std::string kind = path.substr(6, dot == std::string::npos ? std::string::npos : dot - 6);
+    mixer_kind(kind, path);  // throws for a kind that is not registered, listing the registered ones
+    std::string opts;
+    for (const MixerOption& o : mixer_kind(kind).options) opts += (opts.empty() ? "" : ", ") + o.name;
+    LCTX_FAIL("config: unknown key '", path, "': mixer kind ", kind, " has the options ", opts);
   }
-  return prev[b.size()];
+  const std::string near = schema::closest_key(path);
+  LCTX_FAIL("config: unknown key '", path, "'", near.empty() ? "" : " (did you mean '" + near + "'?)");
 }
 
-// The option or section path closest to `path` (same parent preferred).
-std::string closest_key(const std::string& path) {
-  std::vector<std::string> cands;
-  for (const auto& o : schema()) {
-    std::string p = o.path;
-    cands.push_back(p);
-    for (size_t dot = p.rfind('.'); dot != std::string::npos; dot = p.rfind('.')) {
-      p = p.substr(0, dot);
-      cands.push_back(p);
-    }
-  }
-  std::string best;
-  size_t best_d = std::string::npos;
-  for (const auto& c : cands) {
-    const size_t d = edit_distance(path, c);
-    if (d < best_d) best_d = d, best = c;
-  }
-  const size_t dot = path.rfind('.');
-  const size_t leaf = dot == std::string::npos ? path.size() : path.size() - dot - 1;
-  return best_d <= std::max<size_t>(3, leaf / 2) ? best : std::string();
-}
-
-std::string node_desc(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null: return "nothing (null)";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Map: return "a mapping";
-    case YAML::NodeType::Scalar: return "'" + n.Scalar() + "'";
-    default: return "an undefined value";
-  }
-}
-
-std::string expected_desc(const Option& o) {
-  std::ostringstream os;
-  switch (o.kind) {
-    case Kind::integer: os << "an integer"; break;
-    case Kind::real: os << "a number"; break;
-    case Kind::boolean: os << "true or false"; break;
-    case Kind::string: os << "a string"; break;
-    case Kind::choice: {
-      os << "one of ";
-      for (size_t i = 0; i < o.choices.size(); ++i) os << (i ? ", " : "") << o.choices[i];
-      return os.str();
-    }
-    case Kind::string_list: os << "a list of strings"; break;
-    case Kind::layer_set: os << "none, all or a list of layer indices"; break;
-  }
-  if (o.kind == Kind::integer || o.kind == Kind::real) {
-    auto fmt = [&](double v) {
-      std::ostringstream f;
-      if (o.kind == Kind::integer) f << static_cast<long long>(v);
-      else f << v;
-      return f.str();
-    };
-    if (std::isfinite(o.lo) && std::isfinite(o.hi)) os << " in [" << fmt(o.lo) << ", " << fmt(o.hi) << "]";
-    else if (std::isfinite(o.lo)) os << " >= " << fmt(o.lo);
-  }
-  return os.str();
-}
-
-[[noreturn]] void bad_value(const Option& o, const YAML::Node& n) {
-  LCTX_FAIL("config: ", o.path, " must be ", expected_desc(o), ", got ", node_desc(n));
-}
-
-bool parse_int(const std::string& s, int64_t& v) {
-  const char* b = s.data();
-  const char* e = b + s.size();
-  if (b != e && *b == '+') ++b;
-  auto [p, ec] = std::from_chars(b, e, v);
-  return ec == std::errc() && p == e;
-}
-
-bool parse_real(const std::string& s, double& v) {
-  if (s.empty()) return false;
-  std::string t = s;
-  if (t == ".inf" || t == "inf") t = "inf";
-  char* end = nullptr;
-  v = std::strtod(t.c_str(), &end);
-  return end == t.c_str() + t.size() && !std::isnan(v);
-}
-
-void set_option(Config& c, const Option& o, const YAML::Node& n) {
-  void* f = o.field(c);
-  auto check_range = [&](double v) {
-    if (!(v >= o.lo && v <= o.hi)) bad_value(o, n);
-  };
-  switch (o.kind) {
-    case Kind::integer: {
-      int64_t v;
-      if (!n.IsScalar() || !parse_int(n.Scalar(), v)) bad_value(o, n);
-      check_range(static_cast<double>(v));
-      *static_cast<int64_t*>(f) = v;
-      return;
-    }
-    case Kind::real: {
-      double v;
-      if (!n.IsScalar() || !parse_real(n.Scalar(), v)) bad_value(o, n);
-      check_range(v);
-      *static_cast<double*>(f) = v;
-      return;
-    }
-    case Kind::boolean: {
-      if (!n.IsScalar() || (n.Scalar() != "true" && n.Scalar() != "false")) bad_value(o, n);
-      *static_cast<bool*>(f) = n.Scalar() == "true";
-      return;
-    }
-    case Kind::string: {
-      if (!n.IsScalar()) bad_value(o, n);
-      *static_cast<std::string*>(f) = n.Scalar();
-      return;
-    }
-    case Kind::choice: {
-      if (!n.IsScalar() || std::find(o.choices.begin(), o.choices.end(), n.Scalar()) == o.choices.end())
-        bad_value(o, n);
-      *static_cast<std::string*>(f) = n.Scalar();
-      return;
-    }
-    case Kind::string_list: {
-      if (!n.IsSequence()) bad_value(o, n);
-      std::vector<std::string> v;
-      for (const auto& e : n) {
-        if (!e.IsScalar()) bad_value(o, n);
-        v.push_back(e.Scalar());
-      }
-      *static_cast<std::vector<std::string>*>(f) = v;
-      return;
-    }
-    case Kind::layer_set: {
-      auto& m = *static_cast<ModelConfig*>(f);
-      if (n.IsScalar() && (n.Scalar() == "none" || n.Scalar() == "all")) {
-        m.checkpoint_all = n.Scalar() == "all";
-        m.checkpoint_layers.clear();
-        return;
-      }
-      if (!n.IsSequence()) bad_value(o, n);
-      std::vector<int64_t> v;
-      for (const auto& e : n) {
-        int64_t x;
-        if (!e.IsScalar() || !parse_int(e.Scalar(), x) || x < 0) bad_value(o, n);
-        v.push_back(x);
-      }
-      m.checkpoint_all = false;
-      m.checkpoint_layers = v;
-      return;
-    }
+YAML::Node load_yaml(const std::string& text, const std::string& what) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    LCTX_FAIL(what, ": invalid YAML: ", e.what());
   }
 }
 
 void apply_node(Config& c, const YAML::Node& node, const std::string& prefix) {
   if (!node.IsMap())
     LCTX_FAIL("config: ", prefix.empty() ? std::string("the top level") : "'" + prefix + "'",
-              " must be a mapping of keys, got ", node_desc(node));
+              " must be a mapping of keys, got ", schema::node_desc(node));
   for (const auto& kv : node) {
     if (!kv.first.IsScalar()) LCTX_FAIL("config: keys must be plain names (under '", prefix, "')");
     const std::string path = prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar();
-    if (const Option* o = find_option(path)) {
-      set_option(c, *o, kv.second);
-    } else if (is_section(path)) {
+    if (const schema::Option* o = schema::find(path)) {
+      schema::set(c, *o, kv.second);
+    } else if (schema::is_section(path)) {
       apply_node(c, kv.second, path);
-    } else {
-      const std::string near = closest_key(path);
-      LCTX_FAIL("config: unknown key '", path, "'", near.empty() ? "" : " (did you mean '" + near + "'?)");
+    } else if (path == "attention" && kv.second.IsMap() && kv.second.size() > 0) {
+      fail_unknown("attention." + kv.second.begin()->first.as<std::string>());  // names the retired key
+    } else if (!(prefix.empty() && path == "preset")) {  // the preset was applied first
+      fail_unknown(path);
     }
   }
 }
@@ -316,197 +84,75 @@ void apply_override(Config& c, const std::string& kv) {
   const size_t eq = kv.find('=');
   LCTX_CHECK(eq != std::string::npos && eq > 0, "config: override '", kv, "' must look like key.path=value");
   const std::string path = kv.substr(0, eq);
-  YAML::Node value;
+  const YAML::Node value = load_yaml(kv.substr(eq + 1), "config: override '" + kv + "'");
+  const schema::Option* o = schema::find(path);
+  LCTX_CHECK(path != "preset", "config: override '", kv, "': a preset is applied before the file's keys; set it in the file");
+  if (!o) fail_unknown(path);
+  schema::set(c, *o, value);
+}
+
+// Applies the preset file named by the top-level `preset` key.
+void apply_preset(Config& c, const YAML::Node& name) {
+  LCTX_CHECK(name.IsScalar() && !name.Scalar().empty(), "config: preset must be a preset name, got ",
+             schema::node_desc(name));
+  const std::filesystem::path file = std::filesystem::path(preset_dir()) / (name.Scalar() + ".yaml");
+  std::ifstream f(file);
+  if (!f.good()) {
+    std::string names;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(preset_dir(), ec))
+      if (e.path().extension() == ".yaml") names += (names.empty() ? "" : ", ") + e.path().stem().string();
+    LCTX_FAIL("config: preset '", name.Scalar(), "' does not exist (no ", file.string(), "; presets: ",
+              names.empty() ? "none" : names, ")");
+  }
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const YAML::Node root = load_yaml(ss.str(), "preset " + file.string());
+  LCTX_CHECK(!(root.IsMap() && root["preset"]), "config: preset ", file.string(), " names another preset; presets do not nest");
   try {
-    value = YAML::Load(kv.substr(eq + 1));
-  } catch (const YAML::Exception& e) {
-    LCTX_FAIL("config: override '", kv, "': value is not valid YAML: ", e.what());
+    if (!root.IsNull()) apply_node(c, root, "");
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + " [in preset " + file.string() + "]");
   }
-  const Option* o = find_option(path);
-  if (!o) {
-    const std::string near = closest_key(path);
-    LCTX_FAIL("config: unknown key '", path, "'", near.empty() ? "" : " (did you mean '" + near + "'?)");
-  }
-  set_option(c, *o, value);
 }
-
-std::string yaml_scalar(const std::string& s) {
-  YAML::Emitter e;
-  e << YAML::DoubleQuoted << s;
-  const bool plain = !s.empty() && s.find_first_of(":#{}[],&*!|>'\"%@`\n") == std::string::npos &&
-                     s.front() != ' ' && s.back() != ' ' && s != "true" && s != "false" && s != "null";
-  return plain ? s : std::string(e.c_str());
-}
-
-std::string format_real(double v) {
-  if (std::isfinite(v) && v == std::floor(v) && std::abs(v) < 1e15) {
-    std::ostringstream os;
-    os << static_cast<long long>(v) << ".0";
-    return os.str();
-  }
-  // Shortest text that reads back to the same double.
-  std::string s;
-  for (int p = 1; p <= 17; ++p) {
-    std::ostringstream t;
-    t.precision(p);
-    t << v;
-    s = t.str();
-    if (std::strtod(s.c_str(), nullptr) == v) break;
-  }
-  return s;
-}
-
-std::string value_text(const Config& cc, const Option& o) {
-  Config& c = const_cast<Config&>(cc);
-  void* f = o.field(c);
-  switch (o.kind) {
-    case Kind::integer: return std::to_string(*static_cast<int64_t*>(f));
-    case Kind::real: return format_real(*static_cast<double*>(f));
-    case Kind::boolean: return *static_cast<bool*>(f) ? "true" : "false";
-    case Kind::string:
-    case Kind::choice: return yaml_scalar(*static_cast<std::string*>(f));
-    case Kind::string_list: {
-      const auto& v = *static_cast<std::vector<std::string>*>(f);
-      std::string s = "[";
-      for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + yaml_scalar(v[i]);
-      return s + "]";
-    }
-    case Kind::layer_set: {
-      const auto& m = *static_cast<ModelConfig*>(f);
-      if (m.checkpoint_all) return "all";
-      if (m.checkpoint_layers.empty()) return "none";
-      std::string s = "[";
-      for (size_t i = 0; i < m.checkpoint_layers.size(); ++i) s += (i ? ", " : "") + std::to_string(m.checkpoint_layers[i]);
-      return s + "]";
-    }
-  }
-  return "";
-}
-
-const std::vector<std::string> kAvailableKinds = {"flash", "ring", "ulysses", "hybrid"};
 
 }  // namespace
 
-std::vector<std::string> available_attention_kinds() { return kAvailableKinds; }
-
-void validate(const Config& c) {
-  const auto& m = c.model;
-  const auto& p = c.parallel;
-  const auto& d = c.data;
-  LCTX_CHECK(m.dim % m.n_heads == 0, "config: model.dim (", m.dim, ") must be divisible by model.n_heads (", m.n_heads, ")");
-  LCTX_CHECK(m.n_heads % m.kv_heads() == 0, "config: model.n_heads (", m.n_heads,
-             ") must be divisible by model.n_kv_heads (", m.kv_heads(), ")");
-  LCTX_CHECK(m.position != "rope" || m.head_dim() % 2 == 0, "config: RoPE needs an even head dim; model.dim / model.n_heads = ",
-             m.head_dim());
-  for (int64_t l : m.checkpoint_layers)
-    LCTX_CHECK(l < m.n_layers, "config: model.activation_checkpointing names layer ", l, " but model.n_layers is ", m.n_layers,
-               " (expected indices 0..", m.n_layers - 1, ")");
-  LCTX_CHECK(c.attention.layers.empty() || static_cast<int64_t>(c.attention.layers.size()) == m.n_layers,
-             "config: attention.layers has ", c.attention.layers.size(), " entries, expected model.n_layers = ", m.n_layers);
-
-  // Attention kinds and the parallel layout.
-  const int64_t G = c.attention.head_groups;
-  LCTX_CHECK(m.n_heads % G == 0 && m.kv_heads() % G == 0, "config: attention.head_groups (", G,
-             ") must divide model.n_heads (", m.n_heads, ") and model.n_kv_heads (", m.kv_heads(), ")");
-  LCTX_CHECK(p.sp % p.ulysses == 0, "config: parallel.ulysses (", p.ulysses, ") must divide parallel.sp (", p.sp, ")");
-  bool any_ring = false;
-  for (int64_t l = 0; l < m.n_layers; ++l) {
-    const std::string& k = c.attention.kind_of(l);
-    const std::string key = c.attention.layers.empty() ? "attention.kind" : "attention.layers[" + std::to_string(l) + "]";
-    if (std::find(kAvailableKinds.begin(), kAvailableKinds.end(), k) == kAvailableKinds.end())
-      LCTX_FAIL("config: ", key, ": attention kind '", k, "' is not available yet (available: flash, ring, ulysses, hybrid)");
-    if (k == "flash")
-      LCTX_CHECK(p.sp == 1, "config: ", key, " = flash attends within one rank and needs parallel.sp = 1 (got ", p.sp,
-                 "); use ring, ulysses or hybrid for sequence parallelism");
-    if (k == "ring") {
-      LCTX_CHECK(p.ulysses == 1, "config: ", key, " = ring needs parallel.ulysses = 1 (got ", p.ulysses, "); use hybrid to combine both");
-      any_ring = true;
-    }
-    if (k == "ulysses")
-      LCTX_CHECK(p.ulysses == p.sp, "config: ", key, " = ulysses needs parallel.ulysses = parallel.sp (got ulysses ", p.ulysses,
-                 ", sp ", p.sp, "); use hybrid for ulysses < sp");
-    if (k == "hybrid") any_ring = true;
-    if (k == "ulysses" || k == "hybrid") {
-      LCTX_CHECK(m.n_heads / G % p.ulysses == 0, "config: model.n_heads (", m.n_heads, ") / attention.head_groups (", G,
-                 ") must be divisible by parallel.ulysses (", p.ulysses, ")");
-      LCTX_CHECK(m.kv_heads() / G % p.ulysses == 0 || p.ulysses % (m.kv_heads() / G) == 0, "config: model.n_kv_heads (",
-                 m.kv_heads(), ") / attention.head_groups (", G, ") and parallel.ulysses (", p.ulysses,
-                 ") must divide one another (KV heads are sharded or replicated over the Ulysses group)");
-    }
-  }
-  (void)any_ring;
-  LCTX_CHECK(p.sp == 1 || d.seq_len % (2 * p.sp) == 0, "config: data.seq_len (", d.seq_len,
-             ") must be divisible by 2 * parallel.sp = ", 2 * p.sp, " (zigzag sharding gives every rank two chunks)");
-  LCTX_CHECK(d.batch_size % p.dp == 0, "config: data.batch_size (", d.batch_size, ") must be divisible by parallel.dp (", p.dp, ")");
-  LCTX_CHECK(p.simulate == 0 || p.simulate == p.world(), "config: parallel.simulate (", p.simulate,
-             ") must equal the world size parallel.dp * parallel.sp = ", p.world());
-  LCTX_CHECK(p.simulate == 0 || p.backend == "auto" || p.backend == "sim", "config: parallel.backend = ", p.backend,
-             " cannot simulate ranks; use auto or sim with parallel.simulate");
-  LCTX_CHECK(p.backend != "sim" || p.simulate > 0 || p.world() == 1, "config: parallel.backend = sim needs parallel.simulate = ",
-             p.world());
-
-  // Data.
-  if (d.source == "passkey") {
-    LCTX_CHECK(m.vocab_size >= 16, "config: data.source = passkey needs model.vocab_size >= 16 (got ", m.vocab_size, ")");
-    LCTX_CHECK(d.seq_len >= 2 * d.passkey_digits + 8, "config: data.seq_len (", d.seq_len, ") is too short for a ",
-               d.passkey_digits, "-digit passkey (need >= ", 2 * d.passkey_digits + 8, ")");
-  } else if (d.source == "mqar") {
-    LCTX_CHECK(m.vocab_size >= 2 * d.mqar_pairs + 1, "config: data.source = mqar with data.mqar.pairs = ", d.mqar_pairs,
-               " needs model.vocab_size >= ", 2 * d.mqar_pairs + 1);
-    LCTX_CHECK(d.mqar_queries <= d.mqar_pairs, "config: data.mqar.queries (", d.mqar_queries,
-               ") must be <= data.mqar.pairs (", d.mqar_pairs, ")");
-    LCTX_CHECK(d.seq_len >= 2 * d.mqar_pairs + 2 * d.mqar_queries + 1, "config: data.seq_len (", d.seq_len,
-               ") is too short for data.mqar: need >= 2 * pairs + 2 * queries + 1 = ", 2 * d.mqar_pairs + 2 * d.mqar_queries + 1);
-  } else if (d.source == "selective_copy") {
-    LCTX_CHECK(m.vocab_size >= 4, "config: data.source = selective_copy needs model.vocab_size >= 4");
-    LCTX_CHECK(d.seq_len >= 3 * d.copy_tokens + 2, "config: data.seq_len (", d.seq_len,
-               ") is too short for data.selective_copy.tokens = ", d.copy_tokens, " (need >= ", 3 * d.copy_tokens + 2, ")");
-  } else {
-    LCTX_CHECK(!d.path.empty(), "config: data.source = ", d.source, " needs data.path (a file)");
-    if (d.source == "text")
-      LCTX_CHECK(m.vocab_size >= 256, "config: data.source = text is byte-level and needs model.vocab_size >= 256 (got ",
-                 m.vocab_size, ")");
-  }
-
-  // Optimizer, device.
-  LCTX_CHECK(c.optimizer.min_lr <= c.optimizer.lr, "config: optimizer.min_lr (", c.optimizer.min_lr,
-             ") must be <= optimizer.lr (", c.optimizer.lr, ")");
-  LCTX_CHECK(!(c.attention.backend == "cudnn" && c.train.device == "cpu"),
-             "config: attention.backend = cudnn needs a GPU (train.device cuda or auto); the CPU runs lctx's reference");
-  LCTX_CHECK(!(m.dtype == "bf16" && c.train.device == "cpu"),
-             "config: model.dtype = bf16 needs a GPU (train.device cuda or auto); the CPU computes in f32");
-  LCTX_CHECK(!(p.backend == "nccl" && c.train.device == "cpu"), "config: parallel.backend = nccl needs train.device cuda or auto");
-  LCTX_CHECK(!c.checkpoint.resume.empty(), "config: checkpoint.resume must be none, auto or a file path");
-  if (c.train.device == "cuda") validate_for_gpu(c);
+std::string preset_dir() {
+  if (const char* d = std::getenv("LCTX_PRESET_DIR"); d && *d) return d;
+  return std::string(LCTX_SOURCE_DIR) + "configs/presets";
 }
 
-void validate_for_gpu(const Config& c) {
-  const ModelConfig& m = c.model;
-  LCTX_CHECK(m.dtype != "f32", "config: model.dtype = f32 is CPU-only; on a GPU use bf16 (or auto), ",
-             "master weights stay f32");
-  LCTX_CHECK(m.head_dim() == 64 || m.head_dim() == 128, "config: on a GPU the head dim model.dim / model.n_heads = ",
-             m.dim, " / ", m.n_heads, " = ", m.head_dim(), " must be 64 or 128 (the CUDA attention kernels' head dims)");
-}
-
-void validate_world(const Config& c, int64_t world_size) {
-  LCTX_CHECK(world_size == c.parallel.world(), "config: the job has ", world_size,
-             " ranks but parallel.dp * parallel.sp = ", c.parallel.dp, " * ", c.parallel.sp, " = ", c.parallel.world(),
-             " (expected ", world_size, " = dp * sp; to run ", c.parallel.world(),
-             " ranks in one process set parallel.simulate: ", c.parallel.world(), ", or start them with mpirun)");
+std::string resolved_layout(const Config& c) {
+  if (c.parallel.layout != "auto") return c.parallel.layout;
+  for (const std::string& k : c.model.mixers)
+    if (mixer_kind(k).needs_contiguous) return "contiguous";
+  return "zigzag";
 }
 
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    LCTX_FAIL("config: invalid YAML: ", e.what());
-  }
+  const YAML::Node root = load_yaml(yaml_text, "config");
   Config c;
+  if (root.IsMap() && root["preset"]) apply_preset(c, root["preset"]);
   if (!root.IsNull()) apply_node(c, root, "");
   for (const auto& o : overrides) apply_override(c, o);
   validate(c);
   return c;
+}
+
+Config parse_stored_config(const std::string& yaml_text) {
+  YAML::Node root = load_yaml(yaml_text, "stored config");
+  if (root.IsMap() && root["attention"] && root["attention"].IsMap()) {
+    const YAML::Node a = root["attention"];
+    YAML::Node softmax = root["mixer"]["softmax"];
+    for (const char* key : {"softmax_scale", "head_groups", "backend"})
+      if (a[key]) softmax[key] = a[key];
+    if (a["kind"]) softmax["sp"] = a["kind"].Scalar() == "flash" ? std::string("auto") : a["kind"].Scalar();
+    root.remove("attention");
+  }
+  YAML::Emitter out;
+  out << root;
+  return parse_config(out.c_str());
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -524,7 +170,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 std::string to_yaml(const Config& c) {
   std::ostringstream os;
   std::vector<std::string> open;  // currently open sections
-  for (const auto& o : schema()) {
+  for (const auto& o : schema::options()) {
     std::vector<std::string> parts;
     std::stringstream ps(o.path);
     for (std::string t; std::getline(ps, t, '.');) parts.push_back(t);
@@ -535,27 +181,27 @@ std::string to_yaml(const Config& c) {
       os << std::string(2 * i, ' ') << parts[i] << ":\n";
       open.push_back(parts[i]);
     }
-    os << std::string(2 * (parts.size() - 1), ' ') << parts.back() << ": " << value_text(c, o) << "\n";
+    os << std::string(2 * (parts.size() - 1), ' ') << parts.back() << ": " << schema::value_text(c, o) << "\n";
   }
   return os.str();
 }
 
 std::vector<std::string> model_shaping_keys() {
   std::vector<std::string> k;
-  for (const auto& o : schema())
+  for (const auto& o : schema::options())
     if (o.shapes_model) k.push_back(o.path);
   return k;
 }
 
 std::string option_value(const Config& c, const std::string& path) {
-  const Option* o = find_option(path);
+  const schema::Option* o = schema::find(path);
   LCTX_CHECK(o, "config: unknown key '", path, "'");
-  return value_text(c, *o);
+  return schema::value_text(c, *o);
 }
 
 std::vector<std::string> option_paths() {
   std::vector<std::string> k;
-  for (const auto& o : schema()) k.push_back(o.path);
+  for (const auto& o : schema::options()) k.push_back(o.path);
   return k;
 }
 
@@ -563,9 +209,9 @@ std::string options_markdown() {
   const Config defaults;
   std::ostringstream os;
   os << "| key | type | default | meaning |\n| --- | --- | --- | --- |\n";
-  for (const auto& o : schema()) {
-    std::string type = expected_desc(o);
-    std::string def = value_text(defaults, o);
+  for (const auto& o : schema::options()) {
+    std::string type = schema::expected_desc(o);
+    std::string def = schema::value_text(defaults, o);
     if (def.empty() || def == "\"\"") def = "(empty)";
     std::string doc = o.doc;
     for (auto* s : {&type, &def, &doc})

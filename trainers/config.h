@@ -5,7 +5,9 @@
 // with its full path ("model.n_heads") and what was expected before any work starts.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace lctx::train {
@@ -29,25 +31,28 @@ struct ModelConfig {
   bool checkpoint_all = false;
   bool recompute(int64_t layer) const;
 
-  int64_t head_dim() const { return dim / n_heads; }
+  int64_t head_dim = 0;  // 0: dim / n_heads
+  // The mixer kind of every layer (one entry) or of each layer (n_layers entries); see
+  // trainers/mixer_registry.h for the kinds and mixer.<kind>.* for their options.
+  std::vector<std::string> mixers = {"softmax"};
+
+  const std::string& mixer_of(int64_t layer) const { return mixers.size() == 1 ? mixers[0] : mixers[layer]; }
+  int64_t head_size() const { return head_dim > 0 ? head_dim : dim / n_heads; }
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   int64_t ffn_hidden() const { return ffn_dim > 0 ? ffn_dim : ((8 * dim / 3 + 15) / 16) * 16; }
 };
 
-struct AttentionConfig {
-  std::string kind = "flash";       // default kind of every layer
-  std::vector<std::string> layers;  // optional per-layer kinds (length n_layers)
-  double softmax_scale = 0.0;       // 0: 1/sqrt(head_dim)
-  std::string backend = "auto";     // CUDA implementation: auto | cudnn | lctx (attn::AttnBackend)
-  int64_t head_groups = 1;          // heads computed in this many groups, one after another
-
-  const std::string& kind_of(int64_t layer) const { return layers.empty() ? kind : layers[layer]; }
-};
+// The options of every registered mixer kind, by "<kind>.<name>" (YAML mixer.<kind>.<name>),
+// typed by the registry's defaults: int64_t, double, bool or std::string.
+using OptionValue = std::variant<int64_t, double, bool, std::string>;
+using MixerOptions = std::map<std::string, OptionValue>;
+MixerOptions default_mixer_options();  // trainers/mixer_registry.cpp
 
 struct ParallelConfig {
   int64_t dp = 1;
   int64_t sp = 1;
   int64_t ulysses = 1;   // Ulysses (all-to-all) degree inside the sp group; sp / ulysses ring steps
+  std::string layout = "auto";  // auto | zigzag | contiguous (dist::Layout of every sequence)
   int64_t simulate = 0;  // > 0: run that many simulated ranks (threads) in one process
   std::string backend = "auto";  // auto | sim | mpi | nccl
 
@@ -114,7 +119,7 @@ struct LoggingConfig {
 
 struct Config {
   ModelConfig model;
-  AttentionConfig attention;
+  MixerOptions mixer = default_mixer_options();
   ParallelConfig parallel;
   DataConfig data;
   OptimizerConfig optimizer;
@@ -122,12 +127,23 @@ struct Config {
   EvalConfig eval;
   CheckpointConfig checkpoint;
   LoggingConfig logging;
+
+  // The value of option mixer.<kind>.<name> (the type its registry entry declares).
+  template <class T>
+  const T& mixer_option(const std::string& kind, const std::string& name) const {
+    return std::get<T>(mixer.at(kind + "." + name));
+  }
 };
 
 // Parses YAML text strictly, then applies `overrides` ("model.dim=128", YAML values) and runs
-// validate(). Throws lctx::Error naming the key path and what was expected.
+// validate(). Throws lctx::Error naming the key path and what was expected. A top-level
+// `preset: NAME` first applies configs/presets/NAME.yaml (or $LCTX_PRESET_DIR/NAME.yaml), then
+// the rest of the file; keys of the retired `attention` section are errors naming the new key.
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides = {});
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// A config stored in a checkpoint: like parse_config, and one written before mixer kinds (an
+// `attention` section) is read with its keys moved to where they live now.
+Config parse_stored_config(const std::string& yaml_text);
 
 // Cross-field checks (sizes, layout, kinds); parse_config calls it.
 void validate(const Config& c);
@@ -150,7 +166,10 @@ std::string options_markdown();
 // All option paths in schema order.
 std::vector<std::string> option_paths();
 
-// Attention kinds available in this build.
-std::vector<std::string> available_attention_kinds();
+// The directory presets are read from: $LCTX_PRESET_DIR, else configs/presets of the source tree.
+std::string preset_dir();
+// The layout sequences are sharded with: parallel.layout, or for auto zigzag unless a layer's
+// mixer kind needs contiguous shards.
+std::string resolved_layout(const Config& c);
 
 }  // namespace lctx::train

@@ -1,15 +1,18 @@
-// The decoder-only language model lctx-train trains, written llm.c style: explicit forward and
-// backward over lctx::ops layers, every activation the backward needs saved in a named buffer.
+// The decoder-only language model lctx-train trains: a scaffold written llm.c style (explicit
+// forward and backward over lctx::ops layers, every activation the backward needs saved in a
+// named buffer) around one mixer per layer:
 //
-//   tokens -> embedding -> N x [ x += Wo attn(rope(Wqkv rmsnorm(x)))          (pre-norm)
+//   tokens -> embedding -> N x [ x += mixer(rmsnorm(x))                        (pre-norm)
 //                                x += Wdown swiglu(Wgateup rmsnorm(x)) ]
 //          -> rmsnorm -> head (tied to the embedding or not) -> cross-entropy on scored targets
 //
-// Each layer's attention kind comes from the config (flash on one rank; ring, ulysses or hybrid
-// across the sequence-parallel group, which owns zigzag shards of every sequence). Layers
-// listed in model.activation_checkpointing keep only their input and recompute the rest in
-// backward. Master weights, gradients and AdamW state are f32; on a GPU the forward/backward
-// run in bf16 on a copy of the weights refreshed after every optimizer step.
+// Each layer's mixer kind comes from model.mixers through the registry (mixer_registry.h); the
+// scaffold has no per-kind branch. A mixer runs its own sequence-parallel algorithm over the
+// mesh, on the tokens this rank holds under the dist::Layout. Layers listed in
+// model.activation_checkpointing keep their input and what their mixer cannot cheaply redo,
+// and recompute the rest in backward. Master weights, gradients and AdamW state are f32; on a
+// GPU the forward/backward run in bf16 on a copy of the weights refreshed after every
+// optimizer step.
 //
 // All parameters are replicated on every rank: their gradients are summed over the whole world
 // (dp and sp) by the trainer, which sees them as one flat f32 buffer.
@@ -20,6 +23,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "mixers/param_table.h"
 #include "trainers/config.h"
 #include "trainers/data.h"
 #include "trainers/step_profile.h"
@@ -31,13 +35,7 @@ class Layout;
 
 namespace lctx::train {
 
-struct Param {
-  std::string name;
-  Tensor master;   // f32, a view into the flat parameter buffer (global shape)
-  Tensor grad;     // f32, a view into the flat gradient buffer
-  Tensor compute;  // weights used by forward/backward: master itself (f32) or a bf16 copy
-  bool decay = false;  // weight decay applies (matrices)
-};
+using mixers::Param;
 
 // Per-rank sums over its share of a batch; the trainer all-reduces them.
 struct StepStats {
@@ -55,15 +53,17 @@ class Model {
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
-  // Normal(0, init_std) matrices (output projections scaled by 1/sqrt(2 n_layers)), ones for
-  // norms; element i of parameter p is Philox draw (seed, p's offset + i): identical on every
-  // rank and device.
+  // Every parameter as its layer declares it (mixers::ParamSpec): element i of parameter p is
+  // Philox draw (seed, p's offset + i), identical on every rank and device.
   void init(uint64_t seed);
 
-  std::vector<Param>& params() { return params_; }
-  Tensor& flat_params() { return flat_params_; }  // f32 [n]
-  Tensor& flat_grads() { return flat_grads_; }    // f32 [n]
-  int64_t num_params() const { return flat_params_.numel(); }
+  std::vector<Param>& params() { return table_.params(); }
+  Tensor& flat_params() { return table_.flat_params(); }  // f32 [n]
+  Tensor& flat_grads() { return table_.flat_grads(); }    // f32 [n]
+  int64_t num_params() const { return table_.numel(); }
+  // Training FLOPs per token at this sequence length (6 per parameter outside the embedding,
+  // plus what each layer's mixer reports): the numerator of MFU.
+  double flops_per_token(int64_t seq_len) const;
 
   // Forward and backward on this rank's share of a batch. Gradients are overwritten with
   // d(loss_scale * sum of scored token losses)/d(params) for this rank's tokens; the trainer
@@ -85,8 +85,7 @@ class Model {
   Config cfg_;
   Device device_;
   DType dtype_;
-  std::vector<Param> params_;
-  Tensor flat_params_, flat_grads_;
+  mixers::ParamTable table_;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -5,10 +5,10 @@ namespace lctx::train {
 std::string_view phase_name(Phase p) {
   switch (p) {
     case Phase::forward: return "forward";
-    case Phase::attention_forward: return "attention_forward";
+    case Phase::mixer_forward: return "mixer_forward";
     case Phase::head_loss: return "head_loss";
     case Phase::backward: return "backward";
-    case Phase::attention_backward: return "attention_backward";
+    case Phase::mixer_backward: return "mixer_backward";
     case Phase::grad_sync: return "grad_sync";
     case Phase::optimizer: return "optimizer";
   }

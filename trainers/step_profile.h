@@ -3,11 +3,12 @@
 // finish() waits for the step's last marker once and sums the spans per phase, so profiling
 // adds one host wait per step and nothing inside it. Ring/Ulysses communication joins the
 // compute stream, so each phase's span is its wall time as the stream saw it.
-//   forward            embedding and every layer's forward but attention
-//   attention_forward  attention forward (flash, ring, ulysses: local blocks and exchanges)
+//   forward            embedding and every layer's forward but the mixer
+//   mixer_forward      each layer's mixer forward (softmax: q/k/v and output projections and the
+//                      attention with its sequence-parallel exchanges)
 //   head_loss          final norm, head, cross-entropy and their backward
-//   backward           every layer's backward (and recompute) but attention
-//   attention_backward attention backward
+//   backward           every layer's backward (and recompute) but the mixer's backward
+//   mixer_backward     each layer's mixer backward
 //   grad_sync          gradient all-reduce over the world and the loss sums
 //   optimizer          gradient norm/clip and AdamW
 #pragma once
@@ -20,7 +21,7 @@
 
 namespace lctx::train {
 
-enum class Phase { forward, attention_forward, head_loss, backward, attention_backward, grad_sync, optimizer };
+enum class Phase { forward, mixer_forward, head_loss, backward, mixer_backward, grad_sync, optimizer };
 inline constexpr int kPhases = 7;
 std::string_view phase_name(Phase p);
 

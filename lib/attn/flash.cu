@@ -11,6 +11,7 @@
 #include "attn/flash_fwd_kernel.cuh"
 #include "attn/flash_params.h"
 #include "core/allocator.h"
+#include "core/cuda/fast_math.cuh"
 #include "core/cuda_check.h"
 #include "core/cuda_types.cuh"
 

@@ -15,9 +15,12 @@
 #include <math_constants.h>
 
 #include "attn/flash_mask.cuh"
-#include "core/cuda_types.cuh"
 #include "attn/flash_params.h"
 #include "attn/flash_traits.cuh"
+#include "core/cuda/fast_math.cuh"
+#include "core/cuda/mma.cuh"
+#include "core/cuda/reduce.cuh"
+#include "core/cuda_types.cuh"
 
 namespace lctx::attn {
 
@@ -61,8 +64,7 @@ __global__ void flash_bwd_dot_kernel(const FlashParams p, float* dsum, float* ls
   const T* d = static_cast<const T*>(p.dout) + b * p.dout_stride[0] + i * p.dout_stride[1] + h * p.dout_stride[2];
   float acc = 0.f;
   for (int c = lane; c < p.head_dim; c += 32) acc += to_f32(o[c]) * to_f32(d[c]);
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  acc = warp_sum(acc);
   if (lane == 0) {
     dsum[r] = acc;  // r = (b * Hq + h) * q_pad + i
     const float l = static_cast<const float*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i];
@@ -160,22 +162,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[MQ][4];
-#pragma unroll
-      for (int mt = 0; mt < MQ; ++mt) ldsm_x4(aq[mt], ldsm_at<D>(qA, wq + 16 * mt, kk * 16) + boff);
-#pragma unroll
-      for (int nj = 0; nj < 2; ++nj) {
-        uint32_t bk[4];
-        ldsm_x4(bk, ldsm_at<D>(kB, wk + nj * 16, kk * 16));
-#pragma unroll
-        for (int mt = 0; mt < MQ; ++mt) {
-          mma16816<T>(s[mt][2 * nj], aq[mt], bk[0], bk[1]);
-          mma16816<T>(s[mt][2 * nj + 1], aq[mt], bk[2], bk[3]);
-        }
-      }
-    }
+    warp_tile_mma<T, D / 16, D, D, BLayout::nk>(s, qA, boff, wq, kB, 0, wk);
     float mult = scale_log2;
     if (!flash_tile_unmasked(p, m0, m0 + BM, n0, n0 + BN)) {
 #pragma unroll
@@ -205,22 +192,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[mt][j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ado[MQ][4];
-#pragma unroll
-      for (int mt = 0; mt < MQ; ++mt) ldsm_x4(ado[mt], ldsm_at<D>(doA, wq + 16 * mt, kk * 16) + boff);
-#pragma unroll
-      for (int nj = 0; nj < 2; ++nj) {
-        uint32_t bv[4];
-        ldsm_x4(bv, ldsm_at<D>(vB, wk + nj * 16, kk * 16));
-#pragma unroll
-        for (int mt = 0; mt < MQ; ++mt) {
-          mma16816<T>(dp[mt][2 * nj], ado[mt], bv[0], bv[1]);
-          mma16816<T>(dp[mt][2 * nj + 1], ado[mt], bv[2], bv[3]);
-        }
-      }
-    }
+    warp_tile_mma<T, D / 16, D, D, BLayout::nk>(dp, doA, boff, wq, vB, 0, wk);
 #pragma unroll
     for (int mt = 0; mt < MQ; ++mt) {
 #pragma unroll
@@ -267,22 +239,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       for (int mt = 0; mt < MQ; ++mt)
 #pragma unroll
         for (int j = 0; j < DQ / 8; ++j) dq[mt][j][0] = dq[mt][j][1] = dq[mt][j][2] = dq[mt][j][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-        uint32_t ads[MQ][4];
-#pragma unroll
-        for (int mt = 0; mt < MQ; ++mt) ldsm_x4(ads[mt], ldsm_at<BN>(dsA, wq + 16 * mt, kk * 16));
-#pragma unroll
-        for (int dj = 0; dj < DQ / 16; ++dj) {
-          uint32_t bk[4];
-          ldsm_x4_trans(bk, ldsm_at<D>(kBt, kk * 16, wdq + dj * 16));
-#pragma unroll
-          for (int mt = 0; mt < MQ; ++mt) {
-            mma16816<T>(dq[mt][2 * dj], ads[mt], bk[0], bk[1]);
-            mma16816<T>(dq[mt][2 * dj + 1], ads[mt], bk[2], bk[3]);
-          }
-        }
-      }
+      warp_tile_mma<T, BN / 16, BN, D, BLayout::kn>(dq, dsA, 0, wq, kBt, 0, wdq);
       float* dst = dq_acc + ((b * p.heads_q + h) * q_tiles + mtile) * (BM * D) +
                    (warp * Tr::kDqFrags * 32 + lane) * 4;
 #pragma unroll

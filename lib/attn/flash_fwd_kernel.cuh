@@ -13,6 +13,8 @@
 #include "attn/flash_mask.cuh"
 #include "attn/flash_params.h"
 #include "attn/flash_traits.cuh"
+#include "core/cuda/fast_math.cuh"
+#include "core/cuda/mma.cuh"
 
 namespace lctx::attn {
 
@@ -84,22 +86,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int j = 0; j < NT; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qf[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) ldsm_x4(qf[mt], ldsm_at<D>(q_base, wr + 16 * mt, kk * 16));
-#pragma unroll
-      for (int nj = 0; nj < NT / 2; ++nj) {
-        uint32_t bf[4];
-        ldsm_x4(bf, ldsm_at<D>(k_base, nj * 16, kk * 16) + boff);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma16816<T>(s[mt][2 * nj], qf[mt], bf[0], bf[1]);
-          mma16816<T>(s[mt][2 * nj + 1], qf[mt], bf[2], bf[3]);
-        }
-      }
-    }
+    warp_tile_mma<T, D / 16, D, D, BLayout::nk>(s, q_base, 0, wr, k_base, boff, 0);
     // Interior tiles keep raw scores and scale inside the exponent's FMA (max commutes with
     // a positive scale); masked tiles come back scaled, with -inf where hidden.
     const int64_t n0 = n * BN;

@@ -5,7 +5,7 @@
 #include <math_constants.h>
 
 #include "attn/flash_params.h"
-#include "attn/flash_traits.cuh"
+#include "core/cuda/fast_math.cuh"
 
 namespace lctx::attn {
 

@@ -1,16 +1,26 @@
 // Host/device contract of flash attention: raw pointers, element strides, shapes and mask
-// options in one plain struct. flash.cpp builds and validates it from the tensors, then hands
-// it to the CPU reference (same file) or to the CUDA launch site (flash.cu). The position
-// rules below are shared by both so that the CPU and the GPU mask exactly the same keys.
+// options in one plain struct. flash_params.cpp validates a call's tensors and builds it;
+// flash.cpp hands it to the CPU reference (flash_reference.cpp), to cuDNN (flash_cudnn.cpp) or
+// to the CUDA launch site (flash.cu). The position rules below are shared by all of them so
+// that the CPU and the GPU mask exactly the same keys.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 
 #include "core/device.h"
 #include "core/dtype.h"
+#include "core/grad_mode.h"
 #include "core/strided.h"  // LCTX_HD
 
+namespace lctx {
+class Tensor;
+}
+
 namespace lctx::attn {
+
+struct FlashOptions;
+struct FlashOutput;
+struct FlashGrads;
 
 struct FlashParams {
   // Shapes: q/o/dq/dout [B, Sq, Hq, D], k/v/dk/dv [B, Sk, Hkv, D], lse [B, Hq, Sq].
@@ -127,8 +137,25 @@ LCTX_HD inline void flash_unmasked_tiles(const FlashParams& p, int64_t q_lo, int
   *hi = std::max(h, l);
 }
 
+// Validates q/k/v, the options and, for the backward, o, lse, dout and the gradients of a call
+// (flash_params.cpp), and builds its params. The forward allocates *out (o in q's dtype or
+// wide_dtype per opts.out_dtype, lse in wide_dtype); the backward allocates the undefined
+// members of *g (q's dtype) and checks the defined ones against `mode`.
+FlashParams flash_forward_params(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const FlashOptions& opts, FlashOutput* out);
+FlashParams flash_backward_params(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                                  const Tensor& lse, const Tensor& dout, const FlashOptions& opts, GradMode mode,
+                                  FlashGrads* g);
+// Points p at another o (pointer, dtype, strides) / other gradient tensors (grad_dtype from dq).
+void flash_set_o(FlashParams& p, const Tensor& o);
+void flash_set_grads(FlashParams& p, const FlashGrads& g);
+
+// CPU reference (flash_reference.cpp): f32/f64 inputs, any head_dim.
+void flash_forward_cpu(const FlashParams& p);
+void flash_backward_cpu(const FlashParams& p);
+
 #ifdef LCTX_HAVE_CUDA
-// CUDA launch site (flash.cu); params validated by flash.cpp. bf16/f16 inputs, D in {64, 128}.
+// CUDA launch site (flash.cu); params validated by flash_params.cpp. bf16/f16 inputs, D in {64, 128}.
 void flash_forward_cuda(const FlashParams& p, Stream s);
 // Stream-ordered: takes its fp32 scratch from a pool on `s` and never blocks the host.
 void flash_backward_cuda(const FlashParams& p, Stream s);

@@ -115,6 +115,11 @@ constexpr std::string_view dtype_name(DType t) {
   return "?";
 }
 
+// The accumulation dtype of a float dtype: f64 stays f64 (exact CPU gradient checks), every
+// other is f32. Weight gradients, optimizer state, attention lse and f32 partial outputs, norm
+// statistics and losses are kept in it.
+constexpr DType wide_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
+
 // Value conversion between element types; f64 <-> f32 never rounds through a 16-bit type,
 // and 16-bit types go through float.
 template <class D, class S>

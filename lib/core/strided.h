@@ -44,10 +44,13 @@ namespace detail {
 // The layout of t with size-1 dims dropped and dims that are contiguous with the next one
 // merged (same element order, fewer divisions per offset). Throws beyond kMaxDims dims.
 StridedLayout layout_of(const Tensor& t);
-// CUDA halves of Tensor::copy_from / fill / add_from (tensor.cu); both tensors on one device.
+// CUDA halves of Tensor::copy_from / fill / add_from (tensor.cu); all tensors on one device.
 void cuda_copy(Tensor& dst, const Tensor& src, Stream s);
 void cuda_fill(Tensor& t, double value, Stream s);
-void cuda_add(Tensor& dst, const Tensor& src, Stream s);
+// out = a + b elementwise over tensors of one shape: a laid out like out (out itself for
+// add_from and accumulated residual gradients, or another tensor: ops::residual_forward), b in
+// any layout; a has out's dtype, b too or bf16/f16 added into f32.
+void cuda_add(Tensor& out, const Tensor& a, const Tensor& b, Stream s);
 }  // namespace detail
 
 }  // namespace lctx

@@ -22,6 +22,12 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
 }
 Storage::~Storage() { deallocate(ptr_, device_); }
 
+int64_t shape_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
 namespace {
 
 Shape contiguous_strides(const Shape& shape) {
@@ -32,12 +38,6 @@ Shape contiguous_strides(const Shape& shape) {
     s *= shape[i];
   }
   return st;
-}
-
-int64_t shape_numel(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
 }
 
 }  // namespace
@@ -290,7 +290,7 @@ void Tensor::add_from(const Tensor& src, Stream s) {
     return;
   }
 #ifdef LCTX_HAVE_CUDA
-  detail::cuda_add(*this, src, s);
+  detail::cuda_add(*this, *this, src, s);
 #else
   (void)s;
 #endif

@@ -18,6 +18,7 @@ namespace lctx {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
+int64_t shape_numel(const Shape& s);  // product of the dims (1 for a scalar shape)
 
 class Storage {
  public:

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "ops/common.h"
+#include "ops/cuda_ops.h"
 
 namespace lctx::ops {
 
@@ -32,7 +32,7 @@ void adamw_update(Tensor& param, Tensor& master, Tensor& m, Tensor& v, const Ten
   constexpr const char* op = "adamw_update";
   detail::check_float_input(op, "grad", grad);
   check_same_device(op, {&param, &master, &m, &v, &grad});
-  const DType sd = grad_dtype(grad.dtype());
+  const DType sd = wide_dtype(grad.dtype());
   for (const auto& [name, t] : {std::pair<const char*, Tensor*>{"master", &master}, {"m", &m}, {"v", &v}}) {
     LCTX_CHECK(t->defined(), op, ": ", name, " is undefined");
     check_shape(op, name, *t, grad.shape());
@@ -50,16 +50,10 @@ void adamw_update(Tensor& param, Tensor& master, Tensor& m, Tensor& v, const Ten
   const double bc2 = 1.0 - std::pow(static_cast<double>(cfg.beta2), static_cast<double>(step));
   const double step_size = cfg.lr / bc1, inv_sqrt_bc2 = 1.0 / std::sqrt(bc2);
   if (grad.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    const detail::AdamWScalars a{cfg.lr,     cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, grad_scale,
-                                 static_cast<float>(step_size), static_cast<float>(inv_sqrt_bc2)};
-    detail::cuda_adamw(param, master, m, v, grad, a, s);
-    return;
-#else
-    detail::fail_no_cuda(op, grad);
-#endif
+    const cuda::AdamWScalars a{cfg.lr,     cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, grad_scale,
+                               static_cast<float>(step_size), static_cast<float>(inv_sqrt_bc2)};
+    return LCTX_OPS_CUDA(op, grad, cuda::adamw(param, master, m, v, grad, a, s));
   }
-  (void)s;
   LCTX_DISPATCH_CPU_FLOAT(grad.dtype(), op, [&] {
     using T = scalar_t;
     const DType pd = param.defined() ? param.dtype() : sd;

@@ -1,7 +1,8 @@
-#include "ops/adamw.h"
-#include "ops/cuda_utils.cuh"
+#include "core/cuda/launch.cuh"
+#include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 
-namespace lctx::ops::detail {
+namespace lctx::ops::cuda {
 
 namespace {
 
@@ -28,19 +29,18 @@ __global__ void adamw_kernel(void* param, DType pdt, float* __restrict__ master,
 
 }  // namespace
 
-void cuda_adamw(Tensor& param, Tensor& master, Tensor& m, Tensor& v, const Tensor& grad, const AdamWScalars& a,
-                Stream s) {
+void adamw(Tensor& param, Tensor& master, Tensor& m, Tensor& v, const Tensor& grad, const AdamWScalars& a, Stream s) {
   const int64_t n = grad.numel();
   if (n == 0) return;
   set_device(grad);
   void* pp = param.defined() ? param.raw() : nullptr;
   const DType pdt = param.defined() ? param.dtype() : DType::f32;
   LCTX_DISPATCH_CUDA_FLOAT(grad.dtype(), "adamw_update", [&] {
-    adamw_kernel<scalar_t><<<grid_1d(n, 256), 256, 0, cuda_stream(s)>>>(
+    adamw_kernel<scalar_t><<<grid_size(n, 256), 256, 0, cuda_stream(s)>>>(
         pp, pdt, master.data<float>(), m.data<float>(), v.data<float>(), static_cast<const scalar_t*>(grad.raw()), n,
         a);
   });
   LCTX_CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

@@ -24,14 +24,4 @@ struct AdamWConfig {
 void adamw_update(Tensor& param, Tensor& master, Tensor& m, Tensor& v, const Tensor& grad, const AdamWConfig& cfg,
                   int64_t step, float grad_scale = 1.0f, Stream s = {});
 
-namespace detail {
-struct AdamWScalars {
-  float lr, beta1, beta2, eps, weight_decay, grad_scale;
-  float step_size;     // lr / (1 - beta1^t)
-  float inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
-};
-void cuda_adamw(Tensor& param, Tensor& master, Tensor& m, Tensor& v, const Tensor& grad, const AdamWScalars& a,
-                Stream s);
-}  // namespace detail
-
 }  // namespace lctx::ops

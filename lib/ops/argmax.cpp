@@ -1,5 +1,7 @@
 #include "ops/argmax.h"
 
+#include "ops/cuda_ops.h"
+
 namespace lctx::ops {
 
 namespace {
@@ -29,15 +31,7 @@ void argmax_rows(Tensor& out, const Tensor& x, Stream s) {
   check_contiguous(op, "out", out);
   check_same_device(op, {&out, &x});
   if (rows == 0) return;
-  if (x.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_argmax_rows(out, x, s);
-    return;
-#else
-    detail::fail_no_cuda(op, x);
-#endif
-  }
-  (void)s;
+  if (x.device().is_cuda()) return LCTX_OPS_CUDA(op, x, cuda::argmax_rows(out, x, s));
   LCTX_DISPATCH_CPU_FLOAT(x.dtype(), op,
                           [&] { cpu_argmax(out.data<int32_t>(), x.data<scalar_t>(), rows, x.size(-1)); });
 }

@@ -1,9 +1,10 @@
 // One warp per row: every lane scans a strided part of the row, then the warp keeps the
 // largest value, and the smallest index among equal values (the CPU's first-index rule).
-#include "ops/argmax.h"
-#include "ops/cuda_utils.cuh"
+#include "core/cuda/launch.cuh"
+#include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 
-namespace lctx::ops::detail {
+namespace lctx::ops::cuda {
 
 namespace {
 
@@ -36,14 +37,14 @@ __global__ void argmax_kernel(int32_t* out, const T* __restrict__ x, int64_t row
 
 }  // namespace
 
-void cuda_argmax_rows(Tensor& out, const Tensor& x, Stream s) {
-  const int64_t rows = rows_of(x), v = x.size(-1);
+void argmax_rows(Tensor& out, const Tensor& x, Stream s) {
+  const int64_t rows = detail::rows_of(x), v = x.size(-1);
   set_device(x);
   LCTX_DISPATCH_CUDA_FLOAT(x.dtype(), "argmax_rows", [&] {
-    argmax_kernel<<<grid_1d(rows * 32, 256), 256, 0, cuda_stream(s)>>>(out.data<int32_t>(),
+    argmax_kernel<<<grid_size(rows * 32, 256), 256, 0, cuda_stream(s)>>>(out.data<int32_t>(),
                                                                         static_cast<const scalar_t*>(x.raw()), rows, v);
   });
   LCTX_CUDA_CHECK_LAUNCH("argmax_kernel");
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

@@ -10,8 +10,4 @@ namespace lctx::ops {
 // out: i32 [rows of x], contiguous, on x's device. Rows holding NaN give an unspecified index.
 void argmax_rows(Tensor& out, const Tensor& x, Stream s = {});
 
-namespace detail {
-void cuda_argmax_rows(Tensor& out, const Tensor& x, Stream s);
-}  // namespace detail
-
 }  // namespace lctx::ops

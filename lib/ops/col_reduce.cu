@@ -1,7 +1,8 @@
-#include "ops/col_reduce.h"
-#include "ops/cuda_utils.cuh"
+#include "core/cuda/launch.cuh"
+#include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 
-namespace lctx::ops::detail {
+namespace lctx::ops::cuda {
 
 namespace {
 
@@ -51,8 +52,8 @@ __global__ void col_reduce_final_kernel(float* __restrict__ out, const float* __
 
 }  // namespace
 
-void cuda_col_reduce(Tensor& out, ColReduce kind, const Tensor& dy, const Tensor& x, const Tensor& mean,
-                     const Tensor& rstd, int64_t rows, int64_t cols, GradMode mode, Stream s) {
+void col_reduce(Tensor& out, ColReduce kind, const Tensor& dy, const Tensor& x, const Tensor& mean,
+                const Tensor& rstd, int64_t rows, int64_t cols, GradMode mode, Stream s) {
   if (cols == 0) return;
   set_device(dy);
   int sms = 0;
@@ -78,9 +79,9 @@ void cuda_col_reduce(Tensor& out, ColReduce kind, const Tensor& dy, const Tensor
         static_cast<const scalar_t*>(dy.raw()), xp, p);
   });
   LCTX_CUDA_CHECK_LAUNCH("col_reduce_partial_kernel");
-  col_reduce_final_kernel<<<grid_1d(cols, 256), 256, 0, cuda_stream(s)>>>(
+  col_reduce_final_kernel<<<grid_size(cols, 256), 256, 0, cuda_stream(s)>>>(
       out.data<float>(), partial.data<float>(), splits, cols, mode == GradMode::accumulate);
   LCTX_CUDA_CHECK_LAUNCH("col_reduce_final_kernel");
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

@@ -1,6 +1,7 @@
-// Shared vocabulary of lctx::ops: how weight gradients are written (GradMode), the dtype they
-// are kept in, and the small host-side helpers every op's dispatch uses (row counting, the
-// error for CUDA tensors on a CPU-only build).
+// Shared vocabulary of lctx::ops: how weight gradients are written (GradMode; they are kept in
+// wide_dtype, core/dtype.h), and the small host-side helpers every op's dispatch uses (row
+// counting, up-front checks, the error for CUDA tensors on a CPU-only build: LCTX_OPS_CUDA in
+// ops/cuda_ops.h).
 #pragma once
 #include <cstdint>
 
@@ -11,9 +12,6 @@ namespace lctx::ops {
 
 using lctx::GradMode;
 
-// Weight gradients (and optimizer state) are f32, or f64 for f64 inputs (CPU gradient checks).
-inline DType grad_dtype(DType input) { return input == DType::f64 ? DType::f64 : DType::f32; }
-
 namespace detail {
 
 // Rows of a [..., C] tensor (product of all dims but the last).
@@ -22,8 +20,10 @@ inline int64_t rows_of(const Tensor& t) {
   return c == 0 ? 0 : t.numel() / c;
 }
 
-// Every op calls this for a CUDA tensor when lctx was built without CUDA.
-[[noreturn]] inline void fail_no_cuda(const char* op, const Tensor& t) {
+// The error for a CUDA tensor when lctx was built without CUDA. R: the type of the call it
+// stands in for (LCTX_OPS_CUDA).
+template <class R = void>
+[[noreturn]] R fail_no_cuda(const char* op, const Tensor& t) {
   LCTX_FAIL(op, ": ", t.str(), " is a CUDA tensor but lctx was built without CUDA (LCTX_CUDA=OFF)");
 }
 

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "ops/common.h"
+#include "ops/cuda_ops.h"
 
 namespace lctx::ops {
 
@@ -50,7 +50,7 @@ void cross_entropy(const char* op, Tensor& losses, Tensor& mean_loss, Tensor& dl
   check_dtype(op, "targets", targets, DType::i32);
   check_shape(op, "targets", targets, {n});
   check_contiguous(op, "targets", targets);
-  const DType gd = grad_dtype(logits.dtype());
+  const DType gd = wide_dtype(logits.dtype());
   check_shape(op, "losses", losses, {n});
   check_dtype(op, "losses", losses, gd);
   check_contiguous(op, "losses", losses);
@@ -61,15 +61,8 @@ void cross_entropy(const char* op, Tensor& losses, Tensor& mean_loss, Tensor& dl
     check_like(op, "dlogits", dlogits, logits);
   }
   LCTX_CHECK(v > 0, op, ": logits ", logits.str(), " has an empty vocabulary");
-  if (logits.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_cross_entropy(losses, mean_loss, dlogits, logits, targets, opts, s);
-    return;
-#else
-    detail::fail_no_cuda(op, logits);
-#endif
-  }
-  (void)s;
+  if (logits.device().is_cuda())
+    return LCTX_OPS_CUDA(op, logits, cuda::cross_entropy(losses, mean_loss, dlogits, logits, targets, opts, s));
   LCTX_DISPATCH_CPU_FLOAT(logits.dtype(), op, [&] {
     cpu_cross_entropy(losses.data<scalar_t>(), mean_loss.data<scalar_t>(),
                       dlogits.defined() ? dlogits.data<scalar_t>() : nullptr, logits.data<scalar_t>(),

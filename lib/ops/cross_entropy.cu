@@ -2,10 +2,12 @@
 // be scaled by 1/n_valid in the same pass), one block per row computes an online max/sum of
 // exp in one read of the logits and writes dlogits in a second, and a one-block kernel sums
 // the row losses in a fixed order for the mean. No host synchronization.
-#include "ops/cross_entropy.h"
-#include "ops/cuda_utils.cuh"
+#include "core/cuda/launch.cuh"
+#include "core/cuda/reduce.cuh"
+#include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 
-namespace lctx::ops::detail {
+namespace lctx::ops::cuda {
 
 namespace {
 
@@ -109,8 +111,8 @@ __global__ void mean_loss_kernel(CeParams p) {
 
 }  // namespace
 
-void cuda_cross_entropy(Tensor& losses, Tensor& mean_loss, Tensor& dlogits, const Tensor& logits,
-                        const Tensor& targets, const CrossEntropyOptions& opts, Stream s) {
+void cross_entropy(Tensor& losses, Tensor& mean_loss, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                   const CrossEntropyOptions& opts, Stream s) {
   const int64_t n = logits.size(0), v = logits.size(1);
   if (n == 0) {
     mean_loss.zero(s);
@@ -134,4 +136,4 @@ void cuda_cross_entropy(Tensor& losses, Tensor& mean_loss, Tensor& dlogits, cons
   LCTX_CUDA_CHECK_LAUNCH("mean_loss_kernel");
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

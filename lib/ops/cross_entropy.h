@@ -5,7 +5,7 @@
 // loss_scale * mean_loss. Rows with target == ignore_index get loss 0 and zero dlogits; the mean
 // is over the other rows (0 when there are none). loss_scale scales only the gradient (for
 // loss scaling / gradient accumulation), never the reported losses.
-// losses: [N], mean_loss: one element; both grad_dtype (f32; f64 for f64 logits), computed in
+// losses: [N], mean_loss: one element; both wide_dtype (f32; f64 for f64 logits), computed in
 // fp32 (CUDA) or double (CPU). dlogits has logits' shape and dtype and may be logits itself
 // (overwritten in place, saving a [N, V] buffer). Nothing syncs with the host.
 // Targets outside [0, V) (and not ignore_index) are an error on the CPU; CUDA gives that row
@@ -27,11 +27,5 @@ void cross_entropy_forward(Tensor& losses, Tensor& mean_loss, const Tensor& logi
 // Losses and dlogits in one pass over the logits.
 void cross_entropy_forward_backward(Tensor& losses, Tensor& mean_loss, Tensor& dlogits, const Tensor& logits,
                                     const Tensor& targets, const CrossEntropyOptions& opts = {}, Stream s = {});
-
-namespace detail {
-// dlogits undefined: losses only.
-void cuda_cross_entropy(Tensor& losses, Tensor& mean_loss, Tensor& dlogits, const Tensor& logits,
-                        const Tensor& targets, const CrossEntropyOptions& opts, Stream s);
-}  // namespace detail
 
 }  // namespace lctx::ops

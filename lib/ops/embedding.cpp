@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "ops/cuda_ops.h"
+
 namespace lctx::ops {
 
 namespace {
@@ -57,15 +59,7 @@ void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& w, Stream s
   check_shape(op, "out", out, out_shape(ids, w.size(1)));
   check_dtype(op, "out", out, w.dtype());
   check_contiguous(op, "out", out);
-  if (out.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_embedding_forward(out, ids, w, s);
-    return;
-#else
-    detail::fail_no_cuda(op, out);
-#endif
-  }
-  (void)s;
+  if (out.device().is_cuda()) return LCTX_OPS_CUDA(op, out, cuda::embedding_forward(out, ids, w, s));
   const int32_t* idp = ids.data<int32_t>();
   check_cpu_ids(op, idp, ids.numel(), w.size(0));
   LCTX_DISPATCH_CPU_FLOAT(w.dtype(), op, [&] {
@@ -79,18 +73,10 @@ void embedding_backward(Tensor& dw, const Tensor& ids, const Tensor& dout, GradM
   detail::check_float_input(op, "dout", dout);
   LCTX_CHECK(dw.defined() && dw.dim() == 2, op, ": dw must be [V, D], got ", dw.str());
   check_same_device(op, {&dw, &ids, &dout});
-  check_dtype(op, "dw", dw, grad_dtype(dout.dtype()));
+  check_dtype(op, "dw", dw, wide_dtype(dout.dtype()));
   check_contiguous(op, "dw", dw);
   check_shape(op, "dout", dout, out_shape(ids, dw.size(1)));
-  if (dw.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_embedding_backward(dw, ids, dout, mode, s);
-    return;
-#else
-    detail::fail_no_cuda(op, dw);
-#endif
-  }
-  (void)s;
+  if (dw.device().is_cuda()) return LCTX_OPS_CUDA(op, dw, cuda::embedding_backward(dw, ids, dout, mode, s));
   const int32_t* idp = ids.data<int32_t>();
   check_cpu_ids(op, idp, ids.numel(), dw.size(0));
   LCTX_DISPATCH_CPU_FLOAT(dout.dtype(), op, [&] {

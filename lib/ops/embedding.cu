@@ -1,7 +1,8 @@
-#include "ops/cuda_utils.cuh"
-#include "ops/embedding.h"
+#include "core/cuda/launch.cuh"
+#include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 
-namespace lctx::ops::detail {
+namespace lctx::ops::cuda {
 
 namespace {
 
@@ -25,28 +26,28 @@ __global__ void embedding_backward_kernel(float* __restrict__ dw, const int32_t*
 
 }  // namespace
 
-void cuda_embedding_forward(Tensor& out, const Tensor& ids, const Tensor& w, Stream s) {
+void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& w, Stream s) {
   const int64_t n = ids.numel(), d = w.size(1);
   if (n * d == 0) return;
   set_device(out);
   LCTX_DISPATCH_CUDA_FLOAT(w.dtype(), "embedding_forward", [&] {
-    embedding_forward_kernel<<<grid_1d(n * d, 256), 256, 0, cuda_stream(s)>>>(
+    embedding_forward_kernel<<<grid_size(n * d, 256), 256, 0, cuda_stream(s)>>>(
         static_cast<scalar_t*>(out.raw()), ids.data<int32_t>(), static_cast<const scalar_t*>(w.raw()), n,
         w.size(0), d);
   });
   LCTX_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
-void cuda_embedding_backward(Tensor& dw, const Tensor& ids, const Tensor& dout, GradMode mode, Stream s) {
+void embedding_backward(Tensor& dw, const Tensor& ids, const Tensor& dout, GradMode mode, Stream s) {
   set_device(dw);
   if (mode == GradMode::overwrite) dw.zero(s);
   const int64_t n = ids.numel(), d = dw.size(1);
   if (n * d == 0) return;
   LCTX_DISPATCH_CUDA_FLOAT(dout.dtype(), "embedding_backward", [&] {
-    embedding_backward_kernel<<<grid_1d(n * d, 256), 256, 0, cuda_stream(s)>>>(
+    embedding_backward_kernel<<<grid_size(n * d, 256), 256, 0, cuda_stream(s)>>>(
         dw.data<float>(), ids.data<int32_t>(), static_cast<const scalar_t*>(dout.raw()), n, dw.size(0), d);
   });
   LCTX_CUDA_CHECK_LAUNCH("embedding_backward_kernel");
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

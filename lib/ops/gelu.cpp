@@ -1,14 +1,9 @@
 #include "ops/gelu.h"
 
 #include "ops/activation.h"
-#include "ops/common.h"
+#include "ops/cuda_ops.h"
 
 namespace lctx::ops {
-
-namespace detail {
-void cuda_gelu_forward(Tensor& out, const Tensor& x, Stream s);
-void cuda_gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, Stream s);
-}  // namespace detail
 
 namespace {
 
@@ -26,15 +21,7 @@ void gelu_forward(Tensor& out, const Tensor& x, Stream s) {
   detail::check_float_input(op, "x", x);
   check_same_device(op, {&out, &x});
   check_like(op, "out", out, x);
-  if (x.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_gelu_forward(out, x, s);
-    return;
-#else
-    detail::fail_no_cuda(op, x);
-#endif
-  }
-  (void)s;
+  if (x.device().is_cuda()) return LCTX_OPS_CUDA(op, x, cuda::gelu_forward(out, x, s));
   LCTX_DISPATCH_CPU_FLOAT(x.dtype(), op, [&] {
     cpu_gelu<scalar_t>(out.data<scalar_t>(), nullptr, x.data<scalar_t>(), x.numel());
   });
@@ -46,15 +33,7 @@ void gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, Stream s) {
   check_same_device(op, {&dx, &dout, &x});
   check_like(op, "dout", dout, x);
   check_like(op, "dx", dx, x);
-  if (x.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_gelu_backward(dx, dout, x, s);
-    return;
-#else
-    detail::fail_no_cuda(op, x);
-#endif
-  }
-  (void)s;
+  if (x.device().is_cuda()) return LCTX_OPS_CUDA(op, x, cuda::gelu_backward(dx, dout, x, s));
   LCTX_DISPATCH_CPU_FLOAT(x.dtype(), op, [&] {
     cpu_gelu<scalar_t>(dx.data<scalar_t>(), dout.data<scalar_t>(), x.data<scalar_t>(), x.numel());
   });

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "ops/common.h"
+#include "ops/cuda_ops.h"
 
 namespace lctx::ops {
 
@@ -45,13 +45,8 @@ GradNorm norm_of(const char* op, std::span<const Tensor> grads, Stream s) {
   GradNorm r;
   if (grads.empty()) return r;
   double sum = 0;
-  (void)s;
   if (grads[0].device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    sum = detail::cuda_sum_squares(grads, s);
-#else
-    detail::fail_no_cuda(op, grads[0]);
-#endif
+    sum = LCTX_OPS_CUDA(op, grads[0], cuda::sum_squares(grads, s));
   } else {
     for (const Tensor& g : grads)
       sum += LCTX_DISPATCH_CPU_FLOAT(g.dtype(), op, [&] { return cpu_sum_squares(g.data<scalar_t>(), g.numel()); });
@@ -74,9 +69,7 @@ GradNorm clip_grad_norm(std::span<const Tensor> grads, double max_norm, Stream s
   r.scale = max_norm / (r.norm + 1e-6);
   for (const Tensor& g : grads) {
     if (g.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-      detail::cuda_scale(g, r.scale, s);
-#endif
+      LCTX_OPS_CUDA(op, g, cuda::scale(g, r.scale, s));
       continue;
     }
     LCTX_DISPATCH_CPU_FLOAT(g.dtype(), op, [&] { cpu_scale(g.data<scalar_t>(), g.numel(), r.scale); });

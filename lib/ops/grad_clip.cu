@@ -1,9 +1,11 @@
 #include <vector>
 
-#include "ops/cuda_utils.cuh"
-#include "ops/grad_clip.h"
+#include "core/cuda/launch.cuh"
+#include "core/cuda/reduce.cuh"
+#include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 
-namespace lctx::ops::detail {
+namespace lctx::ops::cuda {
 
 namespace {
 
@@ -28,11 +30,12 @@ __global__ void scale_kernel(T* g, float f, int64_t n) {
     g[i] = from_f32<T>(to_f32(g[i]) * f);
 }
 
-int blocks_for(int64_t n) { return static_cast<int>(std::clamp<int64_t>((n + 4 * kThreads - 1) / (4 * kThreads), 1, kMaxBlocks)); }
+// Blocks (partial sums) for n elements: 4 per thread, at most kMaxBlocks.
+int blocks_for(int64_t n) { return grid_size(n, 4 * kThreads, kMaxBlocks); }
 
 }  // namespace
 
-double cuda_sum_squares(std::span<const Tensor> grads, Stream s) {
+double sum_squares(std::span<const Tensor> grads, Stream s) {
   set_device(grads[0]);
   int64_t total = 0;
   for (const Tensor& g : grads) total += blocks_for(g.numel());
@@ -58,15 +61,15 @@ double cuda_sum_squares(std::span<const Tensor> grads, Stream s) {
   return sum;
 }
 
-void cuda_scale(const Tensor& t, double scale, Stream s) {
+void scale(const Tensor& t, double scale, Stream s) {
   const int64_t n = t.numel();
   if (n == 0) return;
   set_device(t);
   LCTX_DISPATCH_CUDA_FLOAT(t.dtype(), "clip_grad_norm", [&] {
-    scale_kernel<<<grid_1d(n, kThreads), kThreads, 0, cuda_stream(s)>>>(static_cast<scalar_t*>(t.raw()),
-                                                                       static_cast<float>(scale), n);
+    scale_kernel<<<grid_size(n, kThreads), kThreads, 0, cuda_stream(s)>>>(static_cast<scalar_t*>(t.raw()),
+                                                                         static_cast<float>(scale), n);
   });
   LCTX_CUDA_CHECK_LAUNCH("scale_kernel");
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

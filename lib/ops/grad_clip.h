@@ -25,9 +25,4 @@ GradNorm grad_norm(std::span<const Tensor> grads, Stream s = {});
 // Norm, and clipping to max_norm (> 0).
 GradNorm clip_grad_norm(std::span<const Tensor> grads, double max_norm, Stream s = {});
 
-namespace detail {
-double cuda_sum_squares(std::span<const Tensor> grads, Stream s);
-void cuda_scale(const Tensor& t, double scale, Stream s);
-}  // namespace detail
-
 }  // namespace lctx::ops

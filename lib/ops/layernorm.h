@@ -1,8 +1,8 @@
 // LayerNorm over the last dim: out = (x - mean) * rstd * w + b, rstd = 1 / sqrt(var + eps) with
 // the biased variance, per row. x [..., C], w [C], b [C] (undefined: no bias); out has x's
 // shape and dtype. mean and rstd [rows] are saved as explicit activations for the backward,
-// in grad_dtype (f32; f64 for f64 inputs).
-// Backward: dx (x's dtype, overwritten), dw and db (grad_dtype, per GradMode; undefined skips).
+// in wide_dtype (f32; f64 for f64 inputs).
+// Backward: dx (x's dtype, overwritten), dw and db (wide_dtype, per GradMode; undefined skips).
 #pragma once
 #include "core/tensor.h"
 #include "ops/common.h"

@@ -1,6 +1,6 @@
 #include "ops/linear.h"
 
-#include "ops/col_reduce.h"
+#include "ops/cuda_ops.h"
 #include "ops/matmul.h"
 
 namespace lctx::ops {
@@ -55,11 +55,7 @@ void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b
   check_dtype(op, "bias", bias, y.dtype());
   check_contiguous(op, "bias", bias);
   if (y.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_broadcast_rows(y2, bias, rows, n, s);
-#else
-    detail::fail_no_cuda(op, y);
-#endif
+    LCTX_OPS_CUDA(op, y, cuda::broadcast_rows(y2, bias, rows, n, s));
   } else {
     LCTX_DISPATCH_CPU_FLOAT(y.dtype(), op,
                             [&] { cpu_broadcast_rows(y.data<scalar_t>(), bias.data<scalar_t>(), rows, n); });
@@ -84,7 +80,7 @@ void linear_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dy, co
   Shape ys = x.shape();
   ys.back() = n;
   check_shape(op, "dy", dy, ys);
-  const DType gd = grad_dtype(x.dtype());
+  const DType gd = wide_dtype(x.dtype());
   const float beta = mode == GradMode::accumulate ? 1.0f : 0.0f;
   const Tensor dy2 = as_2d(dy);
   if (dx.defined()) {
@@ -103,11 +99,8 @@ void linear_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dy, co
     check_dtype(op, "dbias", dbias, gd);
     check_contiguous(op, "dbias", dbias);
     if (dy.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-      detail::cuda_col_reduce(dbias, detail::ColReduce::sum, dy, Tensor(), Tensor(), Tensor(), rows, n, mode, s);
-#else
-      detail::fail_no_cuda(op, dy);
-#endif
+      LCTX_OPS_CUDA(op, dy,
+                    cuda::col_reduce(dbias, cuda::ColReduce::sum, dy, Tensor(), Tensor(), Tensor(), rows, n, mode, s));
     } else {
       LCTX_DISPATCH_CPU_FLOAT(dy.dtype(), op, [&] {
         cpu_bias_grad(dbias.data<scalar_t>(), dy.data<scalar_t>(), rows, n, mode == GradMode::accumulate);

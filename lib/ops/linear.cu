@@ -1,7 +1,8 @@
-#include "ops/cuda_utils.cuh"
-#include "ops/linear.h"
+#include "core/cuda/launch.cuh"
+#include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 
-namespace lctx::ops::detail {
+namespace lctx::ops::cuda {
 
 namespace {
 template <class T>
@@ -11,15 +12,15 @@ __global__ void broadcast_rows_kernel(T* __restrict__ y, const T* __restrict__ b
 }
 }  // namespace
 
-void cuda_broadcast_rows(Tensor& y, const Tensor& bias, int64_t rows, int64_t cols, Stream s) {
+void broadcast_rows(Tensor& y, const Tensor& bias, int64_t rows, int64_t cols, Stream s) {
   const int64_t n = rows * cols;
   if (n == 0) return;
   set_device(y);
   LCTX_DISPATCH_CUDA_FLOAT(y.dtype(), "linear_forward", [&] {
-    broadcast_rows_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(s)>>>(
+    broadcast_rows_kernel<<<grid_size(n, 256), 256, 0, cuda_stream(s)>>>(
         static_cast<scalar_t*>(y.raw()), static_cast<const scalar_t*>(bias.raw()), n, cols);
   });
   LCTX_CUDA_CHECK_LAUNCH("broadcast_rows_kernel");
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

@@ -3,7 +3,7 @@
 // adds onto it (beta = 1), so it is summed in fp32 before y is rounded.
 //
 // Gradients: dx = dy W (dtype of x, overwritten), dW = dy^T x and dbias = sum_rows dy, both in
-// grad_dtype (f32; f64 for f64 inputs), overwritten or accumulated per GradMode. Any gradient
+// wide_dtype (f32; f64 for f64 inputs), overwritten or accumulated per GradMode. Any gradient
 // passed undefined is skipped (e.g. no dx for the first layer).
 #pragma once
 #include "core/tensor.h"
@@ -16,9 +16,5 @@ void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b
 
 void linear_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dy, const Tensor& x, const Tensor& w,
                      GradMode mode, Stream s = {});
-
-namespace detail {
-void cuda_broadcast_rows(Tensor& y, const Tensor& bias, int64_t rows, int64_t cols, Stream s);
-}  // namespace detail
 
 }  // namespace lctx::ops

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "ops/common.h"
+#include "ops/cuda_ops.h"
 
 namespace lctx::ops {
 
@@ -82,14 +82,8 @@ void matmul(Tensor& c, const Tensor& a, const Tensor& b, Trans ta, Trans tb, flo
   if (c.device().is_cuda()) {
     LCTX_CHECK(c.dtype() == a.dtype() || c.dtype() == DType::f32, op, ": c ", c.str(), " must have dtype ",
                dtype_name(a.dtype()), " or f32");
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_matmul(c, a, b, g, s);
-    return;
-#else
-    detail::fail_no_cuda(op, c);
-#endif
+    return LCTX_OPS_CUDA(op, c, cuda::matmul(c, a, b, g, s));
   }
-  (void)s;
   check_dtype(op, "c", c, a.dtype());
   if (m == 0 || n == 0) return;
   LCTX_DISPATCH_CPU_FLOAT(a.dtype(), op, [&] {

@@ -4,10 +4,10 @@
 #include <map>
 #include <tuple>
 
-#include "ops/cuda_utils.cuh"
-#include "ops/matmul.h"
+#include "core/cuda/launch.cuh"
+#include "ops/cuda_ops.h"
 
-namespace lctx::ops::detail {
+namespace lctx::ops::cuda {
 
 namespace {
 
@@ -117,7 +117,7 @@ Plan make_plan(cublasLtHandle_t handle, const PlanKey& key) {
 
 }  // namespace
 
-void cuda_matmul(Tensor& c, const Tensor& a, const Tensor& b, const GemmArgs& g, Stream s) {
+void matmul(Tensor& c, const Tensor& a, const Tensor& b, const detail::GemmArgs& g, Stream s) {
   if (g.m == 0 || g.n == 0) return;
   set_device(c);
   if (g.k == 0) {  // cuBLASLt rejects k = 0: c = beta * c
@@ -137,4 +137,4 @@ void cuda_matmul(Tensor& c, const Tensor& a, const Tensor& b, const GemmArgs& g,
                                    p.lc, c.raw(), p.lc, &p.algo, ws.raw(), kWorkspaceBytes, cuda_stream(s)));
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

@@ -24,7 +24,6 @@ struct GemmArgs {
   Trans ta, tb;
   float alpha, beta;
 };
-void cuda_matmul(Tensor& c, const Tensor& a, const Tensor& b, const GemmArgs& g, Stream s);
 }  // namespace detail
 
 }  // namespace lctx::ops

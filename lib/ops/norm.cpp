@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ops/cuda_ops.h"
+
 namespace lctx::ops::detail {
 
 namespace {
@@ -84,7 +86,7 @@ void check_param(const char* op, const char* name, const Tensor& t, const Tensor
 
 void check_stat(const char* op, const char* name, const Tensor& t, const Tensor& x) {
   check_shape(op, name, t, {rows_of(x)});
-  check_dtype(op, name, t, grad_dtype(x.dtype()));
+  check_dtype(op, name, t, wide_dtype(x.dtype()));
   check_contiguous(op, name, t);
 }
 
@@ -101,15 +103,7 @@ void norm_forward(const char* op, NormKind kind, Tensor& out, Tensor& mean, Tens
   check_stat(op, "rstd", rstd, x);
   if (kind == NormKind::layer) check_stat(op, "mean", mean, x);
   LCTX_CHECK(eps >= 0.0f, op, ": eps must be >= 0, got ", eps);
-  if (x.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    cuda_norm_forward(kind, out, mean, rstd, x, w, b, eps, s);
-    return;
-#else
-    fail_no_cuda(op, x);
-#endif
-  }
-  (void)s;
+  if (x.device().is_cuda()) return LCTX_OPS_CUDA(op, x, cuda::norm_forward(kind, out, mean, rstd, x, w, b, eps, s));
   LCTX_DISPATCH_CPU_FLOAT(x.dtype(), op, [&] {
     cpu_forward<scalar_t>(kind, out.data<scalar_t>(), ptr_or_null<scalar_t>(mean), rstd.data<scalar_t>(),
                           x.data<scalar_t>(), w.data<scalar_t>(), ptr_or_null<scalar_t>(b), rows_of(x), x.size(-1),
@@ -130,22 +124,15 @@ void norm_backward(const char* op, NormKind kind, Tensor& dx, Tensor& dw, Tensor
   if (dx.defined()) {
     check_like(op, "dx", dx, x);
   }
-  const DType gd = grad_dtype(x.dtype());
+  const DType gd = wide_dtype(x.dtype());
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"dw", &dw}, {"db", &db}}) {
     if (!t->defined()) continue;
     check_shape(op, name, *t, {x.size(-1)});
     check_dtype(op, name, *t, gd);
     check_contiguous(op, name, *t);
   }
-  if (x.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    cuda_norm_backward(kind, dx, dw, db, dout, x, w, mean, rstd, mode, s);
-    return;
-#else
-    fail_no_cuda(op, x);
-#endif
-  }
-  (void)s;
+  if (x.device().is_cuda())
+    return LCTX_OPS_CUDA(op, x, cuda::norm_backward(kind, dx, dw, db, dout, x, w, mean, rstd, mode, s));
   LCTX_DISPATCH_CPU_FLOAT(x.dtype(), op, [&] {
     cpu_backward<scalar_t>(kind, ptr_or_null<scalar_t>(dx), ptr_or_null<scalar_t>(dw), ptr_or_null<scalar_t>(db),
                            dout.data<scalar_t>(), x.data<scalar_t>(), w.data<scalar_t>(),

@@ -3,12 +3,13 @@
 // LayerNorm subtracts the mean before squaring, so no E[x^2] - mean^2 cancellation.
 // Rows whose length is a multiple of 16 bytes / sizeof(T) and whose pointers are 16-byte
 // aligned use 16-byte vector loads (N = 16 / sizeof(T)); others take the N = 1 instantiation.
-// Weight and bias gradients are column reductions (ops/col_reduce.h, deterministic).
-#include "ops/col_reduce.h"
-#include "ops/cuda_utils.cuh"
-#include "ops/norm.h"
+// Weight and bias gradients are column reductions (cuda::col_reduce, deterministic).
+#include "core/cuda/launch.cuh"
+#include "core/cuda/reduce.cuh"
+#include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 
-namespace lctx::ops::detail {
+namespace lctx::ops::cuda {
 
 namespace {
 
@@ -158,7 +159,8 @@ bool use_vectors(int64_t cols, std::initializer_list<const Tensor*> ts) {
   return true;
 }
 
-int norm_grid(int64_t rows) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 20))); }
+// One block per row, at most 2^20 blocks (the kernels loop over the rest).
+int norm_grid(int64_t rows) { return grid_size(rows, 1, 1 << 20); }
 
 template <class T>
 const T* ptr(const Tensor& t) {
@@ -167,12 +169,12 @@ const T* ptr(const Tensor& t) {
 
 }  // namespace
 
-void cuda_norm_forward(NormKind kind, Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                       const Tensor& b, float eps, Stream s) {
-  const int64_t rows = rows_of(x), cols = x.size(-1);
+void norm_forward(detail::NormKind kind, Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
+                  const Tensor& b, float eps, Stream s) {
+  const int64_t rows = detail::rows_of(x), cols = x.size(-1);
   if (rows == 0) return;
   set_device(x);
-  NormParams p{kind == NormKind::layer, rows, cols, eps, mean.defined() ? mean.data<float>() : nullptr,
+  NormParams p{kind == detail::NormKind::layer, rows, cols, eps, mean.defined() ? mean.data<float>() : nullptr,
                rstd.data<float>()};
   LCTX_DISPATCH_CUDA_FLOAT(x.dtype(), "norm_forward", [&] {
     constexpr int V = 16 / sizeof(scalar_t);
@@ -189,12 +191,12 @@ void cuda_norm_forward(NormKind kind, Tensor& out, Tensor& mean, Tensor& rstd, c
   LCTX_CUDA_CHECK_LAUNCH("norm_forward_kernel");
 }
 
-void cuda_norm_backward(NormKind kind, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
-                        const Tensor& w, const Tensor& mean, const Tensor& rstd, GradMode mode, Stream s) {
-  const int64_t rows = rows_of(x), cols = x.size(-1);
+void norm_backward(detail::NormKind kind, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
+                   const Tensor& w, const Tensor& mean, const Tensor& rstd, GradMode mode, Stream s) {
+  const int64_t rows = detail::rows_of(x), cols = x.size(-1);
   set_device(x);
   if (dx.defined() && rows > 0) {
-    NormParams p{kind == NormKind::layer, rows, cols, 0.0f, mean.defined() ? mean.data<float>() : nullptr,
+    NormParams p{kind == detail::NormKind::layer, rows, cols, 0.0f, mean.defined() ? mean.data<float>() : nullptr,
                  rstd.data<float>()};
     LCTX_DISPATCH_CUDA_FLOAT(x.dtype(), "norm_backward", [&] {
       constexpr int V = 16 / sizeof(scalar_t);
@@ -210,9 +212,9 @@ void cuda_norm_backward(NormKind kind, Tensor& dx, Tensor& dw, Tensor& db, const
     });
     LCTX_CUDA_CHECK_LAUNCH("norm_backward_kernel");
   }
-  const ColReduce wkind = kind == NormKind::layer ? ColReduce::x_mean_rstd : ColReduce::x_rstd;
-  if (dw.defined()) cuda_col_reduce(dw, wkind, dout, x, mean, rstd, rows, cols, mode, s);
-  if (db.defined()) cuda_col_reduce(db, ColReduce::sum, dout, Tensor(), Tensor(), Tensor(), rows, cols, mode, s);
+  const ColReduce wkind = kind == detail::NormKind::layer ? ColReduce::x_mean_rstd : ColReduce::x_rstd;
+  if (dw.defined()) col_reduce(dw, wkind, dout, x, mean, rstd, rows, cols, mode, s);
+  if (db.defined()) col_reduce(db, ColReduce::sum, dout, Tensor(), Tensor(), Tensor(), rows, cols, mode, s);
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

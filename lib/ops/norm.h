@@ -10,17 +10,11 @@ namespace lctx::ops::detail {
 
 enum class NormKind { rms, layer };
 
-
 // Validates and runs the forward; mean/rstd/out are written.
 void norm_forward(const char* op, NormKind kind, Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x,
                   const Tensor& w, const Tensor& b, float eps, Stream s);
 // dx overwritten; dw, db per mode (either may be undefined to skip).
 void norm_backward(const char* op, NormKind kind, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout,
                    const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, GradMode mode, Stream s);
-
-void cuda_norm_forward(NormKind kind, Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                       const Tensor& b, float eps, Stream s);
-void cuda_norm_backward(NormKind kind, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
-                        const Tensor& w, const Tensor& mean, const Tensor& rstd, GradMode mode, Stream s);
 
 }  // namespace lctx::ops::detail

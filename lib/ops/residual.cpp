@@ -1,5 +1,8 @@
 #include "ops/residual.h"
 
+#include "core/strided.h"
+#include "ops/cuda_ops.h"
+
 namespace lctx::ops {
 
 namespace {
@@ -10,16 +13,9 @@ void cpu_add(T* out, const T* a, const T* b, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
 
+// out = a + b; on CUDA b may also be bf16/f16 added into f32 (core's cuda_add).
 void add(const char* op, Tensor& out, const Tensor& a, const Tensor& b, Stream s) {
-  if (out.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_add(out, &a, b, s);
-    return;
-#else
-    detail::fail_no_cuda(op, out);
-#endif
-  }
-  (void)s;
+  if (out.device().is_cuda()) return LCTX_OPS_CUDA(op, out, lctx::detail::cuda_add(out, a, b, s));
   LCTX_DISPATCH_CPU_FLOAT(out.dtype(), op,
                           [&] { cpu_add(out.data<scalar_t>(), a.data<scalar_t>(), b.data<scalar_t>(), out.numel()); });
 }
@@ -52,17 +48,9 @@ void residual_backward(Tensor& da, Tensor& db, const Tensor& dout, GradMode mode
       if (t->raw() != dout.raw() || t->dtype() != dout.dtype()) t->copy_from(dout, s);
       continue;
     }
-    if (t->device().is_cpu()) {
-      LCTX_CHECK(t->dtype() == dout.dtype(), op, ": on the CPU ", name, " ", t->str(), " must have dout's dtype ",
-                 dtype_name(dout.dtype()));
-      add(op, *t, *t, dout, s);
-    } else {
-#ifdef LCTX_HAVE_CUDA
-      detail::cuda_add(*t, t, dout, s);
-#else
-      detail::fail_no_cuda(op, *t);
-#endif
-    }
+    LCTX_CHECK(t->device().is_cuda() || t->dtype() == dout.dtype(), op, ": on the CPU ", name, " ", t->str(),
+               " must have dout's dtype ", dtype_name(dout.dtype()));
+    add(op, *t, *t, dout, s);
   }
 }
 

@@ -14,9 +14,4 @@ void residual_forward(Tensor& out, const Tensor& a, const Tensor& b, Stream s = 
 // Either may be undefined; with GradMode::overwrite one of them may be dout itself.
 void residual_backward(Tensor& da, Tensor& db, const Tensor& dout, GradMode mode, Stream s = {});
 
-namespace detail {
-// out = (a ? *a : 0) + b, with out and a of one dtype and b of the same dtype or 16-bit into f32.
-void cuda_add(Tensor& out, const Tensor* a, const Tensor& b, Stream s);
-}  // namespace detail
-
 }  // namespace lctx::ops

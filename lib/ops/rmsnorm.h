@@ -1,8 +1,8 @@
 // RMSNorm over the last dim: out = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps), per row.
 // x [..., C], w [C]; out has x's shape and dtype. rstd [rows] (rows = numel / C) is saved by the
-// forward as an explicit activation for the backward, in grad_dtype (f32; f64 for f64 inputs);
+// forward as an explicit activation for the backward, in wide_dtype (f32; f64 for f64 inputs);
 // statistics are computed in fp32 (CUDA) or f64 (CPU).
-// Backward: dx (x's dtype, overwritten), dw (grad_dtype, per GradMode; undefined skips it).
+// Backward: dx (x's dtype, overwritten), dw (wide_dtype, per GradMode; undefined skips it).
 #pragma once
 #include "core/tensor.h"
 #include "ops/common.h"

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <vector>
 
-#include "ops/common.h"
+#include "ops/cuda_ops.h"
 
 namespace lctx::ops {
 
@@ -48,15 +48,7 @@ void rope(const char* op, Tensor& out, const Tensor& x, const Tensor& positions,
   LCTX_CHECK(positions.shape() == Shape{s} || positions.shape() == (Shape{b, s}), op, ": positions ",
              positions.str(), " must be [", s, "] or [", b, ",", s, "]");
   LCTX_CHECK(theta > 0, op, ": theta must be positive, got ", theta);
-  if (x.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_rope(out, x, positions, theta, sign, st);
-    return;
-#else
-    detail::fail_no_cuda(op, x);
-#endif
-  }
-  (void)st;
+  if (x.device().is_cuda()) return LCTX_OPS_CUDA(op, x, cuda::rope(out, x, positions, theta, sign, st));
   LCTX_DISPATCH_CPU_FLOAT(x.dtype(), op, [&] {
     cpu_rope(out.data<scalar_t>(), x.data<scalar_t>(), positions.data<int32_t>(), positions.dim() == 2, b, s, h, d,
              theta, sign);

@@ -1,7 +1,10 @@
-#include "ops/cuda_utils.cuh"
-#include "ops/rope.h"
+#include <cmath>
 
-namespace lctx::ops::detail {
+#include "core/cuda/launch.cuh"
+#include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
+
+namespace lctx::ops::cuda {
 
 namespace {
 
@@ -40,7 +43,7 @@ __global__ void rope_kernel(T* out, const T* x, const int32_t* __restrict__ pos,
 
 }  // namespace
 
-void cuda_rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta, int sign, Stream s) {
+void rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta, int sign, Stream s) {
   const int64_t b = x.size(0), sq = x.size(1), h = x.size(2), d = x.size(3);
   if (x.numel() == 0) return;
   set_device(x);
@@ -55,4 +58,4 @@ void cuda_rope(Tensor& out, const Tensor& x, const Tensor& positions, double the
   LCTX_CUDA_CHECK_LAUNCH("rope_kernel");
 }
 
-}  // namespace lctx::ops::detail
+}  // namespace lctx::ops::cuda

@@ -16,9 +16,4 @@ void rope_forward(Tensor& out, const Tensor& x, const Tensor& positions, double 
 
 void rope_backward(Tensor& dx, const Tensor& dout, const Tensor& positions, double theta = 10000.0, Stream s = {});
 
-namespace detail {
-// sign = +1 forward, -1 backward.
-void cuda_rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta, int sign, Stream s);
-}  // namespace detail
-
 }  // namespace lctx::ops

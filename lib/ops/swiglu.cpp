@@ -1,14 +1,9 @@
 #include "ops/swiglu.h"
 
 #include "ops/activation.h"
-#include "ops/common.h"
+#include "ops/cuda_ops.h"
 
 namespace lctx::ops {
-
-namespace detail {
-void cuda_swiglu_forward(Tensor& out, const Tensor& in, int64_t rows, int64_t f, Stream s);
-void cuda_swiglu_backward(Tensor& din, const Tensor& dout, const Tensor& in, int64_t rows, int64_t f, Stream s);
-}  // namespace detail
 
 namespace {
 
@@ -53,15 +48,7 @@ void swiglu_forward(Tensor& out, const Tensor& in, Stream s) {
   check_same_device(op, {&out, &in});
   const int64_t f = check_packed(op, in, out, "out");
   const int64_t rows = detail::rows_of(out);
-  if (in.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_swiglu_forward(out, in, rows, f, s);
-    return;
-#else
-    detail::fail_no_cuda(op, in);
-#endif
-  }
-  (void)s;
+  if (in.device().is_cuda()) return LCTX_OPS_CUDA(op, in, cuda::swiglu_forward(out, in, rows, f, s));
   LCTX_DISPATCH_CPU_FLOAT(in.dtype(), op,
                           [&] { cpu_swiglu_forward(out.data<scalar_t>(), in.data<scalar_t>(), rows, f); });
 
@@ -73,15 +60,7 @@ void swiglu_backward(Tensor& din, const Tensor& dout, const Tensor& in, Stream s
   const int64_t f = check_packed(op, in, dout, "dout");
   check_like(op, "din", din, in);
   const int64_t rows = detail::rows_of(dout);
-  if (in.device().is_cuda()) {
-#ifdef LCTX_HAVE_CUDA
-    detail::cuda_swiglu_backward(din, dout, in, rows, f, s);
-    return;
-#else
-    detail::fail_no_cuda(op, in);
-#endif
-  }
-  (void)s;
+  if (in.device().is_cuda()) return LCTX_OPS_CUDA(op, in, cuda::swiglu_backward(din, dout, in, rows, f, s));
   LCTX_DISPATCH_CPU_FLOAT(in.dtype(), op, [&] {
     cpu_swiglu_backward(din.data<scalar_t>(), dout.data<scalar_t>(), in.data<scalar_t>(), rows, f);
   });

@@ -102,7 +102,7 @@ run_lctx() {  # N
     local cmd=("$TRAIN" "$CONFIG" --out "$out" --set "data.seq_len=$s" --set "train.steps=$STEPS")
     if (( n > 1 )); then
       cmd=(mpirun -np "$n" --bind-to none -x NCCL_NVLS_ENABLE "${cmd[@]}" --set parallel.simulate=0
-           --set "parallel.sp=$n" --set attention.kind=ring)
+           --set "parallel.sp=$n" --set mixer.softmax.sp=ring)
     fi
     cmd+=("${SETS[@]}")
     echo "== lctx N=$n S=$s: ${cmd[*]}"

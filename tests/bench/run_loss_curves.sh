@@ -25,10 +25,10 @@ TMP="$(mktemp -d)"
 read -ra RUN1 <<< "${LCTX_CURVE_RUN1:-}"
 read -ra RUNN <<< "${LCTX_CURVE_RUNN:-mpirun -np $N --bind-to none -x NCCL_NVLS_ENABLE}"
 echo "== 1 rank, flash"
-"${RUN1[@]}" "$BUILD/trainers/lctx-train" "$CONFIG" --out "$TMP/one" "${SETS[@]}" --set attention.kind=flash \
+"${RUN1[@]}" "$BUILD/trainers/lctx-train" "$CONFIG" --out "$TMP/one" "${SETS[@]}" --set mixer.softmax.sp=auto \
   > "$TMP/one.txt" 2>&1 || { tail -n 20 "$TMP/one.txt"; exit 2; }
 echo "== $N ranks, ring"
-"${RUNN[@]}" "$BUILD/trainers/lctx-train" "$CONFIG" --out "$TMP/ring" "${SETS[@]}" --set attention.kind=ring \
+"${RUNN[@]}" "$BUILD/trainers/lctx-train" "$CONFIG" --out "$TMP/ring" "${SETS[@]}" --set mixer.softmax.sp=ring \
   --set "parallel.sp=$N" > "$TMP/ring.txt" 2>&1 || { tail -n 20 "$TMP/ring.txt"; exit 2; }
 python3 - "$TMP/one/metrics.jsonl" "$TMP/ring/metrics.jsonl" "${TOL_ABS:-0.02}" "${TOL_REL:-0.02}" "$N" <<'PY'
 import json, sys

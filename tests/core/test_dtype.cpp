@@ -37,6 +37,11 @@ TEST(DType, F16ExactValuesAndRounding) {
   }
 }
 
+TEST(DType, WideDtypeKeepsF64AndWidensTheRestToF32) {
+  static_assert(wide_dtype(DType::f64) == DType::f64);
+  for (DType t : {DType::f32, DType::bf16, DType::f16}) EXPECT_EQ(wide_dtype(t), DType::f32) << dtype_name(t);
+}
+
 TEST(DType, NamesRoundTrip) {
   for (DType t : {DType::f64, DType::f32, DType::bf16, DType::f16}) EXPECT_EQ(dtype_from_name(dtype_name(t)), t);
   EXPECT_THROW(dtype_from_name("fp32"), Error);

@@ -129,4 +129,14 @@ TEST(TensorGpu, AddFromMatchesCpu) {
     got.slice(1, 2, 5).add_from(src.to(Device::cuda()));
     EXPECT_EQ(got.to_vector(), want.to_vector()) << dtype_name(src_dt);
   }
+  // All contiguous (the flat kernel), then a strided source into a contiguous destination.
+  for (DType dt : {DType::f32, DType::f64}) {
+    const Tensor a = acc.to(dt), src = g.to(dt);
+    Tensor want = a.slice(1, 0, 3).contiguous(), got = want.to(Device::cuda());
+    want.add_from(src);
+    got.add_from(src.to(Device::cuda()));
+    want.add_from(a.slice(1, 3, 6));
+    got.add_from(a.to(Device::cuda()).slice(1, 3, 6));
+    EXPECT_EQ(got.to_vector(), want.to_vector()) << dtype_name(dt);
+  }
 }

@@ -2,6 +2,8 @@
 // expectation; the resolved config round-trips; the README documents every option.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -43,26 +45,34 @@ const std::vector<BadCase>& bad_cases() {
       {"range_low", "model:\n  n_layers: 0\n", {"model.n_layers must be an integer in [1, 4096]", "'0'"}},
       {"range_high", "optimizer:\n  beta1: 1.5\n", {"optimizer.beta1 must be a number in [0,", "'1.5'"}},
       {"negative_steps", "train:\n  steps: -5\n", {"train.steps must be an integer", "'-5'"}},
-      {"bad_choice", "model:\n  position: learned\n", {"model.position must be one of rope, alibi", "'learned'"}},
+      {"bad_choice", "model:\n  position: learned\n", {"model.position must be one of rope, alibi, none", "'learned'"}},
       {"bad_source", "data:\n  source: wikipedia\n", {"data.source must be one of passkey, mqar"}},
       {"bad_layer_set", "model:\n  activation_checkpointing: some\n", {"model.activation_checkpointing must be none, all or a list"}},
       {"ckpt_layer_range", "model:\n  n_layers: 2\n  activation_checkpointing: [0, 5]\n", {"names layer 5", "0..1"}},
       {"heads_dim", "model:\n  dim: 60\n  n_heads: 8\n", {"model.dim (60) must be divisible by model.n_heads (8)"}},
       {"heads_kv", "model:\n  n_heads: 4\n  n_kv_heads: 3\n", {"model.n_heads (4) must be divisible by model.n_kv_heads (3)"}},
       {"rope_odd", "model:\n  dim: 12\n  n_heads: 4\n", {"RoPE needs an even head dim"}},
-      {"kind_unavailable", "attention:\n  kind: mamba\n", {"attention kind 'mamba' is not available yet", "flash, ring, ulysses, hybrid"}},
-      {"kind_layers_unavailable", "model:\n  n_layers: 2\nattention:\n  layers: [ring, linear]\n", {"attention.layers[1]", "'linear' is not available yet"}},
-      {"layers_count", "model:\n  n_layers: 3\nattention:\n  layers: [ring, ring]\n", {"attention.layers has 2 entries, expected model.n_layers = 3"}},
-      {"flash_with_sp", "attention:\n  kind: flash\nparallel:\n  sp: 2\n", {"flash", "needs parallel.sp = 1 (got 2)"}},
-      {"zigzag_divisible", "attention:\n  kind: ring\nparallel:\n  sp: 4\ndata:\n  seq_len: 100\n", {"data.seq_len (100) must be divisible by 2 * parallel.sp = 8"}},
-      {"ulysses_divides_sp", "attention:\n  kind: hybrid\nparallel:\n  sp: 4\n  ulysses: 3\n", {"parallel.ulysses (3) must divide parallel.sp (4)"}},
-      {"ulysses_heads", "model:\n  dim: 48\n  n_heads: 6\n  n_kv_heads: 6\nattention:\n  kind: ulysses\nparallel:\n  sp: 4\n  ulysses: 4\ndata:\n  seq_len: 64\n", {"model.n_heads (6) / attention.head_groups (1) must be divisible by parallel.ulysses (4)"}},
-      {"ulysses_kv_heads", "model:\n  dim: 96\n  n_heads: 12\n  n_kv_heads: 3\nattention:\n  kind: ulysses\nparallel:\n  sp: 4\n  ulysses: 4\ndata:\n  seq_len: 64\n", {"model.n_kv_heads (3) / attention.head_groups (1) and parallel.ulysses (4) must divide one another"}},
-      {"head_groups", "model:\n  n_heads: 4\n  n_kv_heads: 2\nattention:\n  head_groups: 4\n", {"attention.head_groups (4) must divide model.n_heads (4) and model.n_kv_heads (2)"}},
-      {"head_groups_ulysses", "model:\n  dim: 64\n  n_heads: 4\nattention:\n  kind: ulysses\n  head_groups: 2\nparallel:\n  sp: 4\n  ulysses: 4\ndata:\n  seq_len: 64\n", {"model.n_heads (4) / attention.head_groups (2) must be divisible by parallel.ulysses (4)"}},
-      {"ulysses_needs_full", "attention:\n  kind: ulysses\nparallel:\n  sp: 4\n  ulysses: 2\n", {"ulysses needs parallel.ulysses = parallel.sp"}},
-      {"ring_with_ulysses", "attention:\n  kind: ring\nparallel:\n  sp: 4\n  ulysses: 2\n", {"ring needs parallel.ulysses = 1"}},
-      {"world_mismatch", "attention:\n  kind: ring\nparallel:\n  dp: 2\n  sp: 2\n  simulate: 3\n", {"parallel.simulate (3) must equal the world size parallel.dp * parallel.sp = 4"}},
+      {"unknown_kind", "model:\n  mixers: mamba\n", {"model.mixers: unknown mixer kind 'mamba'", "registered kinds: softmax"}},
+      {"unknown_kind_in_list", "model:\n  n_layers: 2\n  mixers: [softmax, linear]\n", {"model.mixers[1]: unknown mixer kind 'linear'"}},
+      {"mixers_count", "model:\n  n_layers: 3\n  mixers: [softmax, softmax]\n", {"model.mixers has 2 entries, expected 1 (every layer) or model.n_layers = 3"}},
+      {"option_of_unknown_kind", "mixer:\n  mamba:\n    d_state: 16\n", {"mixer.mamba", "unknown mixer kind 'mamba'", "registered kinds: softmax"}},
+      {"option_under_wrong_kind", "mixer:\n  softmax:\n    d_state: 16\n", {"unknown key 'mixer.softmax.d_state'", "mixer kind softmax has the options sp, backend"}},
+      {"bad_sp_strategy", "mixer:\n  softmax:\n    sp: zigzag\n", {"mixer.softmax.sp must be one of auto, ring, ulysses, hybrid, all_gather", "'zigzag'"}},
+      {"retired_kind", "attention:\n  kind: ring\n", {"'attention.kind' was replaced by model.mixers: softmax with mixer.softmax.sp"}},
+      {"retired_layers", "attention:\n  layers: [ring, ring]\n", {"'attention.layers' was replaced by model.mixers"}},
+      {"retired_head_groups", "attention:\n  head_groups: 2\n", {"'attention.head_groups' was replaced by mixer.softmax.head_groups"}},
+      {"retired_section", "attention: {}\n", {"'attention' was replaced by model.mixers"}},
+      {"bad_layout", "parallel:\n  layout: striped\n", {"parallel.layout must be one of auto, zigzag, contiguous"}},
+      {"zigzag_divisible", "parallel:\n  sp: 4\ndata:\n  seq_len: 100\n", {"data.seq_len (100) must be divisible by 2 * parallel.sp = 8"}},
+      {"contiguous_divisible", "parallel:\n  sp: 4\n  layout: contiguous\ndata:\n  seq_len: 98\n", {"data.seq_len (98) must be divisible by parallel.sp = 4", "contiguous"}},
+      {"ulysses_divides_sp", "mixer:\n  softmax:\n    sp: hybrid\nparallel:\n  sp: 4\n  ulysses: 3\n", {"parallel.ulysses (3) must divide parallel.sp (4)"}},
+      {"ulysses_heads", "model:\n  dim: 48\n  n_heads: 6\n  n_kv_heads: 6\nmixer:\n  softmax:\n    sp: ulysses\nparallel:\n  sp: 4\n  ulysses: 4\ndata:\n  seq_len: 64\n", {"model.n_heads (6) / mixer.softmax.head_groups (1) must be divisible by parallel.ulysses (4)"}},
+      {"ulysses_kv_heads", "model:\n  dim: 96\n  n_heads: 12\n  n_kv_heads: 3\nparallel:\n  sp: 4\n  ulysses: 4\ndata:\n  seq_len: 64\n", {"model.n_kv_heads (3) / mixer.softmax.head_groups (1) and parallel.ulysses (4) must divide one another"}},
+      {"head_groups", "model:\n  n_heads: 4\n  n_kv_heads: 2\nmixer:\n  softmax:\n    head_groups: 4\n", {"mixer.softmax.head_groups (4) must divide model.n_heads (4) and model.n_kv_heads (2)"}},
+      {"head_groups_ulysses", "model:\n  dim: 64\n  n_heads: 4\nmixer:\n  softmax:\n    head_groups: 2\nparallel:\n  sp: 4\n  ulysses: 4\ndata:\n  seq_len: 64\n", {"model.n_heads (4) / mixer.softmax.head_groups (2) must be divisible by parallel.ulysses (4)"}},
+      {"ulysses_needs_full", "mixer:\n  softmax:\n    sp: ulysses\nparallel:\n  sp: 4\n  ulysses: 2\n", {"mixer.softmax.sp = ulysses needs parallel.ulysses = parallel.sp"}},
+      {"ring_with_ulysses", "mixer:\n  softmax:\n    sp: ring\nparallel:\n  sp: 4\n  ulysses: 2\n", {"mixer.softmax.sp = ring needs parallel.ulysses = 1"}},
+      {"world_mismatch", "parallel:\n  dp: 2\n  sp: 2\n  simulate: 3\n", {"parallel.simulate (3) must equal the world size parallel.dp * parallel.sp = 4"}},
       {"batch_dp", "parallel:\n  dp: 3\ndata:\n  batch_size: 8\n", {"data.batch_size (8) must be divisible by parallel.dp (3)"}},
       {"passkey_short", "data:\n  source: passkey\n  seq_len: 10\n  passkey:\n    digits: 4\n", {"data.seq_len (10) is too short", "4-digit passkey"}},
       {"mqar_vocab", "model:\n  vocab_size: 16\ndata:\n  source: mqar\n  mqar:\n    pairs: 20\n    queries: 4\n", {"needs model.vocab_size >= 41"}},
@@ -71,11 +81,13 @@ const std::vector<BadCase>& bad_cases() {
       {"text_vocab", "model:\n  vocab_size: 100\ndata:\n  source: text\n  path: x.txt\n", {"needs model.vocab_size >= 256"}},
       {"min_lr", "optimizer:\n  lr: 1.0e-3\n  min_lr: 1.0e-2\n", {"optimizer.min_lr (0.01) must be <= optimizer.lr (0.001)"}},
       {"bf16_cpu", "model:\n  dtype: bf16\ntrain:\n  device: cpu\n", {"model.dtype = bf16 needs a GPU"}},
-      {"cudnn_cpu", "attention:\n  backend: cudnn\ntrain:\n  device: cpu\n", {"attention.backend = cudnn needs a GPU"}},
-      {"backend_name", "attention:\n  backend: cuDNN\n", {"attention.backend", "auto, cudnn, lctx"}},
+      {"cudnn_cpu", "mixer:\n  softmax:\n    backend: cudnn\ntrain:\n  device: cpu\n", {"mixer.softmax.backend = cudnn needs a GPU"}},
+      {"backend_name", "mixer:\n  softmax:\n    backend: cuDNN\n", {"mixer.softmax.backend", "auto, cudnn, lctx"}},
+      {"unknown_preset", "preset: gpt-17\n", {"preset 'gpt-17' does not exist", "presets:"}},
+      {"preset_not_name", "preset: [a, b]\n", {"preset must be a preset name"}},
       {"f32_gpu", "model:\n  dim: 256\n  dtype: f32\ntrain:\n  device: cuda\n", {"model.dtype = f32 is CPU-only"}},
       {"gpu_head_dim", "model:\n  dim: 64\n  n_heads: 4\ntrain:\n  device: cuda\n",
-       {"model.dim / model.n_heads = 64 / 4 = 16 must be 64 or 128"}},
+       {"model.dim / model.n_heads = 64 / 4) is 16 but must be 64 or 128"}},
       {"sim_backend", "parallel:\n  dp: 2\n  simulate: 2\n  backend: mpi\n", {"parallel.backend = mpi cannot simulate ranks"}},
       {"invalid_yaml", "model: {dim: 3\n", {"invalid YAML"}},
       {"top_level_list", "- 1\n- 2\n", {"the top level must be a mapping"}},
@@ -96,7 +108,7 @@ INSTANTIATE_TEST_SUITE_P(AllClasses, BadConfig, ::testing::ValuesIn(bad_cases())
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Config, WorldSizeCheck) {
-  const Config c = parse_config("attention:\n  kind: ring\nparallel:\n  dp: 2\n  sp: 2\n");
+  const Config c = parse_config("parallel:\n  dp: 2\n  sp: 2\n");
   validate_world(c, 4);
   try {
     validate_world(c, 2);
@@ -109,10 +121,12 @@ TEST(Config, WorldSizeCheck) {
 }
 
 TEST(Config, DefaultsAndOverrides) {
-  const Config c = parse_config("model:\n  dim: 128\n", {"model.n_layers=6", "attention.layers=[flash, flash, flash, flash, flash, flash]"});
+  const Config c = parse_config("model:\n  dim: 128\n", {"model.n_layers=6", "model.mixers=[softmax, softmax, softmax, softmax, softmax, softmax]", "mixer.softmax.head_groups=2"});
   EXPECT_EQ(c.model.dim, 128);
   EXPECT_EQ(c.model.n_layers, 6);
-  EXPECT_EQ(c.attention.layers.size(), 6u);
+  EXPECT_EQ(c.model.mixers.size(), 6u);
+  EXPECT_EQ(c.mixer_option<int64_t>("softmax", "head_groups"), 2);
+  EXPECT_EQ(parse_config("model:\n  mixers: softmax\n").model.mixers, std::vector<std::string>{"softmax"});
   EXPECT_EQ(c.model.vocab_size, ModelConfig{}.vocab_size);
   try {
     parse_config("", {"model.dimm=3"});
@@ -133,7 +147,7 @@ TEST(Config, ActivationCheckpointingForms) {
 TEST(Config, ResolvedYamlRoundTrips) {
   const Config c = parse_config(
       "model:\n  dim: 96\n  n_heads: 6\n  n_kv_heads: 2\n  rope_theta: 500000\n  activation_checkpointing: [0, 1]\n"
-      "attention:\n  kind: ring\nparallel:\n  sp: 2\n  simulate: 2\ndata:\n  path: \"a file: with colon.txt\"\n"
+      "mixer:\n  softmax:\n    sp: ring\n    qk_norm: true\nparallel:\n  sp: 2\n  simulate: 2\n  layout: contiguous\ndata:\n  path: \"a file: with colon.txt\"\n"
       "optimizer:\n  lr: 0.00123456789\n");
   const std::string y = to_yaml(c);
   const Config back = parse_config(y);
@@ -157,10 +171,52 @@ TEST(Config, EveryOptionInReadmeTable) {
 }
 
 TEST(Config, ShippedConfigsParse) {
-  for (const char* name : {"quickstart", "gpu-1", "gpu-2-ring", "ctx-1m"}) {
+  for (const char* name : {"quickstart", "gpu-1", "gpu-2-ring", "ctx-1m", "bench-4l-2048"}) {
     const std::string path = std::string(LCTX_SOURCE_DIR) + "configs/" + name + ".yaml";
     EXPECT_NO_THROW(load_config(path)) << path;
   }
+}
+
+// Every preset in configs/presets loads and validates, and the file's own keys win over it.
+TEST(Config, EveryPresetLoads) {
+  int presets = 0;
+  for (const auto& e : std::filesystem::directory_iterator(preset_dir())) {
+    if (e.path().extension() != ".yaml") continue;
+    ++presets;
+    const std::string name = e.path().stem().string();
+    Config c;
+    ASSERT_NO_THROW(c = parse_config("preset: " + name + "\n")) << name;
+    const Config own = parse_config("preset: " + name + "\nmodel:\n  n_layers: 3\n");
+    EXPECT_EQ(own.model.n_layers, 3) << name;
+    EXPECT_EQ(own.model.dim, c.model.dim) << name;
+  }
+  EXPECT_GE(presets, 3);
+  const Config q = parse_config("preset: qwen3-0.6b\n");
+  EXPECT_EQ(q.model.head_size(), 128);
+  EXPECT_EQ(q.model.kv_heads(), 8);
+  EXPECT_TRUE(q.mixer_option<bool>("softmax", "qk_norm"));
+}
+
+// A checkpoint written before mixer kinds stored an `attention` section: it still resumes.
+TEST(Config, StoredConfigOfEarlierVersions) {
+  const Config c = parse_stored_config(
+      "model:\n  dim: 64\nattention:\n  kind: ring\n  layers: []\n  softmax_scale: 0.5\n  head_groups: 2\n"
+      "  backend: lctx\nparallel:\n  sp: 2\n");
+  EXPECT_EQ(c.mixer_option<std::string>("softmax", "sp"), "ring");
+  EXPECT_EQ(c.mixer_option<double>("softmax", "softmax_scale"), 0.5);
+  EXPECT_EQ(c.mixer_option<int64_t>("softmax", "head_groups"), 2);
+  EXPECT_EQ(c.mixer_option<std::string>("softmax", "backend"), "lctx");
+  EXPECT_EQ(parse_stored_config("attention:\n  kind: flash\n").mixer_option<std::string>("softmax", "sp"), "auto");
+  EXPECT_EQ(to_yaml(parse_stored_config(to_yaml(c))), to_yaml(c));
+}
+
+// Kind options are model-shaping where they change parameters or the function (resume checks).
+TEST(Config, MixerOptionsInSchema) {
+  const auto keys = model_shaping_keys();
+  for (const char* k : {"model.mixers", "model.head_dim", "mixer.softmax.qk_norm", "mixer.softmax.window"})
+    EXPECT_NE(std::find(keys.begin(), keys.end(), std::string(k)), keys.end()) << k;
+  const std::string md = options_markdown();
+  EXPECT_NE(md.find("| `mixer.softmax.sp` | one of auto, ring, ulysses, hybrid, all_gather |"), std::string::npos) << md;
 }
 
 }  // namespace

@@ -42,7 +42,9 @@ Result loss_and_grads(const Config& cfg, const std::vector<double>* params = nul
     shape.ulysses = static_cast<int>(cfg.parallel.ulysses);
     shape.ring = static_cast<int>(cfg.parallel.sp / cfg.parallel.ulysses);
     dist::Mesh mesh(comm, shape);
-    dist::Layout layout(dist::LayoutKind::zigzag, cfg.data.seq_len, shape.ring, shape.ulysses);
+    const dist::LayoutKind kind =
+        resolved_layout(cfg) == "contiguous" ? dist::LayoutKind::contiguous : dist::LayoutKind::zigzag;
+    dist::Layout layout(kind, cfg.data.seq_len, shape.ring, shape.ulysses);
     Model m(cfg, Device::cpu(), mesh, layout);
     m.init(7);
     if (params) {
@@ -106,8 +108,13 @@ TEST(ModelGrad, FiniteDifferencesAlibiUntied) {
   expect_directional_derivatives(tiny("  position: alibi\n  tied_embeddings: false\n"));
 }
 
+// QK-norm, a sliding window and a head dim other than dim / n_heads (4 heads of 6 in dim 16).
+TEST(ModelGrad, FiniteDifferencesQkNormWindowHeadDim) {
+  expect_directional_derivatives(tiny("  head_dim: 6\n", "mixer:\n  softmax:\n    qk_norm: true\n    window: 7\n"));
+}
+
 TEST(ModelGrad, CheckpointingGivesIdenticalGradients) {
-  const std::string ring = "attention:\n  kind: ring\nparallel:\n  sp: 2\n";
+  const std::string ring = "parallel:\n  sp: 2\n";
   for (const std::string& extra : {std::string(), ring})
     for (const char* which : {"all", "[1]"}) {
       const Config plain = tiny("", extra), ckpt = tiny(std::string("  activation_checkpointing: ") + which + "\n", extra);
@@ -136,14 +143,11 @@ TEST(ModelGrad, ChunkedMlpMatchesWholeSequence) {
 // Attention in groups of heads (one after another) computes the same thing, for every kind
 // and with ALiBi slopes split over the groups.
 TEST(ModelGrad, HeadGroupsMatchAllHeads) {
-  const char* layouts[] = {"", "attention:\n  kind: ring\nparallel:\n  sp: 2\n",
-                           "attention:\n  kind: ulysses\nparallel:\n  sp: 2\n  ulysses: 2\n"};
+  const char* layouts[] = {"", "parallel:\n  sp: 2\n", "parallel:\n  sp: 2\n  ulysses: 2\n"};
   for (const char* l : layouts)
     for (const char* pos : {"", "  position: alibi\n"}) {
       const Result a = loss_and_grads(tiny(pos, l));
-      const std::string grouped = std::string(l).empty() ? "attention:\n  head_groups: 2\n"
-                                                         : std::string(l).replace(0, 11, "attention:\n  head_groups: 2\n");
-      const Result b = loss_and_grads(tiny(pos, grouped));
+      const Result b = loss_and_grads(tiny(pos, std::string(l) + "mixer:\n  softmax:\n    head_groups: 2\n"));
       EXPECT_NEAR(a.loss, b.loss, 1e-6 * a.loss) << l << pos;
       ASSERT_EQ(a.grads.size(), b.grads.size());
       double num = 0, den = 0;
@@ -158,10 +162,12 @@ TEST(ModelGrad, HeadGroupsMatchAllHeads) {
 TEST(ModelGrad, RingAndUlyssesMatchOneRank) {
   const Result one = loss_and_grads(tiny());
   const char* layouts[] = {
-      "attention:\n  kind: ring\nparallel:\n  sp: 4\n",
-      "attention:\n  kind: ulysses\nparallel:\n  sp: 2\n  ulysses: 2\n",
-      "attention:\n  kind: hybrid\nparallel:\n  dp: 2\n  sp: 2\n  ulysses: 2\n",
-      "attention:\n  layers: [ring, hybrid]\nparallel:\n  sp: 2\n",
+      "parallel:\n  sp: 4\n",
+      "parallel:\n  sp: 4\n  layout: contiguous\n",
+      "mixer:\n  softmax:\n    sp: all_gather\nparallel:\n  sp: 4\n",
+      "parallel:\n  sp: 2\n  ulysses: 2\n",
+      "mixer:\n  softmax:\n    sp: hybrid\nparallel:\n  dp: 2\n  sp: 2\n  ulysses: 2\n",
+      "mixer:\n  softmax:\n    sp: all_gather\nparallel:\n  sp: 4\n  ulysses: 2\n",
   };
   for (const char* l : layouts) {
     const Result r = loss_and_grads(tiny("", l));

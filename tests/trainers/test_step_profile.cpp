@@ -26,15 +26,15 @@ TEST(StepProfile, SpansGoToTheEnteredPhase) {
   prof.enter(Phase::optimizer);  // before start: ignored
   prof.start(Phase::forward);
   sleep_ms(30);
-  prof.enter(Phase::attention_forward);
+  prof.enter(Phase::mixer_forward);
   sleep_ms(60);
-  prof.enter(Phase::attention_forward);  // same phase: no new span
+  prof.enter(Phase::mixer_forward);  // same phase: no new span
   prof.enter(Phase::forward);
   sleep_ms(30);
   prof.enter(Phase::optimizer);
   const auto ms = prof.finish();
   EXPECT_NEAR(at(ms, Phase::forward), 60, 25);
-  EXPECT_NEAR(at(ms, Phase::attention_forward), 60, 25);
+  EXPECT_NEAR(at(ms, Phase::mixer_forward), 60, 25);
   EXPECT_LT(at(ms, Phase::optimizer), 10);
   EXPECT_EQ(at(ms, Phase::backward), 0);
   prof.enter(Phase::backward);  // after finish: ignored
@@ -50,7 +50,7 @@ TEST(StepProfile, TrainingRecordsEveryPhase) {
   std::filesystem::remove_all(dir);
   const Config c = parse_config(
       "model:\n  vocab_size: 24\n  dim: 16\n  n_layers: 2\n  n_heads: 4\n"
-      "attention:\n  kind: ring\nparallel:\n  sp: 2\n  simulate: 2\n"
+      "parallel:\n  sp: 2\n  simulate: 2\n"
       "data:\n  source: passkey\n  seq_len: 32\n  batch_size: 2\n"
       "train:\n  steps: 2\n  threads: 1\neval:\n  batches: 0\ncheckpoint:\n  every: 0\n  save_final: false\n"
       "logging:\n  every: 1\n  progress: false\n  profile: true\n",
@@ -69,7 +69,7 @@ TEST(StepProfile, TrainingRecordsEveryPhase) {
       ASSERT_TRUE(std::regex_search(line, m, std::regex("\"" + name + "\": ([0-9.e+-]+)"))) << name << " in " << line;
       const double ms = std::stod(m[1]);
       EXPECT_GE(ms, 0) << name;
-      if (name.find("attention") == 0 || name == "forward" || name == "backward") {
+      if (name.find("mixer") == 0 || name == "forward" || name == "backward") {
         EXPECT_GT(ms, 0) << name;
       }
     }

@@ -37,7 +37,6 @@ class Training : public ::testing::Test {
     o.insert(o.end(), extra.begin(), extra.end());
     return parse_config(
         "model:\n  vocab_size: 24\n  dim: 16\n  n_layers: 2\n  n_heads: 4\n  n_kv_heads: 2\n"
-        "attention:\n  kind: ring\n"
         "parallel:\n  dp: 1\n  sp: 4\n  simulate: 4\n"
         "data:\n  source: passkey\n  seq_len: 32\n  batch_size: 4\n"
         "optimizer:\n  lr: 1.0e-2\n  warmup_steps: 2\n"
@@ -95,8 +94,8 @@ TEST_F(Training, ResumeOnOtherLayouts) {
   const std::string ckpt = dir_ + "/a/checkpoints/step-00000003.h5";
   const std::vector<std::vector<std::string>> layouts = {
       {"parallel.dp=2", "parallel.sp=2"},                                           // ring of 2, dp 2
-      {"parallel.sp=1", "parallel.simulate=1", "attention.kind=flash"},              // one rank
-      {"parallel.sp=4", "parallel.ulysses=2", "attention.kind=hybrid"},              // ulysses x ring
+      {"parallel.sp=1", "parallel.simulate=1", "mixer.softmax.sp=auto"},              // one rank
+      {"parallel.sp=4", "parallel.ulysses=2", "mixer.softmax.sp=hybrid"},              // ulysses x ring
   };
   for (size_t li = 0; li < layouts.size(); ++li) {
     const auto& l = layouts[li];

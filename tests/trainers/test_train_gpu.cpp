@@ -63,7 +63,7 @@ TEST_F(TrainGpu, Bf16FollowsCpuAndLearns) {
 TEST_F(TrainGpu, RingOnSimulatedRanksMatchesOneRank) {
   LCTX_REQUIRE_GPU();
   const RunResult one = run(config("one", {"train.device=cuda", "train.steps=5"}));
-  const RunResult ring = run(config("ring", {"train.device=cuda", "train.steps=5", "attention.kind=ring",
+  const RunResult ring = run(config("ring", {"train.device=cuda", "train.steps=5", "mixer.softmax.sp=ring",
                                              "parallel.sp=4", "parallel.simulate=4"}));
   ASSERT_EQ(ring.train.size(), one.train.size());
   // bf16 compute: the ring merges fp32 partials, one rank rounds once; both within bf16 noise.

@@ -31,7 +31,7 @@ TEST(TrainMpi, MatchesSimulatedRanks) {
   if (!dist::launched_with_mpi()) GTEST_SKIP() << "run under mpirun -np 2";
   const int rank = dist::mpi_init();
   const std::string base = (fs::temp_directory_path() / ("lctx_train_mpi_" + std::to_string(::getppid()))).string();
-  for (const char* layout : {"attention:\n  kind: ring\nparallel:\n  sp: 2\n", "parallel:\n  dp: 2\n"}) {
+  for (const char* layout : {"parallel:\n  sp: 2\n", "parallel:\n  dp: 2\n"}) {
     RunHooks h;
     h.quiet = true;
     const RunResult mpi = run_training(config(base + "/mpi", layout, 0), h);

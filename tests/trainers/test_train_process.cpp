@@ -23,7 +23,6 @@ namespace {
 
 const char* kConfig =
     "model:\n  vocab_size: 24\n  dim: 16\n  n_layers: 2\n  n_heads: 4\n  n_kv_heads: 2\n"
-    "attention:\n  kind: ring\n"
     "parallel:\n  sp: 2\n  simulate: 2\n"
     "data:\n  source: passkey\n  seq_len: 32\n  batch_size: 4\n"
     "optimizer:\n  lr: 1.0e-2\n  warmup_steps: 2\n"

@@ -1,16 +1,12 @@
-// Device helpers shared by the lctx::ops kernels: warp/block reductions in fp32 and a grid
-// size helper. Included only from .cu files.
+// fp32 sums and maxima over a warp (butterfly shuffles: every lane gets the result) and over
+// a block (through 32 floats of shared memory), for the row and reduction kernels of every
+// area. Namespace lctx like the rest of core/cuda/; included only from .cu files.
 #pragma once
 #include <cuda_runtime.h>
 
-#include <algorithm>
-#include <cstdint>
+#include <cmath>
 
-#include "core/cuda_check.h"
-#include "core/cuda_types.cuh"
-#include "core/tensor.h"
-
-namespace lctx::ops::detail {
+namespace lctx {
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -46,17 +42,4 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return warp_max(v);
 }
 
-// Threads per block for a row of `cols` elements: a multiple of 32 between 32 and `max`.
-inline int row_threads(int64_t cols, int max = 1024) {
-  int t = 32;
-  while (t < max && t < cols) t *= 2;
-  return t;
-}
-
-inline int grid_1d(int64_t n, int threads) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535 * 8)));
-}
-
-inline void set_device(const Tensor& t) { LCTX_CUDA_CHECK(cudaSetDevice(t.device().index)); }
-
-}  // namespace lctx::ops::detail
+}  // namespace lctx

@@ -1,0 +1,156 @@
+// The conformance suite's machinery: every mixer kind in the registry (trainers/mixer_registry.h)
+// with each of its test variants is built from a tiny config, given parameters from a
+// ParamTable, and run forward and backward on this rank's shard of one fixed batch. The
+// results are gathered back to whole-sequence tensors so that runs on any number of ranks, any
+// layout and any device can be compared with each other and with finite differences.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "dist/layout.h"
+#include "dist/mesh.h"
+#include "mixers/param_table.h"
+#include "trainers/config.h"
+#include "trainers/mixer_registry.h"
+
+namespace lctx::test {
+
+// One kind with one set of option overrides.
+struct KindCase {
+  std::string name;  // "softmax", "softmax_1", ...: a gtest-safe name
+  std::string kind;
+  std::vector<std::string> overrides;
+};
+
+inline std::vector<KindCase> kind_cases() {
+  std::vector<KindCase> v;
+  for (const train::MixerKind& k : train::mixer_kinds()) {
+    v.push_back({k.name, k.name, {}});
+    for (size_t i = 0; i < k.test_variants.size(); ++i)
+      v.push_back({k.name + "_" + std::to_string(i + 1), k.name, k.test_variants[i]});
+  }
+  return v;
+}
+
+struct MixerShape {
+  int64_t batch = 2, seq = 48, dim = 16, heads = 4, kv_heads = 2, head_dim = 0;
+};
+
+// The config of a one-layer model of `c.kind` on n ranks (u of them Ulysses) with `layout`;
+// throws (lctx::Error) when the kind does not allow that combination.
+inline train::Config case_config(const KindCase& c, const MixerShape& s, int n, int u, const std::string& layout,
+                                 const std::string& device = "cpu") {
+  std::vector<std::string> o = {"model.mixers=" + c.kind,
+                                "model.n_layers=1",
+                                "model.dim=" + std::to_string(s.dim),
+                                "model.n_heads=" + std::to_string(s.heads),
+                                "model.n_kv_heads=" + std::to_string(s.kv_heads),
+                                "model.head_dim=" + std::to_string(s.head_dim),
+                                "data.seq_len=" + std::to_string(s.seq),
+                                "parallel.sp=" + std::to_string(n),
+                                "parallel.ulysses=" + std::to_string(u),
+                                "parallel.layout=" + layout,
+                                "train.device=" + device};
+  o.insert(o.end(), c.overrides.begin(), c.overrides.end());
+  return train::parse_config("", o);
+}
+
+// A mixer with its own parameters.
+struct Built {
+  std::unique_ptr<mixers::Mixer> mixer;
+  mixers::ParamTable table;
+};
+
+inline std::unique_ptr<Built> build(const train::Config& c, dist::Mesh& mesh, const dist::Layout& layout, Device dev,
+                                    DType master, DType compute) {
+  auto b = std::make_unique<Built>();
+  b->mixer = train::mixer_kind(c.model.mixer_of(0)).make(c, mesh, layout);
+  const std::vector<mixers::ParamSpec> specs = b->mixer->param_specs();
+  b->table.add("", specs);
+  b->table.allocate(dev, master, compute);
+  // A wide init so that attention weights are far from uniform.
+  b->table.init({.seed = 11, .init_std = 0.4, .n_layers = 1});
+  b->mixer->bind(b->table.range(0, specs.size()));
+  return b;
+}
+
+// Results of one forward + backward: y and dx of this rank's tokens, and the flat parameter
+// gradients of this rank (before any sum over ranks).
+struct Out {
+  Tensor y, dx, grads;
+};
+
+enum class Recompute { no, yes };
+
+// Forward (Pass::train, or Pass::checkpoint then Pass::recompute) and backward with dy.
+inline Out run_mixer(Built& b, const Tensor& x, const Tensor& pos, const Tensor& dy, Recompute rc = Recompute::no) {
+  std::unique_ptr<mixers::Saved> saved;
+  const mixers::Tokens in{x, pos};
+  Out o;
+  if (rc == Recompute::no) {
+    o.y = b.mixer->forward(in, saved, mixers::Pass::train).clone();  // the backward may reuse y's memory
+  } else {
+    const Tensor y1 = b.mixer->forward(in, saved, mixers::Pass::checkpoint).clone();
+    o.y = b.mixer->forward(in, saved, mixers::Pass::recompute).clone();
+    EXPECT_EQ(y1.to_vector(), o.y.to_vector()) << "Pass::recompute changed y";
+  }
+  o.dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  b.mixer->backward(o.dx, dy, in, *saved);
+  o.grads = b.table.flat_grads().clone();
+  return o;
+}
+
+// Random f64 [B, S, D] on the CPU.
+inline Tensor random_tokens(const MixerShape& s, uint64_t seed) {
+  Tensor t = Tensor::empty({s.batch, s.seq, s.dim}, DType::f64);
+  rng_normal(t, seed, 0);
+  return t;
+}
+
+inline dist::LayoutKind layout_kind(const std::string& name) {
+  return name == "contiguous" ? dist::LayoutKind::contiguous : dist::LayoutKind::zigzag;
+}
+
+// One forward + backward of `cfg`'s mixer on the calling rank of `comm` (sp = comm.size()),
+// from whole-sequence x / dy; returns the whole-sequence y and dx (gathered over the ranks)
+// and the parameter gradients summed over the ranks, on the CPU in f64. `params` (f64, whole
+// table) replaces the initial parameters when defined; local (optional) receives the rank's
+// own results.
+struct SpRun {
+  Device device = Device::cpu();
+  DType master = DType::f64, compute = DType::f64;
+  Recompute recompute = Recompute::no;
+  Tensor params;
+};
+
+inline Out run_sequence_parallel(const train::Config& cfg, dist::Comm& comm, const Tensor& x_full, const Tensor& dy_full,
+                                 const SpRun& run = {}, Out* local = nullptr) {
+  dist::MeshShape shape;
+  shape.ulysses = static_cast<int>(cfg.parallel.ulysses);
+  shape.ring = static_cast<int>(cfg.parallel.sp / cfg.parallel.ulysses);
+  dist::Mesh mesh(comm, shape);
+  const dist::Layout layout(layout_kind(train::resolved_layout(cfg)), cfg.data.seq_len, shape.ring, shape.ulysses);
+  const int r = mesh.coords().sp;
+  auto b = build(cfg, mesh, layout, run.device, run.master, run.compute);
+  if (run.params.defined()) {
+    b->table.flat_params().copy_from(run.params);
+    b->table.sync_compute();
+  }
+  const Tensor x = layout.shard(x_full, r).to(run.compute).to(run.device);
+  const Tensor dy = layout.shard(dy_full, r).to(run.compute).to(run.device);
+  const Tensor pos = layout.positions_tensor(r, DType::i32).to(run.device);
+  Out o = run_mixer(*b, x, pos, dy, run.recompute);
+  if (local) *local = {o.y.to(Device::cpu()), o.dx.to(Device::cpu()), o.grads.to(Device::cpu())};
+  Out full;
+  full.y = layout.unshard(mesh.sp(), o.y).to(Device::cpu()).to(DType::f64);
+  full.dx = layout.unshard(mesh.sp(), o.dx).to(Device::cpu()).to(DType::f64);
+  comm.all_reduce(o.grads, dist::ReduceOp::sum);
+  full.grads = o.grads.to(Device::cpu()).to(DType::f64);
+  return full;
+}
+
+}  // namespace lctx::test

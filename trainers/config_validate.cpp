@@ -1,0 +1,100 @@
+// Cross-field checks of a parsed Config: sizes that must fit together, the mixer kinds (each
+// checked by its registry entry), the parallel layout, data and device rules.
+#include <algorithm>
+
+#include "core/error.h"
+#include "trainers/config.h"
+#include "trainers/mixer_registry.h"
+
+namespace lctx::train {
+
+void validate(const Config& c) {
+  const auto& m = c.model;
+  const auto& p = c.parallel;
+  const auto& d = c.data;
+  LCTX_CHECK(m.head_dim > 0 || m.dim % m.n_heads == 0, "config: model.dim (", m.dim, ") must be divisible by model.n_heads (",
+             m.n_heads, "), or set model.head_dim");
+  LCTX_CHECK(m.n_heads % m.kv_heads() == 0, "config: model.n_heads (", m.n_heads,
+             ") must be divisible by model.n_kv_heads (", m.kv_heads(), ")");
+  for (int64_t l : m.checkpoint_layers)
+    LCTX_CHECK(l < m.n_layers, "config: model.activation_checkpointing names layer ", l, " but model.n_layers is ", m.n_layers,
+               " (expected indices 0..", m.n_layers - 1, ")");
+  // Mixer kinds (each checked by its registry entry once the parallel layout is known).
+  const int64_t n_mixers = static_cast<int64_t>(m.mixers.size());
+  LCTX_CHECK(n_mixers == 1 || n_mixers == m.n_layers, "config: model.mixers has ", n_mixers,
+             " entries, expected 1 (every layer) or model.n_layers = ", m.n_layers);
+  std::vector<const MixerKind*> used;
+  for (int64_t i = 0; i < n_mixers; ++i) {
+    const std::string key = n_mixers == 1 ? "model.mixers" : "model.mixers[" + std::to_string(i) + "]";
+    const MixerKind& k = mixer_kind(m.mixers[i], key);
+    if (std::find(used.begin(), used.end(), &k) == used.end()) used.push_back(&k);
+  }
+  // The parallel layout.
+  LCTX_CHECK(p.sp % p.ulysses == 0, "config: parallel.ulysses (", p.ulysses, ") must divide parallel.sp (", p.sp, ")");
+  const std::string layout = resolved_layout(c);
+  if (layout == "zigzag")
+    LCTX_CHECK(p.sp == 1 || d.seq_len % (2 * p.sp) == 0, "config: data.seq_len (", d.seq_len,
+               ") must be divisible by 2 * parallel.sp = ", 2 * p.sp, " (zigzag sharding gives every rank two chunks)");
+  else
+    LCTX_CHECK(d.seq_len % p.sp == 0, "config: data.seq_len (", d.seq_len, ") must be divisible by parallel.sp = ", p.sp,
+               " (parallel.layout = contiguous)");
+  for (const MixerKind* k : used) k->validate(c);
+
+  LCTX_CHECK(d.batch_size % p.dp == 0, "config: data.batch_size (", d.batch_size, ") must be divisible by parallel.dp (", p.dp, ")");
+  LCTX_CHECK(p.simulate == 0 || p.simulate == p.world(), "config: parallel.simulate (", p.simulate,
+             ") must equal the world size parallel.dp * parallel.sp = ", p.world());
+  LCTX_CHECK(p.simulate == 0 || p.backend == "auto" || p.backend == "sim", "config: parallel.backend = ", p.backend,
+             " cannot simulate ranks; use auto or sim with parallel.simulate");
+  LCTX_CHECK(p.backend != "sim" || p.simulate > 0 || p.world() == 1, "config: parallel.backend = sim needs parallel.simulate = ",
+             p.world());
+
+  // Data.
+  if (d.source == "passkey") {
+    LCTX_CHECK(m.vocab_size >= 16, "config: data.source = passkey needs model.vocab_size >= 16 (got ", m.vocab_size, ")");
+    LCTX_CHECK(d.seq_len >= 2 * d.passkey_digits + 8, "config: data.seq_len (", d.seq_len, ") is too short for a ",
+               d.passkey_digits, "-digit passkey (need >= ", 2 * d.passkey_digits + 8, ")");
+  } else if (d.source == "mqar") {
+    LCTX_CHECK(m.vocab_size >= 2 * d.mqar_pairs + 1, "config: data.source = mqar with data.mqar.pairs = ", d.mqar_pairs,
+               " needs model.vocab_size >= ", 2 * d.mqar_pairs + 1);
+    LCTX_CHECK(d.mqar_queries <= d.mqar_pairs, "config: data.mqar.queries (", d.mqar_queries,
+               ") must be <= data.mqar.pairs (", d.mqar_pairs, ")");
+    LCTX_CHECK(d.seq_len >= 2 * d.mqar_pairs + 2 * d.mqar_queries + 1, "config: data.seq_len (", d.seq_len,
+               ") is too short for data.mqar: need >= 2 * pairs + 2 * queries + 1 = ", 2 * d.mqar_pairs + 2 * d.mqar_queries + 1);
+  } else if (d.source == "selective_copy") {
+    LCTX_CHECK(m.vocab_size >= 4, "config: data.source = selective_copy needs model.vocab_size >= 4");
+    LCTX_CHECK(d.seq_len >= 3 * d.copy_tokens + 2, "config: data.seq_len (", d.seq_len,
+               ") is too short for data.selective_copy.tokens = ", d.copy_tokens, " (need >= ", 3 * d.copy_tokens + 2, ")");
+  } else {
+    LCTX_CHECK(!d.path.empty(), "config: data.source = ", d.source, " needs data.path (a file)");
+    if (d.source == "text")
+      LCTX_CHECK(m.vocab_size >= 256, "config: data.source = text is byte-level and needs model.vocab_size >= 256 (got ",
+                 m.vocab_size, ")");
+  }
+
+  // Optimizer, device.
+  LCTX_CHECK(c.optimizer.min_lr <= c.optimizer.lr, "config: optimizer.min_lr (", c.optimizer.min_lr,
+             ") must be <= optimizer.lr (", c.optimizer.lr, ")");
+  LCTX_CHECK(!(m.dtype == "bf16" && c.train.device == "cpu"),
+             "config: model.dtype = bf16 needs a GPU (train.device cuda or auto); the CPU computes in f32");
+  LCTX_CHECK(!(p.backend == "nccl" && c.train.device == "cpu"), "config: parallel.backend = nccl needs train.device cuda or auto");
+  LCTX_CHECK(!c.checkpoint.resume.empty(), "config: checkpoint.resume must be none, auto or a file path");
+  if (c.train.device == "cuda") validate_for_gpu(c);
+}
+
+void validate_for_gpu(const Config& c) {
+  const ModelConfig& m = c.model;
+  LCTX_CHECK(m.dtype != "f32", "config: model.dtype = f32 is CPU-only; on a GPU use bf16 (or auto), ",
+             "master weights stay f32");
+  LCTX_CHECK(m.head_size() == 64 || m.head_size() == 128, "config: on a GPU the head dim (model.head_dim, or model.dim / ",
+             "model.n_heads = ", m.dim, " / ", m.n_heads, ") is ", m.head_size(),
+             " but must be 64 or 128 (the CUDA attention kernels' head dims)");
+}
+
+void validate_world(const Config& c, int64_t world_size) {
+  LCTX_CHECK(world_size == c.parallel.world(), "config: the job has ", world_size,
+             " ranks but parallel.dp * parallel.sp = ", c.parallel.dp, " * ", c.parallel.sp, " = ", c.parallel.world(),
+             " (expected ", world_size, " = dp * sp; to run ", c.parallel.world(),
+             " ranks in one process set parallel.simulate: ", c.parallel.world(), ", or start them with mpirun)");
+}
+
+}  // namespace lctx::train

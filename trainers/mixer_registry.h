@@ -1,0 +1,49 @@
+// The one list of mixer kinds lctx-train knows. Each entry names a kind, documents it, declares
+// its options (YAML mixer.<kind>.<name>, typed by their defaults), checks a config that uses
+// it, and builds its mixer for a layer. Config parsing, validation, --print-options,
+// --print-config, the README option table and the conformance suite (tests/mixers) all read
+// this list: adding a kind means adding an entry here beside its files in mixers/.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mixers/mixer.h"
+#include "trainers/config.h"
+
+namespace lctx::dist {
+class Mesh;
+class Layout;
+}  // namespace lctx::dist
+
+namespace lctx::train {
+
+struct MixerOption {
+  std::string name;
+  OptionValue value;  // default; its type is the option's type
+  std::string doc;
+  double lo = -1e300, hi = 1e300;    // numbers
+  std::vector<std::string> choices = {};  // strings: the accepted values (empty: any)
+  bool shapes_model = false;         // changes the parameters (checked on resume)
+};
+
+struct MixerKind {
+  std::string name;
+  std::string doc;
+  std::vector<MixerOption> options;
+  bool needs_contiguous = false;  // parallel.layout auto picks contiguous shards
+  // Checks `c` for a model with this kind in some layer; errors name the keys.
+  std::function<void(const Config& c)> validate;
+  // The mixer of one layer, on the mesh's groups and the layout (both outlive it).
+  std::function<std::unique_ptr<mixers::Mixer>(const Config& c, dist::Mesh& mesh, const dist::Layout& layout)> make;
+  // Option overrides ("mixer.<kind>.<name>=value", "model.position=alibi", ...) that the
+  // conformance suite runs this kind with, besides the defaults.
+  std::vector<std::vector<std::string>> test_variants;
+};
+
+const std::vector<MixerKind>& mixer_kinds();
+// The kind called `name`; an error listing the registered kinds names `key` otherwise.
+const MixerKind& mixer_kind(const std::string& name, const std::string& key = "model.mixers");
+
+}  // namespace lctx::train

@@ -1,0 +1,222 @@
+#include "trainers/trainer.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "ops/adamw.h"
+#include "ops/grad_clip.h"
+
+namespace fs = std::filesystem;
+
+namespace lctx::train {
+
+Trainer::Trainer(const Config& cfg, dist::Comm& world, dist::Comm& ctrl, RunResult& result, const RunHooks& hooks)
+    : cfg_(cfg),
+      world_(world),
+      ctrl_(ctrl),
+      result_(result),
+      hooks_(hooks),
+      metrics_(cfg.train.steps, cfg.logging.progress && !hooks.quiet) {
+  validate_world(cfg_, world_.size());
+  const auto& p = cfg_.parallel;
+  dist::MeshShape shape;
+  shape.dp = static_cast<int>(p.dp);
+  shape.ulysses = static_cast<int>(p.ulysses);
+  shape.ring = static_cast<int>(p.sp / p.ulysses);
+  mesh_ = std::make_unique<dist::Mesh>(world_, shape);
+  const dist::LayoutKind kind =
+      resolved_layout(cfg_) == "contiguous" ? dist::LayoutKind::contiguous : dist::LayoutKind::zigzag;
+  layout_ = std::make_unique<dist::Layout>(kind, cfg_.data.seq_len, shape.ring, shape.ulysses);
+  shard_.dp = p.dp;
+  shard_.dp_rank = mesh_->coords().dp;
+  shard_.positions = layout_->positions(mesh_->coords().sp);
+  device_ = device_for(cfg_, world_.backend() == std::string_view("sim"), world_.rank());
+  model_ = std::make_unique<Model>(cfg_, device_, *mesh_, *layout_);
+  model_->init(static_cast<uint64_t>(cfg_.train.seed));
+  if (cfg_.logging.profile && is_root()) {  // rank 0 reports; its waits on the others show in its phases
+    profile_ = std::make_unique<StepProfile>(device_);
+    model_->set_profile(profile_.get());
+  }
+  m_ = Tensor::zeros({model_->num_params()}, DType::f32, device_);
+  v_ = Tensor::zeros({model_->num_params()}, DType::f32, device_);
+  data_ = make_dataset(cfg_.data, cfg_.model.vocab_size);
+  out_dir_ = cfg_.logging.out_dir;
+  ckpt_dir_ = (fs::path(out_dir_) / "checkpoints").string();
+}
+
+void Trainer::run() {
+  const auto t0 = Clock::now();
+  on_root(ctrl_, [&] { prepare_out_dir(); });
+  resume();
+  on_root(ctrl_, [&] { metrics_.open((fs::path(out_dir_) / "metrics.jsonl").string(), step_); });
+  if (is_root()) banner();
+
+  const int64_t total = cfg_.train.steps;
+  const char* nan_env = std::getenv(kInjectNanEnv);
+  const int64_t inject_nan_at = nan_env ? std::atoll(nan_env) : -1;
+  auto log_t = Clock::now();
+  int64_t log_tokens = 0;
+  const auto run_t0 = Clock::now();
+  const int64_t first_step = step_;
+  bool stopped = false;
+  while (step_ < total) {
+    const double lr = learning_rate(cfg_, step_);
+    Batch batch = make_batch(*data_, cfg_.data, Split::train, consumed_, shard_);
+    int64_t scored_global = batch.scored;
+    ctrl_.all_reduce(std::span<int64_t>(&scored_global, 1), dist::ReduceOp::sum);
+    if (profile_) profile_->start(Phase::forward);
+    StepStats st = model_->forward_backward(batch, 1.0 / static_cast<double>(std::max<int64_t>(1, scored_global)));
+    if (profile_) profile_->enter(Phase::grad_sync);
+    if (step_ + 1 == inject_nan_at && world_.rank() == 0) {
+      Tensor g = model_->flat_grads().slice(0, 0, 1);
+      g.fill(NAN);
+    }
+    if (world_.size() > 1) world_.all_reduce(model_->flat_grads(), dist::ReduceOp::sum);
+    double sums[3] = {st.loss_sum, st.correct, st.scored};
+    ctrl_.all_reduce(std::span<double>(sums, 3), dist::ReduceOp::sum);
+
+    if (profile_) profile_->enter(Phase::optimizer);
+    const Tensor grads[1] = {model_->flat_grads()};
+    const ops::GradNorm gn = cfg_.optimizer.grad_clip > 0 ? ops::clip_grad_norm(grads, cfg_.optimizer.grad_clip)
+                                                          : ops::grad_norm(grads);
+    StepRecord rec;
+    rec.step = step_ + 1;
+    rec.loss = sums[2] > 0 ? sums[0] / sums[2] : 0.0;
+    rec.accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0.0;
+    rec.grad_norm = gn.norm;
+    rec.lr = lr;
+    if (!gn.finite) {
+      rec.skipped = true;
+      ++skipped_;
+      if (is_root())
+        std::cerr << "lctx-train: step " << rec.step << ": non-finite gradient norm (" << gn.norm
+                  << "); update skipped (" << skipped_ << " skipped so far)\n";
+    } else {
+      apply_adamw(lr);
+    }
+    if (profile_) {
+      const auto ms = profile_->finish();
+      for (int i = 0; i < kPhases; ++i) profile_ms_[i] += ms[i];
+      ++profile_steps_;
+    }
+    consumed_ += cfg_.data.batch_size;
+    ++step_;
+    log_tokens += cfg_.data.batch_size * cfg_.data.seq_len;
+
+    if (is_root()) {
+      result_.train.push_back(rec);
+      const bool log_now = step_ % cfg_.logging.every == 0 || step_ == total || rec.skipped;
+      if (log_now) {
+        const double dt = seconds_since(log_t);
+        const double tok_s = dt > 0 ? static_cast<double>(log_tokens) / dt : 0.0;
+        const double per_step = seconds_since(run_t0) / static_cast<double>(step_ - first_step);
+        TrainRecordInfo info;
+        info.tokens_per_s = tok_s;
+        info.mfu = mfu(tok_s);
+        info.eta_s = per_step * static_cast<double>(total - step_);
+        info.tokens = consumed_ * cfg_.data.seq_len;
+        info.skipped_total = skipped_;
+        info.memory = memory_stats(device_);
+        info.profile_ms = &profile_ms_;
+        info.profile_steps = profile_steps_;
+        metrics_.train(rec, info);
+        profile_ms_ = {};
+        profile_steps_ = 0;
+        log_t = Clock::now();
+        log_tokens = 0;
+      }
+      if (hooks_.after_step) hooks_.after_step(step_);
+    }
+
+    int32_t stop = pending_stop_signal();
+    ctrl_.all_reduce(std::span<int32_t>(&stop, 1), dist::ReduceOp::max);
+    const bool last = step_ == total;
+    if (cfg_.eval.batches > 0 && (last || stop || (cfg_.eval.every > 0 && step_ % cfg_.eval.every == 0))) evaluate();
+    if (stop || (last && cfg_.checkpoint.save_final) || (cfg_.checkpoint.every > 0 && step_ % cfg_.checkpoint.every == 0))
+      save();
+    if (stop) {
+      if (is_root())
+        std::cerr << "lctx-train: received signal " << stop << "; saved a checkpoint at step " << step_
+                  << " and stopped\n";
+      stopped = true;
+      break;
+    }
+  }
+  if (is_root()) {
+    result_.final_step = step_;
+    result_.skipped_steps = skipped_;
+    result_.stopped_by_signal = stopped;
+    result_.wall_s = seconds_since(t0);
+    metrics_.flush();
+  }
+}
+
+void Trainer::prepare_out_dir() {
+  fs::create_directories(out_dir_);
+  std::ofstream(fs::path(out_dir_) / "config.yaml") << to_yaml(cfg_);
+}
+
+void Trainer::banner() {
+  if (hooks_.quiet) return;
+  const auto& m = cfg_.model;
+  std::ostringstream kinds;
+  for (size_t i = 0; i < m.mixers.size(); ++i) kinds << (i ? "," : "") << m.mixers[i];
+  std::cout << "lctx-train: " << model_->num_params() << " parameters (" << m.n_layers << " layers, dim " << m.dim
+            << ", heads " << m.n_heads << "/" << m.kv_heads() << ", mixers " << kinds.str() << ", "
+            << dtype_name(model_->compute_dtype()) << " on " << device_.str() << ")\n"
+            << "lctx-train: " << world_.size() << " rank(s) [" << world_.backend() << "] dp " << cfg_.parallel.dp
+            << " sp " << cfg_.parallel.sp << " (" << resolved_layout(cfg_) << "); data: " << data_->describe() << ", seq_len " << cfg_.data.seq_len
+            << ", batch " << cfg_.data.batch_size << "; " << cfg_.train.steps << " steps -> " << out_dir_ << "\n";
+  if (step_ > 0) std::cout << "lctx-train: resumed from " << result_.resumed_from << " at step " << step_ << "\n";
+  std::cout.flush();
+}
+
+// Model FLOPs utilisation per GPU: the model's training FLOPs per token (Model::flops_per_token)
+// times tokens/s over the configured peak of all GPUs. 0 on the CPU.
+double Trainer::mfu(double tok_s) const {
+  if (!device_.is_cuda()) return 0.0;
+  return model_->flops_per_token(cfg_.data.seq_len) * tok_s /
+         (static_cast<double>(world_.size()) * cfg_.logging.peak_tflops * 1e12);
+}
+
+void Trainer::apply_adamw(double lr) {
+  ++adam_step_;
+  ops::AdamWConfig a;
+  a.lr = static_cast<float>(lr);
+  a.beta1 = static_cast<float>(cfg_.optimizer.beta1);
+  a.beta2 = static_cast<float>(cfg_.optimizer.beta2);
+  a.eps = static_cast<float>(cfg_.optimizer.eps);
+  int64_t off = 0;
+  for (Param& p : model_->params()) {
+    const int64_t n = p.master.numel();
+    Tensor m = m_.slice(0, off, off + n).view(p.master.shape());
+    Tensor v = v_.slice(0, off, off + n).view(p.master.shape());
+    a.weight_decay = p.decay == mixers::Decay::weight ? static_cast<float>(cfg_.optimizer.weight_decay) : 0.0f;
+    Tensor param = model_->compute_dtype() == DType::f32 ? Tensor() : p.compute;
+    ops::adamw_update(param, p.master, m, v, p.grad, a, adam_step_);
+    off += n;
+  }
+}
+
+void Trainer::evaluate() {
+  StepStats tot;
+  for (int64_t i = 0; i < cfg_.eval.batches; ++i) {
+    Batch b = make_batch(*data_, cfg_.data, Split::eval, i * cfg_.data.batch_size, shard_);
+    const StepStats s = model_->evaluate(b);
+    tot.loss_sum += s.loss_sum, tot.correct += s.correct, tot.scored += s.scored;
+  }
+  double sums[3] = {tot.loss_sum, tot.correct, tot.scored};
+  ctrl_.all_reduce(std::span<double>(sums, 3), dist::ReduceOp::sum);
+  if (!is_root()) return;
+  StepRecord r;
+  r.step = step_;
+  r.loss = sums[2] > 0 ? sums[0] / sums[2] : 0.0;
+  r.accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0.0;
+  result_.eval.push_back(r);
+  metrics_.eval(r, consumed_ * cfg_.data.seq_len, static_cast<int64_t>(sums[2]));
+}
+
+}  // namespace lctx::train

@@ -1,0 +1,103 @@
+// Trainer: everything one rank holds during a training run (mesh, layout, model, optimizer
+// state, data, metrics) and the step loop:
+//   batch -> forward/backward -> gradient all-reduce over all ranks -> NaN/Inf check (the step
+//   is skipped and reported) -> clip -> AdamW (warmup + cosine) -> metrics, eval, checkpoints.
+// run_training (train.cpp) builds one per rank. Checkpoint save and resume are in
+// trainer_checkpoint.cpp; the progress line and metrics.jsonl in metrics_log.h.
+#pragma once
+#include <array>
+#include <chrono>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dist/comm.h"
+#include "dist/layout.h"
+#include "dist/mesh.h"
+#include "trainers/checkpoint.h"
+#include "trainers/config.h"
+#include "trainers/data.h"
+#include "trainers/metrics_log.h"
+#include "trainers/model.h"
+#include "trainers/step_profile.h"
+#include "trainers/train.h"
+
+namespace lctx::train {
+
+using Clock = std::chrono::steady_clock;
+inline double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// train.device resolved: simulated ranks share GPU 0; real ranks take one GPU each per node.
+Device device_for(const Config& cfg, bool simulated, int world_rank);
+// The stop signal requested so far (0: none); see request_stop.
+int pending_stop_signal();
+
+// Runs `fn` on rank 0 only; every rank then learns whether it failed and throws the same error.
+template <class Fn>
+void on_root(dist::Comm& comm, Fn&& fn) {
+  std::string err;
+  if (comm.rank() == 0) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      err = e.what();
+      if (err.empty()) err = "unknown error";
+    }
+  }
+  int64_t len = static_cast<int64_t>(err.size());
+  comm.broadcast(std::span<int64_t>(&len, 1), 0);
+  if (len == 0) return;
+  std::vector<int32_t> buf(err.begin(), err.end());  // the comms move typed elements, not chars
+  buf.resize(static_cast<size_t>(len));
+  comm.broadcast(std::span<int32_t>(buf.data(), buf.size()), 0);
+  std::string msg;
+  for (int32_t c : buf) msg += static_cast<char>(c);
+  throw Error(msg);
+}
+
+// Everything one rank holds during training.
+
+class Trainer {
+ public:
+  // world: the communicator for tensors on the compute device (gradients, attention);
+  // ctrl: the same ranks for host values (counters, flags, messages). They are one and the
+  // same communicator except with NCCL, whose ctrl is the MPI communicator it was built from.
+  Trainer(const Config& cfg, dist::Comm& world, dist::Comm& ctrl, RunResult& result, const RunHooks& hooks);
+  void run();
+
+ private:
+  bool is_root() const { return world_.rank() == 0; }
+  void prepare_out_dir();
+  void banner();
+  double mfu(double tok_s) const;
+  void apply_adamw(double lr);
+  void evaluate();
+  // trainer_checkpoint.cpp
+  std::pair<uint64_t, uint64_t> rng_state() const;
+  void save();
+  void resume();
+  void check_compatible(const CheckpointState& st, const std::string& file) const;
+
+  const Config& cfg_;
+  dist::Comm& world_;
+  dist::Comm& ctrl_;
+  RunResult& result_;
+  const RunHooks& hooks_;
+  Shard shard_;
+  std::unique_ptr<dist::Mesh> mesh_;
+  std::unique_ptr<dist::Layout> layout_;
+  Device device_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<StepProfile> profile_;      // logging.profile
+  std::array<double, kPhases> profile_ms_{};  // per phase, summed over the steps since the last log
+  int64_t profile_steps_ = 0;
+  Tensor m_, v_;
+  std::unique_ptr<Dataset> data_;
+  std::string out_dir_, ckpt_dir_;
+  MetricsLog metrics_;
+  int64_t step_ = 0, adam_step_ = 0, consumed_ = 0, skipped_ = 0;
+  uint64_t rng_offset_ = 0;
+};
+
+}  // namespace lctx::train
