@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "core/error.h"
@@ -53,21 +54,44 @@ const char* retired_key(const std::string& path) {
   LCTX_FAIL("config: unknown key '", path, "'", near.empty() ? "" : " (did you mean '" + near + "'?)");
 }
 
+// One YAML document (several, e.g. after `---`, are an error: which one would be meant?).
 YAML::Node load_yaml(const std::string& text, const std::string& what) {
+  std::vector<YAML::Node> docs;
   try {
-    return YAML::Load(text);
+    docs = YAML::LoadAll(text);
   } catch (const YAML::Exception& e) {
     LCTX_FAIL(what, ": invalid YAML: ", e.what());
   }
+  LCTX_CHECK(docs.size() <= 1, what, ": holds ", docs.size(), " YAML documents (separated by --- or ...); ",
+             "a config is one document");
+  return docs.empty() ? YAML::Node() : docs[0];
+}
+
+// The text of a config or preset file; anything but a readable regular file is an error.
+std::string read_file(const std::string& path, const std::string& what) {
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  LCTX_CHECK(!ec && std::filesystem::exists(st), what, " '", path, "' does not exist");
+  LCTX_CHECK(std::filesystem::is_regular_file(st), what, " '", path, "' is ",
+             std::filesystem::is_directory(st) ? "a directory" : "not a regular file", ", not a YAML file");
+  std::ifstream f(path);
+  LCTX_CHECK(f.good(), what, " '", path, "' cannot be read");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
 }
 
 void apply_node(Config& c, const YAML::Node& node, const std::string& prefix) {
   if (!node.IsMap())
     LCTX_FAIL("config: ", prefix.empty() ? std::string("the top level") : "'" + prefix + "'",
               " must be a mapping of keys, got ", schema::node_desc(node));
+  std::map<std::string, int> seen;  // key -> line (1-based)
   for (const auto& kv : node) {
     if (!kv.first.IsScalar()) LCTX_FAIL("config: keys must be plain names (under '", prefix, "')");
     const std::string path = prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar();
+    const auto [it, fresh] = seen.emplace(kv.first.Scalar(), kv.first.Mark().line + 1);
+    LCTX_CHECK(fresh, "config: '", path, "' is given twice (lines ", it->second, " and ", kv.first.Mark().line + 1,
+               "); give each key once");
     if (const schema::Option* o = schema::find(path)) {
       schema::set(c, *o, kv.second);
     } else if (schema::is_section(path)) {
@@ -96,8 +120,7 @@ void apply_preset(Config& c, const YAML::Node& name) {
   LCTX_CHECK(name.IsScalar() && !name.Scalar().empty(), "config: preset must be a preset name, got ",
              schema::node_desc(name));
   const std::filesystem::path file = std::filesystem::path(preset_dir()) / (name.Scalar() + ".yaml");
-  std::ifstream f(file);
-  if (!f.good()) {
+  if (!std::filesystem::is_regular_file(file)) {
     std::string names;
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(preset_dir(), ec))
@@ -105,9 +128,7 @@ void apply_preset(Config& c, const YAML::Node& name) {
     LCTX_FAIL("config: preset '", name.Scalar(), "' does not exist (no ", file.string(), "; presets: ",
               names.empty() ? "none" : names, ")");
   }
-  std::stringstream ss;
-  ss << f.rdbuf();
-  const YAML::Node root = load_yaml(ss.str(), "preset " + file.string());
+  const YAML::Node root = load_yaml(read_file(file.string(), "config: preset"), "preset " + file.string());
   LCTX_CHECK(!(root.IsMap() && root["preset"]), "config: preset ", file.string(), " names another preset; presets do not nest");
   try {
     if (!root.IsNull()) apply_node(c, root, "");
@@ -156,12 +177,9 @@ Config parse_stored_config(const std::string& yaml_text) {
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream f(path);
-  LCTX_CHECK(f.good(), "config: cannot open '", path, "'");
-  std::stringstream ss;
-  ss << f.rdbuf();
+  const std::string text = read_file(path, "config: the config file");
   try {
-    return parse_config(ss.str(), overrides);
+    return parse_config(text, overrides);
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + " [in " + path + "]");
   }

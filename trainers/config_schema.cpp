@@ -40,11 +40,9 @@ bool parse_int(const std::string& s, int64_t& v) {
 
 bool parse_real(const std::string& s, double& v) {
   if (s.empty()) return false;
-  std::string t = s;
-  if (t == ".inf" || t == "inf") t = "inf";
   char* end = nullptr;
-  v = std::strtod(t.c_str(), &end);
-  return end == t.c_str() + t.size() && !std::isnan(v);
+  v = std::strtod(s.c_str(), &end);
+  return end == s.c_str() + s.size() && !std::isnan(v);
 }
 
 std::string yaml_scalar(const std::string& s) {
@@ -55,13 +53,8 @@ std::string yaml_scalar(const std::string& s) {
   return plain ? s : std::string(e.c_str());
 }
 
-std::string format_real(double v) {
-  if (std::isfinite(v) && v == std::floor(v) && std::abs(v) < 1e15) {
-    std::ostringstream os;
-    os << static_cast<long long>(v) << ".0";
-    return os.str();
-  }
-  // Shortest text that reads back to the same double.
+// The shortest text that reads back to the same double.
+std::string shortest(double v) {
   std::string s;
   for (int p = 1; p <= 17; ++p) {
     std::ostringstream t;
@@ -71,6 +64,12 @@ std::string format_real(double v) {
     if (std::strtod(s.c_str(), nullptr) == v) break;
   }
   return s;
+}
+
+// As YAML writes a real: integral values with ".0" (so they read back as reals).
+std::string format_real(double v) {
+  if (std::isfinite(v) && v == std::floor(v) && std::abs(v) < 1e15) return std::to_string(static_cast<long long>(v)) + ".0";
+  return shortest(v);
 }
 
 }  // namespace
@@ -215,7 +214,7 @@ std::string expected_desc(const Option& o) {
   std::ostringstream os;
   switch (o.kind) {
     case Kind::integer: os << "an integer"; break;
-    case Kind::real: os << "a number"; break;
+    case Kind::real: os << "a finite number"; break;
     case Kind::boolean: os << "true or false"; break;
     case Kind::string: os << "a string"; break;
     case Kind::choice: {
@@ -230,7 +229,7 @@ std::string expected_desc(const Option& o) {
     auto fmt = [&](double v) {
       std::ostringstream f;
       if (o.kind == Kind::integer) f << static_cast<long long>(v);
-      else f << v;
+      else f << shortest(v);
       return f.str();
     };
     if (std::isfinite(o.lo) && std::isfinite(o.hi)) os << " in [" << fmt(o.lo) << ", " << fmt(o.hi) << "]";
@@ -262,7 +261,7 @@ void set(Config& c, const Option& o, const YAML::Node& n) {
     }
     case Kind::real: {
       double v;
-      if (!n.IsScalar() || !parse_real(n.Scalar(), v)) bad_value(o, n);
+      if (!n.IsScalar() || !parse_real(n.Scalar(), v) || !std::isfinite(v)) bad_value(o, n);
       check_range(v);
       *static_cast<double*>(f) = v;
       return;
@@ -273,7 +272,7 @@ void set(Config& c, const Option& o, const YAML::Node& n) {
       return;
     }
     case Kind::string: {
-      if (!n.IsScalar()) bad_value(o, n);
+      if (!n.IsScalar() || n.Scalar().find('\0') != std::string::npos) bad_value(o, n);
       *static_cast<std::string*>(f) = n.Scalar();
       return;
     }

@@ -1,13 +1,14 @@
 #include "trainers/data.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "core/philox.h"
 #include "dist/layout.h"
@@ -143,13 +144,96 @@ class SelectiveCopyTask final : public Dataset {
   int64_t vocab_;
 };
 
+// What a file that is not a regular file is, for the error naming it.
+const char* file_kind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "of an unknown kind";
+}
+
+// The data file of a run, opened read-only: a regular file only (checked before the open, which
+// would block on a FIFO, and again on the descriptor), with its size and modification time at
+// open; every read checks that they have not changed since.
+class DataFile {
+ public:
+  explicit DataFile(const std::string& path) : path_(path) {
+    struct stat st {};
+    LCTX_CHECK(::stat(path.c_str(), &st) == 0, "data: cannot open data.path '", path, "': ", std::strerror(errno));
+    check_regular(st);
+    // O_NONBLOCK: a path swapped for a FIFO after the stat above fails the check below instead
+    // of blocking the open (it has no effect on reads of a regular file).
+    fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    LCTX_CHECK(fd_ >= 0, "data: cannot open data.path '", path, "': ", std::strerror(errno));
+    if (::fstat(fd_, &st_) != 0) st_.st_mode = 0;
+    if (!S_ISREG(st_.st_mode)) ::close(std::exchange(fd_, -1));
+    check_regular(st_);
+  }
+  ~DataFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  DataFile(const DataFile&) = delete;
+  DataFile& operator=(const DataFile&) = delete;
+
+  int64_t bytes() const { return static_cast<int64_t>(st_.st_size); }
+  // The file HDF5 opened by the same path must be this one (same device and inode).
+  bool same_file(int fd) const {
+    struct stat st {};
+    return ::fstat(fd, &st) == 0 && st.st_dev == st_.st_dev && st.st_ino == st_.st_ino;
+  }
+
+  // Reads bytes [offset, offset + n) into dst; a failed or short read, or a file that changed
+  // since it was opened, is an error naming the file.
+  void read(int64_t offset, int64_t n, void* dst) const {
+    auto* p = static_cast<char*>(dst);
+    int64_t done = 0;
+    while (done < n) {
+      const ssize_t r = ::pread(fd_, p + done, static_cast<size_t>(n - done), static_cast<off_t>(offset + done));
+      if (r < 0 && errno == EINTR) continue;
+      LCTX_CHECK(r >= 0, "data: reading data.path '", path_, "' at byte ", offset + done, " failed: ",
+                 std::strerror(errno));
+      if (r == 0) break;
+      done += r;
+    }
+    check_unchanged();  // a short read is a file that shrank: named here
+    LCTX_CHECK(done == n, "data: data file ", path_, " (data.path) ended at byte ", offset + done, " of the ", bytes(),
+               " it had when opened");
+  }
+
+  void check_unchanged() const {
+    struct stat now {};
+    LCTX_CHECK(::fstat(fd_, &now) == 0, "data: cannot stat data.path '", path_, "': ", std::strerror(errno));
+    const char* fix = " since lctx-train opened it; a run needs its data unchanged (restore the file, then --resume)";
+    LCTX_CHECK(now.st_size >= st_.st_size, "data: data file ", path_, " (data.path) shrank from ", st_.st_size, " to ",
+               now.st_size, " bytes", fix);
+    LCTX_CHECK(now.st_size == st_.st_size, "data: data file ", path_, " (data.path) grew from ", st_.st_size, " to ",
+               now.st_size, " bytes", fix);
+    const bool same_mtime = now.st_mtim.tv_sec == st_.st_mtim.tv_sec && now.st_mtim.tv_nsec == st_.st_mtim.tv_nsec;
+    LCTX_CHECK(same_mtime, "data: data file ", path_, " (data.path) was rewritten (same size, new modification time)",
+               fix);
+  }
+
+ private:
+  void check_regular(const struct stat& st) const {
+    LCTX_CHECK(S_ISREG(st.st_mode), "data: data.path '", path_, "' is ", file_kind(st.st_mode),
+               ", not a regular file (lctx-train reads windows at random offsets of a file that must not change;",
+               " copy the data into a file)");
+  }
+
+  std::string path_;
+  int fd_ = -1;
+  struct stat st_ {};
+};
+
 // Real data: token ids in [0, n), windows at pseudo-random offsets of the split's range.
 class TokenFile : public Dataset {
  public:
   TokenFile(const DataConfig& d, int64_t vocab) : d_(d), vocab_(vocab) {}
   void sample(Split split, int64_t index, int32_t* x, uint8_t* scored) const override {
     const int64_t S = d_.seq_len;
-    const int64_t train_end = static_cast<int64_t>(static_cast<double>(n_) * (1.0 - d_.holdout));
+    const int64_t train_end = split_end();
     const int64_t begin = split == Split::train ? 0 : train_end, end = split == Split::train ? train_end : n_;
     LCTX_CHECK(end - begin >= S + 1, "data: the ", split == Split::train ? "train" : "eval", " split of ", d_.path, " has ",
                end - begin, " tokens, fewer than data.seq_len + 1 = ", S + 1,
@@ -157,42 +241,59 @@ class TokenFile : public Dataset {
     SampleRng rng(d_.seed, split, index);
     const int64_t off = begin + rng.below(end - begin - S);
     read(off, S + 1, x);
-    for (int64_t i = 0; i <= S; ++i)
-      LCTX_CHECK(x[i] >= 0 && x[i] < vocab_, "data: token ", x[i], " at offset ", off + i, " of ", d_.path,
-                 " is outside model.vocab_size = ", vocab_);
+    check_ids(x, S + 1, off);
     std::fill(scored, scored + S, 1);
   }
 
+  // What make_dataset checks before the first step: both splits hold a window, and (for a file
+  // of at most checks.id_scan_max_bytes) every id is in the vocabulary.
+  void check_at_start(const DataChecks& checks) const {
+    const int64_t S = d_.seq_len, train_end = split_end();
+    LCTX_CHECK(train_end >= S + 1, "data: the train split of ", d_.path, " (data.path) has ", train_end, " of its ", n_,
+               " tokens (data.holdout = ", d_.holdout, " held out), fewer than data.seq_len + 1 = ", S + 1,
+               "; use a larger file or a smaller data.seq_len");
+    LCTX_CHECK(checks.eval_batches <= 0 || n_ - train_end >= S + 1, "data: the eval split of ", d_.path,
+               " (data.path) has ", n_ - train_end, " tokens (the last data.holdout = ", d_.holdout, " of its ", n_,
+               "), fewer than the data.seq_len + 1 = ", S + 1, " that eval.batches = ", checks.eval_batches,
+               " needs; raise data.holdout, use a larger file, lower data.seq_len or set eval.batches: 0");
+    if (id_bound_ <= vocab_ || n_ * token_bytes_ > checks.id_scan_max_bytes) return;
+    const int64_t chunk = std::min<int64_t>(n_, int64_t{1} << 20);
+    std::vector<int32_t> ids(static_cast<size_t>(chunk));
+    for (int64_t pos = 0; pos < n_; pos += chunk) {
+      const int64_t count = std::min(chunk, n_ - pos);
+      read(pos, count, ids.data());
+      check_ids(ids.data(), count, pos);
+    }
+  }
+
  protected:
+  // Reads the ids at token positions [offset, offset + count) of the file into `out`.
   virtual void read(int64_t offset, int64_t count, int32_t* out) const = 0;
+  int64_t split_end() const { return static_cast<int64_t>(static_cast<double>(n_) * (1.0 - d_.holdout)); }
+  // x[0, count) are the ids at token positions [pos, pos + count).
+  void check_ids(const int32_t* x, int64_t count, int64_t pos) const {
+    const int32_t* bad = std::find_if(x, x + count, [&](int32_t id) { return id < 0 || id >= vocab_; });
+    LCTX_CHECK(bad == x + count, "data: token id ", *bad, " at position ", pos + (bad - x), " of ", d_.path,
+               " (data.path) is outside model.vocab_size = ", vocab_,
+               *bad < 0 ? " (a negative id, or a uint32 id above 2^31 - 1)" : "");
+  }
+
   DataConfig d_;
   int64_t vocab_;
-  int64_t n_ = 0;  // tokens in the file
+  int64_t n_ = 0;                 // tokens in the file
+  int64_t token_bytes_ = 4;       // bytes per token in the file
+  int64_t id_bound_ = INT64_MAX;  // every id the file's type can hold is below this
 };
 
-// text (bytes) and tokens (uint16 / uint32) files, memory-mapped read-only.
-class MappedFile final : public TokenFile {
+// text (bytes) and tokens (uint16 / uint32) files, read with pread.
+class RawTokens final : public TokenFile {
  public:
-  MappedFile(const DataConfig& d, int64_t vocab) : TokenFile(d, vocab) {
-    elem_ = d.source == "text" ? 1 : (d.token_dtype == "uint16" ? 2 : 4);
-    const int fd = ::open(d.path.c_str(), O_RDONLY);
-    LCTX_CHECK(fd >= 0, "data: cannot open data.path '", d.path, "': ", std::strerror(errno));
-    struct stat st {};
-    ::fstat(fd, &st);
-    bytes_ = static_cast<size_t>(st.st_size);
-    LCTX_CHECK(bytes_ % elem_ == 0, "data: ", d.path, " has ", bytes_, " bytes, not a multiple of ", elem_, " (data.token_dtype ",
-               d.token_dtype, ")");
-    if (bytes_ > 0) {
-      map_ = ::mmap(nullptr, bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
-      ::close(fd);
-      LCTX_CHECK(map_ != MAP_FAILED, "data: cannot mmap '", d.path, "': ", std::strerror(errno));
-    } else {
-      ::close(fd);
-    }
-    n_ = static_cast<int64_t>(bytes_ / elem_);
-  }
-  ~MappedFile() override {
-    if (map_ && map_ != MAP_FAILED) ::munmap(map_, bytes_);
+  RawTokens(const DataConfig& d, int64_t vocab) : TokenFile(d, vocab), file_(d.path) {
+    token_bytes_ = d.source == "text" ? 1 : (d.token_dtype == "uint16" ? 2 : 4);
+    id_bound_ = token_bytes_ == 4 ? INT64_MAX : int64_t{1} << (8 * token_bytes_);
+    LCTX_CHECK(file_.bytes() % token_bytes_ == 0, "data: ", d.path, " has ", file_.bytes(),
+               " bytes, not a multiple of ", token_bytes_, " (data.token_dtype ", d.token_dtype, ")");
+    n_ = file_.bytes() / token_bytes_;
   }
   std::string describe() const override {
     return (d_.source == "text" ? "bytes of " : d_.token_dtype + " tokens of ") + d_.path + " (" + std::to_string(n_) +
@@ -201,68 +302,101 @@ class MappedFile final : public TokenFile {
 
  protected:
   void read(int64_t offset, int64_t count, int32_t* out) const override {
-    const auto* p = static_cast<const uint8_t*>(map_) + offset * elem_;
-    for (int64_t i = 0; i < count; ++i) {
-      if (elem_ == 1) out[i] = p[i];
-      else if (elem_ == 2) out[i] = static_cast<int32_t>(p[2 * i] | (p[2 * i + 1] << 8));
-      else {
+    // The raw bytes go to the front of `out` and are widened in place from the back: token i's
+    // bytes lie at or below out[i], above every token still to widen.
+    file_.read(offset * token_bytes_, count * token_bytes_, out);
+    const auto* raw = reinterpret_cast<const uint8_t*>(out);
+    for (int64_t i = count - 1; i >= 0; --i) {
+      const uint8_t* p = raw + i * token_bytes_;
+      if (token_bytes_ == 1) {
+        out[i] = p[0];
+      } else if (token_bytes_ == 2) {
+        out[i] = static_cast<int32_t>(p[0] | (p[1] << 8));
+      } else {
         uint32_t v;
-        std::memcpy(&v, p + 4 * i, 4);
+        std::memcpy(&v, p, 4);
         out[i] = v > 0x7fffffffu ? -1 : static_cast<int32_t>(v);
       }
     }
   }
 
  private:
-  void* map_ = nullptr;
-  size_t bytes_ = 0;
-  int64_t elem_ = 1;
+  DataFile file_;
 };
 
 class Hdf5Tokens final : public TokenFile {
  public:
-  Hdf5Tokens(const DataConfig& d, int64_t vocab) : TokenFile(d, vocab) {
+  Hdf5Tokens(const DataConfig& d, int64_t vocab) : TokenFile(d, vocab), watch_(d.path) {
     std::lock_guard<std::mutex> lock(hdf5_mutex());
     const Hdf5Quiet quiet;
-    file_ = H5Id(H5Fopen(d.path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+    H5Id fapl(LCTX_HDF5_CHECK(H5Pcreate(H5P_FILE_ACCESS), d.path), H5Pclose);
+    LCTX_HDF5_CHECK(H5Pset_fapl_sec2(fapl), d.path);  // a POSIX descriptor: compared with watch_'s below
+    file_ = H5Id(H5Fopen(d.path.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose);
     LCTX_CHECK(file_ >= 0, "data: cannot open HDF5 file data.path = '", d.path, "'");
+    void* handle = nullptr;
+    LCTX_HDF5_CHECK(H5Fget_vfd_handle(file_, fapl, &handle), d.path);
+    LCTX_CHECK(handle && watch_.same_file(*static_cast<int*>(handle)), "data: data.path '", d.path,
+               "' was replaced while lctx-train opened it");
     LCTX_CHECK(H5Lexists(file_, d.hdf5_dataset.c_str(), H5P_DEFAULT) > 0, "data: ", d.path, " has no dataset '",
                d.hdf5_dataset, "' (data.hdf5_dataset)");
     dset_ = H5Id(LCTX_HDF5_CHECK(H5Dopen2(file_, d.hdf5_dataset.c_str(), H5P_DEFAULT), d.path), H5Dclose);
-    H5Id space(LCTX_HDF5_CHECK(H5Dget_space(dset_), d.path), H5Sclose);
-    LCTX_CHECK(H5Sget_simple_extent_ndims(space) == 1, "data: dataset '", d.hdf5_dataset, "' in ", d.path, " must be 1-D");
-    hsize_t dims[1];
-    H5Sget_simple_extent_dims(space, dims, nullptr);
-    n_ = static_cast<int64_t>(dims[0]);
+    n_ = extent();
     H5Id type(LCTX_HDF5_CHECK(H5Dget_type(dset_), d.path), H5Tclose);
     LCTX_CHECK(H5Tget_class(type) == H5T_INTEGER, "data: dataset '", d.hdf5_dataset, "' in ", d.path, " must hold integers");
+    token_bytes_ = static_cast<int64_t>(H5Tget_size(type));
   }
   std::string describe() const override {
     return "HDF5 " + d_.path + ":" + d_.hdf5_dataset + " (" + std::to_string(n_) + " tokens)";
   }
 
  protected:
+  // HDF5 reads zeros past the end of a truncated file, so the file is checked after each read.
   void read(int64_t offset, int64_t count, int32_t* out) const override {
     std::lock_guard<std::mutex> lock(hdf5_mutex());
+    const Hdf5Quiet quiet;
+    const int64_t n = extent();
+    LCTX_CHECK(n == n_, "data: dataset '", d_.hdf5_dataset, "' in ", d_.path, " (data.path) has ", n,
+               " elements, it had ", n_, " when opened");
     H5Id fspace(LCTX_HDF5_CHECK(H5Dget_space(dset_), d_.path), H5Sclose);
     const hsize_t start[1] = {static_cast<hsize_t>(offset)}, cnt[1] = {static_cast<hsize_t>(count)};
     LCTX_HDF5_CHECK(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr), d_.path);
     H5Id mspace(LCTX_HDF5_CHECK(H5Screate_simple(1, cnt, nullptr), d_.path), H5Sclose);
-    LCTX_HDF5_CHECK(H5Dread(dset_, H5T_NATIVE_INT32, mspace, fspace, H5P_DEFAULT, out), "reading ", d_.path);
+    const herr_t status = H5Dread(dset_, H5T_NATIVE_INT32, mspace, fspace, H5P_DEFAULT, out);
+    watch_.check_unchanged();  // a changed file explains a failed read; it also voids a successful one
+    LCTX_CHECK(status >= 0, "data: HDF5 could not read ", count, " ids at position ", offset, " of dataset '",
+               d_.hdf5_dataset, "' in ", d_.path, " (data.path)");
   }
 
  private:
+  // Elements in the 1-D dataset.
+  int64_t extent() const {
+    H5Id space(LCTX_HDF5_CHECK(H5Dget_space(dset_), d_.path), H5Sclose);
+    LCTX_CHECK(H5Sget_simple_extent_ndims(space) == 1, "data: dataset '", d_.hdf5_dataset, "' in ", d_.path,
+               " must be 1-D");
+    hsize_t dims[1];
+    LCTX_HDF5_CHECK(H5Sget_simple_extent_dims(space, dims, nullptr), d_.path);
+    return static_cast<int64_t>(dims[0]);
+  }
+
+  DataFile watch_;  // the same file as file_: its size and modification time are watched
   H5Id file_, dset_;
 };
 
+template <class File>
+std::unique_ptr<Dataset> open_file(const DataConfig& d, int64_t vocab_size, const DataChecks& checks) {
+  auto f = std::make_unique<File>(d, vocab_size);
+  f->check_at_start(checks);
+  return f;
+}
+
 }  // namespace
 
-std::unique_ptr<Dataset> make_dataset(const DataConfig& d, int64_t vocab_size) {
+std::unique_ptr<Dataset> make_dataset(const DataConfig& d, int64_t vocab_size, const DataChecks& checks) {
   if (d.source == "passkey") return std::make_unique<PasskeyTask>(d, vocab_size);
   if (d.source == "mqar") return std::make_unique<MqarTask>(d, vocab_size);
   if (d.source == "selective_copy") return std::make_unique<SelectiveCopyTask>(d, vocab_size);
-  if (d.source == "text" || d.source == "tokens") return std::make_unique<MappedFile>(d, vocab_size);
-  if (d.source == "hdf5") return std::make_unique<Hdf5Tokens>(d, vocab_size);
+  if (d.source == "text" || d.source == "tokens") return open_file<RawTokens>(d, vocab_size, checks);
+  if (d.source == "hdf5") return open_file<Hdf5Tokens>(d, vocab_size, checks);
   LCTX_FAIL("data: unknown data.source '", d.source, "'");
 }
 

@@ -8,10 +8,17 @@
 //   mqar            multi-query associative recall: "k1 v1 ... kP vP", filler, then Q queries
 //                   "k v" of earlier keys; each v after a queried k is scored.
 //   selective_copy  T data tokens scattered in noise, then "COPY t1..tT"; the copies are scored.
-// Real data (every next-token prediction scored): `text` (a byte file, memory-mapped),
-// `tokens` (raw uint16/uint32 little-endian ids, memory-mapped) and `hdf5` (a 1-D integer
-// dataset); the last `data.holdout` fraction of the file is the eval split. Samples are
-// windows at deterministic pseudo-random offsets.
+// Real data (every next-token prediction scored): `text` (a byte file), `tokens` (raw
+// uint16/uint32 little-endian ids) and `hdf5` (a 1-D integer dataset); the last `data.holdout`
+// fraction of the file is the eval split. Samples are windows at deterministic pseudo-random
+// offsets. A data file is checked where a user can get it wrong, as early as possible:
+//   - data.path must be a regular file (a FIFO or device would block the open, or change);
+//   - make_dataset checks the split sizes and, for a file up to DataChecks::id_scan_max_bytes,
+//     every id against model.vocab_size, so these fail before the first step;
+//   - every window is read with calls that report errors (pread, H5Dread) and the file's size and
+//     modification time are re-checked after each read, so a file truncated, grown or rewritten
+//     under a run is an lctx::Error naming it (a memory map would die by SIGBUS, and HDF5 reads
+//     zeros past the end of a truncated file).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -44,7 +51,17 @@ class Dataset {
   virtual std::string describe() const = 0;
 };
 
-std::unique_ptr<Dataset> make_dataset(const DataConfig& d, int64_t vocab_size);
+// Start-up checks of a real data file that need more than the data config.
+struct DataChecks {
+  // eval.batches of the run: > 0 needs an eval split of at least data.seq_len + 1 tokens.
+  int64_t eval_batches = 0;
+  // A file of at most this many bytes has every id checked against model.vocab_size when the
+  // dataset is made (read in chunks); a larger one is checked window by window as it is read.
+  int64_t id_scan_max_bytes = int64_t{256} << 20;
+};
+
+// Throws lctx::Error naming the data.* key and the file when the source cannot be used.
+std::unique_ptr<Dataset> make_dataset(const DataConfig& d, int64_t vocab_size, const DataChecks& checks = {});
 
 // Which part of the global batch one rank holds: dp rank d of dp takes samples
 // [d * B/dp, (d+1) * B/dp); of every sequence it holds the tokens at `positions` (global, in

@@ -3,6 +3,8 @@
 //   lctx-train CONFIG.yaml --print-config     the resolved config, defaults included
 //   lctx-train --print-options                markdown table of every option
 #include <cstring>
+#include <new>
+#include <system_error>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -74,8 +76,20 @@ int main(int argc, char** argv) {
     const lctx::train::RunResult r = lctx::train::run_training(cfg);
     if (r.stopped_by_signal) std::cout << "lctx-train: stopped by signal at step " << r.final_step << "\n";
     return 0;
-  } catch (const std::exception& e) {
+  } catch (const lctx::Error& e) {
     std::cerr << "lctx-train: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "lctx-train: error: out of memory; the sizes that drive it are data.seq_len, data.batch_size, "
+                 "model.dim, model.ffn_dim, model.n_layers, model.vocab_size and parallel.simulate (ranks in one "
+                 "process)\n";
+    return 1;
+  } catch (const std::system_error& e) {
+    std::cerr << "lctx-train: error: the system refused a resource (" << e.code().message()
+              << "): too many threads or files? (parallel.simulate ranks x train.threads threads)\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "lctx-train: error: " << e.what() << " [config " << config_path << "]\n";
     return 1;
   }
 }

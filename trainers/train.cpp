@@ -11,6 +11,7 @@
 #include "dist/mpi_comm.h"
 #include "dist/nccl_comm.h"
 #include "dist/sim_comm.h"
+#include "trainers/memory_estimate.h"
 #include "trainers/trainer.h"
 
 namespace lctx::train {
@@ -28,20 +29,31 @@ int local_rank(int fallback) {
   return fallback;
 }
 
+// Ranks of this job on this node (from the launcher's environment), else 1.
+int ranks_on_node() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
+    if (const char* v = std::getenv(var); v && std::atoi(v) > 0) return std::atoi(v);
+  return 1;
+}
+
 // OpenMP threads of each rank: train.threads, else OMP_NUM_THREADS when set, else the cores
 // shared by the ranks on this node (threads of this process, or processes of this node).
 int threads_per_rank(const Config& cfg, int ranks_in_process) {
   if (cfg.train.threads > 0) return static_cast<int>(cfg.train.threads);
   if (const char* env = std::getenv("OMP_NUM_THREADS"); env && std::atoi(env) > 0)
     return std::max(1, std::atoi(env) / std::max(1, ranks_in_process));
-  int ranks_on_node = ranks_in_process;
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
-    if (const char* v = std::getenv(var); v && std::atoi(v) > 0) {
-      ranks_on_node = std::atoi(v) * ranks_in_process;
-      break;
-    }
   const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, hw / std::max(1, ranks_on_node));
+  return std::max(1, hw / std::max(1, ranks_on_node() * ranks_in_process));
+}
+
+// Before any rank starts: the memory `ranks` ranks need on `device` (memory_estimate.h) and
+// the OpenMP threads asked for (train.threads beyond 4 per hardware thread only oversubscribes,
+// and under a memory limit libgomp cannot create them).
+void check_resources(const Config& cfg, Device device, int ranks, Ranks kind) {
+  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  LCTX_CHECK(cfg.train.threads <= 4 * hw, "config: train.threads (", cfg.train.threads, ") is more than 4 per hardware ",
+             "thread of this machine (", hw, "); use 0 (the cores shared by the ranks) or at most ", 4 * hw);
+  check_memory(cfg, device, ranks, kind);
 }
 
 }  // namespace
@@ -97,12 +109,14 @@ RunResult run_training(const Config& cfg, const RunHooks& hooks) {
   const bool multi_process = dist::launched_with_mpi();
   if (cfg.parallel.simulate > 0 || backend == "sim") {
     const int n = static_cast<int>(std::max<int64_t>(1, cfg.parallel.simulate));
+    check_resources(cfg, device_for(cfg, true, 0), n, Ranks::simulated);
     dist::run_simulated(n, [&](dist::Comm& c) { body(c, c, n); });
   } else if (backend == "nccl" || (backend == "auto" && multi_process && device_for(cfg, false, 0).is_cuda())) {
 #ifdef LCTX_HAVE_CUDA
     auto boot = dist::MpiComm::world();
     const Device dev = device_for(cfg, false, boot->rank());
     LCTX_CHECK(dev.is_cuda(), "parallel.backend = nccl needs GPUs (train.device resolved to cpu)");
+    check_resources(cfg, dev, 1, Ranks::real);
     dist::NcclComm nccl(*boot, dev.index);
     body(nccl, *boot, 1);
 #else
@@ -110,9 +124,11 @@ RunResult run_training(const Config& cfg, const RunHooks& hooks) {
 #endif
   } else if (backend == "mpi" || (backend == "auto" && multi_process)) {
     auto world = dist::MpiComm::world();
+    check_resources(cfg, device_for(cfg, false, world->rank()), ranks_on_node(), Ranks::real);
     body(*world, *world, 1);
   } else {
     validate_world(cfg, 1);
+    check_resources(cfg, device_for(cfg, false, 0), 1, Ranks::real);
     dist::run_simulated(1, [&](dist::Comm& c) { body(c, c, 1); });
   }
   return result;

@@ -42,7 +42,7 @@ Trainer::Trainer(const Config& cfg, dist::Comm& world, dist::Comm& ctrl, RunResu
   }
   m_ = Tensor::zeros({model_->num_params()}, DType::f32, device_);
   v_ = Tensor::zeros({model_->num_params()}, DType::f32, device_);
-  data_ = make_dataset(cfg_.data, cfg_.model.vocab_size);
+  data_ = make_dataset(cfg_.data, cfg_.model.vocab_size, DataChecks{.eval_batches = cfg_.eval.batches});
   out_dir_ = cfg_.logging.out_dir;
   ckpt_dir_ = (fs::path(out_dir_) / "checkpoints").string();
 }
@@ -51,6 +51,7 @@ void Trainer::run() {
   const auto t0 = Clock::now();
   on_root(ctrl_, [&] { prepare_out_dir(); });
   resume();
+  saved_step_ = step_;
   on_root(ctrl_, [&] { metrics_.open((fs::path(out_dir_) / "metrics.jsonl").string(), step_); });
   if (is_root()) banner();
 
@@ -64,7 +65,7 @@ void Trainer::run() {
   bool stopped = false;
   while (step_ < total) {
     const double lr = learning_rate(cfg_, step_);
-    Batch batch = make_batch(*data_, cfg_.data, Split::train, consumed_, shard_);
+    Batch batch = next_batch(Split::train, consumed_);
     int64_t scored_global = batch.scored;
     ctrl_.all_reduce(std::span<int64_t>(&scored_global, 1), dist::ReduceOp::sum);
     if (profile_) profile_->start(Phase::forward);
@@ -135,8 +136,10 @@ void Trainer::run() {
     ctrl_.all_reduce(std::span<int32_t>(&stop, 1), dist::ReduceOp::max);
     const bool last = step_ == total;
     if (cfg_.eval.batches > 0 && (last || stop || (cfg_.eval.every > 0 && step_ % cfg_.eval.every == 0))) evaluate();
-    if (stop || (last && cfg_.checkpoint.save_final) || (cfg_.checkpoint.every > 0 && step_ % cfg_.checkpoint.every == 0))
+    if (stop || (last && cfg_.checkpoint.save_final) || (cfg_.checkpoint.every > 0 && step_ % cfg_.checkpoint.every == 0)) {
       save();
+      saved_step_ = step_;
+    }
     if (stop) {
       if (is_root())
         std::cerr << "lctx-train: received signal " << stop << "; saved a checkpoint at step " << step_
@@ -154,9 +157,52 @@ void Trainer::run() {
   }
 }
 
+Batch Trainer::next_batch(Split split, int64_t first) {
+  Batch b;
+  std::string err;
+  try {
+    b = make_batch(*data_, cfg_.data, split, first, shard_);
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  int32_t failed = err.empty() ? 0 : 1;
+  ctrl_.all_reduce(std::span<int32_t>(&failed, 1), dist::ReduceOp::max);
+  if (failed) {
+    if (step_ > saved_step_) {
+      save();
+      saved_step_ = step_;
+      if (is_root())
+        std::cerr << "lctx-train: data error after step " << step_ << "; saved a checkpoint of step " << step_ << ": "
+                  << result_.last_checkpoint << "\n";
+    }
+    throw_first_error(ctrl_, err);
+  }
+  return b;
+}
+
+void throw_first_error(dist::Comm& comm, const std::string& err) {
+  int64_t from = err.empty() ? comm.size() : comm.rank();
+  comm.all_reduce(std::span<int64_t>(&from, 1), dist::ReduceOp::min);
+  if (from == comm.size()) return;
+  const int root = static_cast<int>(from);
+  int64_t len = static_cast<int64_t>(err.size());
+  comm.broadcast(std::span<int64_t>(&len, 1), root);
+  std::vector<int32_t> buf(err.begin(), err.end());  // the comms move typed elements, not chars
+  buf.resize(static_cast<size_t>(len));
+  comm.broadcast(std::span<int32_t>(buf.data(), buf.size()), root);
+  std::string msg;
+  for (int32_t c : buf) msg += static_cast<char>(c);
+  throw Error(msg);
+}
+
 void Trainer::prepare_out_dir() {
-  fs::create_directories(out_dir_);
-  std::ofstream(fs::path(out_dir_) / "config.yaml") << to_yaml(cfg_);
+  std::error_code ec;
+  fs::create_directories(out_dir_, ec);
+  LCTX_CHECK(!ec && fs::is_directory(out_dir_), "logging.out_dir '", out_dir_, "': cannot create the run directory (",
+             ec ? ec.message() : "a file of that name exists", ")");
+  std::ofstream f(fs::path(out_dir_) / "config.yaml");
+  f << to_yaml(cfg_);
+  LCTX_CHECK(f.good(), "logging.out_dir '", out_dir_, "': cannot write config.yaml");
 }
 
 void Trainer::banner() {
@@ -204,7 +250,7 @@ void Trainer::apply_adamw(double lr) {
 void Trainer::evaluate() {
   StepStats tot;
   for (int64_t i = 0; i < cfg_.eval.batches; ++i) {
-    Batch b = make_batch(*data_, cfg_.data, Split::eval, i * cfg_.data.batch_size, shard_);
+    Batch b = next_batch(Split::eval, i * cfg_.data.batch_size);
     const StepStats s = model_->evaluate(b);
     tot.loss_sum += s.loss_sum, tot.correct += s.correct, tot.scored += s.scored;
   }

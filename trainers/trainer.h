@@ -33,6 +33,10 @@ Device device_for(const Config& cfg, bool simulated, int world_rank);
 // The stop signal requested so far (0: none); see request_stop.
 int pending_stop_signal();
 
+// Collective: when some rank's `err` is not empty, every rank throws the error of the lowest
+// such rank; otherwise it returns.
+void throw_first_error(dist::Comm& comm, const std::string& err);
+
 // Runs `fn` on rank 0 only; every rank then learns whether it failed and throws the same error.
 template <class Fn>
 void on_root(dist::Comm& comm, Fn&& fn) {
@@ -45,15 +49,7 @@ void on_root(dist::Comm& comm, Fn&& fn) {
       if (err.empty()) err = "unknown error";
     }
   }
-  int64_t len = static_cast<int64_t>(err.size());
-  comm.broadcast(std::span<int64_t>(&len, 1), 0);
-  if (len == 0) return;
-  std::vector<int32_t> buf(err.begin(), err.end());  // the comms move typed elements, not chars
-  buf.resize(static_cast<size_t>(len));
-  comm.broadcast(std::span<int32_t>(buf.data(), buf.size()), 0);
-  std::string msg;
-  for (int32_t c : buf) msg += static_cast<char>(c);
-  throw Error(msg);
+  throw_first_error(comm, err);
 }
 
 // Everything one rank holds during training.
@@ -73,6 +69,9 @@ class Trainer {
   double mfu(double tok_s) const;
   void apply_adamw(double lr);
   void evaluate();
+  // make_batch on every rank; a data error on any rank (a file changed under the run, an id
+  // outside the vocabulary) saves a checkpoint of the last completed step, then fails every rank.
+  Batch next_batch(Split split, int64_t first);
   // trainer_checkpoint.cpp
   std::pair<uint64_t, uint64_t> rng_state() const;
   void save();
@@ -97,6 +96,7 @@ class Trainer {
   std::string out_dir_, ckpt_dir_;
   MetricsLog metrics_;
   int64_t step_ = 0, adam_step_ = 0, consumed_ = 0, skipped_ = 0;
+  int64_t saved_step_ = 0;  // the newest step with a checkpoint (saved or resumed from)
   uint64_t rng_offset_ = 0;
 };
 

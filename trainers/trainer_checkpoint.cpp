@@ -1,5 +1,7 @@
-// Trainer's checkpoints: save (rank 0 writes, atomically; see checkpoint.h) and resume (rank 0
-// loads and checks, then broadcasts the state to every rank, on any dp/sp layout).
+// Trainer's checkpoints: save (rank 0 writes, atomically, and applies the retention policy; see
+// checkpoint.h) and resume (rank 0 loads and verifies the file, checks it against this config:
+// model-shaping keys, data.seed, step <= train.steps, the parameters' shapes; then broadcasts the
+// state to every rank, on any dp/sp layout).
 #include <iostream>
 
 #include "trainers/trainer.h"
@@ -54,15 +56,25 @@ void Trainer::resume() {
     std::string file = r;
     CheckpointState st;
     if (r == "auto") {
-      file = find_latest_valid(ckpt_dir_, nullptr, &st);
+      std::vector<std::string> skipped;
+      file = find_latest_valid(ckpt_dir_, &skipped, &st);
       if (file.empty()) {
-        if (!hooks_.quiet) std::cout << "lctx-train: no checkpoint in " << ckpt_dir_ << "; starting from scratch\n";
+        if (!hooks_.quiet)
+          std::cout << "lctx-train: no " << (skipped.empty() ? "" : "valid ") << "checkpoint in " << ckpt_dir_
+                    << (skipped.empty() ? "" : " (" + std::to_string(skipped.size()) + " skipped, see above)")
+                    << "; starting from scratch\n";
         return;
       }
     } else {
       st = load_checkpoint(file);
     }
+    if (st.format_version == 1 && !hooks_.quiet)
+      std::cerr << "lctx-train: warning: checkpoint " << file
+                << " is format 1: its root attributes carry no checksum, they were only range-checked\n";
     check_compatible(st, file);
+    LCTX_CHECK(st.step <= cfg_.train.steps, "cannot resume from ", file, ": its attribute 'step' is ", st.step,
+               ", beyond train.steps = ", cfg_.train.steps,
+               " (raise train.steps to continue that run, or resume from an earlier checkpoint)");
     int64_t o = 0;
     for (Param& p : model_->params()) {
       const int64_t n = p.master.numel();
@@ -115,14 +127,21 @@ void Trainer::check_compatible(const CheckpointState& st, const std::string& fil
   Config saved;
   try {
     saved = parse_stored_config(st.config_yaml);
-  } catch (const Error& e) {
-    LCTX_FAIL("checkpoint ", file, ": its stored config does not parse: ", e.what());
+  } catch (const std::exception& e) {
+    LCTX_FAIL("checkpoint ", file, ": its stored config (attribute 'config') does not parse: ", e.what());
   }
   for (const auto& key : model_shaping_keys()) {
     const std::string a = option_value(saved, key), b = option_value(cfg_, key);
     LCTX_CHECK(a == b, "cannot resume from ", file, ": model-shaping key ", key, " is ", a,
                " in the checkpoint but ", b, " in this config");
   }
+  // Without attribute checksums (format 1) the sample count is only range-checked on load; it
+  // should be step * data.batch_size unless the batch size changed during the run.
+  const int64_t batch = saved.data.batch_size, consumed = st.data_consumed_samples;
+  if (st.format_version == 1 && (consumed % batch != 0 || consumed / batch != st.step) && !hooks_.quiet)
+    std::cerr << "lctx-train: warning: checkpoint " << file << ": attribute 'data_consumed_samples' is "
+              << consumed << ", not step * data.batch_size = " << st.step << " * " << batch
+              << " (expected unless data.batch_size changed during the run)\n";
   LCTX_CHECK(st.data_seed == cfg_.data.seed, "cannot resume from ", file, ": data.seed is ", st.data_seed,
              " in the checkpoint but ", cfg_.data.seed, " in this config (the data stream would change)");
 }

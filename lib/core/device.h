@@ -2,6 +2,7 @@
 // Stream wraps cudaStream_t as an opaque handle so CPU-only code needs no CUDA headers;
 // a default Stream{} is the CUDA legacy default stream, and is ignored on the CPU.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -31,5 +32,9 @@ bool cuda_available();
 int cuda_device_count();
 // Blocks the host until all work queued on `s` has finished (no-op on CPU builds).
 void synchronize(Stream s = {});
+// Memory a program can hope to use on `device`: for the CPU the memory available now
+// (/proc/meminfo MemAvailable, capped by the cgroup limit), for a GPU its total memory.
+// 0 when unknown.
+size_t device_memory_bytes(Device device);
 
 }  // namespace lctx

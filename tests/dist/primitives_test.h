@@ -123,4 +123,30 @@ struct Recurrence {
   }
 };
 
+// Every output of one rank's state_scan forward and backward (with h0; d_incoming = the
+// summaries' e, d_final = h0) for `rec` on `device`, moved to the CPU, in a fixed order.
+inline std::vector<Tensor> scan_outputs(dist::Comm& c, const dist::Layout& layout, const Recurrence& rec, DType dtype,
+                                        Device dev, Stream s) {
+  auto to_dev = [&](const Tensor& t) { return t.to(dev, s); };
+  std::vector<dist::Affine> local;
+  std::vector<Tensor> d_in;
+  for (const dist::Affine& a : rec.summaries(layout, c.rank(), dtype)) {
+    local.push_back({to_dev(a.a), to_dev(a.e)});
+    d_in.push_back(to_dev(a.e));  // any values of the state's shape
+  }
+  const Tensor h0 = to_dev(rec.state_tensor(rec.initial(true), dtype));
+  const dist::ScanResult f = dist::state_scan_forward(c, layout, local, h0, s);
+  const dist::ScanGrads g = dist::state_scan_backward(c, layout, local, f, d_in, h0, s);
+  std::vector<Tensor> out(f.incoming.begin(), f.incoming.end());
+  out.push_back(f.final_state);
+  for (const dist::Affine& d : g.d_local) {
+    out.push_back(d.a);
+    out.push_back(d.e);
+  }
+  out.push_back(g.d_h0);
+  synchronize(s);
+  for (Tensor& t : out) t = t.to(Device::cpu());
+  return out;
+}
+
 }  // namespace lctx::test

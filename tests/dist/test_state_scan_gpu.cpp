@@ -20,32 +20,6 @@ using namespace lctx::dist;
 
 namespace {
 
-#ifdef LCTX_HAVE_CUDA
-// Every output of one rank, on the CPU, in a fixed order.
-std::vector<Tensor> run_rank(Comm& c, const Layout& layout, const test::Recurrence& rec, DType dtype, Device dev,
-                             Stream s) {
-  auto to_dev = [&](const Tensor& t) { return t.to(dev, s); };
-  std::vector<Affine> local;
-  std::vector<Tensor> d_in;
-  for (const Affine& a : rec.summaries(layout, c.rank(), dtype)) {
-    local.push_back({to_dev(a.a), to_dev(a.e)});
-    d_in.push_back(to_dev(a.e));  // any values of the state's shape
-  }
-  const Tensor h0 = to_dev(rec.state_tensor(rec.initial(true), dtype));
-  const ScanResult f = state_scan_forward(c, layout, local, h0, s);
-  const ScanGrads g = state_scan_backward(c, layout, local, f, d_in, h0, s);
-  std::vector<Tensor> out(f.incoming.begin(), f.incoming.end());
-  out.push_back(f.final_state);
-  for (const Affine& d : g.d_local) {
-    out.push_back(d.a);
-    out.push_back(d.e);
-  }
-  out.push_back(g.d_h0);
-  synchronize(s);
-  for (Tensor& t : out) t = t.to(Device::cpu());
-  return out;
-}
-#endif
 
 TEST(StateScanGpu, MatchesCpu) {
   LCTX_REQUIRE_GPU();
@@ -59,13 +33,13 @@ TEST(StateScanGpu, MatchesCpu) {
       const Layout layout = lc.layout();
       std::vector<std::vector<Tensor>> cpu(layout.size()), gpu(layout.size());
       run_simulated(layout.size(),
-                    [&](Comm& c) { cpu[c.rank()] = run_rank(c, layout, rec, dtype, Device::cpu(), {}); });
+                    [&](Comm& c) { cpu[c.rank()] = test::scan_outputs(c, layout, rec, dtype, Device::cpu(), {}); });
       LCTX_CUDA_CHECK(cudaSetDevice(0));
       cudaStream_t st;
       LCTX_CUDA_CHECK(cudaStreamCreate(&st));
       run_simulated(layout.size(), [&](Comm& c) {
         LCTX_CUDA_CHECK(cudaSetDevice(0));
-        gpu[c.rank()] = run_rank(c, layout, rec, dtype, Device::cuda(0), Stream{st});
+        gpu[c.rank()] = test::scan_outputs(c, layout, rec, dtype, Device::cuda(0), Stream{st});
       });
       cudaStreamDestroy(st);
       const double tol = dtype == DType::f64 ? 1e-13 : 1e-6;

@@ -1,14 +1,23 @@
 // Data: samples depend only on (seed, split, index); sharding over dp/sp reassembles the global
 // batch exactly; synthetic tasks score exactly their answer tokens; real data files (bytes,
-// uint16/uint32 tokens, HDF5) give windows of the file with a disjoint held-out split.
+// uint16/uint32 tokens, HDF5) give windows of the file with a disjoint held-out split. A data
+// file that cannot serve a run is an Error naming it: not a regular file, splits too short for
+// data.seq_len, an id outside the vocabulary (at start-up, or in the window that reads it), and
+// a file truncated, grown or rewritten after it was opened.
 #include <gtest/gtest.h>
 #include <hdf5.h>
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <set>
 
+#include "common/data_files.h"
 #include "core/error.h"
 #include "trainers/config.h"
 #include "trainers/data.h"
@@ -230,15 +239,13 @@ TEST_F(DataFiles, Uint16AndUint32Tokens) {
     d.seq_len = 12;
     d.holdout = 0.2;
     expect_windows(d, 50000, file);
-    // Ids beyond the vocabulary are an error naming the file.
-    auto small = make_dataset(d, 100);
-    std::vector<int32_t> x(13);
-    std::vector<uint8_t> sc(12);
+    // Ids beyond the vocabulary are an error naming the file, found when the dataset is made.
     try {
-      small->sample(Split::train, 0, x.data(), sc.data());
+      make_dataset(d, 100);
       ADD_FAILURE() << "out-of-vocab token accepted";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("outside model.vocab_size = 100"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(d.path), std::string::npos) << e.what();
     }
   }
 }
@@ -247,16 +254,7 @@ TEST_F(DataFiles, Hdf5Dataset) {
   std::vector<int32_t> file;
   for (int i = 0; i < 1500; ++i) file.push_back((i * 31) % 1000);
   const std::string path = (dir_ / "d.h5").string();
-  {
-    const hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    const hsize_t n = file.size();
-    const hid_t sp = H5Screate_simple(1, &n, nullptr);
-    const hid_t ds = H5Dcreate2(f, "ids", H5T_STD_U16LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, file.data());
-    H5Dclose(ds);
-    H5Sclose(sp);
-    H5Fclose(f);
-  }
+  test::write_hdf5_ids(path, "ids", file, H5T_STD_U16LE);
   DataConfig d;
   d.source = "hdf5";
   d.path = path;
@@ -270,6 +268,166 @@ TEST_F(DataFiles, Hdf5Dataset) {
     ADD_FAILURE();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("has no dataset 'missing'"), std::string::npos) << e.what();
+  }
+}
+
+// The message of the Error `fn` throws ("" when it throws none).
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+#define EXPECT_HAS(msg, text) \
+  EXPECT_NE((msg).find(text), std::string::npos) << "expected '" << (text) << "' in: " << (msg)
+
+void write_hdf5(const std::string& path, const std::vector<int32_t>& ids) { test::write_hdf5_ids(path, "ids", ids); }
+
+// A config reading `ids` written as uint16 tokens or as an HDF5 dataset.
+DataConfig file_config(const fs::path& dir, const std::string& source, const std::vector<int32_t>& ids) {
+  DataConfig d;
+  d.source = source;
+  d.seq_len = 16;
+  d.holdout = 0.1;
+  if (source == "hdf5") {
+    d.path = (dir / "ids.h5").string();
+    d.hdf5_dataset = "ids";
+    write_hdf5(d.path, ids);
+  } else {
+    d.path = (dir / "ids.bin").string();
+    d.token_dtype = "uint16";
+    std::ofstream f(d.path, std::ios::binary);
+    for (int32_t v : ids) {
+      const uint16_t w = static_cast<uint16_t>(v);
+      f.write(reinterpret_cast<const char*>(&w), 2);
+    }
+  }
+  return d;
+}
+
+std::vector<int32_t> ramp(int64_t n, int32_t vocab) {
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<int32_t>((i * 37) % vocab);
+  return v;
+}
+
+// A file cut short after the dataset was made: the next window is an Error naming the file and
+// both sizes (a memory map died by SIGBUS here; HDF5 read zeros).
+TEST_F(DataFiles, TruncatedFileIsAnErrorNamingIt) {
+  for (const char* src : {"tokens", "text", "hdf5"}) {
+    DataConfig dd = file_config(dir_, std::string(src) == "hdf5" ? "hdf5" : "tokens", ramp(20000, 256));
+    dd.source = src;  // text: the same file's bytes
+    auto ds = make_dataset(dd, 256);
+    std::vector<int32_t> x(dd.seq_len + 1);
+    std::vector<uint8_t> sc(dd.seq_len);
+    ds->sample(Split::train, 0, x.data(), sc.data());
+    const auto before = fs::file_size(dd.path);
+    fs::resize_file(dd.path, 1000);
+    // Every window fails, wherever it lies: the file changed.
+    for (int64_t i = 0; i < 3; ++i) {
+      const std::string msg = error_of([&] { ds->sample(Split::train, i, x.data(), sc.data()); });
+      EXPECT_HAS(msg, dd.path);
+      EXPECT_HAS(msg, "data.path");
+      EXPECT_HAS(msg, "shrank from " + std::to_string(before) + " to 1000 bytes");
+    }
+    const std::string eval = error_of([&] { ds->sample(Split::eval, 0, x.data(), sc.data()); });
+    EXPECT_HAS(eval, "shrank");
+  }
+}
+
+TEST_F(DataFiles, GrownOrRewrittenFileIsAnError) {
+  const DataConfig d = file_config(dir_, "tokens", ramp(2000, 256));
+  std::vector<int32_t> x(d.seq_len + 1);
+  std::vector<uint8_t> sc(d.seq_len);
+  {
+    auto ds = make_dataset(d, 256);
+    std::ofstream(d.path, std::ios::binary | std::ios::app) << "xy";
+    EXPECT_HAS(error_of([&] { ds->sample(Split::train, 0, x.data(), sc.data()); }), "grew from 4000 to 4002 bytes");
+  }
+  fs::resize_file(d.path, 4000);
+  auto ds = make_dataset(d, 256);
+  {
+    std::fstream f(d.path, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(100);
+    f.put('\1');
+  }
+  fs::last_write_time(d.path, fs::last_write_time(d.path) + std::chrono::seconds(5));
+  const std::string msg = error_of([&] { ds->sample(Split::train, 0, x.data(), sc.data()); });
+  EXPECT_HAS(msg, d.path);
+  EXPECT_HAS(msg, "was rewritten");
+}
+
+// Not a regular file: refused before any open that could block (a FIFO's open waits for a
+// writer), for every file source.
+TEST_F(DataFiles, NonRegularPathIsAnError) {
+  const std::string fifo = (dir_ / "fifo").string(), sock = (dir_ / "sock").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock.c_str());
+  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  struct Case {
+    std::string path, kind;
+  };
+  for (const Case& c : {Case{fifo, "is a FIFO"}, Case{dir_.string(), "is a directory"},
+                        Case{"/dev/null", "is a character device"}, Case{sock, "is a socket"},
+                        Case{(dir_ / "missing").string(), "cannot open data.path"}})
+    for (const char* src : {"text", "tokens", "hdf5"}) {
+      DataConfig d;
+      d.source = src;
+      d.path = c.path;
+      const std::string msg = error_of([&] { make_dataset(d, 256); });
+      EXPECT_HAS(msg, c.kind);
+      EXPECT_HAS(msg, "data.path '" + c.path + "'");
+    }
+  ::close(s);
+}
+
+// A split too short for one window is found when the dataset is made, not at the first eval.
+TEST_F(DataFiles, ShortSplitsAreFoundAtStartUp) {
+  for (const char* src : {"tokens", "hdf5"}) {
+    DataConfig d = file_config(dir_, src, ramp(100, 256));  // 90 train + 10 eval tokens
+    std::string msg = error_of([&] { make_dataset(d, 256, DataChecks{.eval_batches = 2}); });
+    const std::vector<std::string> names = {"eval split of " + d.path, "data.holdout = 0.1", "eval.batches = 2",
+                                            "data.seq_len + 1 = 17", "has 10 tokens"};
+    for (const std::string& t : names)
+      EXPECT_HAS(msg, t);
+    EXPECT_EQ(error_of([&] { make_dataset(d, 256); }), "") << "no eval, no eval split needed";
+    d.holdout = 0;
+    EXPECT_HAS(error_of([&] { make_dataset(d, 256, DataChecks{.eval_batches = 1}); }), "has 0 tokens");
+    d.seq_len = 100;
+    msg = error_of([&] { make_dataset(d, 256); });
+    EXPECT_HAS(msg, "train split of " + d.path);
+    EXPECT_HAS(msg, "data.seq_len + 1 = 101");
+  }
+}
+
+// One id outside the vocabulary: found at start-up in a file up to id_scan_max_bytes, else in
+// the window that reads it; the error names the file, the position and the id.
+TEST_F(DataFiles, OutOfVocabularyIdNamesItsPosition) {
+  for (const char* src : {"tokens", "hdf5"}) {
+    std::vector<int32_t> ids = ramp(50000, 256);
+    ids[31234] = 300;
+    DataConfig d = file_config(dir_, src, ids);
+    std::string msg = error_of([&] { make_dataset(d, 256); });
+    EXPECT_HAS(msg, "token id 300 at position 31234 of " + d.path);
+    EXPECT_HAS(msg, "model.vocab_size = 256");
+    // Beyond the scan limit: the window holding the id fails. One window: [0, seq_len].
+    ids.assign(17, 5);
+    ids[9] = 256;
+    d = file_config(dir_, src, ids);
+    d.holdout = 0;
+    auto ds = make_dataset(d, 256, DataChecks{.eval_batches = 0, .id_scan_max_bytes = 0});
+    std::vector<int32_t> x(d.seq_len + 1);
+    std::vector<uint8_t> sc(d.seq_len);
+    msg = error_of([&] { ds->sample(Split::train, 3, x.data(), sc.data()); });
+    EXPECT_HAS(msg, "token id 256 at position 9 of " + d.path);
+    EXPECT_EQ(error_of([&] { make_dataset(d, 257); }), "");
   }
 }
 
