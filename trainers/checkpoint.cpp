@@ -30,6 +30,29 @@ std::mutex& hdf5_mutex() {
   return m;
 }
 
+void write_attr_i64(hid_t obj, const char* name, int64_t v) {
+  H5Id space(LCTX_HDF5_CHECK(H5Screate(H5S_SCALAR), name), H5Sclose);
+  H5Id a(LCTX_HDF5_CHECK(H5Acreate2(obj, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), name), H5Aclose);
+  LCTX_HDF5_CHECK(H5Awrite(a, H5T_NATIVE_INT64, &v), name);
+}
+
+void write_attr_f64(hid_t obj, const char* name, double v) {
+  H5Id space(LCTX_HDF5_CHECK(H5Screate(H5S_SCALAR), name), H5Sclose);
+  H5Id a(LCTX_HDF5_CHECK(H5Acreate2(obj, name, H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), name), H5Aclose);
+  LCTX_HDF5_CHECK(H5Awrite(a, H5T_NATIVE_DOUBLE, &v), name);
+}
+
+void write_attr_str(hid_t obj, const char* name, const std::string& v) {
+  H5Id type(LCTX_HDF5_CHECK(H5Tcopy(H5T_C_S1), name), H5Tclose);
+  LCTX_HDF5_CHECK(H5Tset_size(type, std::max<size_t>(v.size(), 1)), name);
+  LCTX_HDF5_CHECK(H5Tset_strpad(type, H5T_STR_NULLPAD), name);
+  H5Id space(LCTX_HDF5_CHECK(H5Screate(H5S_SCALAR), name), H5Sclose);
+  H5Id a(LCTX_HDF5_CHECK(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), name), H5Aclose);
+  const std::string buf = v.empty() ? std::string(1, '\0') : v;
+  LCTX_HDF5_CHECK(H5Awrite(a, type, buf.data()), name);
+}
+
+
 namespace {
 
 // Bounds of the root attributes: the schema's largest train.steps, data.batch_size and
@@ -111,27 +134,11 @@ std::string dims_str(const std::vector<hsize_t>& dims) {
   return s + "]";
 }
 
-void write_attr_i64(hid_t obj, const char* name, int64_t v) {
-  H5Id space(LCTX_HDF5_CHECK(H5Screate(H5S_SCALAR), name), H5Sclose);
-  H5Id a(LCTX_HDF5_CHECK(H5Acreate2(obj, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), name), H5Aclose);
-  LCTX_HDF5_CHECK(H5Awrite(a, H5T_NATIVE_INT64, &v), name);
-}
-
 void write_attr_u64s(hid_t obj, const char* name, const std::vector<uint64_t>& v, bool scalar) {
   const hsize_t n = v.size();
   H5Id space(LCTX_HDF5_CHECK(scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &n, nullptr), name), H5Sclose);
   H5Id a(LCTX_HDF5_CHECK(H5Acreate2(obj, name, H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT), name), H5Aclose);
   LCTX_HDF5_CHECK(H5Awrite(a, H5T_NATIVE_UINT64, v.data()), name);
-}
-
-void write_attr_str(hid_t obj, const char* name, const std::string& v) {
-  H5Id type(LCTX_HDF5_CHECK(H5Tcopy(H5T_C_S1), name), H5Tclose);
-  LCTX_HDF5_CHECK(H5Tset_size(type, std::max<size_t>(v.size(), 1)), name);
-  LCTX_HDF5_CHECK(H5Tset_strpad(type, H5T_STR_NULLPAD), name);
-  H5Id space(LCTX_HDF5_CHECK(H5Screate(H5S_SCALAR), name), H5Sclose);
-  H5Id a(LCTX_HDF5_CHECK(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), name), H5Aclose);
-  std::string buf = v.empty() ? std::string(1, '\0') : v;
-  LCTX_HDF5_CHECK(H5Awrite(a, type, buf.data()), name);
 }
 
 // Opens attribute `name` of `obj` (`where`: the file and object, for messages) after checking

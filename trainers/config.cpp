@@ -139,9 +139,21 @@ void apply_preset(Config& c, const YAML::Node& name) {
 
 }  // namespace
 
+// $LCTX_PRESET_DIR, else the source tree's configs/presets (in-tree builds), else the installed
+// presets (<prefix>/share/lctx/presets): found beside the running program (a relocated install)
+// or under the prefix lctx was configured with.
 std::string preset_dir() {
+  namespace fs = std::filesystem;
   if (const char* d = std::getenv("LCTX_PRESET_DIR"); d && *d) return d;
-  return std::string(LCTX_SOURCE_DIR) + "configs/presets";
+  std::error_code ec;
+  const fs::path source = fs::path(LCTX_SOURCE_DIR) / "configs/presets";
+  if (fs::is_directory(source, ec)) return source.string();
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path beside = (exe.parent_path() / LCTX_INSTALL_PRESET_DIR_FROM_BIN).lexically_normal();
+    if (fs::is_directory(beside, ec)) return beside.string();
+  }
+  return LCTX_INSTALL_PRESET_DIR;
 }
 
 std::string resolved_layout(const Config& c) {

@@ -166,7 +166,8 @@ std::string options_markdown();
 // All option paths in schema order.
 std::vector<std::string> option_paths();
 
-// The directory presets are read from: $LCTX_PRESET_DIR, else configs/presets of the source tree.
+// The directory presets are read from: $LCTX_PRESET_DIR, else configs/presets of the source tree
+// when it exists, else share/lctx/presets of the installation.
 std::string preset_dir();
 // The layout sequences are sharded with: parallel.layout, or for auto zigzag unless a layer's
 // mixer kind needs contiguous shards.

@@ -64,4 +64,10 @@ class Hdf5Quiet {
 // in the trainer holds this lock.
 std::mutex& hdf5_mutex();
 
+// Scalar attributes written the one way lctx writes them (64-bit little-endian numbers, a
+// fixed-length null-padded string); failures are lctx::Errors naming the attribute.
+void write_attr_i64(hid_t obj, const char* name, int64_t v);
+void write_attr_f64(hid_t obj, const char* name, double v);
+void write_attr_str(hid_t obj, const char* name, const std::string& v);
+
 }  // namespace lctx::train

@@ -4,6 +4,7 @@
 // state to every rank, on any dp/sp layout).
 #include <iostream>
 
+#include "trainers/checkpoint_match.h"
 #include "trainers/trainer.h"
 
 namespace lctx::train {
@@ -78,18 +79,9 @@ void Trainer::resume() {
     int64_t o = 0;
     for (Param& p : model_->params()) {
       const int64_t n = p.master.numel();
-      const auto find = [&](const std::vector<std::pair<std::string, Tensor>>& v, const char* what) -> const Tensor& {
-        for (const auto& [name, t] : v)
-          if (name == p.name) {
-            LCTX_CHECK(t.shape() == p.master.shape(), "checkpoint ", file, ": ", what, " ", name, " has shape ",
-                       shape_str(t.shape()), ", the model expects ", shape_str(p.master.shape()));
-            return t;
-          }
-        LCTX_FAIL("checkpoint ", file, " has no ", what, " '", p.name, "'");
-      };
-      p.master.copy_from(find(st.params, "parameter"));
-      m_.slice(0, o, o + n).copy_from(find(st.adam_m, "optimizer moment m").view({n}));
-      v_.slice(0, o, o + n).copy_from(find(st.adam_v, "optimizer moment v").view({n}));
+      p.master.copy_from(matching_tensor(st.params, p, "parameter", file));
+      m_.slice(0, o, o + n).copy_from(matching_tensor(st.adam_m, p, "optimizer moment m", file).view({n}));
+      v_.slice(0, o, o + n).copy_from(matching_tensor(st.adam_v, p, "optimizer moment v", file).view({n}));
       o += n;
     }
     LCTX_CHECK(st.params.size() == model_->params().size(), "checkpoint ", file, " has ", st.params.size(),
@@ -124,17 +116,7 @@ void Trainer::resume() {
 
 // The model-shaping options and the data stream must match the checkpoint's.
 void Trainer::check_compatible(const CheckpointState& st, const std::string& file) const {
-  Config saved;
-  try {
-    saved = parse_stored_config(st.config_yaml);
-  } catch (const std::exception& e) {
-    LCTX_FAIL("checkpoint ", file, ": its stored config (attribute 'config') does not parse: ", e.what());
-  }
-  for (const auto& key : model_shaping_keys()) {
-    const std::string a = option_value(saved, key), b = option_value(cfg_, key);
-    LCTX_CHECK(a == b, "cannot resume from ", file, ": model-shaping key ", key, " is ", a,
-               " in the checkpoint but ", b, " in this config");
-  }
+  const Config saved = check_model_shaping(st, file, cfg_);
   // Without attribute checksums (format 1) the sample count is only range-checked on load; it
   // should be step * data.batch_size unless the batch size changed during the run.
   const int64_t batch = saved.data.batch_size, consumed = st.data_consumed_samples;
