@@ -10,8 +10,10 @@
 #include <functional>
 #include <ostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 #include "dist/layout.h"
 #include "dist/state_scan.h"
@@ -122,6 +124,22 @@ struct Recurrence {
     return out;
   }
 };
+
+// gtest name of a (layout, dtype) sweep case.
+inline std::string layout_dtype_name(const ::testing::TestParamInfo<std::tuple<LayoutCase, DType>>& info) {
+  return std::get<0>(info.param).name() + "_" + std::string(dtype_name(std::get<1>(info.param)));
+}
+
+// Expects `call` to throw an lctx::Error whose message contains `needle`.
+template <class Call>
+void expect_error(Call&& call, const std::string& needle) {
+  try {
+    call();
+    ADD_FAILURE() << "no error, expected one naming " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
 
 // Every output of one rank's state_scan forward and backward (with h0; d_incoming = the
 // summaries' e, d_final = h0) for `rec` on `device`, moved to the CPU, in a fixed order.

@@ -88,39 +88,27 @@ TEST_P(HaloAdjoint, BackwardIsAdjoint) {
   }
 }
 
-std::string case_name(const ::testing::TestParamInfo<std::tuple<test::LayoutCase, DType>>& info) {
-  return std::get<0>(info.param).name() + "_" + std::string(dtype_name(std::get<1>(info.param)));
-}
-
 INSTANTIATE_TEST_SUITE_P(Layouts, Halo,
                          ::testing::Combine(::testing::ValuesIn(test::layout_cases()),
                                             ::testing::Values(DType::f32, DType::f64)),
-                         case_name);
+                         test::layout_dtype_name);
 INSTANTIATE_TEST_SUITE_P(Layouts, HaloAdjoint, ::testing::ValuesIn(test::layout_cases()),
                          [](const auto& info) { return info.param.name(); });
 
 TEST(HaloErrors, NameTheTensor) {
   const Layout layout(LayoutKind::zigzag, 12, 2);
   LCTX_RUN_RANKS_OR_SKIP(2, [&](Comm& c) {
-    auto expect_error = [](auto&& call, const std::string& needle) {
-      try {
-        call();
-        ADD_FAILURE() << "no error, expected one naming " << needle;
-      } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-      }
-    };
     const Tensor x = test::rank_tokens(layout, c.rank(), kB, kFeatures, DType::f64);
-    expect_error([&] { halo_forward(c, layout, x.slice(1, 0, 5), 2); }, "x f64[2,5,2,3]");
-    expect_error([&] { halo_forward(c, layout, x, -1); }, "width -1");
+    test::expect_error([&] { halo_forward(c, layout, x.slice(1, 0, 5), 2); }, "x f64[2,5,2,3]");
+    test::expect_error([&] { halo_forward(c, layout, x, -1); }, "width -1");
     Tensor dx = Tensor::zeros(x.shape(), DType::f64);
     const Tensor h = Tensor::zeros({kB, 2, 2, 3}, DType::f64);
     const Tensor h3 = Tensor::zeros({kB, 3, 2, 3}, DType::f64);
-    expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h}, dx); }, "1 halo gradients for the 2 segments");
-    expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h3}, dx); }, "dhalo[1] has shape [2,3,2,3]");
-    expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h.to(DType::f32)}, dx); }, "dhalo[1]");
+    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h}, dx); }, "1 halo gradients for the 2 segments");
+    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h3}, dx); }, "dhalo[1] has shape [2,3,2,3]");
+    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h.to(DType::f32)}, dx); }, "dhalo[1]");
     Tensor dx_bf16 = Tensor::zeros(x.shape(), DType::bf16);
-    expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h}, dx_bf16); }, "dx bf16[2,6,2,3]");
+    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h}, dx_bf16); }, "dx bf16[2,6,2,3]");
   });
 }
 

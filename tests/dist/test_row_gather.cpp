@@ -49,14 +49,10 @@ TEST_P(RowGather, RowsMatchFormula) {
   }
 }
 
-std::string case_name(const ::testing::TestParamInfo<std::tuple<test::LayoutCase, DType>>& info) {
-  return std::get<0>(info.param).name() + "_" + std::string(dtype_name(std::get<1>(info.param)));
-}
-
 INSTANTIATE_TEST_SUITE_P(Layouts, RowGather,
                          ::testing::Combine(::testing::ValuesIn(test::layout_cases()),
                                             ::testing::Values(DType::f32, DType::f64)),
-                         case_name);
+                         test::layout_dtype_name);
 
 // sum over ranks r of <row_gather_forward(x), y_r> == sum over ranks of <x, row_gather_backward(y_r)>,
 // in f64; dx starts non-zero (row_gather_backward accumulates).
@@ -94,23 +90,15 @@ INSTANTIATE_TEST_SUITE_P(Layouts, RowGatherAdjoint, ::testing::ValuesIn(test::la
 TEST(RowGatherErrors, NameTheTensor) {
   const Layout layout(LayoutKind::zigzag, 12, 2);
   LCTX_RUN_RANKS_OR_SKIP(2, [&](Comm& c) {
-    auto expect_error = [](auto&& call, const std::string& needle) {
-      try {
-        call();
-        ADD_FAILURE() << "no error, expected one naming " << needle;
-      } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-      }
-    };
     const Tensor x = test::rank_tokens(layout, c.rank(), kB, {kF}, DType::f64);
     const std::vector<int64_t> pos{3, 0, 7}, bad{3, 12};
-    expect_error([&] { row_gather_forward(c, layout, x.slice(1, 0, 4), pos); }, "x f64[2,4,3]");
-    expect_error([&] { row_gather_forward(c, layout, x, bad); }, "position 12 outside [0, 12)");
+    test::expect_error([&] { row_gather_forward(c, layout, x.slice(1, 0, 4), pos); }, "x f64[2,4,3]");
+    test::expect_error([&] { row_gather_forward(c, layout, x, bad); }, "position 12 outside [0, 12)");
     Tensor dx = Tensor::zeros(x.shape(), DType::f64);
-    expect_error([&] { row_gather_backward(c, layout, Tensor::zeros({kB, 2, kF}, DType::f64), pos, dx); },
+    test::expect_error([&] { row_gather_backward(c, layout, Tensor::zeros({kB, 2, kF}, DType::f64), pos, dx); },
                  "drows has shape [2,2,3], expected [2,3,3]");
     Tensor dx_small = Tensor::zeros({kB, 5, kF}, DType::f64);
-    expect_error([&] { row_gather_backward(c, layout, Tensor::zeros({kB, 3, kF}, DType::f64), pos, dx_small); },
+    test::expect_error([&] { row_gather_backward(c, layout, Tensor::zeros({kB, 3, kF}, DType::f64), pos, dx_small); },
                  "dx f64[2,5,3]");
   });
 }

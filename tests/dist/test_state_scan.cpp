@@ -53,14 +53,10 @@ TEST_P(StateScan, MatchesSequentialRecurrence) {
     }
 }
 
-std::string case_name(const ::testing::TestParamInfo<std::tuple<test::LayoutCase, DType>>& info) {
-  return std::get<0>(info.param).name() + "_" + std::string(dtype_name(std::get<1>(info.param)));
-}
-
 INSTANTIATE_TEST_SUITE_P(Layouts, StateScan,
                          ::testing::Combine(::testing::ValuesIn(test::layout_cases()),
                                             ::testing::Values(DType::f32, DType::f64)),
-                         case_name);
+                         test::layout_dtype_name);
 
 // Gradients vs central differences of the total loss over all ranks. The ranks perturb in
 // lockstep: for each rank's summaries in turn, the owner runs the gradient check while every
@@ -121,14 +117,6 @@ TEST(StateScanErrors, NameTheTensor) {
   const Layout layout(LayoutKind::zigzag, 12, 2);
   const test::Recurrence rec{2, 2, 3};
   LCTX_RUN_RANKS_OR_SKIP(2, [&](Comm& c) {
-    auto expect_error = [](auto&& call, const std::string& needle) {
-      try {
-        call();
-        ADD_FAILURE() << "no error, expected one naming " << needle;
-      } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-      }
-    };
     const auto good = rec.summaries(layout, c.rank(), DType::f64);
     const Tensor h0 = Tensor::zeros({2, 2, 3}, DType::f64);
     auto with = [&](size_t k, Tensor Affine::*member, const Tensor& t) {
@@ -137,26 +125,26 @@ TEST(StateScanErrors, NameTheTensor) {
       return bad;
     };
     auto forward = [&](const std::vector<Affine>& local, const Tensor& h) { state_scan_forward(c, layout, local, h); };
-    expect_error([&] { forward({good[0]}, h0); }, "1 summaries for the 2 segments of sp rank");
-    expect_error([&] { forward(with(1, &Affine::e, Tensor::zeros({2, 2, 4}, DType::f64)), h0); },
+    test::expect_error([&] { forward({good[0]}, h0); }, "1 summaries for the 2 segments of sp rank");
+    test::expect_error([&] { forward(with(1, &Affine::e, Tensor::zeros({2, 2, 4}, DType::f64)), h0); },
                  "e[1] has shape [2,2,4], expected [2,2,3]");
-    expect_error([&] { forward(with(0, &Affine::a, Tensor::zeros({2, 3}, DType::f64)), h0); },
+    test::expect_error([&] { forward(with(0, &Affine::a, Tensor::zeros({2, 3}, DType::f64)), h0); },
                  "a[0] has shape [2,3], expected [2,2]");
-    expect_error([&] { forward(with(0, &Affine::e, Tensor::zeros({2, 2}, DType::f64)), h0); },
+    test::expect_error([&] { forward(with(0, &Affine::e, Tensor::zeros({2, 2}, DType::f64)), h0); },
                  "e[0] f64[2,2]@cpu must be [B, n, m]");
-    expect_error([&] { forward(with(1, &Affine::a, Tensor::zeros({2, 2}, DType::f32)), h0); },
+    test::expect_error([&] { forward(with(1, &Affine::a, Tensor::zeros({2, 2}, DType::f32)), h0); },
                  "a[1] f32[2,2]@cpu must have the dtype and device of e[0]");
-    expect_error([&] { forward(with(0, &Affine::e, Tensor::zeros({2, 2, 3}, DType::i32)), h0); },
+    test::expect_error([&] { forward(with(0, &Affine::e, Tensor::zeros({2, 2, 3}, DType::i32)), h0); },
                  "e[0] i32[2,2,3]@cpu must have a float dtype");
-    expect_error([&] { forward(good, Tensor::zeros({2, 2, 2}, DType::f64)); },
+    test::expect_error([&] { forward(good, Tensor::zeros({2, 2, 2}, DType::f64)); },
                  "h0 has shape [2,2,2], expected [2,2,3]");
     const ScanResult fwd = state_scan_forward(c, layout, good, h0);
     const std::vector<Tensor> d_ok{h0, h0}, d_bad{h0, Tensor::zeros({1, 2, 3}, DType::f64)};
-    expect_error([&] { state_scan_backward(c, layout, good, fwd, d_bad, h0); },
+    test::expect_error([&] { state_scan_backward(c, layout, good, fwd, d_bad, h0); },
                  "d_incoming[1] has shape [1,2,3], expected [2,2,3]");
-    expect_error([&] { state_scan_backward(c, layout, good, fwd, std::vector<Tensor>{h0}, h0); },
+    test::expect_error([&] { state_scan_backward(c, layout, good, fwd, std::vector<Tensor>{h0}, h0); },
                  "1 incoming-state gradients and 2 forward states for the 2 segments");
-    expect_error([&] { state_scan_backward(c, layout, good, fwd, d_ok, Tensor::zeros({2, 2}, DType::f64)); },
+    test::expect_error([&] { state_scan_backward(c, layout, good, fwd, d_ok, Tensor::zeros({2, 2}, DType::f64)); },
                  "d_final has shape [2,2], expected [2,2,3]");
   });
 }
