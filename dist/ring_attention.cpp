@@ -49,6 +49,12 @@ struct RingCall {
     LCTX_CHECK(o.q_offset == 0 && o.k_offset == 0, op,
                ": q_offset/k_offset must be 0 (global positions come from the layout)");
     LCTX_CHECK(o.q_doc_ids.defined() == o.k_doc_ids.defined(), op, ": give both q_doc_ids and k_doc_ids or neither");
+    if (o.documents) {
+      LCTX_CHECK(o.k_doc_ids.defined(), op, ": documents given without q_doc_ids/k_doc_ids (the kernels mask by id)");
+      LCTX_CHECK(o.documents->batch() == q.size(0) && o.documents->seq_len() == layout.seq_len(), op,
+                 ": documents describe ", o.documents->batch(), " rows of ", o.documents->seq_len(),
+                 " tokens, the call has ", q.size(0), " rows of ", layout.seq_len());
+    }
     if (mode == RingMode::ring) {
       steps = ring_schedule(layout, r, o);
     } else {  // every source, in the ring's order

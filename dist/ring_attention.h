@@ -16,7 +16,9 @@
 // Inputs are this rank's tokens in layout order (Layout::shard): q [B, L, Hq, D], k/v
 // [B, L, Hkv, D] with L = layout.ring_local_len(). `opts` describes the global problem (mask,
 // window, ALiBi, scale); q_offset/k_offset must be 0 (positions come from the layout), and
-// q_doc_ids/k_doc_ids, when given, are this rank's document ids [B, L] (same tokens).
+// q_doc_ids/k_doc_ids, when given, are this rank's document ids [B, L] (same tokens); with
+// opts.documents (their global host description) blocks that share no document are skipped
+// and the ring needs only the hops that documents reach (ring_schedule.h).
 #pragma once
 #include "attn/flash.h"
 #include "dist/comm.h"

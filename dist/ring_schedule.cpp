@@ -60,6 +60,9 @@ std::vector<AttnBlock> ring_blocks(const Layout& layout, int q_rank, int k_rank,
     for (const Segment& k : layout.ring_segments(k_rank)) {
       const Visibility v = classify(q.global_begin, q.length, k.global_begin, k.length, o);
       if (v == Visibility::none) continue;
+      if (o.documents && !o.documents->share_document(q.global_begin, q.global_begin + q.length, k.global_begin,
+                                                      k.global_begin + k.length))
+        continue;
       out.push_back({q.local_begin, q.local_begin + q.length, k.local_begin, k.local_begin + k.length, q.global_begin,
                      k.global_begin, v == Visibility::some});
     }

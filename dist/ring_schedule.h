@@ -6,7 +6,9 @@
 // K/V of rank r - h (passed r -> r+1 each hop); backward hops h = 1..b use rank r + h (passed
 // r -> r-1), restarting from the rank's own K/V. a and b are the same on every rank and as
 // small as the mask allows (a sliding window exchanges only the neighbours it reaches; full
-// or causal attention: a = R-1, b = 0). A step whose blocks are all masked keeps its
+// or causal attention: a = R-1, b = 0). Blocks whose positions share no document
+// (FlashOptions::documents, the same on every rank) are dropped too, so packed documents that
+// never cross a rank's segments need fewer hops. A step whose blocks are all masked keeps its
 // exchange (every rank posts the same sequence) but computes nothing.
 #pragma once
 #include <cstdint>
@@ -39,7 +41,7 @@ struct RingStep {
 };
 
 // Attention blocks of ring rank q_rank's queries against ring rank k_rank's keys for the
-// mask in `opts` (causal, window, ALiBi); empty when the mask hides every pair.
+// mask in `opts` (causal, window, ALiBi, documents); empty when the mask hides every pair.
 std::vector<AttnBlock> ring_blocks(const Layout& layout, int q_rank, int k_rank, const attn::FlashOptions& opts);
 // The ring steps of ring rank `ring_rank` (see the header comment).
 std::vector<RingStep> ring_schedule(const Layout& layout, int ring_rank, const attn::FlashOptions& opts);

@@ -1,8 +1,9 @@
 // AttentionCore: the part every attention-like kind shares (softmax now; linear attention,
 // Performer, sparse and memory attention next): the fused q/k/v projection of the normalised
 // stream, optional QK-norm (RMSNorm over each head's q and k with a weight shared by the heads,
-// as Qwen3 / OLMo-2), RoPE at the tokens' global positions, and the output projection. The
-// kind supplies only what maps (q, k, v) to o per head, over the sequence-parallel group.
+// as Qwen3 / OLMo-2), RoPE at the tokens' positions (Tokens::positions: global, or inside each
+// packed document), and the output projection. The kind supplies only what maps (q, k, v) to o
+// per head, over the sequence-parallel group.
 //   x [B, L, D] -> qkv = x Wqkv^T -> q [B, L, H, hd], k, v [B, L, Hkv, hd]
 //               -> (qk_norm) -> (RoPE on q, k) -> op -> o [B, L, H, hd] -> y = o Wo^T
 // Per-head values of a kind (ALiBi slopes now, decays later) are sliced by HeadRange when the

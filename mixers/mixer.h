@@ -14,15 +14,24 @@
 #include <span>
 #include <vector>
 
+#include "attn/documents.h"
 #include "core/tensor.h"
 #include "mixers/param.h"
 
 namespace lctx::mixers {
 
-// This rank's tokens: x [B, L, D] and their global positions, i32 [L] (RoPE; in layout order).
+// This rank's tokens (in layout order): x [B, L, D], their positions, and with packed
+// documents which document each one belongs to. A mixer keeps every token to its document.
 struct Tokens {
   Tensor x;
+  // RoPE positions: global, i32 [L], or per row, i32 [B, L] (packed documents whose positions
+  // restart at each document start).
   Tensor positions;
+  // Packed documents: the document of each token, i32 [B, L] (attn::Documents::ids sharded like
+  // the tokens), or undefined (each row is one document).
+  Tensor doc_ids;
+  // Host description of those documents: every row's document starts in global positions.
+  std::shared_ptr<const attn::Documents> documents;
 };
 
 enum class Pass {

@@ -53,7 +53,7 @@ class SoftmaxMixer final : public Mixer {
     if (pass != Pass::recompute) saved = std::make_unique<SoftmaxSaved>();
     auto& s = static_cast<SoftmaxSaved&>(*saved);
     core_.qkv_forward(s.qkv, in);
-    if (pass != Pass::recompute) attend_forward(s, in.x.device());
+    if (pass != Pass::recompute) attend_forward(s, in);
     s.y = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.dim}, in.x.dtype(), in.x.device());
     core_.out_forward(s.y, s.o);
     Tensor y = s.y;
@@ -70,7 +70,7 @@ class SoftmaxMixer final : public Mixer {
     Tensor d_o = s.y.numel() >= s.o.numel() ? s.y.view({-1}).slice(0, 0, s.o.numel()).view(s.o.shape())
                                             : Tensor::empty(s.o.shape(), s.o.dtype(), s.o.device());
     core_.out_backward(d_o, dy, s.o);
-    attn::FlashGrads g = attend_backward(d_o, s);
+    attn::FlashGrads g = attend_backward(d_o, s, in);
     core_.qkv_backward(dx, s.qkv, g.dq, g.dk, g.dv, in);
   }
 
@@ -81,15 +81,22 @@ class SoftmaxMixer final : public Mixer {
   }
 
  private:
-  attn::FlashOptions flash_options(const HeadRange& h, Device dev) {
+  // The options of one group of heads. Packed documents: this rank's ids for the queries and
+  // (each strategy gathers the other ranks' from them) the keys, with their host description.
+  attn::FlashOptions flash_options(const HeadRange& h, const Tokens& in) {
     attn::FlashOptions f;
     f.softmax_scale = static_cast<float>(o_.softmax_scale);
     f.mask = attn::Mask::causal;
     if (o_.window > 0) f.window_left = o_.window - 1;
     f.backend = o_.backend;
     if (o_.core.position == Position::alibi) {
+      const Device dev = in.x.device();
       if (!alibi_.defined() || alibi_.device() != dev) alibi_ = alibi_slopes(o_.core.shape.heads).to(dev);
       f.alibi_slopes = alibi_.slice(0, h.first, h.first + h.count);
+    }
+    if (in.doc_ids.defined()) {
+      f.q_doc_ids = f.k_doc_ids = in.doc_ids;
+      f.documents = in.documents;
     }
     return f;
   }
@@ -143,10 +150,11 @@ class SoftmaxMixer final : public Mixer {
     return {g * h, h};
   }
 
-  void attend_forward(SoftmaxSaved& s, Device dev) {
+  void attend_forward(SoftmaxSaved& s, const Tokens& in) {
     const QkvActs& a = s.qkv;
+    const Device dev = in.x.device();
     if (o_.head_groups == 1) {
-      attn::FlashOutput r = attend(a.q, a.k, a.v, flash_options(group(0), dev));
+      attn::FlashOutput r = attend(a.q, a.k, a.v, flash_options(group(0), in));
       s.o = r.o;
       s.lse = r.lse;
       return;
@@ -154,21 +162,21 @@ class SoftmaxMixer final : public Mixer {
     s.o = Tensor::empty(a.q.shape(), a.q.dtype(), dev);
     s.lse = Tensor::empty({a.q.size(0), a.q.size(2), a.q.size(1)}, DType::f32, dev);
     for (int64_t g = 0; g < o_.head_groups; ++g) {
-      attn::FlashOutput r = attend(heads(a.q, g), heads(a.k, g), heads(a.v, g), flash_options(group(g), dev));
+      attn::FlashOutput r = attend(heads(a.q, g), heads(a.k, g), heads(a.v, g), flash_options(group(g), in));
       heads(s.o, g).copy_from(r.o);
       lse_heads(s.lse, g).copy_from(r.lse);
     }
   }
 
-  attn::FlashGrads attend_backward(const Tensor& d_o, const SoftmaxSaved& s) {
+  attn::FlashGrads attend_backward(const Tensor& d_o, const SoftmaxSaved& s, const Tokens& in) {
     const QkvActs& a = s.qkv;
     const Device dev = a.q.device();
-    if (o_.head_groups == 1) return attend_grad(d_o, s.o, s.lse, a.q, a.k, a.v, flash_options(group(0), dev));
+    if (o_.head_groups == 1) return attend_grad(d_o, s.o, s.lse, a.q, a.k, a.v, flash_options(group(0), in));
     attn::FlashGrads g{Tensor::empty(a.q.shape(), a.q.dtype(), dev), Tensor::empty(a.k.shape(), a.k.dtype(), dev),
                        Tensor::empty(a.v.shape(), a.v.dtype(), dev)};
     for (int64_t i = 0; i < o_.head_groups; ++i) {
       const attn::FlashGrads p = attend_grad(heads(d_o, i), heads(s.o, i), lse_heads(s.lse, i), heads(a.q, i),
-                                             heads(a.k, i), heads(a.v, i), flash_options(group(i), dev));
+                                             heads(a.k, i), heads(a.v, i), flash_options(group(i), in));
       heads(g.dq, i).copy_from(p.dq);
       heads(g.dk, i).copy_from(p.dk);
       heads(g.dv, i).copy_from(p.dv);

@@ -7,7 +7,9 @@
 //   hybrid      Ulysses inside groups, ring across them (USP)
 // head_groups computes the heads in groups, one after another: the same result, with the
 // temporaries of each call (ring buffers, fp32 accumulators, cuDNN scratch) divided by the
-// groups. ALiBi slopes are per-head values, sliced per group.
+// groups. ALiBi slopes are per-head values, sliced per group. Packed documents (Tokens::doc_ids)
+// keep every query to the keys of its document under every strategy; their host description
+// (Tokens::documents) lets ring attention skip blocks that share no document.
 #pragma once
 #include <memory>
 #include <string_view>

@@ -68,6 +68,12 @@ struct DataConfig {
   std::string token_dtype = "uint16"; // tokens: uint16 | uint32
   std::string hdf5_dataset = "tokens";
   double holdout = 0.05;  // fraction of a real data file held out for eval (at its end)
+  // Packed documents (trainers/packing.h): none | eod | offsets | fixed.
+  std::string documents = "none";
+  int64_t eod_id = -1;                      // eod: the token that ends a document (-1: unset)
+  std::string offsets_dataset = "offsets";  // offsets: document start offsets in the hdf5 file
+  int64_t document_len = 0;                 // fixed: tokens per document (0: unset)
+  bool reset_positions = false;             // positions (RoPE) restart at each document start
   // passkey: a key of `passkey_digits` digit tokens at depth `passkey_depth` (fraction of the
   // context, < 0 = uniform random per sample) inside filler; the answer repeats it at the end.
   int64_t passkey_digits = 1;

@@ -128,6 +128,11 @@ const std::vector<Option>& options() {
     add("data.token_dtype", Kind::choice, LCTX_FIELD(data.token_dtype), "element type of a tokens file", -kInf, kInf, {"uint16", "uint32"});
     add("data.hdf5_dataset", Kind::string, LCTX_FIELD(data.hdf5_dataset), "1-D integer dataset inside the hdf5 file");
     add("data.holdout", Kind::real, LCTX_FIELD(data.holdout), "fraction at the end of a real data file kept for eval", 0.0, 0.5);
+    add("data.documents", Kind::choice, LCTX_FIELD(data.documents), "packed documents: attention stays inside each document and the label that predicts the next document's first token is not scored. none (the sequence is one document), eod (text/tokens: a document ends with token data.eod_id, which belongs to it), offsets (hdf5: start offsets of the documents in data.offsets_dataset), fixed (documents of data.document_len tokens; a synthetic task packs one sample per document)", -kInf, kInf, {"none", "eod", "offsets", "fixed"});
+    add("data.eod_id", Kind::integer, LCTX_FIELD(data.eod_id), "data.documents = eod: the token id that ends a document; -1 = unset", -1, 2147483647);
+    add("data.offsets_dataset", Kind::string, LCTX_FIELD(data.offsets_dataset), "data.documents = offsets: 1-D integer dataset in the hdf5 file holding the start offset of every document in the token stream (ascending, first 0)");
+    add("data.document_len", Kind::integer, LCTX_FIELD(data.document_len), "data.documents = fixed: tokens per document (a synthetic sample is document_len - 1 predictions: a document's last token predicts nothing); 0 = unset", 0, 1ll << 34);
+    add("data.reset_positions", Kind::boolean, LCTX_FIELD(data.reset_positions), "with data.documents: positions (RoPE) restart at 0 at each document start instead of counting along the sequence");
     add("data.passkey.digits", Kind::integer, LCTX_FIELD(data.passkey_digits), "digit tokens in the passkey", 1, 64);
     add("data.passkey.depth", Kind::real, LCTX_FIELD(data.passkey_depth), "where the passkey sits (0 = start, 1 = end); < 0 = random per sample", -1.0, 1.0);
     add("data.mqar.pairs", Kind::integer, LCTX_FIELD(data.mqar_pairs), "key-value pairs per sequence", 1, 1 << 20);

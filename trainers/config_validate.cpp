@@ -8,6 +8,47 @@
 
 namespace lctx::train {
 
+namespace {
+
+// data.documents and the keys each mode reads (a key of another mode would be silently unused).
+void validate_documents(const Config& c, bool synthetic) {
+  const DataConfig& d = c.data;
+  const std::string mode = "config: data.documents = " + d.documents;
+  if (d.documents == "eod") {
+    LCTX_CHECK(d.source == "text" || d.source == "tokens", mode, " needs data.source text or tokens (got ", d.source,
+               d.source == "hdf5" ? "; an hdf5 file gives its documents with data.documents: offsets)" : ")");
+    LCTX_CHECK(d.eod_id >= 0, mode, " needs data.eod_id (the token id that ends a document)");
+    LCTX_CHECK(d.eod_id < c.model.vocab_size, "config: data.eod_id (", d.eod_id, ") must be below model.vocab_size (",
+               c.model.vocab_size, ")");
+    LCTX_CHECK(d.source != "text" || d.eod_id < 256, "config: data.eod_id (", d.eod_id,
+               ") must be a byte (0..255) with data.source = text");
+  } else {
+    LCTX_CHECK(d.eod_id == -1, "config: data.eod_id (", d.eod_id, ") is read only with data.documents: eod (",
+               "data.documents is ", d.documents, ")");
+  }
+  if (d.documents == "offsets") {
+    const bool token_file = d.source == "text" || d.source == "tokens";
+    LCTX_CHECK(d.source == "hdf5", mode, " needs data.source hdf5 (got ", d.source, "): the offsets are a dataset of ",
+               "the hdf5 file", token_file ? "; a token file gives its documents with data.documents: eod" : "");
+    LCTX_CHECK(!d.offsets_dataset.empty(), mode, " needs data.offsets_dataset (the dataset of document start offsets)");
+  }
+  if (d.documents == "fixed") {
+    LCTX_CHECK(d.document_len >= 1, mode, " needs data.document_len >= 1 (tokens per document), got ", d.document_len);
+    LCTX_CHECK(d.document_len <= d.seq_len, "config: data.document_len (", d.document_len, ") must be at most data.seq_len (",
+               d.seq_len, ")");
+    LCTX_CHECK(!synthetic || d.seq_len % d.document_len == 0, "config: data.seq_len (", d.seq_len,
+               ") must be a multiple of data.document_len (", d.document_len, ") with data.source = ", d.source,
+               " (every document is one sample of the task)");
+  } else {
+    LCTX_CHECK(d.document_len == 0, "config: data.document_len (", d.document_len,
+               ") is read only with data.documents: fixed (data.documents is ", d.documents, ")");
+  }
+  LCTX_CHECK(!d.reset_positions || d.documents != "none", "config: data.reset_positions restarts positions at each ",
+             "document start and needs data.documents (eod, offsets or fixed); data.documents is none");
+}
+
+}  // namespace
+
 void validate(const Config& c) {
   const auto& m = c.model;
   const auto& p = c.parallel;
@@ -33,8 +74,9 @@ void validate(const Config& c) {
   LCTX_CHECK(p.sp % p.ulysses == 0, "config: parallel.ulysses (", p.ulysses, ") must divide parallel.sp (", p.sp, ")");
   const std::string layout = resolved_layout(c);
   if (layout == "zigzag")
-    LCTX_CHECK(p.sp == 1 || d.seq_len % (2 * p.sp) == 0, "config: data.seq_len (", d.seq_len,
-               ") must be divisible by 2 * parallel.sp = ", 2 * p.sp, " (zigzag sharding gives every rank two chunks)");
+    LCTX_CHECK(d.seq_len % (2 * p.sp) == 0, "config: data.seq_len (", d.seq_len, ") must be divisible by 2 * parallel.sp = ",
+               2 * p.sp, " (zigzag sharding gives every rank two chunks", p.sp == 1 ? "; or set parallel.layout: contiguous" : "",
+               ")");
   else
     LCTX_CHECK(d.seq_len % p.sp == 0, "config: data.seq_len (", d.seq_len, ") must be divisible by parallel.sp = ", p.sp,
                " (parallel.layout = contiguous)");
@@ -48,22 +90,30 @@ void validate(const Config& c) {
   LCTX_CHECK(p.backend != "sim" || p.simulate > 0 || p.world() == 1, "config: parallel.backend = sim needs parallel.simulate = ",
              p.world());
 
-  // Data.
+  // Data. A synthetic sample fills the sequence or, packed (data.documents = fixed), one
+  // document, whose last token predicts nothing: it holds data.document_len - 1 predictions.
+  const bool synthetic = d.source == "passkey" || d.source == "mqar" || d.source == "selective_copy";
+  validate_documents(c, synthetic);
+  const bool packed = synthetic && d.documents == "fixed";
+  const std::string len_key = packed ? "data.document_len" : "data.seq_len";
+  const int64_t len = packed ? d.document_len : d.seq_len, extra = packed ? 1 : 0;
   if (d.source == "passkey") {
     LCTX_CHECK(m.vocab_size >= 16, "config: data.source = passkey needs model.vocab_size >= 16 (got ", m.vocab_size, ")");
-    LCTX_CHECK(d.seq_len >= 2 * d.passkey_digits + 8, "config: data.seq_len (", d.seq_len, ") is too short for a ",
-               d.passkey_digits, "-digit passkey (need >= ", 2 * d.passkey_digits + 8, ")");
+    LCTX_CHECK(len >= 2 * d.passkey_digits + 8 + extra, "config: ", len_key, " (", len, ") is too short for a ",
+               d.passkey_digits, "-digit passkey (need >= ", 2 * d.passkey_digits + 8 + extra, ")");
   } else if (d.source == "mqar") {
     LCTX_CHECK(m.vocab_size >= 2 * d.mqar_pairs + 1, "config: data.source = mqar with data.mqar.pairs = ", d.mqar_pairs,
                " needs model.vocab_size >= ", 2 * d.mqar_pairs + 1);
     LCTX_CHECK(d.mqar_queries <= d.mqar_pairs, "config: data.mqar.queries (", d.mqar_queries,
                ") must be <= data.mqar.pairs (", d.mqar_pairs, ")");
-    LCTX_CHECK(d.seq_len >= 2 * d.mqar_pairs + 2 * d.mqar_queries + 1, "config: data.seq_len (", d.seq_len,
-               ") is too short for data.mqar: need >= 2 * pairs + 2 * queries + 1 = ", 2 * d.mqar_pairs + 2 * d.mqar_queries + 1);
+    LCTX_CHECK(len >= 2 * d.mqar_pairs + 2 * d.mqar_queries + 1 + extra, "config: ", len_key, " (", len,
+               ") is too short for data.mqar: need >= 2 * pairs + 2 * queries + ", 1 + extra, " = ",
+               2 * d.mqar_pairs + 2 * d.mqar_queries + 1 + extra);
   } else if (d.source == "selective_copy") {
     LCTX_CHECK(m.vocab_size >= 4, "config: data.source = selective_copy needs model.vocab_size >= 4");
-    LCTX_CHECK(d.seq_len >= 3 * d.copy_tokens + 2, "config: data.seq_len (", d.seq_len,
-               ") is too short for data.selective_copy.tokens = ", d.copy_tokens, " (need >= ", 3 * d.copy_tokens + 2, ")");
+    LCTX_CHECK(len >= 3 * d.copy_tokens + 2 + extra, "config: ", len_key, " (", len,
+               ") is too short for data.selective_copy.tokens = ", d.copy_tokens, " (need >= ",
+               3 * d.copy_tokens + 2 + extra, ")");
   } else {
     LCTX_CHECK(!d.path.empty(), "config: data.source = ", d.source, " needs data.path (a file)");
     if (d.source == "text")

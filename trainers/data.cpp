@@ -13,6 +13,7 @@
 #include "core/philox.h"
 #include "dist/layout.h"
 #include "trainers/hdf5_check.h"
+#include "trainers/packing.h"
 
 namespace lctx::train {
 
@@ -46,10 +47,21 @@ class SampleRng {
   int avail_ = 0;
 };
 
-class PasskeyTask final : public Dataset {
+// A synthetic task: generate() writes one sample of its DataConfig's seq_len; alone it is the
+// whole sequence, one document.
+class Task : public Dataset {
+ public:
+  virtual void generate(Split split, int64_t index, int32_t* x, uint8_t* scored) const = 0;
+  void sample(Split split, int64_t index, int32_t* x, uint8_t* scored, std::vector<int64_t>& starts) const final {
+    generate(split, index, x, scored);
+    starts.clear();
+  }
+};
+
+class PasskeyTask final : public Task {
  public:
   PasskeyTask(const DataConfig& d, int64_t vocab) : d_(d), vocab_(vocab) {}
-  void sample(Split split, int64_t index, int32_t* x, uint8_t* scored) const override {
+  void generate(Split split, int64_t index, int32_t* x, uint8_t* scored) const override {
     SampleRng rng(d_.seed, split, index);
     const int64_t S = d_.seq_len, D = d_.passkey_digits;
     const int64_t nfill = vocab_ - tokens::kPasskeyFillerBegin;
@@ -79,10 +91,10 @@ class PasskeyTask final : public Dataset {
   int64_t vocab_;
 };
 
-class MqarTask final : public Dataset {
+class MqarTask final : public Task {
  public:
   MqarTask(const DataConfig& d, int64_t vocab) : d_(d), vocab_(vocab) {}
-  void sample(Split split, int64_t index, int32_t* x, uint8_t* scored) const override {
+  void generate(Split split, int64_t index, int32_t* x, uint8_t* scored) const override {
     SampleRng rng(d_.seed, split, index);
     const int64_t S = d_.seq_len, P = d_.mqar_pairs, Q = d_.mqar_queries;
     const int64_t K = (vocab_ - 1) / 2, V = vocab_ - 1 - K;
@@ -116,10 +128,10 @@ class MqarTask final : public Dataset {
   int64_t vocab_;
 };
 
-class SelectiveCopyTask final : public Dataset {
+class SelectiveCopyTask final : public Task {
  public:
   SelectiveCopyTask(const DataConfig& d, int64_t vocab) : d_(d), vocab_(vocab) {}
-  void sample(Split split, int64_t index, int32_t* x, uint8_t* scored) const override {
+  void generate(Split split, int64_t index, int32_t* x, uint8_t* scored) const override {
     SampleRng rng(d_.seed, split, index);
     const int64_t S = d_.seq_len, T = d_.copy_tokens, region = S - T;
     std::fill(x, x + S + 1, tokens::kCopyNoise);
@@ -142,6 +154,29 @@ class SelectiveCopyTask final : public Dataset {
  private:
   DataConfig d_;
   int64_t vocab_;
+};
+
+// data.documents = fixed on a synthetic task: sample n of a split is K = seq_len / document_len
+// documents, task samples n*K .. n*K + K - 1 of document_len tokens each (the task's seq_len is
+// document_len - 1: a document's last token predicts nothing, its label would be the next
+// document's first token).
+class PackedTask final : public Dataset {
+ public:
+  PackedTask(std::unique_ptr<Task> task, const DataConfig& d) : task_(std::move(task)), d_(d) {}
+  void sample(Split split, int64_t index, int32_t* x, uint8_t* scored, std::vector<int64_t>& starts) const override {
+    const int64_t S = d_.seq_len, L = d_.document_len, K = S / L;
+    std::fill(scored, scored + S, 0);
+    for (int64_t k = 0; k < K; ++k) task_->generate(split, index * K + k, x + k * L, scored + k * L);
+    x[S] = 0;  // no next document: the last label is a boundary's, never scored
+    fixed_starts(S, L, starts);
+  }
+  std::string describe() const override {
+    return task_->describe() + ", packed " + std::to_string(d_.seq_len / d_.document_len) + " per sequence";
+  }
+
+ private:
+  std::unique_ptr<Task> task_;
+  DataConfig d_;
 };
 
 // What a file that is not a regular file is, for the error naming it.
@@ -230,8 +265,8 @@ class DataFile {
 // Real data: token ids in [0, n), windows at pseudo-random offsets of the split's range.
 class TokenFile : public Dataset {
  public:
-  TokenFile(const DataConfig& d, int64_t vocab) : d_(d), vocab_(vocab) {}
-  void sample(Split split, int64_t index, int32_t* x, uint8_t* scored) const override {
+  TokenFile(const DataConfig& d, int64_t vocab) : d_(d), vocab_(vocab), mode_(document_mode(d)) {}
+  void sample(Split split, int64_t index, int32_t* x, uint8_t* scored, std::vector<int64_t>& starts) const override {
     const int64_t S = d_.seq_len;
     const int64_t train_end = split_end();
     const int64_t begin = split == Split::train ? 0 : train_end, end = split == Split::train ? train_end : n_;
@@ -243,6 +278,12 @@ class TokenFile : public Dataset {
     read(off, S + 1, x);
     check_ids(x, S + 1, off);
     std::fill(scored, scored + S, 1);
+    switch (mode_) {
+      case DocumentMode::none: starts.clear(); break;
+      case DocumentMode::eod: eod_starts(x, S, static_cast<int32_t>(d_.eod_id), starts); break;
+      case DocumentMode::offsets: offset_starts(offsets_, off, S, starts); break;
+      case DocumentMode::fixed: fixed_starts(S, d_.document_len, starts); break;
+    }
   }
 
   // What make_dataset checks before the first step: both splits hold a window, and (for a file
@@ -280,6 +321,8 @@ class TokenFile : public Dataset {
 
   DataConfig d_;
   int64_t vocab_;
+  DocumentMode mode_;
+  std::vector<int64_t> offsets_;  // DocumentMode::offsets: every document's start, ascending
   int64_t n_ = 0;                 // tokens in the file
   int64_t token_bytes_ = 4;       // bytes per token in the file
   int64_t id_bound_ = INT64_MAX;  // every id the file's type can hold is below this
@@ -294,6 +337,8 @@ class RawTokens final : public TokenFile {
     LCTX_CHECK(file_.bytes() % token_bytes_ == 0, "data: ", d.path, " has ", file_.bytes(),
                " bytes, not a multiple of ", token_bytes_, " (data.token_dtype ", d.token_dtype, ")");
     n_ = file_.bytes() / token_bytes_;
+    LCTX_CHECK(mode_ != DocumentMode::offsets, "data: data.documents = offsets reads data.offsets_dataset of an hdf5 ",
+               "file, but data.source is ", d.source);
   }
   std::string describe() const override {
     return (d_.source == "text" ? "bytes of " : d_.token_dtype + " tokens of ") + d_.path + " (" + std::to_string(n_) +
@@ -344,6 +389,7 @@ class Hdf5Tokens final : public TokenFile {
     H5Id type(LCTX_HDF5_CHECK(H5Dget_type(dset_), d.path), H5Tclose);
     LCTX_CHECK(H5Tget_class(type) == H5T_INTEGER, "data: dataset '", d.hdf5_dataset, "' in ", d.path, " must hold integers");
     token_bytes_ = static_cast<int64_t>(H5Tget_size(type));
+    if (mode_ == DocumentMode::offsets) read_offsets();
   }
   std::string describe() const override {
     return "HDF5 " + d_.path + ":" + d_.hdf5_dataset + " (" + std::to_string(n_) + " tokens)";
@@ -368,14 +414,39 @@ class Hdf5Tokens final : public TokenFile {
   }
 
  private:
-  // Elements in the 1-D dataset.
-  int64_t extent() const {
-    H5Id space(LCTX_HDF5_CHECK(H5Dget_space(dset_), d_.path), H5Sclose);
-    LCTX_CHECK(H5Sget_simple_extent_ndims(space) == 1, "data: dataset '", d_.hdf5_dataset, "' in ", d_.path,
+  // Elements in the 1-D dataset `dset` (named `name`, read for option `key`).
+  int64_t extent(hid_t dset, const std::string& name, const char* key) const {
+    H5Id space(LCTX_HDF5_CHECK(H5Dget_space(dset), d_.path), H5Sclose);
+    LCTX_CHECK(H5Sget_simple_extent_ndims(space) == 1, "data: dataset '", name, "' (", key, ") in ", d_.path,
                " must be 1-D");
     hsize_t dims[1];
     LCTX_HDF5_CHECK(H5Sget_simple_extent_dims(space, dims, nullptr), d_.path);
     return static_cast<int64_t>(dims[0]);
+  }
+  int64_t extent() const { return extent(dset_, d_.hdf5_dataset, "data.hdf5_dataset"); }
+
+  // data.offsets_dataset: a 1-D integer dataset of at most one offset per token, read whole and
+  // checked (first 0, strictly ascending, each below the tokens of data.hdf5_dataset).
+  void read_offsets() {
+    const std::string& name = d_.offsets_dataset;
+    const std::string what = "data: dataset '" + name + "' (data.offsets_dataset) in " + d_.path;
+    LCTX_CHECK(H5Lexists(file_, name.c_str(), H5P_DEFAULT) > 0, "data: ", d_.path, " has no dataset '", name,
+               "' (data.offsets_dataset: the start offsets of the documents, for data.documents = offsets)");
+    H5Id dset(LCTX_HDF5_CHECK(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), d_.path), H5Dclose);
+    H5Id type(LCTX_HDF5_CHECK(H5Dget_type(dset), d_.path), H5Tclose);
+    LCTX_CHECK(H5Tget_class(type) == H5T_INTEGER, what, " must hold integers (document start offsets)");
+    const int64_t n = extent(dset, name, "data.offsets_dataset");
+    LCTX_CHECK(n >= 1 && n <= n_, what, " has ", n, " offsets; expected 1 to ", n_,
+               " (one start per document, at most one per token of dataset '", d_.hdf5_dataset, "')");
+    offsets_.resize(static_cast<size_t>(n));
+    LCTX_HDF5_CHECK(H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, offsets_.data()), d_.path,
+                    " reading dataset '", name, "' (data.offsets_dataset)");
+    LCTX_CHECK(offsets_[0] == 0, what, " must start with offset 0 (the first document starts the stream), got ",
+               offsets_[0]);
+    for (size_t i = 1; i < offsets_.size(); ++i)
+      LCTX_CHECK(offsets_[i] > offsets_[i - 1] && offsets_[i] < n_, what, " must hold ascending start offsets below ",
+                 "the ", n_, " tokens of dataset '", d_.hdf5_dataset, "': element ", i, " is ", offsets_[i],
+                 " after ", offsets_[i - 1]);
   }
 
   DataFile watch_;  // the same file as file_: its size and modification time are watched
@@ -389,12 +460,28 @@ std::unique_ptr<Dataset> open_file(const DataConfig& d, int64_t vocab_size, cons
   return f;
 }
 
+// The synthetic task of data.source generating samples of t.seq_len, or null for a file.
+std::unique_ptr<Task> make_task(const DataConfig& t, int64_t vocab_size) {
+  if (t.source == "passkey") return std::make_unique<PasskeyTask>(t, vocab_size);
+  if (t.source == "mqar") return std::make_unique<MqarTask>(t, vocab_size);
+  if (t.source == "selective_copy") return std::make_unique<SelectiveCopyTask>(t, vocab_size);
+  return nullptr;
+}
+
 }  // namespace
 
 std::unique_ptr<Dataset> make_dataset(const DataConfig& d, int64_t vocab_size, const DataChecks& checks) {
-  if (d.source == "passkey") return std::make_unique<PasskeyTask>(d, vocab_size);
-  if (d.source == "mqar") return std::make_unique<MqarTask>(d, vocab_size);
-  if (d.source == "selective_copy") return std::make_unique<SelectiveCopyTask>(d, vocab_size);
+  const DocumentMode mode = document_mode(d);
+  DataConfig task = d;
+  if (mode == DocumentMode::fixed) task.seq_len = d.document_len - 1;
+  if (std::unique_ptr<Task> t = make_task(task, vocab_size)) {
+    LCTX_CHECK(mode == DocumentMode::none || mode == DocumentMode::fixed, "data: data.documents = ", d.documents,
+               " needs a file (data.source text, tokens or hdf5); a synthetic task packs with data.documents: fixed");
+    if (mode == DocumentMode::none) return t;
+    LCTX_CHECK(d.document_len >= 2 && d.seq_len % d.document_len == 0, "data: a packed synthetic task needs ",
+               "data.document_len >= 2 dividing data.seq_len (", d.seq_len, "), got ", d.document_len);
+    return std::make_unique<PackedTask>(std::move(t), d);
+  }
   if (d.source == "text" || d.source == "tokens") return open_file<RawTokens>(d, vocab_size, checks);
   if (d.source == "hdf5") return open_file<Hdf5Tokens>(d, vocab_size, checks);
   LCTX_FAIL("data: unknown data.source '", d.source, "'");
@@ -409,24 +496,36 @@ Batch make_batch(const Dataset& data, const DataConfig& d, Split split, int64_t 
   const int64_t S = d.seq_len, B = d.batch_size / shard.dp;
   const std::vector<int64_t>& pos = shard.positions;
   const int64_t Sl = static_cast<int64_t>(pos.size());
+  const bool packed = document_mode(d) != DocumentMode::none;
   Batch b;
   b.inputs = Tensor::empty({B, Sl}, DType::i32);
   b.targets = Tensor::empty({B, Sl}, DType::i32);
-  b.positions = Tensor::empty({Sl}, DType::i32);
   int32_t* in = b.inputs.data<int32_t>();
   int32_t* tg = b.targets.data<int32_t>();
-  int32_t* ps = b.positions.data<int32_t>();
-  for (int64_t i = 0; i < Sl; ++i) ps[i] = static_cast<int32_t>(pos[i]);
   std::vector<int32_t> x(S + 1);
   std::vector<uint8_t> sc(S);
+  std::vector<int64_t> starts;
+  std::vector<std::vector<int64_t>> rows;  // packed: each row's document starts
   for (int64_t bi = 0; bi < B; ++bi) {
-    data.sample(split, first + shard.dp_rank * B + bi, x.data(), sc.data());
+    data.sample(split, first + shard.dp_rank * B + bi, x.data(), sc.data(), starts);
+    ignore_boundary_labels(starts, sc.data());
+    if (packed) rows.push_back(row_starts(starts, S));
     for (int64_t i = 0; i < Sl; ++i) {
       const int64_t p = pos[i];
       in[bi * Sl + i] = x[p];
       tg[bi * Sl + i] = sc[p] ? x[p + 1] : -1;
       b.scored += sc[p];
     }
+  }
+  if (packed) {
+    b.documents = std::make_shared<const attn::Documents>(S, std::move(rows));
+    TokenDocuments t = shard_documents(*b.documents, pos, position_mode(d));
+    b.doc_ids = t.doc_ids;
+    b.positions = t.positions;
+  }
+  if (!b.positions.defined()) {
+    b.positions = Tensor::empty({Sl}, DType::i32);
+    for (int64_t i = 0; i < Sl; ++i) b.positions.data<int32_t>()[i] = static_cast<int32_t>(pos[i]);
   }
   return b;
 }

@@ -11,7 +11,8 @@
 // Real data (every next-token prediction scored): `text` (a byte file), `tokens` (raw
 // uint16/uint32 little-endian ids) and `hdf5` (a 1-D integer dataset); the last `data.holdout`
 // fraction of the file is the eval split. Samples are windows at deterministic pseudo-random
-// offsets. A data file is checked where a user can get it wrong, as early as possible:
+// offsets. With data.documents (packing.h) a sample also says where its documents start; a
+// packed synthetic task (fixed) holds seq_len / document_len task samples, one per document. A data file is checked where a user can get it wrong, as early as possible:
 //   - data.path must be a regular file (a FIFO or device would block the open, or change);
 //   - make_dataset checks the split sizes and, for a file up to DataChecks::id_scan_max_bytes,
 //     every id against model.vocab_size, so these fail before the first step;
@@ -25,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "attn/documents.h"
 #include "core/tensor.h"
 #include "trainers/config.h"
 
@@ -46,8 +48,9 @@ class Dataset {
  public:
   virtual ~Dataset() = default;
   // Writes seq_len + 1 tokens to `x` and seq_len flags to `scored` (scored[i]: the prediction
-  // of x[i + 1] from position i counts).
-  virtual void sample(Split split, int64_t index, int32_t* x, uint8_t* scored) const = 0;
+  // of x[i + 1] from position i counts), and to `starts` the positions in (0, seq_len] where a
+  // document starts (packing.h; empty with data.documents: none).
+  virtual void sample(Split split, int64_t index, int32_t* x, uint8_t* scored, std::vector<int64_t>& starts) const = 0;
   virtual std::string describe() const = 0;
 };
 
@@ -77,13 +80,21 @@ std::vector<int64_t> shard_positions(int64_t seq_len, int64_t ring, int64_t ulys
 // One rank's share of the batch of a step (CPU tensors).
 struct Batch {
   Tensor inputs;     // i32 [B_local, S_local]
-  Tensor targets;    // i32 [B_local, S_local]; -1 where not scored
-  Tensor positions;  // i32 [S_local] global positions of the local tokens
+  Tensor targets;    // i32 [B_local, S_local]; -1 where not scored (and at document boundaries)
+  // i32 [S_local]: global positions of the local tokens; with data.reset_positions i32
+  // [B_local, S_local]: their positions inside their documents.
+  Tensor positions;
+  // Packed documents (data.documents other than none), else undefined / null: the document id
+  // of each local token, i32 [B_local, S_local], and the documents of the B_local rows in
+  // global positions (the ids index them).
+  Tensor doc_ids;
+  std::shared_ptr<const attn::Documents> documents;
   int64_t scored = 0;  // number of targets != -1 in this rank's share
 };
 
 // The global batch is samples [first, first + data.batch_size) of `split`; the trainer's data
-// state is the number of train samples consumed so far (the next `first`).
+// state is the number of train samples consumed so far (the next `first`). Every tensor is
+// sharded by shard.positions, tokens, labels, doc ids and positions alike.
 Batch make_batch(const Dataset& data, const DataConfig& d, Split split, int64_t first, const Shard& shard);
 
 }  // namespace lctx::train

@@ -22,14 +22,21 @@ namespace lctx::train {
 
 namespace {
 
-void write_i32(hid_t file, const char* name, const Tensor& t) {
+// A CPU tensor as dataset `name`, stored as file_type (little-endian), from memory of mem_type.
+void write_tensor(hid_t file, const char* name, const Tensor& t, hid_t file_type, hid_t mem_type) {
   std::vector<hsize_t> dims;
   for (int64_t d : t.shape()) dims.push_back(static_cast<hsize_t>(d));
   const Tensor c = t.contiguous();
   H5Id space(LCTX_HDF5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), name), H5Sclose);
-  H5Id d(LCTX_HDF5_CHECK(H5Dcreate2(file, name, H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), name),
+  H5Id d(LCTX_HDF5_CHECK(H5Dcreate2(file, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), name),
          H5Dclose);
-  LCTX_HDF5_CHECK(H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.data<int32_t>()), name);
+  LCTX_HDF5_CHECK(H5Dwrite(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.raw()), name);
+}
+void write_i32(hid_t file, const char* name, const Tensor& t) {
+  write_tensor(file, name, t, H5T_STD_I32LE, H5T_NATIVE_INT32);
+}
+void write_f32(hid_t file, const char* name, const Tensor& t) {
+  write_tensor(file, name, t, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT);
 }
 
 // The checkpoint named by checkpoint.resume (auto: the newest valid one of the run directory),
@@ -90,6 +97,8 @@ void dump_eval_batch(const std::string& config_path, std::vector<std::string> ov
       write_i32(f, "inputs", b.inputs);
       write_i32(f, "targets", b.targets);
       write_i32(f, "positions", b.positions);
+      if (b.doc_ids.defined()) write_i32(f, "doc_ids", b.doc_ids);
+      write_f32(f, "losses", model.token_losses());
       write_attr_f64(f, "loss", loss);
       write_attr_f64(f, "loss_sum", st.loss_sum);
       write_attr_i64(f, "scored", scored);

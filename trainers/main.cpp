@@ -29,8 +29,9 @@ int usage(const char* msg) {
                "       lctx-train CONFIG.yaml [--resume=auto|PATH] [--set ...] --eval-batch OUT.h5\n"
                "           evaluate the first eval batch (samples 0..data.batch_size-1 of the eval split) on the\n"
                "           CPU in f32 on one rank with the checkpoint's weights (no --resume: the initial ones)\n"
-               "           and write to OUT.h5: /inputs, /targets (-1 = not scored) i32 [B, S], /positions i32 [S],\n"
-               "           root attributes loss (mean over scored targets), loss_sum, scored, correct, step,\n"
+               "           and write to OUT.h5: /inputs, /targets (-1 = not scored) i32 [B, S], /positions i32 [S]\n"
+               "           ([B, S] with data.reset_positions), /losses f32 [B, S] (per token), /doc_ids i32 [B, S]\n"
+               "           (packed documents), root attributes loss (mean over scored targets), loss_sum, scored, correct, step,\n"
                "           checkpoint, config (resolved YAML). No training, no run directory.\n";
   return 2;
 }

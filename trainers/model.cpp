@@ -134,12 +134,13 @@ struct Model::Impl {
   // activation (a's own buffers, or scratch with a.x set for recomputed layers). With
   // Pass::recompute (before a recomputed layer's backward) it stops before the MLP, which
   // layer_backward recomputes chunk by chunk.
-  void layer_forward(const std::vector<Param>& P, int64_t l, LayerActs& a, Tensor& out, const Tensor& pos, Pass pass) {
+  void layer_forward(const std::vector<Param>& P, int64_t l, LayerActs& a, Tensor& out, const mixers::Tokens& seq,
+                     Pass pass) {
     const LayerParams& p = lp[l];
     const float eps = static_cast<float>(cfg.model.norm_eps);
     ops::rmsnorm_forward(a.ln1, a.rstd1, a.x, P[p.mixer_norm].compute, eps);
     if (pass != Pass::recompute) enter(Phase::mixer_forward);
-    const Tensor y = mixer[l]->forward({a.ln1, pos}, a.mixer, pass);
+    const Tensor y = mixer[l]->forward(mixer_input(a, seq), a.mixer, pass);
     if (pass != Pass::recompute) enter(Phase::forward);
     ops::residual_forward(a.x_mid, a.x, y);
     ops::rmsnorm_forward(a.ln2, a.rstd2, a.x_mid, P[p.mlp_norm].compute, eps);
@@ -153,6 +154,13 @@ struct Model::Impl {
   }
 
   Tensor rows(const Tensor& t) const { return t.view({B * S, t.size(-1)}); }
+
+  // The mixer's input: the layer's normalised stream with the batch's positions and documents.
+  static mixers::Tokens mixer_input(const LayerActs& a, const mixers::Tokens& seq) {
+    mixers::Tokens in = seq;
+    in.x = a.ln1;
+    return in;
+  }
 
   // Calls f(r0, r1, gu, act) for the token rows [r0, r1) of each MLP chunk of `a` (one chunk
   // of all B*S rows for kept layers), with gu/act the chunk's views of a's buffers.
@@ -173,7 +181,7 @@ struct Model::Impl {
   }
 
   // dres holds d(loss)/d(layer output) on entry and d(loss)/d(layer input) on exit.
-  void layer_backward(std::vector<Param>& P, int64_t l, LayerActs& a, const Tensor& pos) {
+  void layer_backward(std::vector<Param>& P, int64_t l, LayerActs& a, const mixers::Tokens& seq) {
     const LayerParams& p = lp[l];
     Tensor none;
     // MLP branch: out = x_mid + down(swiglu(gate_up(rmsnorm(x_mid)))).
@@ -193,7 +201,7 @@ struct Model::Impl {
     ops::residual_backward(dres, none, dtmp, GradMode::accumulate);
     // Mixer branch: x_mid = x + mixer(rmsnorm(x)).
     enter(Phase::mixer_backward);
-    mixer[l]->backward(dln, dres, {a.ln1, pos}, *a.mixer);
+    mixer[l]->backward(dln, dres, mixer_input(a, seq), *a.mixer);
     enter(Phase::backward);
     ops::rmsnorm_backward(dtmp, P[p.mixer_norm].grad, dln, a.x, P[p.mixer_norm].compute, a.rstd1, GradMode::overwrite);
     ops::residual_backward(dres, none, dtmp, GradMode::accumulate);
@@ -201,16 +209,16 @@ struct Model::Impl {
 
   // Embedding, all layers and the final norm: x_final, lnf. `keep`: Pass::train for a training
   // step (recomputed layers checkpoint), Pass::checkpoint for evaluation (nothing kept).
-  void trunk_forward(const std::vector<Param>& P, const Tensor& ids, const Tensor& pos, Pass keep) {
+  void trunk_forward(const std::vector<Param>& P, const Tensor& ids, const mixers::Tokens& seq, Pass keep) {
     ops::embedding_forward(acts[0].x, ids, P[embedding].compute);
     for (int64_t l = 0; l < L; ++l) {
       Tensor& out = l + 1 < L ? acts[l + 1].x : x_final;
       if (recompute(l)) {
         scratch.x = acts[l].x;
-        layer_forward(P, l, scratch, out, pos, Pass::checkpoint);
+        layer_forward(P, l, scratch, out, seq, Pass::checkpoint);
         acts[l].mixer = std::move(scratch.mixer);  // kept for the backward
       } else {
-        layer_forward(P, l, acts[l], out, pos, keep);
+        layer_forward(P, l, acts[l], out, seq, keep);
       }
     }
     enter(Phase::head_loss);
@@ -219,14 +227,17 @@ struct Model::Impl {
   }
 
   // What training and evaluation share: the batch on the device, the trunk forward (logits)
-  // and the argmax predictions, taken before a cross-entropy overwrites the logits.
+  // and the argmax predictions, taken before a cross-entropy overwrites the logits. `seq` is
+  // what every mixer sees besides its input: positions and packed documents (x undefined).
   struct DeviceBatch {
-    Tensor ids, pos, tgt;
+    Tensor ids, tgt;
+    mixers::Tokens seq;
   };
   DeviceBatch forward_batch(const std::vector<Param>& P, const Batch& b, Pass keep) {
     ensure_buffers(b.inputs.size(0), b.inputs.size(1));
-    DeviceBatch d{b.inputs.to(dev), b.positions.to(dev), b.targets.to(dev)};
-    trunk_forward(P, d.ids, d.pos, keep);
+    DeviceBatch d{b.inputs.to(dev), b.targets.to(dev),
+                  {Tensor(), b.positions.to(dev), b.doc_ids.defined() ? b.doc_ids.to(dev) : Tensor(), b.documents}};
+    trunk_forward(P, d.ids, d.seq, keep);
     ops::argmax_rows(predictions, logits);
     return d;
   }
@@ -237,8 +248,7 @@ struct Model::Impl {
     StepStats st;
     st.scored = static_cast<double>(scored);
     st.correct = correct_predictions(targets_host);
-    const Tensor lh = losses.device().is_cpu() ? losses : losses.to(Device::cpu());
-    const Tensor lf = lh.dtype() == DType::f32 ? lh : lh.to(DType::f32);
+    const Tensor lf = token_losses();
     const float* lp_ = lf.data<float>();
     const int32_t* t = targets_host.data<int32_t>();
     double sum = 0;
@@ -246,6 +256,12 @@ struct Model::Impl {
       if (t[i] >= 0) sum += lp_[i];
     st.loss_sum = sum;
     return st;
+  }
+
+  // The per-token losses of the last cross-entropy: a copy, f32 [B, S] on the CPU.
+  Tensor token_losses() const {
+    const Tensor l = losses.to(Device::cpu()).to(DType::f32);
+    return (l.raw() == losses.raw() ? l.clone() : l).view({B, S});
   }
 
   // Scored rows whose argmax prediction (forward_batch) is the target.
@@ -314,7 +330,7 @@ void Model::sync_compute_weights() { table_.sync_compute(); }
 StepStats Model::forward_backward(const Batch& b, double loss_scale) {
   Impl& I = *impl_;
   std::vector<Param>& P = params();
-  const auto [ids, pos, tgt] = I.forward_batch(P, b, Pass::train);
+  const auto [ids, tgt, seq] = I.forward_batch(P, b, Pass::train);
   // d(loss_scale * sum of scored losses): the op's gradient is scale / n_valid * sum.
   ops::CrossEntropyOptions ce;
   ce.ignore_index = -1;
@@ -336,15 +352,17 @@ StepStats Model::forward_backward(const Batch& b, double loss_scale) {
       I.scratch.x = I.acts[l].x;
       I.scratch.mixer = std::move(I.acts[l].mixer);
       Tensor no_output;  // the recompute pass stops before the layer output
-      I.layer_forward(P, l, I.scratch, no_output, pos, Pass::recompute);
+      I.layer_forward(P, l, I.scratch, no_output, seq, Pass::recompute);
     }
-    I.layer_backward(P, l, a, pos);
+    I.layer_backward(P, l, a, seq);
     a.mixer.reset();  // freed as the backward goes down the layers
   }
   ops::embedding_backward(P[I.embedding].grad, ids, I.dres,
                           cfg_.model.tied_embeddings ? GradMode::accumulate : GradMode::overwrite);
   return I.score(b.targets, b.scored);
 }
+
+Tensor Model::token_losses() const { return impl_->token_losses(); }
 
 StepStats Model::evaluate(const Batch& b) {
   Impl& I = *impl_;

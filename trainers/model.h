@@ -8,7 +8,8 @@
 //
 // Each layer's mixer kind comes from model.mixers through the registry (mixer_registry.h); the
 // scaffold has no per-kind branch. A mixer runs its own sequence-parallel algorithm over the
-// mesh, on the tokens this rank holds under the dist::Layout. Layers listed in
+// mesh, on the tokens this rank holds under the dist::Layout, with the batch's positions and,
+// for packed documents (data.documents), its document ids and documents (mixers::Tokens). Layers listed in
 // model.activation_checkpointing keep their input and what their mixer cannot cheaply redo,
 // and recompute the rest in backward. Master weights, gradients and AdamW state are f32; on a
 // GPU the forward/backward run in bf16 on a copy of the weights refreshed after every
@@ -71,6 +72,9 @@ class Model {
   StepStats forward_backward(const Batch& b, double loss_scale);
   // Forward only (eval).
   StepStats evaluate(const Batch& b);
+  // The cross-entropy of each of this rank's tokens in the last forward_backward or evaluate,
+  // f32 [B, S_local] on the CPU, 0 where the target is not scored: losses per document.
+  Tensor token_losses() const;
   // Refreshes the compute copy (bf16) from the master weights after they changed.
   void sync_compute_weights();
   // Marks the phases of forward_backward in `profile` (nullptr: none); it must outlive the model.

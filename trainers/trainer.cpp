@@ -8,6 +8,7 @@
 
 #include "ops/adamw.h"
 #include "ops/grad_clip.h"
+#include "trainers/topology.h"
 
 namespace fs = std::filesystem;
 
@@ -21,16 +22,9 @@ Trainer::Trainer(const Config& cfg, dist::Comm& world, dist::Comm& ctrl, RunResu
       hooks_(hooks),
       metrics_(cfg.train.steps, cfg.logging.progress && !hooks.quiet) {
   validate_world(cfg_, world_.size());
-  const auto& p = cfg_.parallel;
-  dist::MeshShape shape;
-  shape.dp = static_cast<int>(p.dp);
-  shape.ulysses = static_cast<int>(p.ulysses);
-  shape.ring = static_cast<int>(p.sp / p.ulysses);
-  mesh_ = std::make_unique<dist::Mesh>(world_, shape);
-  const dist::LayoutKind kind =
-      resolved_layout(cfg_) == "contiguous" ? dist::LayoutKind::contiguous : dist::LayoutKind::zigzag;
-  layout_ = std::make_unique<dist::Layout>(kind, cfg_.data.seq_len, shape.ring, shape.ulysses);
-  shard_.dp = p.dp;
+  mesh_ = std::make_unique<dist::Mesh>(world_, mesh_shape(cfg_));
+  layout_ = std::make_unique<dist::Layout>(config_layout(cfg_));
+  shard_.dp = cfg_.parallel.dp;
   shard_.dp_rank = mesh_->coords().dp;
   shard_.positions = layout_->positions(mesh_->coords().sp);
   device_ = device_for(cfg_, world_.backend() == std::string_view("sim"), world_.rank());

@@ -52,11 +52,20 @@ void report_once(const std::string& line) {
 }
 
 // The backend policy of a CUDA call: `attempt` tries cuDNN (false, with the reason, when it
-// cannot run the call). Returns false when lctx's kernels must run the call instead.
+// cannot run the call); the automatic choice leaves calls that lctx's kernels run faster to
+// them without trying. Returns false when lctx's kernels must run the call instead.
 template <class F>
-bool ran_on_cudnn(const char* op, const FlashOptions& opts, const Tensor& q, const Tensor& k, F&& attempt) {
+bool ran_on_cudnn(const char* op, const FlashOptions& opts, const FlashParams& p, const Tensor& q, const Tensor& k,
+                  F&& attempt) {
   const AttnBackend want = requested_backend(opts);
   if (want == AttnBackend::lctx) return false;
+  if (want == AttnBackend::automatic) {
+    const std::string slower = detail::cudnn_slower(p, opts.documents.get());
+    if (!slower.empty()) {
+      report_once(std::string(op) + ": lctx kernels for calls they run faster than cuDNN (" + slower + ")");
+      return false;
+    }
+  }
   std::string why;
   if (attempt(&why)) {
     report_once(std::string(op) + ": cuDNN " + detail::cudnn_version_string() + " fused attention");
@@ -88,13 +97,13 @@ FlashOutput flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
     flash_forward_cpu(p);
   } else {
 #ifdef LCTX_HAVE_CUDA
-    const bool cudnn = ran_on_cudnn(op, opts, q, k, [&](std::string* why) {
+    const bool cudnn = ran_on_cudnn(op, opts, p, q, k, [&](std::string* why) {
       // cuDNN writes o in the input dtype: an f32 output goes through a converted copy.
       const Tensor o_io = out.o.dtype() == q.dtype() ? out.o : Tensor::empty(q.shape(), q.dtype(), q.device());
       FlashParams pc = p;
       flash_set_o(pc, o_io);
-      *why = detail::cudnn_unsupported(pc);
-      if (!why->empty() || !detail::flash_forward_cudnn(pc, s, why)) return false;
+      *why = detail::cudnn_unsupported(pc, opts.documents.get());
+      if (!why->empty() || !detail::flash_forward_cudnn(pc, opts.documents.get(), s, why)) return false;
       if (o_io.raw() != out.o.raw()) out.o.copy_from(o_io, s);
       return true;
     });
@@ -118,7 +127,7 @@ FlashGrads flash_backward(const Tensor& q, const Tensor& k, const Tensor& v, con
     flash_backward_cpu(p);
   } else {
 #ifdef LCTX_HAVE_CUDA
-    const bool cudnn = ran_on_cudnn(op, opts, q, k, [&](std::string* why) {
+    const bool cudnn = ran_on_cudnn(op, opts, p, q, k, [&](std::string* why) {
       // cuDNN reads o and writes dq/dk/dv in the input dtype: f32 o is converted, f32 or
       // accumulated gradients go through temporaries.
       FlashParams pc = p;
@@ -130,8 +139,8 @@ FlashGrads flash_backward(const Tensor& q, const Tensor& k, const Tensor& v, con
                                                Tensor::empty(k.shape(), q.dtype(), dev),
                                                Tensor::empty(k.shape(), q.dtype(), dev)};
       flash_set_grads(pc, t);
-      *why = detail::cudnn_unsupported(pc);
-      if (!why->empty() || !detail::flash_backward_cudnn(pc, s, why)) return false;
+      *why = detail::cudnn_unsupported(pc, opts.documents.get());
+      if (!why->empty() || !detail::flash_backward_cudnn(pc, opts.documents.get(), s, why)) return false;
       if (direct) return true;
       for (auto [dst, src] : {std::pair{&g.dq, &t.dq}, std::pair{&g.dk, &t.dk}, std::pair{&g.dv, &t.dv}}) {
         if (mode == GradMode::accumulate) dst->add_from(*src, s);

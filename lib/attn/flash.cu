@@ -1,13 +1,15 @@
 // Flash attention CUDA launch site: checks what the kernels need beyond flash.cpp's
-// validation (16-byte aligned rows for cp.async), then dispatches dtype x head_dim to the
-// templates. Masks, windows, ALiBi, documents and offsets are runtime branches inside the
+// validation (16-byte aligned rows for cp.async), builds the document ranges of packed
+// sequences (flash_docs.cuh), then dispatches dtype x head_dim to the templates. Masks, windows, ALiBi, documents and offsets are runtime branches inside the
 // kernels, so there are 4 forward and 4 backward instantiations in all.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "attn/flash_bwd_kernel.cuh"
+#include "attn/flash_docs.cuh"
 #include "attn/flash_fwd_kernel.cuh"
 #include "attn/flash_params.h"
 #include "core/allocator.h"
@@ -38,24 +40,9 @@ float scale_log2(const FlashParams& p) { return static_cast<float>(p.softmax_sca
 
 }  // namespace
 
-void flash_forward_cuda(const FlashParams& p, Stream s) {
-  check_rows_aligned("flash_forward", "q", p.q, p.q_stride);
-  check_rows_aligned("flash_forward", "k", p.k, p.k_stride);
-  check_rows_aligned("flash_forward", "v", p.v, p.v_stride);
-  dispatch(p, [&]<class T, int D>() {
-    using Tr = FlashFwdTraits<T, D>;
-    auto kernel = flash_fwd_kernel<Tr, T>;
-    LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-    const dim3 grid(static_cast<unsigned>((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM), p.heads_q,
-                    static_cast<unsigned>(p.batch));
-    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda_stream(s)>>>(p, scale_log2(p));
-    LCTX_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
-  });
-}
-
-// Scratch (the backward's fp32 dQ partial sums, Dsum, lse2; cuDNN's workspace) is
-// stream-ordered memory from the allocator: freed only after the kernels that use it, with no
-// host synchronization (ring attention overlaps streams).
+// Scratch (the backward's fp32 dQ partial sums, Dsum, lse2; cuDNN's workspace; document
+// ranges) is stream-ordered memory from the allocator: freed only after the kernels that use
+// it, with no host synchronization (ring attention overlaps streams).
 void* flash_scratch_alloc(int64_t bytes, Stream s) {
   int dev = 0;
   LCTX_CUDA_CHECK(cudaGetDevice(&dev));
@@ -68,13 +55,61 @@ void flash_scratch_free(void* ptr, Stream s) {
   deallocate_async(ptr, Device::cuda(dev), s);
 }
 
-void flash_backward_cuda(const FlashParams& p, Stream s) {
+namespace {
+
+// For a call with documents: p.doc_ranges of the 64-row tiles of the queries (forward,
+// by_query) or of the keys (backward), in stream-ordered scratch the caller frees.
+void* set_doc_ranges(FlashParams& p, bool by_query, Stream s) {
+  if (!p.has_docs()) return nullptr;
+  const DocSide q{p.q_doc_ids, p.q_doc_stride, p.seqlen_q}, k{p.k_doc_ids, p.k_doc_stride, p.seqlen_k};
+  const DocSide& own = by_query ? q : k;
+  const int64_t tiles = (own.len + kDocTile - 1) / kDocTile;
+  const cudaStream_t stream = cuda_stream(s);
+  void* scratch = flash_scratch_alloc(static_cast<int64_t>(sizeof(DocRange)) * p.batch * tiles + 4 * p.batch, s);
+  DocRange* ranges = static_cast<DocRange*>(scratch);
+  int32_t* unsorted = reinterpret_cast<int32_t*>(ranges + p.batch * tiles);
+  LCTX_CUDA_CHECK(cudaMemsetAsync(unsorted, 0, 4 * p.batch, stream));
+  const int64_t n = p.batch * std::max(p.seqlen_q, p.seqlen_k);
+  flash_doc_order_kernel<<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 1024)), 256, 0, stream>>>(
+      q, k, p.batch, unsorted);
+  LCTX_CUDA_CHECK_LAUNCH("flash_doc_order_kernel");
+  flash_doc_range_kernel<<<static_cast<unsigned>((p.batch * tiles + 127) / 128), 128, 0, stream>>>(
+      own, by_query ? k : q, p.batch, tiles, unsorted, ranges);
+  LCTX_CUDA_CHECK_LAUNCH("flash_doc_range_kernel");
+  p.doc_ranges = ranges;
+  p.doc_tiles = tiles;
+  return scratch;
+}
+
+}  // namespace
+
+void flash_forward_cuda(const FlashParams& params, Stream s) {
+  FlashParams p = params;
+  check_rows_aligned("flash_forward", "q", p.q, p.q_stride);
+  check_rows_aligned("flash_forward", "k", p.k, p.k_stride);
+  check_rows_aligned("flash_forward", "v", p.v, p.v_stride);
+  void* doc_scratch = set_doc_ranges(p, true, s);
+  dispatch(p, [&]<class T, int D>() {
+    using Tr = FlashFwdTraits<T, D>;
+    auto kernel = flash_fwd_kernel<Tr, T>;
+    LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    const dim3 grid(static_cast<unsigned>((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM), p.heads_q,
+                    static_cast<unsigned>(p.batch));
+    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda_stream(s)>>>(p, scale_log2(p));
+    LCTX_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
+  });
+  if (doc_scratch) flash_scratch_free(doc_scratch, s);
+}
+
+void flash_backward_cuda(const FlashParams& params, Stream s) {
+  FlashParams p = params;
   check_rows_aligned("flash_backward", "q", p.q, p.q_stride);
   check_rows_aligned("flash_backward", "k", p.k, p.k_stride);
   check_rows_aligned("flash_backward", "v", p.v, p.v_stride);
   check_rows_aligned("flash_backward", "dout", p.dout, p.dout_stride);
   const cudaStream_t stream = cuda_stream(s);
   const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
+  void* doc_scratch = set_doc_ranges(p, false, s);
   dispatch(p, [&]<class T, int D>() {
     using Tr = FlashBwdTraits<T, D>;
     const int64_t q_tiles = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
@@ -106,6 +141,7 @@ void flash_backward_cuda(const FlashParams& p, Stream s) {
     }
     flash_scratch_free(scratch, s);
   });
+  if (doc_scratch) flash_scratch_free(doc_scratch, s);
 }
 
 }  // namespace lctx::attn

@@ -8,6 +8,10 @@
 //   causal:          kpos <= qpos
 //   sliding window:  qpos - window_left <= kpos <= qpos + window_right   (-1 = unbounded)
 //   documents:       q_doc_ids[b, i] == k_doc_ids[b, j]
+// Documents are fast when the ids are non-decreasing along each row (packed sequences): the
+// CUDA kernels then visit only key tiles that share a document with the query tile and mask
+// elements only at document edges. Other ids (e.g. interleaved documents) stay correct but
+// every tile the position rules allow is computed and masked (the slow path).
 // ALiBi adds -slope[h] * |qpos - kpos| to the score. A query row with no visible key gets
 // output 0 and lse = -inf (never NaN), in forward and backward.
 //
@@ -17,8 +21,10 @@
 // Tensors may be strided views (e.g. sequence slices) as long as head_dim is contiguous.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string_view>
 
+#include "attn/documents.h"
 #include "core/grad_mode.h"
 #include "core/tensor.h"
 
@@ -29,12 +35,17 @@ enum class OutputDType { input, f32 };     // f32: partial outputs for an exact 
 using lctx::GradMode;
 
 // Which implementation runs a CUDA call: lctx's own kernels, cuDNN's fused attention, or
-// automatic: cuDNN where it supports the call (bf16/f16, causal or window bands that leave
-// every query row a key, no ALiBi, no documents), lctx's kernels otherwise. `automatic`
-// follows the environment variable LCTX_ATTN_BACKEND (auto|cudnn|lctx) when it is set. A
-// forced `cudnn` that cannot run a call is an error naming the reason. The first use of each
-// backend (and each reason for falling back) is reported once on stderr. CPU tensors always
-// run the reference (a forced `cudnn` on the CPU is an error).
+// automatic: cuDNN where it supports the call, lctx's kernels otherwise. cuDNN runs calls with
+// bf16/f16 inputs whose rows (and lse, ALiBi slopes) are 16-byte aligned and whose
+// causal/window band leaves every query row a key, at any q_offset/k_offset; with or without
+// ALiBi (also non-causal, and on ring blocks: the bias uses the global distance). Document
+// masks run on cuDNN only over a whole sequence (q_offset = k_offset = 0, Sq = Sk = the
+// seq_len of FlashOptions::documents, one cuDNN sequence per document), and `automatic` keeps
+// documents averaging fewer than 48 tokens on lctx's kernels, which run those faster.
+// `automatic` follows the environment variable LCTX_ATTN_BACKEND (auto|cudnn|lctx) when it is
+// set. A forced `cudnn` that cannot run a call is an error naming the reason. The first use of
+// each backend (and each reason for falling back) is reported once on stderr. CPU tensors
+// always run the reference (a forced `cudnn` on the CPU is an error).
 enum class AttnBackend { automatic, cudnn, lctx };
 std::string_view attn_backend_name(AttnBackend b);    // "auto", "cudnn", "lctx"
 AttnBackend parse_attn_backend(std::string_view name);  // throws naming the accepted values
@@ -49,6 +60,15 @@ struct FlashOptions {
   Tensor alibi_slopes;         // f32 [Hq] or undefined
   Tensor q_doc_ids;            // i32 [B, Sq] or undefined (one document)
   Tensor k_doc_ids;            // i32 [B, Sk]; defined iff q_doc_ids is
+  // Optional host description of the documents the ids index (Documents::ids of the global
+  // sequence, sharded by the layout): ring attention then skips blocks that share no
+  // document, and a whole-sequence call can run on cuDNN (one ragged sequence per document).
+  // Ids that do not match it give wrong results; without it the ring skips nothing and cuDNN
+  // takes no documents (lctx's kernels still skip tiles by the ids).
+  std::shared_ptr<const Documents> documents;
+  // i64 [1] on the call's device, or undefined: lctx's CUDA kernels add the (query tile, key
+  // tile) pairs they compute (backward: per query head) so tests and benchmarks see skipping.
+  Tensor tile_counter;
   OutputDType out_dtype = OutputDType::input;  // forward only
   AttnBackend backend = AttnBackend::automatic;
 };

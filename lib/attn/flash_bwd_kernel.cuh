@@ -4,8 +4,8 @@
 //    exp2(s - lse2) is 0 and never exp(s - (-inf))), per (batch, head) padded to whole
 //    query tiles (Dsum 0, lse2 +inf) so that the main kernel copies them with cp.async.
 //  * flash_bwd_kernel: one block per (128-key tile, KV head, batch). It walks every query
-//    head of the KV group and every query tile that can see its keys (block skipping),
-//    recomputes P from lse2, and keeps dK/dV in registers (deterministic, summed over the
+//    head of the KV group and every query tile that can see its keys (block skipping by
+//    position and by document), recomputes P from lse2, and keeps dK/dV in registers (deterministic, summed over the
 //    group). P and dS go to shared memory with stmatrix (sm_90; per-thread stores before). dQ = dS K is added with fp32 16-byte atomics into a scratch laid out in mma
 //    fragment order per (batch, head, query tile) (FlashBwdTraits::kDqFrags). Two block
 //    barriers per query tile: one before S/dP (the next tile's copy is issued right after it)
@@ -14,6 +14,7 @@
 #pragma once
 #include <math_constants.h>
 
+#include "attn/flash_docs.cuh"
 #include "attn/flash_mask.cuh"
 #include "attn/flash_params.h"
 #include "attn/flash_traits.cuh"
@@ -108,6 +109,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 
   int64_t qlo, qhi;
   flash_query_range(p, n0, min(n0 + BN, p.seqlen_k), &qlo, &qhi);
+  int64_t full_lo = 0, full_hi = p.has_docs() ? 0 : p.seqlen_q;  // queries needing no document mask
+  if (p.doc_ranges) {
+    int64_t dlo, dhi;
+    doc_rows(p, b, n0 / kDocTile, (min(n0 + BN, p.seqlen_k) + kDocTile - 1) / kDocTile, &dlo, &dhi, &full_lo, &full_hi);
+    qlo = max(qlo, dlo);
+    qhi = min(qhi, dhi);
+  }
   const int64_t m_begin = qlo / BM, m_tiles = qhi > qlo ? (qhi + BM - 1) / BM - m_begin : 0;
   const int64_t iters = m_tiles * G;
   // Q, dO, lse2 and Dsum of iteration it into buffer buf; lse2 and Dsum are padded to whole
@@ -164,11 +172,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
     warp_tile_mma<T, D / 16, D, D, BLayout::nk>(s, qA, boff, wq, kB, 0, wk);
     float mult = scale_log2;
-    if (!flash_tile_unmasked(p, m0, m0 + BM, n0, n0 + BN)) {
+    const bool masked = !flash_tile_in_band(p, m0, m0 + BM, n0, n0 + BN) || m0 < full_lo || m0 + BM > full_hi;
+    if (masked || p.has_alibi()) {
 #pragma unroll
-      for (int mt = 0; mt < MQ; ++mt)
-        apply_mask<4>(s[mt], p, b, mask_rows(p, b, h, m0 + wq + 16 * mt + lane / 4), n0 + wk + 2 * (lane % 4),
-                      scale_log2);
+      for (int mt = 0; mt < MQ; ++mt) {
+        const MaskRows m = mask_rows(p, b, h, m0 + wq + 16 * mt + lane / 4, p.has_docs());
+        if (masked) apply_mask<4>(s[mt], p, b, m, n0 + wk + 2 * (lane % 4), scale_log2, p.has_docs());
+        else apply_bias<4>(s[mt], p, m, n0 + wk + 2 * (lane % 4), scale_log2);
+      }
       mult = 1.f;
     }
 #pragma unroll
@@ -257,6 +268,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
   }
 
+  if (p.tile_counter && tid == 0) atomicAdd(p.tile_counter, static_cast<unsigned long long>(iters));
   // dK (times the softmax scale) and dV for this warp's 32 keys.
   const float scale = scale_log2 / kLog2e;
 #pragma unroll

@@ -5,11 +5,13 @@
 // tile's math), through mma.sync. P goes from the score registers straight into the A
 // fragments of P V. Scores live in the log2 domain (scale * log2e folded into one FMA before
 // ex2); the running max is raised lazily, so most tiles skip rescaling O. Key tiles that no
-// query of the block can see are skipped; only tiles outside flash_unmasked_tiles (diagonal,
-// window edges, ALiBi, documents, ragged ends) run the per-element mask.
+// query of the block can see (position rules, documents) are skipped; only tiles on the
+// diagonal, window edges, document edges and ragged ends run the per-element mask, and ALiBi
+// alone adds its bias without mask tests.
 #pragma once
 #include <math_constants.h>
 
+#include "attn/flash_docs.cuh"
 #include "attn/flash_mask.cuh"
 #include "attn/flash_params.h"
 #include "attn/flash_traits.cuh"
@@ -41,10 +43,20 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
 
   int64_t klo, khi;
   flash_key_range(p, m0, m_end, &klo, &khi);
-  const int64_t n_begin = klo / BN, n_end = khi > klo ? (khi + BN - 1) / BN : n_begin;
   int64_t ulo, uhi;  // key tiles that need no per-element mask
-  flash_unmasked_tiles(p, m0, m0 + BM, BN, &ulo, &uhi);
-  if (!(scale_log2 > 0.f)) uhi = ulo;  // raw-score max needs a positive scale
+  flash_band_tiles(p, m0, m0 + BM, BN, &ulo, &uhi);
+  if (p.doc_ranges) {  // only keys in the one document of all the block's rows go unmasked
+    int64_t dlo, dhi, flo, fhi;
+    doc_rows(p, b, m0 / kDocTile, (m_end + kDocTile - 1) / kDocTile, &dlo, &dhi, &flo, &fhi);
+    klo = max(klo, dlo);
+    khi = min(khi, dhi);
+    ulo = max(ulo, (flo + BN - 1) / BN);
+    uhi = min(uhi, fhi / BN);
+  } else if (p.has_docs()) {
+    uhi = ulo;
+  }
+  const int64_t n_begin = klo / BN, n_end = khi > klo ? (khi + BN - 1) / BN : n_begin;
+  const bool raw_max = scale_log2 > 0.f && !p.has_alibi();  // raw-score max needs a positive scale
   const int n_tiles = static_cast<int>(n_end - n_begin), u_lo = static_cast<int>(max(ulo - n_begin, int64_t(0))),
             u_hi = static_cast<int>(max(min(uhi, n_end) - n_begin, int64_t(0)));
 
@@ -91,11 +103,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
     // a positive scale); masked tiles come back scaled, with -inf where hidden.
     const int64_t n0 = n * BN;
     float mult = scale_log2;
-    if (t < u_lo || t >= u_hi) {
+    if (t < u_lo || t >= u_hi || !raw_max) {
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-        apply_mask<NT>(s[mt], p, b, mask_rows(p, b, h, m0 + wr + 16 * mt + lane / 4), n0 + 2 * (lane % 4),
-                       scale_log2);
+      for (int mt = 0; mt < MT; ++mt) {
+        const MaskRows m = mask_rows(p, b, h, m0 + wr + 16 * mt + lane / 4, p.has_docs());
+        if (t < u_lo || t >= u_hi) apply_mask<NT>(s[mt], p, b, m, n0 + 2 * (lane % 4), scale_log2, p.has_docs());
+        else apply_bias<NT>(s[mt], p, m, n0 + 2 * (lane % 4), scale_log2);
+      }
       mult = 1.f;
     }
 
@@ -174,6 +188,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
     }
   }
 
+  if (p.tile_counter && tid == 0) atomicAdd(p.tile_counter, static_cast<unsigned long long>(n_tiles));
   // Normalize and store O and lse (natural log).
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)

@@ -11,19 +11,6 @@ namespace lctx::attn {
 
 namespace {
 
-void set_strides3(int64_t (&dst)[3], const Tensor& t) {
-  dst[0] = t.strides()[0];
-  dst[1] = t.strides()[1];
-  dst[2] = t.strides()[2];
-}
-
-void check_bshd(const char* op, const char* name, const Tensor& t, const Shape& shape) {
-  LCTX_CHECK(t.defined(), op, ": ", name, " is undefined");
-  check_shape(op, name, t, shape);
-  LCTX_CHECK(t.strides()[3] == 1 || t.size(3) <= 1, op, ": ", name, " ", t.str(),
-             " needs a contiguous last (head_dim) dimension");
-}
-
 // Builds the params shared by forward and backward: q/k/v, shapes, scale and masks.
 FlashParams make_params(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const FlashOptions& opts) {
   LCTX_CHECK(q.defined() && k.defined() && v.defined(), op, ": q, k and v must be defined");
@@ -49,9 +36,9 @@ FlashParams make_params(const char* op, const Tensor& q, const Tensor& k, const 
   p.q = q.raw();
   p.k = k.raw();
   p.v = v.raw();
-  set_strides3(p.q_stride, q);
-  set_strides3(p.k_stride, k);
-  set_strides3(p.v_stride, v);
+  bshd_strides(p.q_stride, q);
+  bshd_strides(p.k_stride, k);
+  bshd_strides(p.v_stride, v);
 
   LCTX_CHECK(opts.softmax_scale >= 0.0f && std::isfinite(opts.softmax_scale), op, ": softmax_scale ",
              opts.softmax_scale, " must be finite and >= 0 (0 = 1/sqrt(head_dim))");
@@ -86,6 +73,12 @@ FlashParams make_params(const char* op, const Tensor& q, const Tensor& k, const 
     p.q_doc_stride = opts.q_doc_ids.strides()[0];
     p.k_doc_stride = opts.k_doc_ids.strides()[0];
   }
+  if (opts.tile_counter.defined()) {
+    check_dtype(op, "tile_counter", opts.tile_counter, DType::i64);
+    check_shape(op, "tile_counter", opts.tile_counter, {1});
+    check_same_device(op, {&q, &opts.tile_counter});
+    p.tile_counter = reinterpret_cast<unsigned long long*>(opts.tile_counter.data<int64_t>());
+  }
 
   if (q.device().is_cpu()) {
     LCTX_CHECK(p.dtype == DType::f32 || p.dtype == DType::f64, op, ": the CPU reference supports f32 and f64, got ",
@@ -114,7 +107,7 @@ void set_lse(FlashParams& p, const Tensor& lse) {
 void flash_set_o(FlashParams& p, const Tensor& o) {
   p.o = o.raw();
   p.o_dtype = o.dtype();
-  set_strides3(p.o_stride, o);
+  bshd_strides(p.o_stride, o);
 }
 
 void flash_set_grads(FlashParams& p, const FlashGrads& g) {
@@ -122,9 +115,9 @@ void flash_set_grads(FlashParams& p, const FlashGrads& g) {
   p.dk = g.dk.raw();
   p.dv = g.dv.raw();
   p.grad_dtype = g.dq.dtype();
-  set_strides3(p.dq_stride, g.dq);
-  set_strides3(p.dk_stride, g.dk);
-  set_strides3(p.dv_stride, g.dv);
+  bshd_strides(p.dq_stride, g.dq);
+  bshd_strides(p.dk_stride, g.dk);
+  bshd_strides(p.dv_stride, g.dv);
 }
 
 FlashParams flash_forward_params(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -157,7 +150,7 @@ FlashParams flash_backward_params(const char* op, const Tensor& q, const Tensor&
   flash_set_o(p, o);
   set_lse(p, lse);
   p.dout = dout.raw();
-  set_strides3(p.dout_stride, dout);
+  bshd_strides(p.dout_stride, dout);
 
   if (mode == GradMode::accumulate) {
     LCTX_CHECK(g->dq.defined() && g->dk.defined() && g->dv.defined(), op,

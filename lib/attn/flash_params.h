@@ -22,6 +22,18 @@ struct FlashOptions;
 struct FlashOutput;
 struct FlashGrads;
 
+// Packed documents on the GPU (flash_docs.cuh): before the kernels, each 64-row tile of one
+// side (queries for the forward, keys for the backward) gets the rows of the other side that
+// share a document with it, [lo, hi), and the rows [full_lo, full_hi) that lie in the one
+// document of every row of the tile (empty when the tile spans several documents). The kernels
+// visit only [lo, hi) and drop the document mask on tiles inside [full_lo, full_hi). This
+// needs ids non-decreasing along each row of both sides (packed sequences); a row whose ids
+// are not gets [0, other side's length) and no full rows: correct, but every tile masked.
+constexpr int kDocTile = 64;
+struct DocRange {
+  int32_t lo, hi, full_lo, full_hi;
+};
+
 struct FlashParams {
   // Shapes: q/o/dq/dout [B, Sq, Hq, D], k/v/dk/dv [B, Sk, Hkv, D], lse [B, Hq, Sq].
   int64_t batch = 0, seqlen_q = 0, seqlen_k = 0;
@@ -51,6 +63,11 @@ struct FlashParams {
   const int32_t* q_doc_ids = nullptr;    // [B, Sq], sequence stride 1
   const int32_t* k_doc_ids = nullptr;    // [B, Sk], sequence stride 1
   int64_t q_doc_stride = 0, k_doc_stride = 0;  // batch strides
+  // Set by the CUDA launch site for calls with documents: per (b, 64-row tile) of the side the
+  // kernel's blocks own (flash_docs.cuh), doc_tiles tiles per batch row.
+  const DocRange* doc_ranges = nullptr;
+  int64_t doc_tiles = 0;
+  unsigned long long* tile_counter = nullptr;  // FlashOptions::tile_counter
 
   // Backward only.
   const void* dout = nullptr;
@@ -107,10 +124,10 @@ LCTX_HD inline void flash_query_range(const FlashParams& p, int64_t k_lo, int64_
   *hi = h;
 }
 
-// True when every pair of the tile [q_lo, q_hi) x [k_lo, k_hi) (all in range) is visible
-// and unbiased, so the tile needs no per-element masking (no ALiBi, no documents).
-LCTX_HD inline bool flash_tile_unmasked(const FlashParams& p, int64_t q_lo, int64_t q_hi, int64_t k_lo, int64_t k_hi) {
-  if (p.alibi_slopes || p.q_doc_ids || q_hi > p.seqlen_q || k_hi > p.seqlen_k) return false;
+// True when the position rules (causal, window) show every pair of the tile [q_lo, q_hi) x
+// [k_lo, k_hi), all in range: no per-element position mask (documents and ALiBi aside).
+LCTX_HD inline bool flash_tile_in_band(const FlashParams& p, int64_t q_lo, int64_t q_hi, int64_t k_lo, int64_t k_hi) {
+  if (q_hi > p.seqlen_q || k_hi > p.seqlen_k) return false;
   const int64_t qmin = p.q_offset + q_lo, qmax = p.q_offset + q_hi - 1;
   const int64_t kmin = p.k_offset + k_lo, kmax = p.k_offset + k_hi - 1;
   if (p.causal && kmax > qmin) return false;
@@ -119,14 +136,19 @@ LCTX_HD inline bool flash_tile_unmasked(const FlashParams& p, int64_t q_lo, int6
   return true;
 }
 
+// True when the tile needs no per-element work at all: in the band, no ALiBi, no documents.
+LCTX_HD inline bool flash_tile_unmasked(const FlashParams& p, int64_t q_lo, int64_t q_hi, int64_t k_lo, int64_t k_hi) {
+  return !p.alibi_slopes && !p.q_doc_ids && flash_tile_in_band(p, q_lo, q_hi, k_lo, k_hi);
+}
+
 // Key tiles n in [*lo, *hi) (tile n = local keys [n * bn, n * bn + bn)) for which
-// flash_tile_unmasked(p, q_lo, q_hi, n * bn, n * bn + bn) holds: the rules bound n on each
+// flash_tile_in_band(p, q_lo, q_hi, n * bn, n * bn + bn) holds: the rules bound n on each
 // side, so they form one interval, computed once per block instead of tested per tile.
-LCTX_HD inline void flash_unmasked_tiles(const FlashParams& p, int64_t q_lo, int64_t q_hi, int64_t bn, int64_t* lo,
-                                         int64_t* hi) {
+LCTX_HD inline void flash_band_tiles(const FlashParams& p, int64_t q_lo, int64_t q_hi, int64_t bn, int64_t* lo,
+                                     int64_t* hi) {
   auto floor_div = [](int64_t a, int64_t d) { return a >= 0 ? a / d : -((-a + d - 1) / d); };
   int64_t l = 0, h = p.seqlen_k / bn;  // whole tiles inside [0, seqlen_k)
-  if (p.alibi_slopes || p.q_doc_ids || q_hi > p.seqlen_q) h = 0;
+  if (q_hi > p.seqlen_q) h = 0;
   const int64_t qmin = p.q_offset + q_lo, qmax = p.q_offset + q_hi - 1;
   // causal: kmax = k_offset + n bn + bn - 1 <= qmin; window_right: kmax <= qmin + wr
   if (p.causal) h = std::min(h, floor_div(qmin - p.k_offset + 1, bn));
@@ -136,6 +158,7 @@ LCTX_HD inline void flash_unmasked_tiles(const FlashParams& p, int64_t q_lo, int
   *lo = l;
   *hi = std::max(h, l);
 }
+
 
 // Validates q/k/v, the options and, for the backward, o, lse, dout and the gradients of a call
 // (flash_params.cpp), and builds its params. The forward allocates *out (o in q's dtype or

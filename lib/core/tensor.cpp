@@ -314,6 +314,16 @@ void check_shape(const char* op, const char* name, const Tensor& t, const Shape&
              shape_str(expected));
 }
 
+void check_bshd(const char* op, const char* name, const Tensor& t, const Shape& expected) {
+  check_shape(op, name, t, expected);
+  LCTX_CHECK(t.strides()[3] == 1 || t.size(3) <= 1, op, ": ", name, " ", t.str(),
+             " needs a contiguous last (head_dim) dimension");
+}
+
+void bshd_strides(int64_t (&dst)[3], const Tensor& t) {
+  for (int i = 0; i < 3; ++i) dst[i] = t.strides()[i];
+}
+
 void check_dtype(const char* op, const char* name, const Tensor& t, DType expected) {
   LCTX_CHECK(t.dtype() == expected, op, ": ", name, " ", t.str(), " must have dtype ", dtype_name(expected));
 }

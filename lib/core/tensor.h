@@ -100,6 +100,11 @@ void check_shape(const char* op, const char* name, const Tensor& t, const Shape&
 void check_dtype(const char* op, const char* name, const Tensor& t, DType expected);
 void check_same_device(const char* op, std::initializer_list<const Tensor*> ts);
 void check_contiguous(const char* op, const char* name, const Tensor& t);
+// `t` has shape `expected` ([B, S, H, D]) with a contiguous last dimension: attention-style
+// operands that may be strided views (sequence slices, head groups); bshd_strides gives the
+// (b, s, h) strides in elements for a kernel's params.
+void check_bshd(const char* op, const char* name, const Tensor& t, const Shape& expected);
+void bshd_strides(int64_t (&dst)[3], const Tensor& t);
 // `t` has the shape and dtype of `like` and is contiguous (outputs and gradients of an op).
 void check_like(const char* op, const char* name, const Tensor& t, const Tensor& like);
 

@@ -15,21 +15,45 @@
 
 namespace lctx::test {
 
+// Document ids of a case: none; regular (13-token documents, shifted per batch row); random
+// (lengths from 1 to 300 drawn from a fixed seed per row: one-token documents and documents
+// longer than a tile); single (one document over every position); unsorted (the regular
+// documents with scrambled ids, not non-decreasing: the kernels' slow path).
+enum class Docs { none, regular, random, single, unsorted };
+
+inline int32_t doc_id(Docs d, int64_t b, int64_t pos) {
+  switch (d) {
+    case Docs::none:
+    case Docs::single: return 0;
+    case Docs::regular: return static_cast<int32_t>((pos + 5 * b + 1000) / 13);
+    case Docs::unsorted: return static_cast<int32_t>((pos + 5 * b + 1000) / 13 * 7919 % 31);
+    case Docs::random: {
+      static constexpr int64_t kLen[8] = {1, 1, 2, 5, 13, 40, 97, 300};
+      uint64_t x = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(b + 1);
+      int32_t id = 0;
+      for (int64_t start = 0;; ++id) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        start += kLen[(x >> 33) % 8];
+        if (pos < start) return id;
+      }
+    }
+  }
+  return 0;
+}
+
 struct FlashCase {
   std::string name;
   int64_t B = 1, Sq = 16, Sk = 16;
   int Hq = 2, Hkv = 2, D = 16;
   bool causal = false;
   int64_t wl = -1, wr = -1, qoff = 0, koff = 0;
-  bool alibi = false, docs = false;
+  bool alibi = false;
+  Docs docs = Docs::none;
   float scale = 0.0f;
 };
 
 inline void PrintTo(const FlashCase& c, std::ostream* os) { *os << c.name; }
 inline std::string case_name(const testing::TestParamInfo<FlashCase>& info) { return info.param.name; }
-
-// Document of a global position: documents of 13 tokens, shifted per batch.
-inline int32_t doc_of(int64_t b, int64_t pos) { return static_cast<int32_t>((pos + 5 * b + 1000) / 13); }
 
 struct FlashInputs {
   Tensor q, k, v, dout;  // f64 CPU
@@ -58,11 +82,11 @@ inline FlashInputs make_flash_inputs(const FlashCase& c, uint64_t seed) {
     for (int h = 0; h < c.Hq; ++h) s[h] = std::pow(2.0, -8.0 * (h + 1) / c.Hq);
     o.alibi_slopes = Tensor::from_vector({c.Hq}, s, DType::f32);
   }
-  if (c.docs) {
+  if (c.docs != Docs::none) {
     std::vector<double> qd(c.B * c.Sq), kd(c.B * c.Sk);
     for (int64_t b = 0; b < c.B; ++b) {
-      for (int64_t i = 0; i < c.Sq; ++i) qd[b * c.Sq + i] = doc_of(b, c.qoff + i);
-      for (int64_t j = 0; j < c.Sk; ++j) kd[b * c.Sk + j] = doc_of(b, c.koff + j);
+      for (int64_t i = 0; i < c.Sq; ++i) qd[b * c.Sq + i] = doc_id(c.docs, b, c.qoff + i);
+      for (int64_t j = 0; j < c.Sk; ++j) kd[b * c.Sk + j] = doc_id(c.docs, b, c.koff + j);
     }
     o.q_doc_ids = Tensor::from_vector({c.B, c.Sq}, qd, DType::i32);
     o.k_doc_ids = Tensor::from_vector({c.B, c.Sk}, kd, DType::i32);
@@ -82,7 +106,7 @@ struct NaiveAttention {
     k = in.k.to_vector();
     v = in.v.to_vector();
     if (c.alibi) slopes = in.opts.alibi_slopes.to_vector();
-    if (c.docs) {
+    if (c.docs != Docs::none) {
       qdoc = in.opts.q_doc_ids.to_vector();
       kdoc = in.opts.k_doc_ids.to_vector();
     }
@@ -96,7 +120,7 @@ struct NaiveAttention {
     if (c.causal && kp > qp) return false;
     if (c.wl >= 0 && qp - kp > c.wl) return false;
     if (c.wr >= 0 && kp - qp > c.wr) return false;
-    if (c.docs && qdoc[b * c.Sq + i] != kdoc[b * c.Sk + j]) return false;
+    if (c.docs != Docs::none && qdoc[b * c.Sq + i] != kdoc[b * c.Sk + j]) return false;
     return true;
   }
   double score(int64_t b, int h, int64_t i, int64_t j) const {

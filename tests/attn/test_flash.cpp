@@ -27,8 +27,14 @@ std::vector<FlashCase> option_cases() {
   add({.name = "window_causal", .B = 1, .Sq = 150, .Sk = 150, .Hq = 2, .Hkv = 2, .D = 8, .causal = true, .wl = 70});
   add({.name = "alibi_causal", .B = 1, .Sq = 80, .Sk = 80, .Hq = 4, .Hkv = 2, .D = 8, .causal = true, .alibi = true});
   add({.name = "alibi", .B = 1, .Sq = 33, .Sk = 47, .Hq = 2, .Hkv = 2, .D = 8, .alibi = true});
-  add({.name = "docs_causal", .B = 2, .Sq = 90, .Sk = 90, .Hq = 2, .Hkv = 1, .D = 8, .causal = true, .docs = true});
-  add({.name = "docs", .B = 2, .Sq = 60, .Sk = 75, .Hq = 2, .Hkv = 2, .D = 8, .qoff = 7, .koff = 3, .docs = true});
+  add({.name = "docs_causal", .B = 2, .Sq = 90, .Sk = 90, .Hq = 2, .Hkv = 1, .D = 8, .causal = true, .docs = Docs::regular});
+  add({.name = "docs", .B = 2, .Sq = 60, .Sk = 75, .Hq = 2, .Hkv = 2, .D = 8, .qoff = 7, .koff = 3, .docs = Docs::regular});
+  add({.name = "docs_random_causal", .B = 2, .Sq = 200, .Sk = 200, .Hq = 2, .Hkv = 1, .D = 8, .causal = true,
+       .docs = Docs::random});
+  add({.name = "docs_single", .B = 1, .Sq = 70, .Sk = 70, .Hq = 2, .Hkv = 2, .D = 8, .causal = true,
+       .docs = Docs::single});
+  add({.name = "docs_unsorted", .B = 2, .Sq = 90, .Sk = 90, .Hq = 2, .Hkv = 1, .D = 8, .causal = true,
+       .docs = Docs::unsorted});
   add({.name = "offsets_causal", .B = 1, .Sq = 70, .Sk = 90, .Hq = 2, .Hkv = 2, .D = 8, .causal = true, .qoff = 100,
        .koff = 40});
   add({.name = "keys_before", .B = 1, .Sq = 50, .Sk = 64, .Hq = 2, .Hkv = 1, .D = 8, .causal = true, .qoff = 200});
@@ -42,7 +48,7 @@ std::vector<FlashCase> option_cases() {
   add({.name = "sq100_sk17", .B = 1, .Sq = 100, .Sk = 17, .Hq = 2, .Hkv = 2, .D = 8});
   add({.name = "scale", .B = 1, .Sq = 20, .Sk = 30, .Hq = 1, .Hkv = 1, .D = 8, .scale = 0.7f});
   add({.name = "everything", .B = 2, .Sq = 77, .Sk = 130, .Hq = 4, .Hkv = 2, .D = 8, .causal = true, .wl = 60,
-       .wr = 3, .qoff = 60, .koff = 0, .alibi = true, .docs = true});
+       .wr = 3, .qoff = 60, .koff = 0, .alibi = true, .docs = Docs::regular});
   return v;
 }
 
@@ -106,15 +112,15 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(FlashCase{.name = "plain", .B = 1, .Sq = 6, .Sk = 9, .Hq = 2, .Hkv = 2, .D = 4},
                     FlashCase{.name = "causal_gqa", .B = 1, .Sq = 7, .Sk = 7, .Hq = 4, .Hkv = 2, .D = 4, .causal = true},
                     FlashCase{.name = "all_options", .B = 2, .Sq = 9, .Sk = 14, .Hq = 2, .Hkv = 1, .D = 4,
-                              .causal = true, .wl = 8, .wr = 2, .qoff = 5, .koff = 1, .alibi = true, .docs = true}),
+                              .causal = true, .wl = 8, .wr = 2, .qoff = 5, .koff = 1, .alibi = true, .docs = Docs::regular}),
     case_name);
 
 // Rows with no visible key: output 0, lse -inf, zero gradients, never NaN.
 TEST(FlashCpuMasked, FullyMaskedRowsGiveZeroAndNegInf) {
   // Keys start at global position 14, the first token of a document: query rows 0..13 belong
   // to earlier documents and see no key.
-  FlashCase c{.name = "masked", .B = 1, .Sq = 40, .Sk = 40, .Hq = 2, .Hkv = 1, .D = 8, .koff = 14, .docs = true};
-  ASSERT_NE(doc_of(0, 13), doc_of(0, 14));
+  FlashCase c{.name = "masked", .B = 1, .Sq = 40, .Sk = 40, .Hq = 2, .Hkv = 1, .D = 8, .koff = 14, .docs = Docs::regular};
+  ASSERT_NE(doc_id(Docs::regular, 0, 13), doc_id(Docs::regular, 0, 14));
   const FlashInputs in = make_flash_inputs(c, 5);
   for (DType dt : {DType::f64, DType::f32}) {
     const Tensor q = in.q.to(dt), k = in.k.to(dt), v = in.v.to(dt), dout = in.dout.to(dt);
@@ -177,7 +183,7 @@ TEST_P(FlashMerge, SplitKeysMergeExactly) {
     attn::FlashOptions o = in.opts;
     o.k_offset = c.koff + cuts[bi];
     o.out_dtype = attn::OutputDType::f32;
-    if (c.docs) o.k_doc_ids = in.opts.k_doc_ids.slice(1, cuts[bi], cuts[bi + 1]);
+    if (c.docs != Docs::none) o.k_doc_ids = in.opts.k_doc_ids.slice(1, cuts[bi], cuts[bi + 1]);
     parts.push_back(attn::flash_forward(in.q, in.k.slice(1, cuts[bi], cuts[bi + 1]),
                                         in.v.slice(1, cuts[bi], cuts[bi + 1]), o));
     const auto lb = parts.back().lse.to_vector();
@@ -206,7 +212,7 @@ TEST_P(FlashMerge, SplitKeysMergeExactly) {
   for (int bi = 0; bi < nblocks; ++bi) {
     attn::FlashOptions o = in.opts;
     o.k_offset = c.koff + cuts[bi];
-    if (c.docs) o.k_doc_ids = in.opts.k_doc_ids.slice(1, cuts[bi], cuts[bi + 1]);
+    if (c.docs != Docs::none) o.k_doc_ids = in.opts.k_doc_ids.slice(1, cuts[bi], cuts[bi + 1]);
     FlashGrads into{acc.dq, acc.dk.slice(1, cuts[bi], cuts[bi + 1]), acc.dv.slice(1, cuts[bi], cuts[bi + 1])};
     attn::flash_backward(in.q, in.k.slice(1, cuts[bi], cuts[bi + 1]), in.v.slice(1, cuts[bi], cuts[bi + 1]), full.o,
                          full.lse, in.dout, o, GradMode::accumulate, into);
@@ -222,7 +228,7 @@ INSTANTIATE_TEST_SUITE_P(
                                                .D = 8, .causal = true, .qoff = 50},
                                      FlashCase{.name = "docs_alibi_window", .B = 2, .Sq = 70, .Sk = 100, .Hq = 2,
                                                .Hkv = 1, .D = 8, .wl = 40, .wr = 20, .qoff = 10, .alibi = true,
-                                               .docs = true}),
+                                               .docs = Docs::regular}),
                      testing::Values(2, 3)),
     [](const auto& info) {
       return std::get<0>(info.param).name + "_" + std::to_string(std::get<1>(info.param)) + "blocks";

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "attn/flash.h"
+#include "attn/flash_traits.cuh"
 #include "common/check.h"
 #include "flash_reference.h"
 
@@ -22,11 +23,11 @@ struct GpuCase {
   attn::AttnBackend backend;
 };
 
-// The options cuDNN's fused attention covers: no ALiBi or documents, and every query row
-// keeps a visible key.
+// The options cuDNN's fused attention covers here: no documents (these cases give ids without
+// FlashOptions::documents), and every query row keeps a visible key.
 bool cudnn_supports(const FlashCase& c) {
   const int64_t delta = c.qoff - c.koff;
-  if (c.alibi || c.docs) return false;
+  if (c.docs != Docs::none) return false;
   if (c.causal && delta < 0) return false;
   if (!c.causal && c.wr >= 0 && delta + c.wr < 0) return false;
   if (c.wl >= 0 && (c.Sq - 1) + delta - c.wl > c.Sk - 1) return false;
@@ -44,13 +45,22 @@ std::vector<GpuCase> gpu_cases() {
   add({.name = "window", .B = 1, .Sq = 400, .Sk = 400, .Hq = 2, .Hkv = 1, .wl = 100, .wr = 20});
   add({.name = "window_causal", .B = 1, .Sq = 400, .Sk = 400, .Hq = 2, .Hkv = 2, .causal = true, .wl = 150});
   add({.name = "alibi_causal", .B = 1, .Sq = 200, .Sk = 200, .Hq = 4, .Hkv = 2, .causal = true, .alibi = true});
-  add({.name = "docs_causal", .B = 2, .Sq = 190, .Sk = 190, .Hq = 2, .Hkv = 1, .causal = true, .docs = true});
-  add({.name = "docs_offsets", .B = 2, .Sq = 150, .Sk = 170, .Hq = 2, .Hkv = 2, .qoff = 7, .koff = 3, .docs = true});
+  add({.name = "docs_causal", .B = 2, .Sq = 190, .Sk = 190, .Hq = 2, .Hkv = 1, .causal = true, .docs = Docs::regular});
+  add({.name = "docs_offsets", .B = 2, .Sq = 150, .Sk = 170, .Hq = 2, .Hkv = 2, .qoff = 7, .koff = 3, .docs = Docs::regular});
+  add({.name = "docs_random_causal", .B = 2, .Sq = 700, .Sk = 700, .Hq = 2, .Hkv = 1, .causal = true,
+       .docs = Docs::random});
+  add({.name = "docs_random_offsets", .B = 2, .Sq = 300, .Sk = 450, .Hq = 4, .Hkv = 2, .causal = true, .qoff = 500,
+       .koff = 100, .docs = Docs::random});
+  add({.name = "docs_random_alibi", .B = 1, .Sq = 520, .Sk = 520, .Hq = 2, .Hkv = 2, .causal = true, .alibi = true,
+       .docs = Docs::random});
+  add({.name = "docs_single", .B = 1, .Sq = 300, .Sk = 300, .Hq = 2, .Hkv = 1, .causal = true, .docs = Docs::single});
+  add({.name = "docs_unsorted", .B = 2, .Sq = 260, .Sk = 260, .Hq = 2, .Hkv = 1, .causal = true,
+       .docs = Docs::unsorted});
   add({.name = "offsets_causal", .B = 1, .Sq = 170, .Sk = 190, .Hq = 2, .Hkv = 2, .causal = true, .qoff = 300,
        .koff = 140});
   add({.name = "keys_before", .B = 1, .Sq = 128, .Sk = 192, .Hq = 2, .Hkv = 1, .causal = true, .qoff = 400});
   add({.name = "keys_after", .B = 1, .Sq = 100, .Sk = 64, .Hq = 2, .Hkv = 1, .causal = true, .koff = 500});
-  add({.name = "masked_rows", .B = 1, .Sq = 100, .Sk = 100, .Hq = 2, .Hkv = 1, .koff = 14, .docs = true});
+  add({.name = "masked_rows", .B = 1, .Sq = 100, .Sk = 100, .Hq = 2, .Hkv = 1, .koff = 14, .docs = Docs::regular});
   add({.name = "len1", .B = 2, .Sq = 1, .Sk = 1, .Hq = 2, .Hkv = 1, .causal = true});
   add({.name = "len17", .B = 1, .Sq = 17, .Sk = 17, .Hq = 2, .Hkv = 2, .causal = true});
   add({.name = "len1000", .B = 1, .Sq = 1000, .Sk = 1000, .Hq = 2, .Hkv = 1, .causal = true});
@@ -58,7 +68,7 @@ std::vector<GpuCase> gpu_cases() {
   add({.name = "sq17_sk300", .B = 1, .Sq = 17, .Sk = 300, .Hq = 2, .Hkv = 2, .causal = true, .qoff = 283});
   add({.name = "sq300_sk17", .B = 1, .Sq = 300, .Sk = 17, .Hq = 2, .Hkv = 2});
   add({.name = "everything", .B = 2, .Sq = 177, .Sk = 230, .Hq = 4, .Hkv = 2, .causal = true, .wl = 120, .wr = 3,
-       .qoff = 60, .alibi = true, .docs = true});
+       .qoff = 60, .alibi = true, .docs = Docs::regular});
   std::vector<GpuCase> v;
   for (attn::AttnBackend be : {attn::AttnBackend::lctx, attn::AttnBackend::cudnn})
     for (int d : {64, 128})
@@ -178,6 +188,58 @@ TEST(FlashGpuBlocks, GlobalLseBackwardOverKeyBlocksSumsToFull) {
     EXPECT_LE(rel_error(acc.dq, want.dq), 2e-2) << "dq causal=" << causal;
     EXPECT_LE(rel_error(acc.dk, want.dk), 2e-2) << "dk causal=" << causal;
     EXPECT_LE(rel_error(acc.dv, want.dv), 2e-2) << "dv causal=" << causal;
+  }
+}
+
+// Packed documents: the kernels visit exactly the tiles that hold a visible pair (counted by
+// FlashOptions::tile_counter), far fewer than plain causal, and match the reference.
+TEST(FlashGpuDocuments, VisitsOnlyTilesThatShareADocument) {
+  LCTX_REQUIRE_GPU();
+  using Fwd = attn::FlashFwdTraits<uint16_t, 128>;
+  using Bwd = attn::FlashBwdTraits<uint16_t, 128>;
+  int64_t causal_fwd = 0;  // tiles of plain causal (the first case)
+  for (Docs docs : {Docs::none, Docs::regular, Docs::random}) {
+    const FlashCase c{.name = "count", .B = 2, .Sq = 1500, .Sk = 1500, .Hq = 4, .Hkv = 2, .D = 128, .causal = true,
+                      .docs = docs};
+    FlashInputs in = make_flash_inputs(c, 3);
+    const NaiveAttention ref(c, in);
+    // Tiles (rows [a0, a1) x [b0, b1)) with a visible pair, summed over batch rows.
+    auto tiles_with_pairs = [&](int64_t bm, int64_t bn) {
+      int64_t n = 0;
+      for (int64_t b = 0; b < c.B; ++b)
+        for (int64_t m0 = 0; m0 < c.Sq; m0 += bm)
+          for (int64_t n0 = 0; n0 < c.Sk; n0 += bn) {
+            bool any = false;
+            for (int64_t i = m0; i < std::min(m0 + bm, c.Sq) && !any; ++i)
+              for (int64_t j = n0; j < std::min(n0 + bn, c.Sk) && !any; ++j) any = ref.visible(b, i, j);
+            n += any;
+          }
+      return n;
+    };
+    const Device gpu = Device::cuda();
+    attn::FlashOptions go = in.opts;
+    go.backend = attn::AttnBackend::lctx;
+    if (go.q_doc_ids.defined()) {
+      go.q_doc_ids = go.q_doc_ids.to(gpu);
+      go.k_doc_ids = go.k_doc_ids.to(gpu);
+    }
+    go.tile_counter = Tensor::zeros({1}, DType::i64, gpu);
+    const Tensor q = in.q.to(DType::bf16).to(gpu), k = in.k.to(DType::bf16).to(gpu), v = in.v.to(DType::bf16).to(gpu),
+                 dout = in.dout.to(DType::bf16).to(gpu);
+    const auto out = attn::flash_forward(q, k, v, go);
+    const int64_t fwd = go.tile_counter.to(Device::cpu()).to_vector()[0];
+    EXPECT_EQ(fwd, c.Hq * tiles_with_pairs(Fwd::kBlockM, Fwd::kBlockN)) << "forward tiles";
+    go.tile_counter = Tensor::zeros({1}, DType::i64, gpu);
+    attn::flash_backward(q, k, v, out.o, out.lse, dout, go);
+    const int64_t bwd = go.tile_counter.to(Device::cpu()).to_vector()[0];
+    EXPECT_EQ(bwd, c.Hq * tiles_with_pairs(Bwd::kBlockM, Bwd::kBlockN)) << "backward tiles";
+    if (docs == Docs::none) causal_fwd = fwd;
+    if (docs == Docs::regular) {
+      EXPECT_LT(2 * fwd, causal_fwd) << "13-token documents skip most causal tiles";
+    }
+    Tensor ro, rlse;
+    ref.forward(ro, rlse);
+    EXPECT_LE(rel_error(out.o, ro), 1.5e-2);
   }
 }
 

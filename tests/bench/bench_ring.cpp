@@ -10,14 +10,20 @@
 // and prints "RESULT impl=lctx[-mode] S=.. N=.. key=ms ..." lines; run_bench_ring.sh combines
 // them with bench_ring_torch.py (PyTorch context_parallel) into one table: scaling efficiency
 // t1 / (N * tn), fraction of communication hidden 1 - (tn - nocomm) / comm, and ratios.
+// Packed documents (issue 22): each mode and t1 run again with the causal mask inside D
+// documents of S/D tokens (doc ids sharded by the layout, FlashOptions::documents: the ring
+// skips blocks and hops that share no document), "RESULT impl=lctx[-mode]-docs<D> ..." (no
+// exchanges-alone figure: the ring's messages depend on the documents).
 // Arguments: [comma-separated S list] [repetitions] [time budget in seconds]
-//            [comma-separated modes: zigzag (default), ring, ulysses, hybrid].
+//            [comma-separated modes: zigzag (default), ring, ulysses, hybrid]
+//            [documents D per sequence, default 64; 0: none]; --help.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <sstream>
@@ -25,6 +31,7 @@
 #include <vector>
 
 #include "attn/flash.h"
+#include "bench_documents.h"
 #include "core/cuda_check.h"
 #include "core/rng.h"
 #include "dist/layout.h"
@@ -139,28 +146,59 @@ struct ModeRun {
   }
 };
 
-std::vector<int64_t> parse_list(const char* s) {
-  std::vector<int64_t> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) v.push_back(std::atoll(item.c_str()));
+int64_t parse_int(const std::string& s, const char* what) {
+  char* end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || v < 0) {
+    std::fprintf(stderr, "bench_ring: %s must be a non-negative integer, got '%s' (see --help)\n", what, s.c_str());
+    std::exit(2);
+  }
   return v;
+}
+
+std::vector<std::string> split(const char* s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) v.push_back(item);
+  return v;
+}
+
+// The benchmark's causal options, masked by `docs` when given with `ids` the doc ids of the
+// call's tokens (CPU, moved to `dev`).
+attn::FlashOptions causal_options(const std::shared_ptr<const attn::Documents>& docs, const Tensor& ids, Device dev) {
+  attn::FlashOptions opts;
+  opts.mask = attn::Mask::causal;
+  if (docs) bench::set_documents(opts, docs, ids.to(dev));
+  return opts;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h"))) {
+    std::printf("usage: mpirun -np N bench_ring [S list=131072,524288] [repetitions=3] [budget s=240]\n"
+                "                             [modes=zigzag (also ring, ulysses, hybrid)] [documents=64]\n"
+                "Causal attention over N GPUs (one per rank, NCCL), B=1 H=%d D=%d bf16: 1 GPU vs N GPUs,\n"
+                "without communication and the exchanges alone; then the same inside `documents` equal\n"
+                "documents per sequence (0: not run). tests/bench/run_bench_ring.sh runs it next to PyTorch.\n",
+                kH, kD);
+    return 0;
+  }
+  std::vector<int64_t> seqs;
+  for (const std::string& item : split(argc > 1 ? argv[1] : "131072,524288"))
+    seqs.push_back(parse_int(item, "every S"));
+  const int reps = static_cast<int>(std::max<int64_t>(1, parse_int(argc > 2 ? argv[2] : "3", "repetitions")));
+  const double budget_s = static_cast<double>(parse_int(argc > 3 ? argv[3] : "240", "the budget"));
+  const std::vector<std::string> modes = split(argc > 4 ? argv[4] : "zigzag");
+  const int64_t n_docs = parse_int(argc > 5 ? argv[5] : "64", "documents");
+  for (int64_t S : seqs)
+    if (n_docs > 0 && S % n_docs) {
+      std::fprintf(stderr, "bench_ring: S=%lld is not a multiple of %lld documents\n", (long long)S, (long long)n_docs);
+      return 2;
+    }
   const int rank = mpi_init();
   auto world = MpiComm::world();
   const int N = world->size();
-  const std::vector<int64_t> seqs = parse_list(argc > 1 ? argv[1] : "131072,524288");
-  const int reps = argc > 2 ? std::atoi(argv[2]) : 3;
-  const double budget_s = argc > 3 ? std::atof(argv[3]) : 240;
-  std::vector<std::string> modes;
-  {
-    std::stringstream ss(argc > 4 ? argv[4] : "zigzag");
-    for (std::string item; std::getline(ss, item, ',');) modes.push_back(item);
-  }
   if (cuda_device_count() < 1) {
     std::printf("bench_ring: no CUDA GPU\n");
     return 0;
@@ -175,8 +213,6 @@ int main(int argc, char** argv) {
   cudaStream_t st;
   LCTX_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   const Stream s{st};
-  attn::FlashOptions opts;
-  opts.mask = attn::Mask::causal;
 
   // Each mode on its mesh, with the same groups made of NoComm for the run without communication.
   std::vector<std::unique_ptr<ModeRun>> runs;
@@ -206,82 +242,94 @@ int main(int argc, char** argv) {
     }
     const int r = S >= 262144 ? 1 : reps;  // the long sequences: one timed run (after warm-up at the short ones)
     const int warm = S >= 262144 ? 0 : 1;
-    // Single GPU: rank 0 computes the whole sequence, the others wait.
-    Timing t1;
-    {
-      Tensor Q, K, V, DO;
-      if (rank == 0) {
-        Q = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
-        K = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
-        V = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
-        DO = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
-        for (Tensor* t : {&Q, &K, &V, &DO}) rng_normal(*t, 5, 0, 0, 1, s);
-      }
-      auto one = [&](const std::function<void()>& fwd_done) {
-        if (rank != 0) return fwd_done();
-        auto f = attn::flash_forward(Q, K, V, opts, s);
-        fwd_done();
-        attn::flash_backward(Q, K, V, f.o, f.lse, DO, opts, attn::GradMode::overwrite, {}, s);
-      };
-      if (warm) measure(warm, s, one);
-      t1 = measure(r, s, one);
-    }
-    double total_ms = t1.fb;
-    for (const auto& m : runs) {
-      const Layout layout(m->kind, S, m->shape.ring, m->shape.ulysses);
-      const int64_t L = layout.local_len();
-      const Shape shape{1, L, kH, kD};
-      Tensor q = Tensor::empty(shape, DType::bf16, dev), k = Tensor::empty(shape, DType::bf16, dev),
-             v = Tensor::empty(shape, DType::bf16, dev), dout = Tensor::empty(shape, DType::bf16, dev);
-      rng_normal(q, 1, rank * 4 * L * kH * kD, 0, 1, s);
-      rng_normal(k, 2, rank * 4 * L * kH * kD, 0, 1, s);
-      rng_normal(v, 3, rank * 4 * L * kH * kD, 0, 1, s);
-      rng_normal(dout, 4, rank * 4 * L * kH * kD, 0, 1, s);
-      auto sp_run = [&](Comm& uly, Comm& ring) {
-        return [&](const std::function<void()>& fwd_done) {
-          if (m->shape.ulysses == 1) {
-            auto f = ring_attention_forward(ring, layout, q, k, v, opts, RingMode::ring, s);
-            fwd_done();
-            ring_attention_backward(ring, layout, q, k, v, f.o, f.lse, dout, opts, RingMode::ring,
-                                    attn::OutputDType::input, s);
-          } else {
-            auto f = ulysses_attention_forward(uly, ring, layout, q, k, v, opts, RingMode::ring, s);
-            fwd_done();
-            ulysses_attention_backward(uly, ring, layout, q, k, v, f.o, f.lse, dout, opts, RingMode::ring, s);
-          }
-        };
-      };
-      if (warm) measure(warm, s, sp_run(m->mesh->ulysses(), m->mesh->ring()));
-      const Timing tn = measure(r, s, sp_run(m->mesh->ulysses(), m->mesh->ring()));
-      const Timing tnc = measure(r, s, sp_run(*m->no_ulysses, *m->no_ring));
-      // Ring modes: the exchanges alone. Forward R-1 K/V hops; backward R-1 K/V hops and R-1
-      // dK/dV hops (the last one returns them to their owner): fp32, or bf16 when that is one
-      // hop (2 ranks: one rank's gradient, see ring_attention.h).
-      Timing tc;
-      if (m->shape.ulysses == 1) {
-        Tensor kv = Tensor::empty({2, 1, L, kH, kD}, DType::bf16, dev), kv2 = Tensor::empty(kv.shape(), DType::bf16, dev);
-        const DType gdt = N == 2 ? DType::bf16 : DType::f32;
-        Tensor dkv = Tensor::empty(kv.shape(), gdt, dev), dkv2 = Tensor::empty(kv.shape(), gdt, dev);
-        const int next = (rank + 1) % N, prev = (rank + N - 1) % N;
-        auto comm_only = [&](const std::function<void()>& fwd_done) {
-          for (int h = 1; h < N; ++h) nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
+    double total_ms = 0;
+    // Causal, then (n_docs > 0) causal inside n_docs equal documents.
+    std::vector<std::shared_ptr<const attn::Documents>> variants{nullptr};
+    if (n_docs > 0) variants.push_back(bench::one_row(S, bench::equal_starts(S, n_docs)));
+    for (const auto& docs : variants) {
+      const std::string suffix = docs ? "-docs" + std::to_string(n_docs) : "";
+      const Tensor ids = docs ? bench::ids_tensor(*docs) : Tensor();  // CPU [1, S]
+      // Single GPU: rank 0 computes the whole sequence, the others wait.
+      Timing t1;
+      {
+        const attn::FlashOptions opts = causal_options(docs, ids, dev);
+        Tensor Q, K, V, DO;
+        if (rank == 0) {
+          Q = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
+          K = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
+          V = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
+          DO = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
+          for (Tensor* t : {&Q, &K, &V, &DO}) rng_normal(*t, 5, 0, 0, 1, s);
+        }
+        auto one = [&](const std::function<void()>& fwd_done) {
+          if (rank != 0) return fwd_done();
+          auto f = attn::flash_forward(Q, K, V, opts, s);
           fwd_done();
-          for (int h = 1; h < N; ++h) {
-            nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
-            nccl.sendrecv(dkv, next, dkv2, prev, s).wait(s);
-          }
+          attn::flash_backward(Q, K, V, f.o, f.lse, DO, opts, attn::GradMode::overwrite, {}, s);
         };
-        measure(1, s, comm_only);
-        tc = measure(std::max(r, 3), s, comm_only);
+        if (warm) measure(warm, s, one);
+        t1 = measure(r, s, one);
       }
-      if (rank == 0) {
-        std::printf(
-            "RESULT impl=%s S=%lld N=%d t1_fwd=%.3f t1_fb=%.3f tn_fwd=%.3f tn_fb=%.3f nocomm_fwd=%.3f nocomm_fb=%.3f "
-            "comm_fwd=%.3f comm_fb=%.3f\n",
-            m->impl.c_str(), (long long)S, N, t1.fwd, t1.fb, tn.fwd, tn.fb, tnc.fwd, tnc.fb, tc.fwd, tc.fb);
-        std::fflush(stdout);
+      total_ms += t1.fb;
+      for (const auto& m : runs) {
+        const Layout layout(m->kind, S, m->shape.ring, m->shape.ulysses);
+        const attn::FlashOptions opts =
+            causal_options(docs, docs ? layout.shard(ids, m->mesh->coords().sp) : Tensor(), dev);
+        const int64_t L = layout.local_len();
+        const Shape shape{1, L, kH, kD};
+        Tensor q = Tensor::empty(shape, DType::bf16, dev), k = Tensor::empty(shape, DType::bf16, dev),
+               v = Tensor::empty(shape, DType::bf16, dev), dout = Tensor::empty(shape, DType::bf16, dev);
+        rng_normal(q, 1, rank * 4 * L * kH * kD, 0, 1, s);
+        rng_normal(k, 2, rank * 4 * L * kH * kD, 0, 1, s);
+        rng_normal(v, 3, rank * 4 * L * kH * kD, 0, 1, s);
+        rng_normal(dout, 4, rank * 4 * L * kH * kD, 0, 1, s);
+        auto sp_run = [&](Comm& uly, Comm& ring) {
+          return [&](const std::function<void()>& fwd_done) {
+            if (m->shape.ulysses == 1) {
+              auto f = ring_attention_forward(ring, layout, q, k, v, opts, RingMode::ring, s);
+              fwd_done();
+              ring_attention_backward(ring, layout, q, k, v, f.o, f.lse, dout, opts, RingMode::ring,
+                                      attn::OutputDType::input, s);
+            } else {
+              auto f = ulysses_attention_forward(uly, ring, layout, q, k, v, opts, RingMode::ring, s);
+              fwd_done();
+              ulysses_attention_backward(uly, ring, layout, q, k, v, f.o, f.lse, dout, opts, RingMode::ring, s);
+            }
+          };
+        };
+        if (warm) measure(warm, s, sp_run(m->mesh->ulysses(), m->mesh->ring()));
+        const Timing tn = measure(r, s, sp_run(m->mesh->ulysses(), m->mesh->ring()));
+        const Timing tnc = measure(r, s, sp_run(*m->no_ulysses, *m->no_ring));
+        // Ring modes without documents: the exchanges alone. Forward R-1 K/V hops; backward R-1
+        // K/V hops and R-1 dK/dV hops (the last one returns them to their owner): fp32, or bf16
+        // when that is one hop (2 ranks: one rank's gradient, see ring_attention.h).
+        Timing tc;
+        if (m->shape.ulysses == 1 && !docs) {
+          Tensor kv = Tensor::empty({2, 1, L, kH, kD}, DType::bf16, dev), kv2 = Tensor::empty(kv.shape(), DType::bf16, dev);
+          const DType gdt = N == 2 ? DType::bf16 : DType::f32;
+          Tensor dkv = Tensor::empty(kv.shape(), gdt, dev), dkv2 = Tensor::empty(kv.shape(), gdt, dev);
+          const int next = (rank + 1) % N, prev = (rank + N - 1) % N;
+          auto comm_only = [&](const std::function<void()>& fwd_done) {
+            for (int h = 1; h < N; ++h) nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
+            fwd_done();
+            for (int h = 1; h < N; ++h) {
+              nccl.sendrecv(kv, next, kv2, prev, s).wait(s);
+              nccl.sendrecv(dkv, next, dkv2, prev, s).wait(s);
+            }
+          };
+          measure(1, s, comm_only);
+          tc = measure(std::max(r, 3), s, comm_only);
+        }
+        if (rank == 0) {
+          std::printf(
+              "RESULT impl=%s%s S=%lld N=%d docs=%lld t1_fwd=%.3f t1_fb=%.3f tn_fwd=%.3f tn_fb=%.3f nocomm_fwd=%.3f "
+              "nocomm_fb=%.3f comm_fwd=%.3f comm_fb=%.3f\n",
+              m->impl.c_str(), suffix.c_str(), (long long)S, N, docs ? (long long)n_docs : 0LL, t1.fwd, t1.fb, tn.fwd,
+              tn.fb, tnc.fwd, tnc.fb, tc.fwd, tc.fb);
+          std::fflush(stdout);
+        }
+        total_ms += tn.fb + tnc.fb + tc.fb;
       }
-      total_ms += tn.fb + tnc.fb + tc.fb;
     }
     scale_from = double(S);
     t_at = total_ms / 1000;

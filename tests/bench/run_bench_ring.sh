@@ -2,10 +2,13 @@
 # Runs bench_ring (lctx ring attention over NCCL, mpirun -np N) and bench_ring_torch.py
 # (PyTorch context_parallel, torch.distributed.run) on the same GPUs and prints one table:
 # per sequence length, 1-GPU and N-GPU times, scaling efficiency t1 / (N * tn), fraction of
-# communication hidden (lctx: 1 - (tn - tn_without_comm) / comm_alone) and the ratios.
+# communication hidden (lctx: 1 - (tn - tn_without_comm) / comm_alone) and the ratios; then
+# packed documents: lctx causal inside D equal documents of S/D against plain causal (PyTorch's
+# context_parallel has no document mask: not run).
 # Usage: tests/bench/run_bench_ring.sh <build dir> [N=2] [S list=131072,524288] [reps=3] [budget s=240]
 # LCTX_BENCH_TORCH_BACKENDS: PyTorch SDPA backends under context_parallel (default cudnn,flash).
 # LCTX_BENCH_RING_MODES: lctx's modes (default zigzag; also ring, ulysses, hybrid: see bench_ring.cpp).
+# LCTX_BENCH_RING_DOCS: documents per sequence of the packed-document runs (default 64; 0: none).
 # LCTX_BENCH_ROUNDS: run lctx and PyTorch alternately this many times (default 1) and report the
 #   median of each figure over the rounds (GPU clocks drift by a few % between runs).
 set -euo pipefail
@@ -23,7 +26,7 @@ ROUNDS="${LCTX_BENCH_ROUNDS:-1}"
 for ((round = 1; round <= ROUNDS; ++round)); do
   (( ROUNDS > 1 )) && echo "== round $round of $ROUNDS"
   mpirun -np "$N" --oversubscribe -x NCCL_NVLS_ENABLE "$BUILD/tests/bench/bench_ring" "$SEQS" "$REPS" "$BUDGET" \
-    "${LCTX_BENCH_RING_MODES:-zigzag}" 2>&1 \
+    "${LCTX_BENCH_RING_MODES:-zigzag}" "${LCTX_BENCH_RING_DOCS:-64}" 2>&1 \
     | tee -a "$LOG" || true
   python3 -m torch.distributed.run --standalone --nproc_per_node "$N" "$HERE/bench_ring_torch.py" "$SEQS" "$REPS" \
     "$BUDGET" allgather "${LCTX_BENCH_TORCH_BACKENDS:-cudnn,flash}" 2>&1 \
@@ -42,6 +45,8 @@ if not runs:
 # The median of each figure over the rounds (every field of a round's line is one measurement).
 rows = [{k: (rs[0][k] if k == "impl" else statistics.median(r[k] for r in rs)) for k in rs[0]}
         for rs in runs.values()]
+doc_rows = [r for r in rows if r.get("docs", 0) > 0]
+rows = [r for r in rows if r.get("docs", 0) == 0]
 n_rounds = max(len(rs) for rs in runs.values())
 H, D = 16, 128
 def tflops(r, key):  # per GPU, forward+backward = 3.5 x causal forward (FlashAttention convention)
@@ -69,9 +74,29 @@ for r in sorted(rows, key=lambda r: (r["S"], not r["impl"].startswith("lctx"), r
     print(f"{r['impl']:<20} {int(r['S']):>7} {int(n):>2} | {r['t1_fwd']:8.1f} {r['tn_fwd']:8.1f} {eff_f:5.2f} {hid_f:>6} | "
           f"{r['t1_fb']:9.1f} {r['tn_fb']:9.1f} {eff_b:5.2f} {hid_b:>6} {tflops(r, 'tn_fb'):8.1f} | {ratio}")
 print("lctx x = (this implementation's N-GPU fwd+bwd time) / (lctx's): > 1 means lctx is faster")
-for r in sorted((r for r in rows if "nocomm_fb" in r), key=lambda r: (r["S"], r["impl"])):
+for r in sorted((r for r in rows + doc_rows if "nocomm_fb" in r), key=lambda r: (r["S"], r["impl"])):
     alone = f"; exchanges alone fwd {r['comm_fwd']:.1f} ms, f+b {r['comm_fb']:.1f} ms" if r["comm_fb"] > 0 else ""
     extra = 100 * (r["tn_fb"] / r["nocomm_fb"] - 1)
     print(f"{r['impl']} S={int(r['S'])}: without communication fwd {r['nocomm_fwd']:.1f} ms, "
           f"f+b {r['nocomm_fb']:.1f} ms (with it: {extra:+.1f}%){alone}")
+if doc_rows:
+    print()
+    print("Packed documents: causal inside D documents of S/D tokens (doc ids + FlashOptions::documents: the ring skips "
+          "blocks\nand hops that share no document) against plain causal, same layout; N-GPU times in ms; "
+          "speedup = causal ms / documents ms\n(the documents hold 1/D of the causal pairs); t1 = one GPU with the "
+          "documents, eff = t1 / (N * tN)")
+    hdr = (f"{'impl':<20} {'S':>7} {'D':>3} | {'fwd causal':>10} {'fwd docs':>8} {'speedup':>7} | {'f+b causal':>10} {'f+b docs':>8} "
+           f"{'speedup':>7} | {'t1 f+b':>8} {'eff':>5}")
+    print(hdr)
+    print("-" * len(hdr))
+    plain = {(r["impl"], r["S"]): r for r in rows}
+    for d in sorted(doc_rows, key=lambda r: (r["S"], r["impl"])):
+        c = plain.get((d["impl"].rsplit("-docs", 1)[0], d["S"]))
+        nan = float("nan")
+        cf, cb = (c["tn_fwd"], c["tn_fb"]) if c else (nan, nan)
+        print(f"{d['impl']:<20} {int(d['S']):>7} {int(d['docs']):>3} | {cf:10.1f} {d['tn_fwd']:8.1f} "
+              f"{cf / d['tn_fwd']:7.1f} | {cb:10.1f} {d['tn_fb']:8.1f} {cb / d['tn_fb']:7.1f} | {d['t1_fb']:8.1f} "
+              f"{d['t1_fb'] / (d['N'] * d['tn_fb']):5.2f}")
+    print("PyTorch context_parallel: no packed-document run. Its ring runs SDPA with is_causal and no document mask; "
+          "document\nmasks under context parallelism need FlexAttention through a private torch API.")
 PY

@@ -5,7 +5,12 @@
 #   lctx:  N = 1 flash attention; N >= 2 mpirun -np N, ring attention with parallel.sp = N;
 #          `steps` steps, the median over the steps after the first (from metrics.jsonl);
 #   torch: one warm-up step, then steps - 1 timed steps (torch.distributed.run, context_parallel).
-# Prints one table: step time, tokens/s per GPU, MFU, peak GiB per GPU and lctx MFU / torch MFU.
+#   lctx-docs: lctx on packed documents (issue 22): --set data.documents=fixed --set
+#          data.document_len=L (S/L documents per sequence; masked attention that skips what
+#          crosses documents), otherwise as lctx.
+# Prints one table: step time, tokens/s per GPU, MFU, peak GiB per GPU and lctx MFU / torch MFU;
+# with lctx-docs next to lctx, packed vs unpacked tokens/s per GPU and PASS if packed >= unpacked
+# (printed only: the exit status does not depend on it).
 # MFU = (6 * non-embedding params * S + 6 * layers * heads * head_dim * S^2) / (step s * 989e12 * N).
 #
 # Usage: tests/bench/run_bench_train.sh <build dir> [S list=65536,262144,1048576] [N list=1,2]
@@ -17,7 +22,10 @@
 #   LCTX_BENCH_SET="key=value ..."  extra lctx-train --set overrides (a CPU smoke test:
 #       "train.device=cpu model.dtype=auto model.dim=128 model.n_heads=2 model.n_kv_heads=2 model.ffn_dim=256")
 #   LCTX_BENCH_TORCH_ARGS="..."     extra bench_train_torch.py arguments (--backend flash, --rotate alltoall)
-#   LCTX_BENCH_IMPLS="lctx torch"   which halves to run
+#   LCTX_BENCH_IMPLS="lctx torch"   which implementations to run (lctx, lctx-docs, torch); the
+#       packed-documents check of issue 22, 64 documents of 4096 at 256k on 2 GPUs:
+#       LCTX_BENCH_IMPLS="lctx lctx-docs" tests/bench/run_bench_train.sh build 262144 2 4
+#   LCTX_BENCH_DOC_LEN=4096         lctx-docs: data.document_len
 #   LCTX_BENCH_CONFIG               the lctx-train config (default configs/bench-4l-2048.yaml)
 set -euo pipefail
 BUILD="${1:-build}"
@@ -29,6 +37,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 CONFIG="${LCTX_BENCH_CONFIG:-$ROOT/configs/bench-4l-2048.yaml}"
 IMPLS="${LCTX_BENCH_IMPLS:-lctx torch}"
+DOC_LEN="${LCTX_BENCH_DOC_LEN:-4096}"
 TRAIN="$BUILD/trainers/lctx-train"
 export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -46,10 +55,10 @@ IFS=, read -ra SEQ_ARR <<< "$SEQS"
 IFS=, read -ra N_ARR <<< "$NLIST"
 
 # Reads a finished run's metrics.jsonl and appends its RESULT (or SKIP) line to the log.
-lctx_result() {  # N S out_dir rc output_file
+lctx_result() {  # impl N S out_dir rc output_file
   python3 - "$@" <<'PY' | tee -a "$LOG"
 import json, os, re, statistics, sys
-n, s, out, rc, outfile = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+impl, n, s, out, rc, outfile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
 recs = []
 path = os.path.join(out, "metrics.jsonl")
 if os.path.exists(path):
@@ -70,23 +79,23 @@ if rc != 0 or not timed:
     else:
         err = [l for l in text.splitlines() if "error" in l.lower()]
         reason = f"exit-{rc}:" + "_".join((err[-1] if err else "no-timed-steps").split())[:150]
-    print(f"SKIP impl=lctx N={n} S={s} reason={reason}", flush=True)
+    print(f"SKIP impl={impl} N={n} S={s} reason={reason}", flush=True)
     sys.exit(0)
 # tokens_per_s covers one step (logging.every = 1): global tokens / wall time of the step.
 step_s = statistics.median(s / r["tokens_per_s"] for r in timed)
 mfu = statistics.median(r["mfu"] for r in timed)
 peak = max(r["mem_peak_bytes"] for r in recs)
-print(f"RESULT impl=lctx N={n} S={s} step_s={step_s:.4f} tok_s_gpu={s / step_s / n:.1f} mfu={mfu:.4f} "
+print(f"RESULT impl={impl} N={n} S={s} step_s={step_s:.4f} tok_s_gpu={s / step_s / n:.1f} mfu={mfu:.4f} "
       f"peak_gib={peak / 2**30:.2f}", flush=True)
 PY
 }
 
-run_lctx() {  # N
-  local n="$1" start now left est out rc prev_s="" prev_t="" oom=""
+run_lctx() {  # N impl (lctx or lctx-docs)
+  local n="$1" impl="$2" start now left est out rc prev_s="" prev_t="" oom=""
   start=$(date +%s)
   for s in "${SEQ_ARR[@]}"; do
     if [[ -n "$oom" ]]; then
-      echo "SKIP impl=lctx N=$n S=$s reason=oom-at-S=$oom" | tee -a "$LOG"; continue
+      echo "SKIP impl=$impl N=$n S=$s reason=oom-at-S=$oom" | tee -a "$LOG"; continue
     fi
     now=$(date +%s); left=$((BUDGET - (now - start)))
     if [[ -n "$prev_t" ]]; then
@@ -95,21 +104,24 @@ run_lctx() {  # N
       est=0
     fi
     if (( est > left || left <= 0 )); then
-      echo "SKIP impl=lctx N=$n S=$s reason=budget(estimated-${est}s>$((left > 0 ? left : 0))s-left)" | tee -a "$LOG"
+      echo "SKIP impl=$impl N=$n S=$s reason=budget(estimated-${est}s>$((left > 0 ? left : 0))s-left)" | tee -a "$LOG"
       continue
     fi
-    out="$TMP/lctx-N$n-S$s"
+    out="$TMP/$impl-N$n-S$s"
     local cmd=("$TRAIN" "$CONFIG" --out "$out" --set "data.seq_len=$s" --set "train.steps=$STEPS")
+    if [[ "$impl" == lctx-docs ]]; then
+      cmd+=(--set data.documents=fixed --set "data.document_len=$DOC_LEN")
+    fi
     if (( n > 1 )); then
       cmd=(mpirun -np "$n" --bind-to none -x NCCL_NVLS_ENABLE "${cmd[@]}" --set parallel.simulate=0
            --set "parallel.sp=$n" --set mixer.softmax.sp=ring)
     fi
     cmd+=("${SETS[@]}")
-    echo "== lctx N=$n S=$s: ${cmd[*]}"
+    echo "== $impl N=$n S=$s: ${cmd[*]}"
     rc=0
     timeout -k 20 $((left + 60)) "${cmd[@]}" > "$out.txt" 2>&1 || rc=$?
     grep -E "^(lctx-train|step )" "$out.txt" | tail -n 4 || true
-    lctx_result "$n" "$s" "$out" "$rc" "$out.txt"
+    lctx_result "$impl" "$n" "$s" "$out" "$rc" "$out.txt"
     if tail -n 1 "$LOG" | grep -q "^SKIP.*reason=oom"; then oom="$s"; fi
     if tail -n 1 "$LOG" | grep -q "^RESULT"; then
       prev_s="$s"; prev_t=$(tail -n 1 "$LOG" | sed -E 's/.* step_s=([^ ]+).*/\1/')
@@ -136,14 +148,14 @@ run_torch() {  # N
 for n in "${N_ARR[@]}"; do
   for impl in $IMPLS; do
     case "$impl" in
-      lctx) run_lctx "$n" ;;
+      lctx | lctx-docs) run_lctx "$n" "$impl" ;;
       torch) run_torch "$n" ;;
       *) echo "unknown implementation '$impl' in LCTX_BENCH_IMPLS" >&2; exit 2 ;;
     esac
   done
 done
 
-python3 - "$LOG" "$SEQS" "$NLIST" "$IMPLS" <<'PY'
+python3 - "$LOG" "$SEQS" "$NLIST" "$IMPLS" "$DOC_LEN" <<'PY'
 import sys
 rows, skips = {}, {}
 for line in open(sys.argv[1]):
@@ -160,7 +172,7 @@ impls = sys.argv[4].split()
 print()
 print("Training step, batch 1, configs/bench-4l-2048.yaml (4 x dim 2048, 16 x 128 heads, SwiGLU 5632, bf16, AdamW, "
       "all layers recomputed); median step after warm-up, wall time, max over ranks (lctx: rank 0)")
-hdr = f"{'impl':<6} {'N':>2} {'S':>8} | {'step s':>9} {'tok/s/GPU':>10} {'MFU':>6} {'peak GiB':>8} | {'lctx/torch MFU':>14}"
+hdr = f"{'impl':<9} {'N':>2} {'S':>8} | {'step s':>9} {'tok/s/GPU':>10} {'MFU':>6} {'peak GiB':>8} | {'lctx/torch MFU':>14}"
 print(hdr)
 print("-" * len(hdr))
 for n in ns:
@@ -169,14 +181,24 @@ for n in ns:
             key = (impl, n, s)
             r = rows.get(key)
             if r is None:
-                print(f"{impl:<6} {n:>2} {s:>8} | skipped: {skips.get(key, 'no result (crashed or killed)')}")
+                print(f"{impl:<9} {n:>2} {s:>8} | skipped: {skips.get(key, 'no result (crashed or killed)')}")
                 continue
             ratio = "-"
             t = rows.get(("torch", n, s))
             if impl == "lctx" and t and t["mfu"] > 0:
                 ratio = f"{r['mfu'] / t['mfu']:.2f}"
-            print(f"{impl:<6} {n:>2} {s:>8} | {r['step_s']:9.3f} {r['tok_s_gpu']:10.0f} {r['mfu']:6.3f} "
+            print(f"{impl:<9} {n:>2} {s:>8} | {r['step_s']:9.3f} {r['tok_s_gpu']:10.0f} {r['mfu']:6.3f} "
                   f"{r['peak_gib']:8.2f} | {ratio:>14}")
 print("lctx/torch MFU > 1: lctx is faster. peak GiB: lctx = its allocator's peak of live tensors and stream-ordered "
       "scratch (rank 0); torch = max_memory_allocated, max over ranks.")
+doc_len = int(sys.argv[5])
+packed = [(n, s) for n in ns for s in seqs if ("lctx-docs", n, s) in rows]
+if packed:
+    print(f"\nPacked documents (issue 22): lctx-docs = data.documents=fixed, data.document_len={doc_len} (S/{doc_len} "
+          "documents per sequence) vs lctx unpacked; tokens/s per GPU (MFU above: the trainer's own count)")
+for n, s in packed:
+    p, u = rows[("lctx-docs", n, s)]["tok_s_gpu"], rows.get(("lctx", n, s), {}).get("tok_s_gpu")
+    verdict = "no unpacked run" if u is None else f"{p / u:.2f}x: {'PASS' if p >= u else 'FAIL'} (packed >= unpacked)"
+    print(f"  N={n} S={s}, {s // doc_len} documents: packed {p:.0f}, unpacked "
+          f"{'-' if u is None else f'{u:.0f}'}: {verdict}")
 PY

@@ -25,6 +25,11 @@ namespace {
 
 enum class Algo { ring, all_gather, ulysses };
 
+// Document ids of a case: none; packed (short documents, with their host Documents so the
+// ring skips blocks); ids_only (the same ids without host Documents: nothing skipped by the
+// ring); single (one document over every rank).
+enum class Docs { none, packed, ids_only, single };
+
 struct Case {
   std::string name;
   int ring = 1, ulysses = 1;
@@ -33,7 +38,8 @@ struct Case {
   bool causal = true;
   int Hq = 4, Hkv = 2;
   int64_t wl = -1, wr = -1;
-  bool alibi = false, docs = false;
+  bool alibi = false;
+  Docs docs = Docs::none;
   DType dtype = DType::f64;
   int64_t S = 48, B = 2;
   int D = 8;
@@ -47,7 +53,18 @@ struct Inputs {
   attn::FlashOptions opts;     // global options (docs set per rank)
 };
 
-int32_t doc_of(int64_t b, int64_t pos) { return static_cast<int32_t>((pos + 5 * b + 7) / 11); }
+// Packed documents of lengths 1..16 (one-token documents included), a different cycle per
+// row, or one document over the whole sequence.
+std::shared_ptr<const attn::Documents> make_documents(const Case& c) {
+  static constexpr int64_t kLen[8] = {1, 7, 1, 2, 16, 3, 5, 9};
+  std::vector<std::vector<int64_t>> starts(c.B);
+  for (int64_t b = 0; b < c.B; ++b) {
+    starts[b].push_back(0);
+    if (c.docs == Docs::single) continue;
+    for (int64_t i = b, at = kLen[b % 8]; at < c.S; at += kLen[++i % 8]) starts[b].push_back(at);
+  }
+  return std::make_shared<const attn::Documents>(c.S, std::move(starts));
+}
 
 Inputs make_inputs(const Case& c, uint64_t seed) {
   Inputs in;
@@ -67,11 +84,11 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
     for (int h = 0; h < c.Hq; ++h) slopes.push_back(std::pow(0.5, h + 1));
     in.opts.alibi_slopes = Tensor::from_vector({c.Hq}, slopes, DType::f32);
   }
-  if (c.docs) {
-    std::vector<double> d;
-    for (int64_t b = 0; b < c.B; ++b)
-      for (int64_t s = 0; s < c.S; ++s) d.push_back(doc_of(b, s));
-    in.docs = Tensor::from_vector({c.B, c.S}, d, DType::i32);
+  if (c.docs != Docs::none) {
+    const auto docs = make_documents(c);
+    const std::vector<int32_t> ids = docs->ids();
+    in.docs = Tensor::from_vector({c.B, c.S}, std::vector<double>(ids.begin(), ids.end()), DType::i32);
+    if (c.docs != Docs::ids_only) in.opts.documents = docs;
   }
   return in;
 }
@@ -172,9 +189,19 @@ std::vector<Case> cases() {
     c.kind = LayoutKind::contiguous;
     add(c, "ring_contig_causal_gqa");
     c.kind = LayoutKind::zigzag;
-    c.docs = true;
+    c.docs = Docs::packed;
     add(c, "zigzag_causal_docs");
-    c.docs = false;
+    c.docs = Docs::ids_only;
+    add(c, "zigzag_causal_doc_ids");
+    c.docs = Docs::single;
+    c.B = 1;
+    add(c, "zigzag_causal_one_doc");
+    c.B = 2;
+    c.kind = LayoutKind::contiguous;
+    c.docs = Docs::packed;
+    add(c, "contig_causal_docs");
+    c.kind = LayoutKind::zigzag;
+    c.docs = Docs::none;
     c.causal = false;
     c.alibi = true;
     add(c, "zigzag_full_alibi");
@@ -192,7 +219,7 @@ std::vector<Case> cases() {
     Case a;
     a.ring = n;
     a.algo = Algo::all_gather;
-    a.docs = true;
+    a.docs = Docs::packed;
     add(a, "allgather_zigzag_causal_docs");
     Case f;
     f.ring = n;
@@ -205,10 +232,10 @@ std::vector<Case> cases() {
     c.algo = Algo::ulysses;
     c.ulysses = u;
     c.ring = r;
-    c.docs = true;
+    c.docs = Docs::packed;
     add(c, "ulysses_zigzag_causal_docs_gqa");  // Hkv = 2: replicated when u = 4
     c.kind = LayoutKind::contiguous;
-    c.docs = false;
+    c.docs = Docs::none;
     c.alibi = true;
     c.wl = 6;
     c.Hkv = 4;
@@ -248,7 +275,7 @@ TEST(SeqParallel, F32ErrorDoesNotGrowWithRanks) {
   Case c;
   c.dtype = DType::f32;
   c.S = 96;
-  c.docs = true;
+  c.docs = Docs::packed;
   const Inputs in = make_inputs(c, 99);
   Inputs in64 = in;
   for (Tensor* t : {&in64.q, &in64.k, &in64.v, &in64.dout}) *t = t->to(DType::f64);

@@ -119,4 +119,52 @@ TEST(RingSchedule, WindowExchangesOnlyNeighbours) {
   EXPECT_EQ(steps[2].src, 4);
 }
 
+// Packed documents: blocks whose positions share no document are dropped (and the hops only
+// they needed), and every pair visible by position and document is still covered once.
+TEST(RingSchedule, DocumentsDropBlocksAndHops) {
+  attn::FlashOptions o;
+  o.mask = attn::Mask::causal;
+  const int64_t S = 64;
+  // One document per zigzag chunk of 8 tokens: no rank needs another rank's keys.
+  std::vector<int64_t> chunks;
+  for (int64_t p = 0; p < S; p += 8) chunks.push_back(p);
+  o.documents = std::make_shared<const attn::Documents>(S, std::vector<std::vector<int64_t>>{chunks});
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(ring_schedule(Layout(LayoutKind::zigzag, S, 4), r, o).size(), 1u);
+  // One document over everything: the plain causal schedule.
+  o.documents = std::make_shared<const attn::Documents>(S, std::vector<std::vector<int64_t>>{{0}});
+  EXPECT_EQ(ring_schedule(Layout(LayoutKind::zigzag, S, 4), 1, o).size(), 4u);
+
+  // Documents of mixed lengths in two rows: coverage of every visible pair.
+  const std::vector<std::vector<int64_t>> starts = {{0, 1, 2, 9, 10, 30, 31, 50}, {0, 20, 21, 22, 60}};
+  o.documents = std::make_shared<const attn::Documents>(S, starts);
+  for (LayoutKind kind : {LayoutKind::contiguous, LayoutKind::zigzag})
+    for (int R : {1, 2, 3, 4, 8}) {
+      if (S % (2 * R)) continue;
+      SCOPED_TRACE(std::string(layout_kind_name(kind)) + " R=" + std::to_string(R));
+      Layout l(kind, S, R);
+      std::vector<int> count(S * S, 0);
+      for (int r = 0; r < R; ++r) {
+        const auto qpos = l.positions(r);
+        for (const RingStep& st : ring_schedule(l, r, o)) {
+          const auto kpos = l.positions(st.src);
+          for (const AttnBlock& b : st.blocks)
+            for (int64_t i = b.q_begin; i < b.q_end; ++i)
+              for (int64_t j = b.k_begin; j < b.k_end; ++j)
+                if (!b.masked || visible(b.q_pos + i - b.q_begin, b.k_pos + j - b.k_begin, o))
+                  ++count[qpos[i] * S + kpos[j]];
+        }
+      }
+      for (int64_t q = 0; q < S; ++q)
+        for (int64_t k = 0; k < S; ++k) {
+          bool same_doc = false;
+          for (int64_t b = 0; b < 2; ++b) same_doc |= o.documents->doc_of(b, q) == o.documents->doc_of(b, k);
+          if (!visible(q, k, o)) {
+            ASSERT_EQ(count[q * S + k], 0) << "q=" << q << " k=" << k;
+          } else if (same_doc) {
+            ASSERT_EQ(count[q * S + k], 1) << "q=" << q << " k=" << k;
+          }
+        }
+    }
+}
+
 }  // namespace

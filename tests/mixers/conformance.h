@@ -16,6 +16,7 @@
 #include "mixers/param_table.h"
 #include "trainers/config.h"
 #include "trainers/mixer_registry.h"
+#include "trainers/packing.h"
 
 namespace lctx::test {
 
@@ -26,12 +27,21 @@ struct KindCase {
   std::vector<std::string> overrides;
 };
 
+// Packed documents, which every kind also runs with: rows of documents of kDocumentLen tokens
+// whose positions restart at each document (trainers/packing.h).
+constexpr int64_t kDocumentLen = 12;
+inline std::vector<std::string> packed_overrides() {
+  return {"data.documents=fixed", "data.document_len=" + std::to_string(kDocumentLen), "data.reset_positions=true"};
+}
+
+// Each kind with its defaults, each of its test variants, and packed documents ("<kind>_packed").
 inline std::vector<KindCase> kind_cases() {
   std::vector<KindCase> v;
   for (const train::MixerKind& k : train::mixer_kinds()) {
     v.push_back({k.name, k.name, {}});
     for (size_t i = 0; i < k.test_variants.size(); ++i)
       v.push_back({k.name + "_" + std::to_string(i + 1), k.name, k.test_variants[i]});
+    v.push_back({k.name + "_packed", k.name, packed_overrides()});
   }
   return v;
 }
@@ -86,10 +96,13 @@ struct Out {
 
 enum class Recompute { no, yes };
 
-// Forward (Pass::train, or Pass::checkpoint then Pass::recompute) and backward with dy.
-inline Out run_mixer(Built& b, const Tensor& x, const Tensor& pos, const Tensor& dy, Recompute rc = Recompute::no) {
+// Forward (Pass::train, or Pass::checkpoint then Pass::recompute) and backward with dy, on x
+// with the positions and documents of `seq`.
+inline Out run_mixer(Built& b, const Tensor& x, const mixers::Tokens& seq, const Tensor& dy,
+                     Recompute rc = Recompute::no) {
   std::unique_ptr<mixers::Saved> saved;
-  const mixers::Tokens in{x, pos};
+  mixers::Tokens in = seq;
+  in.x = x;
   Out o;
   if (rc == Recompute::no) {
     o.y = b.mixer->forward(in, saved, mixers::Pass::train).clone();  // the backward may reuse y's memory
@@ -113,6 +126,27 @@ inline Tensor random_tokens(const MixerShape& s, uint64_t seed) {
 
 inline dist::LayoutKind layout_kind(const std::string& name) {
   return name == "contiguous" ? dist::LayoutKind::contiguous : dist::LayoutKind::zigzag;
+}
+
+// The positions and documents of sp rank r's tokens (x undefined) on `device`: global
+// positions, or with data.documents = fixed every row packed with documents of
+// data.document_len tokens, sharded as lctx-train's batches are (train::shard_documents).
+inline mixers::Tokens rank_tokens(const train::Config& cfg, const dist::Layout& layout, int r, int64_t batch,
+                                  Device device) {
+  mixers::Tokens t;
+  t.positions = layout.positions_tensor(r, DType::i32);
+  if (train::document_mode(cfg.data) == train::DocumentMode::fixed) {
+    const int64_t S = cfg.data.seq_len;
+    std::vector<int64_t> starts;
+    train::fixed_starts(S, cfg.data.document_len, starts);
+    t.documents = std::make_shared<const attn::Documents>(
+        S, std::vector<std::vector<int64_t>>(static_cast<size_t>(batch), train::row_starts(starts, S)));
+    const train::TokenDocuments d = train::shard_documents(*t.documents, layout.positions(r), train::position_mode(cfg.data));
+    t.doc_ids = d.doc_ids.to(device);
+    if (d.positions.defined()) t.positions = d.positions;
+  }
+  t.positions = t.positions.to(device);
+  return t;
 }
 
 // One forward + backward of `cfg`'s mixer on the calling rank of `comm` (sp = comm.size()),
@@ -142,8 +176,7 @@ inline Out run_sequence_parallel(const train::Config& cfg, dist::Comm& comm, con
   }
   const Tensor x = layout.shard(x_full, r).to(run.compute).to(run.device);
   const Tensor dy = layout.shard(dy_full, r).to(run.compute).to(run.device);
-  const Tensor pos = layout.positions_tensor(r, DType::i32).to(run.device);
-  Out o = run_mixer(*b, x, pos, dy, run.recompute);
+  Out o = run_mixer(*b, x, rank_tokens(cfg, layout, r, x.size(0), run.device), dy, run.recompute);
   if (local) *local = {o.y.to(Device::cpu()), o.dx.to(Device::cpu()), o.grads.to(Device::cpu())};
   Out full;
   full.y = layout.unshard(mesh.sp(), o.y).to(Device::cpu()).to(DType::f64);

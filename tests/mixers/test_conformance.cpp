@@ -4,7 +4,9 @@
 //   2. sequence parallelism on 1, 2, 3, 4 and 8 simulated ranks, zigzag and contiguous shards,
 //      with the Ulysses degrees the kind allows, equal to one rank;
 //   3. under mpirun -np 2 / -np 4, the same run bitwise equal to SimComm threads;
-//   4. recompute (Pass::checkpoint then Pass::recompute) bitwise equal to a plain forward.
+//   4. recompute (Pass::checkpoint then Pass::recompute) bitwise equal to a plain forward;
+//   5. with packed documents (the "_packed" case, also run through 1-4), every document equal
+//      to that document run alone as a sequence of its own (y, dx; parameter gradients summed).
 // The GPU half (bf16 against this CPU reference) is test_conformance_gpu.cpp.
 #include <functional>
 #include <mutex>
@@ -183,6 +185,56 @@ TEST_P(Conformance, ReportsFlops) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, Conformance, ::testing::ValuesIn(kind_cases()),
+                         [](const auto& info) { return info.param.name; });
+
+// A packed sequence computes each of its documents as if it were alone: on one rank and on 4
+// ring ranks, y and dx of every document equal those of a run on that document's tokens only
+// (a sequence of kDocumentLen tokens), and the parameter gradients equal their sum.
+class ConformanceDocuments : public ::testing::TestWithParam<KindCase> {};
+
+TEST_P(ConformanceDocuments, EachDocumentAsIfAlone) {
+  LCTX_SIM_ONLY();
+  const KindCase& c = GetParam();
+  const MixerShape s;
+  const Tensor x = random_tokens(s, 9), dy = random_tokens(s, 10);
+  KindCase alone = c;  // the same kind and options on one document, without packing
+  alone.overrides.clear();
+  for (const std::string& o : c.overrides)
+    if (o.rfind("data.", 0) != 0) alone.overrides.push_back(o);
+  MixerShape one_doc = s;
+  one_doc.seq = kDocumentLen;
+  const train::Config alone_cfg = case_config(alone, one_doc, 1, 1, "zigzag");
+  std::vector<Out> docs;
+  for (int64_t d0 = 0; d0 < s.seq; d0 += kDocumentLen) {
+    const Tensor xd = x.slice(1, d0, d0 + kDocumentLen).contiguous();
+    const Tensor dyd = dy.slice(1, d0, d0 + kDocumentLen).contiguous();
+    docs.push_back(on_sim_ranks(1, [&](dist::Comm& comm) { return run_sequence_parallel(alone_cfg, comm, xd, dyd); }));
+  }
+  for (int n : {1, 4}) {
+    const train::Config cfg = case_config(c, s, n, 1, "zigzag");
+    const Out packed = on_sim_ranks(n, [&](dist::Comm& comm) { return run_sequence_parallel(cfg, comm, x, dy); });
+    std::vector<double> grads(static_cast<size_t>(packed.grads.numel()), 0.0);
+    for (size_t d = 0; d < docs.size(); ++d) {
+      const int64_t d0 = static_cast<int64_t>(d) * kDocumentLen;
+      const std::string what = c.name + " n=" + std::to_string(n) + " document " + std::to_string(d);
+      EXPECT_LE(rel_error(packed.y.slice(1, d0, d0 + kDocumentLen).contiguous(), docs[d].y), 1e-12) << what;
+      EXPECT_LE(rel_error(packed.dx.slice(1, d0, d0 + kDocumentLen).contiguous(), docs[d].dx), 1e-12) << what;
+      const std::vector<double> gd = docs[d].grads.to_vector();
+      for (size_t i = 0; i < grads.size(); ++i) grads[i] += gd[i];
+    }
+    EXPECT_LE(rel_error(packed.grads, Tensor::from_vector(packed.grads.shape(), grads, DType::f64)), 1e-12)
+        << c.name << " n=" << n;
+  }
+}
+
+std::vector<KindCase> packed_cases() {
+  std::vector<KindCase> v;
+  for (const KindCase& c : kind_cases())
+    if (c.overrides == packed_overrides()) v.push_back(c);
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, ConformanceDocuments, ::testing::ValuesIn(packed_cases()),
                          [](const auto& info) { return info.param.name; });
 
 }  // namespace

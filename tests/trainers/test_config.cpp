@@ -64,6 +64,7 @@ const std::vector<BadCase>& bad_cases() {
       {"retired_section", "attention: {}\n", {"'attention' was replaced by model.mixers"}},
       {"bad_layout", "parallel:\n  layout: striped\n", {"parallel.layout must be one of auto, zigzag, contiguous"}},
       {"zigzag_divisible", "parallel:\n  sp: 4\ndata:\n  seq_len: 100\n", {"data.seq_len (100) must be divisible by 2 * parallel.sp = 8"}},
+      {"zigzag_odd_one_rank", "data:\n  seq_len: 15\n", {"data.seq_len (15) must be divisible by 2 * parallel.sp = 2", "parallel.layout: contiguous"}},
       {"contiguous_divisible", "parallel:\n  sp: 4\n  layout: contiguous\ndata:\n  seq_len: 98\n", {"data.seq_len (98) must be divisible by parallel.sp = 4", "contiguous"}},
       {"ulysses_divides_sp", "mixer:\n  softmax:\n    sp: hybrid\nparallel:\n  sp: 4\n  ulysses: 3\n", {"parallel.ulysses (3) must divide parallel.sp (4)"}},
       {"ulysses_heads", "model:\n  dim: 48\n  n_heads: 6\n  n_kv_heads: 6\nmixer:\n  softmax:\n    sp: ulysses\nparallel:\n  sp: 4\n  ulysses: 4\ndata:\n  seq_len: 64\n", {"model.n_heads (6) / mixer.softmax.head_groups (1) must be divisible by parallel.ulysses (4)"}},
@@ -79,6 +80,25 @@ const std::vector<BadCase>& bad_cases() {
       {"mqar_queries", "data:\n  source: mqar\n  mqar:\n    pairs: 4\n    queries: 8\n", {"data.mqar.queries (8) must be <= data.mqar.pairs (4)"}},
       {"text_needs_path", "data:\n  source: text\n", {"data.source = text needs data.path"}},
       {"text_vocab", "model:\n  vocab_size: 100\ndata:\n  source: text\n  path: x.txt\n", {"needs model.vocab_size >= 256"}},
+      {"bad_documents", "data:\n  documents: eos\n", {"data.documents must be one of none, eod, offsets, fixed", "'eos'"}},
+      {"eod_needs_id", "data:\n  source: tokens\n  path: t.bin\n  documents: eod\n", {"data.documents = eod needs data.eod_id"}},
+      {"eod_id_vocab", "model:\n  vocab_size: 100\ndata:\n  source: tokens\n  path: t.bin\n  documents: eod\n  eod_id: 100\n", {"data.eod_id (100) must be below model.vocab_size (100)"}},
+      {"eod_id_byte", "model:\n  vocab_size: 512\ndata:\n  source: text\n  path: t.txt\n  documents: eod\n  eod_id: 300\n", {"data.eod_id (300) must be a byte"}},
+      {"eod_on_hdf5", "data:\n  source: hdf5\n  path: t.h5\n  documents: eod\n  eod_id: 1\n", {"data.documents = eod needs data.source text or tokens (got hdf5", "data.documents: offsets"}},
+      {"eod_on_task", "data:\n  documents: eod\n  eod_id: 1\n", {"data.documents = eod needs data.source text or tokens (got passkey)"}},
+      {"eod_id_unused", "data:\n  source: tokens\n  path: t.bin\n  eod_id: 3\n", {"data.eod_id (3) is read only with data.documents: eod", "data.documents is none"}},
+      {"eod_id_range", "data:\n  eod_id: -2\n", {"data.eod_id must be an integer in [-1, 2147483647]"}},
+      {"offsets_on_tokens", "data:\n  source: tokens\n  path: t.bin\n  documents: offsets\n", {"data.documents = offsets needs data.source hdf5 (got tokens)", "data.documents: eod"}},
+      {"offsets_dataset_empty", "data:\n  source: hdf5\n  path: t.h5\n  documents: offsets\n  offsets_dataset: ''\n", {"data.documents = offsets needs data.offsets_dataset"}},
+      {"fixed_needs_len", "data:\n  documents: fixed\n", {"data.documents = fixed needs data.document_len >= 1", "got 0"}},
+      {"document_len_negative", "data:\n  documents: fixed\n  document_len: -4\n", {"data.document_len must be an integer in [0, 17179869184]", "'-4'"}},
+      {"document_len_unused", "data:\n  document_len: 16\n", {"data.document_len (16) is read only with data.documents: fixed"}},
+      {"document_len_above_seq", "data:\n  source: tokens\n  path: t.bin\n  seq_len: 64\n  documents: fixed\n  document_len: 65\n", {"data.document_len (65) must be at most data.seq_len (64)"}},
+      {"fixed_task_multiple", "data:\n  seq_len: 64\n  documents: fixed\n  document_len: 24\n", {"data.seq_len (64) must be a multiple of data.document_len (24) with data.source = passkey"}},
+      {"fixed_passkey_short", "data:\n  seq_len: 64\n  documents: fixed\n  document_len: 16\n  passkey:\n    digits: 4\n", {"data.document_len (16) is too short for a 4-digit passkey (need >= 17)"}},
+      {"fixed_mqar_short", "data:\n  source: mqar\n  seq_len: 64\n  documents: fixed\n  document_len: 32\n", {"data.document_len (32) is too short for data.mqar", "= 34"}},
+      {"fixed_copy_short", "data:\n  source: selective_copy\n  seq_len: 64\n  documents: fixed\n  document_len: 16\n  selective_copy:\n    tokens: 6\n", {"data.document_len (16) is too short for data.selective_copy.tokens = 6 (need >= 21)"}},
+      {"reset_needs_documents", "data:\n  reset_positions: true\n", {"data.reset_positions", "needs data.documents", "data.documents is none"}},
       {"min_lr", "optimizer:\n  lr: 1.0e-3\n  min_lr: 1.0e-2\n", {"optimizer.min_lr (0.01) must be <= optimizer.lr (0.001)"}},
       {"bf16_cpu", "model:\n  dtype: bf16\ntrain:\n  device: cpu\n", {"model.dtype = bf16 needs a GPU"}},
       {"cudnn_cpu", "mixer:\n  softmax:\n    backend: cudnn\ntrain:\n  device: cpu\n", {"mixer.softmax.backend = cudnn needs a GPU"}},
@@ -179,7 +199,7 @@ TEST(Config, EveryOptionInReadmeTable) {
 }
 
 TEST(Config, ShippedConfigsParse) {
-  for (const char* name : {"quickstart", "gpu-1", "gpu-2-ring", "ctx-1m", "bench-4l-2048"}) {
+  for (const char* name : {"quickstart", "gpu-1", "gpu-2-ring", "ctx-1m", "bench-4l-2048", "packed-documents"}) {
     const std::string path = std::string(LCTX_SOURCE_DIR) + "configs/" + name + ".yaml";
     EXPECT_NO_THROW(load_config(path)) << path;
   }

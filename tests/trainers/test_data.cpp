@@ -43,11 +43,13 @@ DataConfig synth(const std::string& source, int64_t seq = 64) {
 struct Sample {
   std::vector<int32_t> x;
   std::vector<uint8_t> scored;
+  std::vector<int64_t> starts;  // documents (none here: data.documents is none)
 };
 
 Sample get(const Dataset& ds, const DataConfig& d, Split s, int64_t i) {
-  Sample r{std::vector<int32_t>(d.seq_len + 1), std::vector<uint8_t>(d.seq_len)};
-  ds.sample(s, i, r.x.data(), r.scored.data());
+  Sample r{std::vector<int32_t>(d.seq_len + 1), std::vector<uint8_t>(d.seq_len), {-1}};
+  ds.sample(s, i, r.x.data(), r.scored.data(), r.starts);
+  EXPECT_TRUE(r.starts.empty());
   return r;
 }
 
@@ -324,17 +326,18 @@ TEST_F(DataFiles, TruncatedFileIsAnErrorNamingIt) {
     auto ds = make_dataset(dd, 256);
     std::vector<int32_t> x(dd.seq_len + 1);
     std::vector<uint8_t> sc(dd.seq_len);
-    ds->sample(Split::train, 0, x.data(), sc.data());
+    std::vector<int64_t> starts;
+    ds->sample(Split::train, 0, x.data(), sc.data(), starts);
     const auto before = fs::file_size(dd.path);
     fs::resize_file(dd.path, 1000);
     // Every window fails, wherever it lies: the file changed.
     for (int64_t i = 0; i < 3; ++i) {
-      const std::string msg = error_of([&] { ds->sample(Split::train, i, x.data(), sc.data()); });
+      const std::string msg = error_of([&] { ds->sample(Split::train, i, x.data(), sc.data(), starts); });
       EXPECT_HAS(msg, dd.path);
       EXPECT_HAS(msg, "data.path");
       EXPECT_HAS(msg, "shrank from " + std::to_string(before) + " to 1000 bytes");
     }
-    const std::string eval = error_of([&] { ds->sample(Split::eval, 0, x.data(), sc.data()); });
+    const std::string eval = error_of([&] { ds->sample(Split::eval, 0, x.data(), sc.data(), starts); });
     EXPECT_HAS(eval, "shrank");
   }
 }
@@ -343,10 +346,11 @@ TEST_F(DataFiles, GrownOrRewrittenFileIsAnError) {
   const DataConfig d = file_config(dir_, "tokens", ramp(2000, 256));
   std::vector<int32_t> x(d.seq_len + 1);
   std::vector<uint8_t> sc(d.seq_len);
+  std::vector<int64_t> starts;
   {
     auto ds = make_dataset(d, 256);
     std::ofstream(d.path, std::ios::binary | std::ios::app) << "xy";
-    EXPECT_HAS(error_of([&] { ds->sample(Split::train, 0, x.data(), sc.data()); }), "grew from 4000 to 4002 bytes");
+    EXPECT_HAS(error_of([&] { ds->sample(Split::train, 0, x.data(), sc.data(), starts); }), "grew from 4000 to 4002 bytes");
   }
   fs::resize_file(d.path, 4000);
   auto ds = make_dataset(d, 256);
@@ -356,7 +360,7 @@ TEST_F(DataFiles, GrownOrRewrittenFileIsAnError) {
     f.put('\1');
   }
   fs::last_write_time(d.path, fs::last_write_time(d.path) + std::chrono::seconds(5));
-  const std::string msg = error_of([&] { ds->sample(Split::train, 0, x.data(), sc.data()); });
+  const std::string msg = error_of([&] { ds->sample(Split::train, 0, x.data(), sc.data(), starts); });
   EXPECT_HAS(msg, d.path);
   EXPECT_HAS(msg, "was rewritten");
 }
@@ -425,7 +429,8 @@ TEST_F(DataFiles, OutOfVocabularyIdNamesItsPosition) {
     auto ds = make_dataset(d, 256, DataChecks{.eval_batches = 0, .id_scan_max_bytes = 0});
     std::vector<int32_t> x(d.seq_len + 1);
     std::vector<uint8_t> sc(d.seq_len);
-    msg = error_of([&] { ds->sample(Split::train, 3, x.data(), sc.data()); });
+    std::vector<int64_t> starts;
+    msg = error_of([&] { ds->sample(Split::train, 3, x.data(), sc.data(), starts); });
     EXPECT_HAS(msg, "token id 256 at position 9 of " + d.path);
     EXPECT_EQ(error_of([&] { make_dataset(d, 257); }), "");
   }

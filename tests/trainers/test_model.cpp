@@ -13,6 +13,7 @@
 #include "trainers/config.h"
 #include "trainers/data.h"
 #include "trainers/model.h"
+#include "trainers/topology.h"
 
 using namespace lctx;
 using namespace lctx::train;
@@ -37,14 +38,8 @@ Result loss_and_grads(const Config& cfg, const std::vector<double>* params = nul
   std::mutex mu;
   const int world = static_cast<int>(cfg.parallel.world());
   dist::run_simulated(world, [&](dist::Comm& comm) {
-    dist::MeshShape shape;
-    shape.dp = static_cast<int>(cfg.parallel.dp);
-    shape.ulysses = static_cast<int>(cfg.parallel.ulysses);
-    shape.ring = static_cast<int>(cfg.parallel.sp / cfg.parallel.ulysses);
-    dist::Mesh mesh(comm, shape);
-    const dist::LayoutKind kind =
-        resolved_layout(cfg) == "contiguous" ? dist::LayoutKind::contiguous : dist::LayoutKind::zigzag;
-    dist::Layout layout(kind, cfg.data.seq_len, shape.ring, shape.ulysses);
+    dist::Mesh mesh(comm, mesh_shape(cfg));
+    const dist::Layout layout = config_layout(cfg);
     Model m(cfg, Device::cpu(), mesh, layout);
     m.init(7);
     if (params) {
