@@ -1,0 +1,41 @@
+// Linformer (Wang et al., 2020): keys and values are projected along the sequence to k rows by
+// learned E, F [k, n] (n: the longest sequence; a shorter call uses their first S columns, as
+// fairseq does), then every query attends with exact softmax over the k projected rows:
+//   K~ = E[:, :S] K,  V~ = F[:, :S] V   (per batch row and kv head),  o = softmax(q K~^T * scale) V~.
+// Cost O(S k) instead of O(S^2). Bidirectional only: each projected row mixes every position,
+// so there is no causal form. The attention over the projected rows is attn::flash_forward /
+// flash_backward (GQA as there: Hq a multiple of Hkv); the backward recomputes the projections
+// and that small attention rather than having them saved.
+// Devices: the CPU, f32/f64. The projections are ops::matmul per batch row and the attention is
+// attn::flash, both of which have CUDA paths, but this composition is untested on a GPU: a
+// CUDA tensor is an error for now.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace lctx::linear_attn {
+
+struct LinformerInputs {
+  Tensor q;  // [B, S, Hq, D]
+  Tensor k;  // [B, S, Hkv, D]
+  Tensor v;  // [B, S, Hkv, D]
+  Tensor e;  // [k, n], n >= S, contiguous, dtype of q
+  Tensor f;  // [k, n]
+};
+
+struct LinformerOptions {
+  float softmax_scale = 0.0f;  // 0 means 1/sqrt(D)
+};
+
+struct LinformerGrads {
+  Tensor dq, dk, dv;  // like q, k, v (contiguous)
+  Tensor de, df;      // like e, f (columns S.. n-1 are zero)
+};
+
+// o [B, S, Hq, D] in q's dtype.
+Tensor linformer_forward(const LinformerInputs& in, const LinformerOptions& opts, Stream s = {});
+
+LinformerGrads linformer_backward(const LinformerInputs& in, const Tensor& dout, const LinformerOptions& opts,
+                                  Stream s = {});
+
+}  // namespace lctx::linear_attn
