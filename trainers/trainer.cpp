@@ -54,6 +54,8 @@ void Trainer::run() {
   const int64_t inject_nan_at = nan_env ? std::atoll(nan_env) : -1;
   auto log_t = Clock::now();
   int64_t log_tokens = 0;
+  double log_span = 0;  // sum over the logged steps of their attention span (MFU)
+  int64_t log_step = step_;
   const auto run_t0 = Clock::now();
   const int64_t first_step = step_;
   bool stopped = false;
@@ -100,6 +102,7 @@ void Trainer::run() {
     consumed_ += cfg_.data.batch_size;
     ++step_;
     log_tokens += cfg_.data.batch_size * cfg_.data.seq_len;
+    log_span += batch.documents ? batch.documents->attention_span() : static_cast<double>(cfg_.data.seq_len);
 
     if (is_root()) {
       result_.train.push_back(rec);
@@ -110,7 +113,7 @@ void Trainer::run() {
         const double per_step = seconds_since(run_t0) / static_cast<double>(step_ - first_step);
         TrainRecordInfo info;
         info.tokens_per_s = tok_s;
-        info.mfu = mfu(tok_s);
+        info.mfu = mfu(tok_s, log_span / static_cast<double>(step_ - log_step));
         info.eta_s = per_step * static_cast<double>(total - step_);
         info.tokens = consumed_ * cfg_.data.seq_len;
         info.skipped_total = skipped_;
@@ -122,6 +125,8 @@ void Trainer::run() {
         profile_steps_ = 0;
         log_t = Clock::now();
         log_tokens = 0;
+        log_span = 0;
+        log_step = step_;
       }
       if (hooks_.after_step) hooks_.after_step(step_);
     }
@@ -214,11 +219,13 @@ void Trainer::banner() {
   std::cout.flush();
 }
 
-// Model FLOPs utilisation per GPU: the model's training FLOPs per token (Model::flops_per_token)
-// times tokens/s over the configured peak of all GPUs. 0 on the CPU.
-double Trainer::mfu(double tok_s) const {
+// Model FLOPs utilisation per GPU: the model's training FLOPs per token (Model::flops_per_token
+// at the attention span: seq_len, or for packed documents the length with as many attention
+// pairs per token, attn::Documents::attention_span) times tokens/s over the configured peak of
+// all GPUs. 0 on the CPU.
+double Trainer::mfu(double tok_s, double attention_span) const {
   if (!device_.is_cuda()) return 0.0;
-  return model_->flops_per_token(cfg_.data.seq_len) * tok_s /
+  return model_->flops_per_token(static_cast<int64_t>(std::llround(attention_span))) * tok_s /
          (static_cast<double>(world_.size()) * cfg_.logging.peak_tflops * 1e12);
 }
 

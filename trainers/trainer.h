@@ -66,7 +66,7 @@ class Trainer {
   bool is_root() const { return world_.rank() == 0; }
   void prepare_out_dir();
   void banner();
-  double mfu(double tok_s) const;
+  double mfu(double tok_s, double attention_span) const;
   void apply_adamw(double lr);
   void evaluate();
   // make_batch on every rank; a data error on any rank (a file changed under the run, an id

@@ -33,6 +33,18 @@ bool Documents::share_document(int64_t q_lo, int64_t q_hi, int64_t k_lo, int64_t
   return false;
 }
 
+double Documents::attention_span() const {
+  double sum = 0;
+  for (int64_t b = 0; b < batch(); ++b) {
+    const auto& s = starts(b);
+    for (size_t d = 0; d < s.size(); ++d) {
+      const double len = static_cast<double>((d + 1 < s.size() ? s[d + 1] : seq_len_) - s[d]);
+      sum += len * len;
+    }
+  }
+  return batch() > 0 ? sum / static_cast<double>(seq_len_) / static_cast<double>(batch()) : 0.0;
+}
+
 std::vector<int32_t> Documents::ids() const {
   std::vector<int32_t> out(static_cast<size_t>(batch() * seq_len_));
   for (int64_t b = 0; b < batch(); ++b) {

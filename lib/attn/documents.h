@@ -26,6 +26,10 @@ class Documents {
   // True when, in some row, a document holds positions of both ranges [q_lo, q_hi) and
   // [k_lo, k_hi) (empty ranges share nothing).
   bool share_document(int64_t q_lo, int64_t q_hi, int64_t k_lo, int64_t k_hi) const;
+  // The length of one sequence whose causal attention has as many pairs per token as these
+  // documents: sum of the squared document lengths over seq_len, averaged over rows (seq_len
+  // for one document per row). FLOP counts (MFU) of packed batches use it.
+  double attention_span() const;
   // Document ids [B, S] in global order (row-major), non-decreasing along each row.
   std::vector<int32_t> ids() const;
 

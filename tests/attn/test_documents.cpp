@@ -17,6 +17,12 @@ TEST(Documents, IdsAndDocumentOfAPosition) {
     for (int64_t p = 0; p < 10; ++p) EXPECT_EQ(d.doc_of(b, p), d.ids()[b * 10 + p]) << b << " " << p;
 }
 
+TEST(Documents, AttentionSpanCountsPairsPerToken) {
+  EXPECT_DOUBLE_EQ(Documents(12, {{0}}).attention_span(), 12.0);
+  EXPECT_DOUBLE_EQ(Documents(12, {{0, 4, 8}}).attention_span(), 4.0);
+  EXPECT_DOUBLE_EQ(Documents(12, {{0, 4, 8}, {0}}).attention_span(), 8.0);  // (48 / 12 + 144 / 12) / 2
+}
+
 TEST(Documents, ShareDocumentInAnyRow) {
   const Documents one_row(12, {{0, 4, 8}});
   EXPECT_TRUE(one_row.share_document(4, 6, 5, 8));   // both in document 1
