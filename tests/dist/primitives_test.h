@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/expect_error.h"
 #include "core/error.h"
 #include "core/tensor.h"
 #include "dist/layout.h"
@@ -128,17 +129,6 @@ struct Recurrence {
 // gtest name of a (layout, dtype) sweep case.
 inline std::string layout_dtype_name(const ::testing::TestParamInfo<std::tuple<LayoutCase, DType>>& info) {
   return std::get<0>(info.param).name() + "_" + std::string(dtype_name(std::get<1>(info.param)));
-}
-
-// Expects `call` to throw an lctx::Error whose message contains `needle`.
-template <class Call>
-void expect_error(Call&& call, const std::string& needle) {
-  try {
-    call();
-    ADD_FAILURE() << "no error, expected one naming " << needle;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 // Every output of one rank's state_scan forward and backward (with h0; d_incoming = the

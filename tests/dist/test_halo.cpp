@@ -99,16 +99,16 @@ TEST(HaloErrors, NameTheTensor) {
   const Layout layout(LayoutKind::zigzag, 12, 2);
   LCTX_RUN_RANKS_OR_SKIP(2, [&](Comm& c) {
     const Tensor x = test::rank_tokens(layout, c.rank(), kB, kFeatures, DType::f64);
-    test::expect_error([&] { halo_forward(c, layout, x.slice(1, 0, 5), 2); }, "x f64[2,5,2,3]");
-    test::expect_error([&] { halo_forward(c, layout, x, -1); }, "width -1");
+    test::expect_error([&] { halo_forward(c, layout, x.slice(1, 0, 5), 2); }, {"x f64[2,5,2,3]"});
+    test::expect_error([&] { halo_forward(c, layout, x, -1); }, {"width -1"});
     Tensor dx = Tensor::zeros(x.shape(), DType::f64);
     const Tensor h = Tensor::zeros({kB, 2, 2, 3}, DType::f64);
     const Tensor h3 = Tensor::zeros({kB, 3, 2, 3}, DType::f64);
-    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h}, dx); }, "1 halo gradients for the 2 segments");
-    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h3}, dx); }, "dhalo[1] has shape [2,3,2,3]");
-    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h.to(DType::f32)}, dx); }, "dhalo[1]");
+    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h}, dx); }, {"1 halo gradients for the 2 segments"});
+    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h3}, dx); }, {"dhalo[1] has shape [2,3,2,3]"});
+    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h.to(DType::f32)}, dx); }, {"dhalo[1]"});
     Tensor dx_bf16 = Tensor::zeros(x.shape(), DType::bf16);
-    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h}, dx_bf16); }, "dx bf16[2,6,2,3]");
+    test::expect_error([&] { halo_backward(c, layout, std::vector<Tensor>{h, h}, dx_bf16); }, {"dx bf16[2,6,2,3]"});
   });
 }
 

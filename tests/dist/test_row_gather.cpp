@@ -92,14 +92,14 @@ TEST(RowGatherErrors, NameTheTensor) {
   LCTX_RUN_RANKS_OR_SKIP(2, [&](Comm& c) {
     const Tensor x = test::rank_tokens(layout, c.rank(), kB, {kF}, DType::f64);
     const std::vector<int64_t> pos{3, 0, 7}, bad{3, 12};
-    test::expect_error([&] { row_gather_forward(c, layout, x.slice(1, 0, 4), pos); }, "x f64[2,4,3]");
-    test::expect_error([&] { row_gather_forward(c, layout, x, bad); }, "position 12 outside [0, 12)");
+    test::expect_error([&] { row_gather_forward(c, layout, x.slice(1, 0, 4), pos); }, {"x f64[2,4,3]"});
+    test::expect_error([&] { row_gather_forward(c, layout, x, bad); }, {"position 12 outside [0, 12)"});
     Tensor dx = Tensor::zeros(x.shape(), DType::f64);
     test::expect_error([&] { row_gather_backward(c, layout, Tensor::zeros({kB, 2, kF}, DType::f64), pos, dx); },
-                 "drows has shape [2,2,3], expected [2,3,3]");
+                 {"drows has shape [2,2,3], expected [2,3,3]"});
     Tensor dx_small = Tensor::zeros({kB, 5, kF}, DType::f64);
     test::expect_error([&] { row_gather_backward(c, layout, Tensor::zeros({kB, 3, kF}, DType::f64), pos, dx_small); },
-                 "dx f64[2,5,3]");
+                 {"dx f64[2,5,3]"});
   });
 }
 

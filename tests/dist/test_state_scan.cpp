@@ -125,27 +125,27 @@ TEST(StateScanErrors, NameTheTensor) {
       return bad;
     };
     auto forward = [&](const std::vector<Affine>& local, const Tensor& h) { state_scan_forward(c, layout, local, h); };
-    test::expect_error([&] { forward({good[0]}, h0); }, "1 summaries for the 2 segments of sp rank");
+    test::expect_error([&] { forward({good[0]}, h0); }, {"1 summaries for the 2 segments of sp rank"});
     test::expect_error([&] { forward(with(1, &Affine::e, Tensor::zeros({2, 2, 4}, DType::f64)), h0); },
-                 "e[1] has shape [2,2,4], expected [2,2,3]");
+                 {"e[1] has shape [2,2,4], expected [2,2,3]"});
     test::expect_error([&] { forward(with(0, &Affine::a, Tensor::zeros({2, 3}, DType::f64)), h0); },
-                 "a[0] has shape [2,3], expected [2,2]");
+                 {"a[0] has shape [2,3], expected [2,2]"});
     test::expect_error([&] { forward(with(0, &Affine::e, Tensor::zeros({2, 2}, DType::f64)), h0); },
-                 "e[0] f64[2,2]@cpu must be [B, n, m]");
+                 {"e[0] f64[2,2]@cpu must be [B, n, m]"});
     test::expect_error([&] { forward(with(1, &Affine::a, Tensor::zeros({2, 2}, DType::f32)), h0); },
-                 "a[1] f32[2,2]@cpu must have the dtype and device of e[0]");
+                 {"a[1] f32[2,2]@cpu must have the dtype and device of e[0]"});
     test::expect_error([&] { forward(with(0, &Affine::e, Tensor::zeros({2, 2, 3}, DType::i32)), h0); },
-                 "e[0] i32[2,2,3]@cpu must have a float dtype");
+                 {"e[0] i32[2,2,3]@cpu must have a float dtype"});
     test::expect_error([&] { forward(good, Tensor::zeros({2, 2, 2}, DType::f64)); },
-                 "h0 has shape [2,2,2], expected [2,2,3]");
+                 {"h0 has shape [2,2,2], expected [2,2,3]"});
     const ScanResult fwd = state_scan_forward(c, layout, good, h0);
     const std::vector<Tensor> d_ok{h0, h0}, d_bad{h0, Tensor::zeros({1, 2, 3}, DType::f64)};
     test::expect_error([&] { state_scan_backward(c, layout, good, fwd, d_bad, h0); },
-                 "d_incoming[1] has shape [1,2,3], expected [2,2,3]");
+                 {"d_incoming[1] has shape [1,2,3], expected [2,2,3]"});
     test::expect_error([&] { state_scan_backward(c, layout, good, fwd, std::vector<Tensor>{h0}, h0); },
-                 "1 incoming-state gradients and 2 forward states for the 2 segments");
+                 {"1 incoming-state gradients and 2 forward states for the 2 segments"});
     test::expect_error([&] { state_scan_backward(c, layout, good, fwd, d_ok, Tensor::zeros({2, 2}, DType::f64)); },
-                 "d_final has shape [2,2], expected [2,2,3]");
+                 {"d_final has shape [2,2], expected [2,2,3]"});
   });
 }
 

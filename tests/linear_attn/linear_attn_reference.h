@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/expect_error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "linear_attn/linear_attn.h"
@@ -127,17 +128,6 @@ inline NaiveLinearAttn naive_linear_attn(const LinearAttnCase& c, const linear_a
     }
   return {Tensor::from_vector({c.B, c.S, H, c.Dv}, o, DType::f64),
           Tensor::from_vector({c.B, H, c.Dk, cols}, fin, DType::f64)};
-}
-
-// Expects `fn` to throw an lctx::Error whose message contains every one of `parts`.
-inline void expect_error(const std::function<void()>& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown; expected one containing '" << *parts.begin() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& part : parts) EXPECT_NE(msg.find(part), std::string::npos) << "'" << part << "' not in: " << msg;
-  }
 }
 
 }  // namespace lctx::test

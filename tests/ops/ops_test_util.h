@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "common/expect_error.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -26,17 +27,6 @@ inline double dot(const Tensor& a, const Tensor& b) {
   double s = 0;
   for (size_t i = 0; i < va.size() && i < vb.size(); ++i) s += va[i] * vb[i];
   return s;
-}
-
-// Expects fn to throw lctx::Error whose message contains every fragment.
-inline void expect_error(const std::function<void()>& fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an lctx::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& f : fragments) EXPECT_NE(msg.find(f), std::string::npos) << "'" << f << "' not in: " << msg;
-  }
 }
 
 }  // namespace lctx::test
