@@ -60,6 +60,12 @@ class Mixer {
 
   // Training FLOPs (forward + backward) per token at this sequence length: the model's MFU.
   virtual double flops_per_token(int64_t seq_len) const = 0;
+
+  // Called by the trainer before the forward of training step `step` (0-based; also before an
+  // evaluation, with the steps done). A kind whose non-parameter state changes with training
+  // (the Performer's random features, redrawn every K steps) derives it from the step here, so
+  // that it is a function of the config and the step a checkpoint stores: resume is exact.
+  virtual void begin_step(int64_t step) { (void)step; }
 };
 
 }  // namespace lctx::mixers

@@ -80,7 +80,14 @@ void validate(const Config& c) {
   else
     LCTX_CHECK(d.seq_len % p.sp == 0, "config: data.seq_len (", d.seq_len, ") must be divisible by parallel.sp = ", p.sp,
                " (parallel.layout = contiguous)");
-  for (const MixerKind* k : used) k->validate(c);
+  for (const MixerKind* k : used) {
+    LCTX_CHECK(k->documents || d.documents == "none", "config: data.documents = ", d.documents, ": mixer kind ", k->name,
+               " (model.mixers) does not keep tokens to their documents (its state would run across document ",
+               "starts); use data.documents: none with it");
+    LCTX_CHECK(k->cuda || c.train.device != "cuda", "config: mixer kind ", k->name, " (model.mixers) runs on the CPU ",
+               "only so far (no CUDA kernels yet); set train.device: cpu");
+    k->validate(c);
+  }
 
   LCTX_CHECK(d.batch_size % p.dp == 0, "config: data.batch_size (", d.batch_size, ") must be divisible by parallel.dp (", p.dp, ")");
   LCTX_CHECK(p.simulate == 0 || p.simulate == p.world(), "config: parallel.simulate (", p.simulate,

@@ -2,11 +2,26 @@
 
 #include "dist/layout.h"
 #include "dist/mesh.h"
+#include "mixers/linear_attention.h"
+#include "mixers/linformer.h"
 #include "mixers/softmax.h"
 
 namespace lctx::train {
 
 namespace {
+
+// The q/k/v part every attention-like kind shares, from model.*.
+mixers::AttentionCoreOptions core_options(const Config& c) {
+  const auto& m = c.model;
+  mixers::AttentionCoreOptions o;
+  o.shape = {m.dim, m.n_heads, m.kv_heads(), m.head_size()};
+  o.position = m.position == "rope"    ? mixers::Position::rope
+               : m.position == "alibi" ? mixers::Position::alibi
+                                       : mixers::Position::none;
+  o.rope_theta = m.rope_theta;
+  o.norm_eps = m.norm_eps;
+  return o;
+}
 
 // ---- softmax ------------------------------------------------------------------------------
 
@@ -53,15 +68,9 @@ void validate_softmax(const Config& c) {
 }
 
 std::unique_ptr<mixers::Mixer> make_softmax(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
-  const auto& m = c.model;
   mixers::SoftmaxOptions o;
-  o.core.shape = {m.dim, m.n_heads, m.kv_heads(), m.head_size()};
-  o.core.position = m.position == "rope"    ? mixers::Position::rope
-                    : m.position == "alibi" ? mixers::Position::alibi
-                                            : mixers::Position::none;
-  o.core.rope_theta = m.rope_theta;
+  o.core = core_options(c);
   o.core.qk_norm = c.mixer_option<bool>("softmax", "qk_norm") ? mixers::QkNorm::rms : mixers::QkNorm::off;
-  o.core.norm_eps = m.norm_eps;
   o.sp = softmax_sp(c);
   o.backend = attn::parse_attn_backend(c.mixer_option<std::string>("softmax", "backend"));
   o.head_groups = c.mixer_option<int64_t>("softmax", "head_groups");
@@ -120,10 +129,187 @@ MixerKind softmax_kind() {
   return k;
 }
 
+// ---- linear, performer ----------------------------------------------------------------------
+
+// What the linear kinds check besides their options: RoPE or no positions, and the CPU.
+void validate_linear_common(const Config& c, const std::string& kind) {
+  LCTX_CHECK(c.model.position != "alibi", "config: model.position = alibi is a softmax bias; mixer kind ", kind,
+             " needs rope or none");
+  LCTX_CHECK(c.model.position != "rope" || c.model.head_size() % 2 == 0,
+             "config: RoPE needs an even head dim; model.head_dim is ", c.model.head_size());
+}
+
+void validate_linear(const Config& c) {
+  validate_linear_common(c, "linear");
+  LCTX_CHECK(!(c.mixer_option<std::string>("linear", "feature_map") == "identity" &&
+               c.mixer_option<bool>("linear", "normalize")),
+             "config: mixer.linear.normalize = true with mixer.linear.feature_map = identity: the normaliser ",
+             "phi(q) . z can be zero or negative; use elu or relu, or normalize: false");
+}
+
+linear_attn::Decay linear_decay(const std::string& d) {
+  if (d == "fixed") return linear_attn::Decay::fixed;
+  if (d == "learned") return linear_attn::Decay::learned;
+  if (d == "data") return linear_attn::Decay::data;
+  return linear_attn::Decay::none;
+}
+
+std::unique_ptr<mixers::Mixer> make_linear(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
+  mixers::LinearAttentionOptions o;
+  o.core = core_options(c);
+  const std::string& fm = c.mixer_option<std::string>("linear", "feature_map");
+  o.feature = fm == "relu"       ? linear_attn::FeatureKind::relu
+              : fm == "identity" ? linear_attn::FeatureKind::identity
+                                 : linear_attn::FeatureKind::elu_plus_one;
+  o.decay = linear_decay(c.mixer_option<std::string>("linear", "decay"));
+  o.normalize = c.mixer_option<bool>("linear", "normalize") ? linear_attn::Normalize::on : linear_attn::Normalize::off;
+  o.chunk = c.mixer_option<int64_t>("linear", "chunk");
+  return mixers::make_linear_attention_mixer(o, mesh, layout);
+}
+
+MixerOption chunk_option() {
+  return {.name = "chunk",
+          .value = int64_t{64},
+          .doc = "tokens per chunk of the chunked causal kernel (any size; the result does not depend on it beyond "
+                 "rounding)",
+          .lo = 1,
+          .hi = 1 << 20};
+}
+
+MixerKind linear_kind() {
+  MixerKind k;
+  k.name = "linear";
+  k.doc = "causal linear attention (feature map, optional per-head or per-token decay, optional normalisation; "
+          "sequence parallel through a state scan on any layout); CPU only so far";
+  k.options = {
+      {.name = "feature_map",
+       .value = std::string("elu"),
+       .doc = "phi applied to q and k: elu (elu + 1), relu or identity",
+       .choices = {"elu", "relu", "identity"},
+       .shapes_model = true},
+      {.name = "decay",
+       .value = std::string("none"),
+       .doc = "state decay: none, fixed (per head 1 - 2^(-5-h), retention), learned (a per-head sigmoid), data (a "
+              "per-token gate sigmoid(x W_g + b_g) per head)",
+       .choices = {"none", "fixed", "learned", "data"},
+       .shapes_model = true},
+      {.name = "normalize",
+       .value = true,
+       .doc = "divide each output by phi(q) . z, z the decayed sum of phi(k)",
+       .shapes_model = true},
+      chunk_option(),
+  };
+  k.documents = false;
+  k.cuda = false;
+  k.validate = validate_linear;
+  k.make = make_linear;
+  k.test_variants = {
+      {"mixer.linear.feature_map=relu", "mixer.linear.decay=fixed", "mixer.linear.normalize=false"},
+      {"mixer.linear.feature_map=identity", "mixer.linear.decay=learned", "mixer.linear.normalize=false",
+       "model.position=none", "mixer.linear.chunk=5"},
+      {"mixer.linear.decay=data", "mixer.linear.chunk=7"},
+  };
+  return k;
+}
+
+std::unique_ptr<mixers::Mixer> make_performer(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
+  mixers::LinearAttentionOptions o;
+  o.core = core_options(c);
+  o.feature = linear_attn::FeatureKind::favor;
+  o.features = c.mixer_option<int64_t>("performer", "features");
+  o.redraw_every = c.mixer_option<int64_t>("performer", "redraw_every");
+  o.seed = static_cast<uint64_t>(c.mixer_option<int64_t>("performer", "seed"));
+  o.chunk = c.mixer_option<int64_t>("performer", "chunk");
+  return mixers::make_linear_attention_mixer(o, mesh, layout);
+}
+
+MixerKind performer_kind() {
+  MixerKind k;
+  k.name = "performer";
+  k.doc = "causal Performer: linear attention on FAVOR+ positive orthogonal random features (softmax kernel "
+          "estimate, normalised), the same features on every rank, redrawn in lockstep; CPU only so far";
+  k.options = {
+      {.name = "features",
+       .value = int64_t{linear_attn::kFavorFeatures},
+       .doc = "random features m per head (the state is m x (head_dim + 1) per head)",
+       .lo = 1,
+       .hi = 1 << 16,
+       .shapes_model = true},
+      {.name = "redraw_every",
+       .value = int64_t{0},
+       .doc = "draw new random features every this many steps (the draw is a function of mixer.performer.seed and "
+              "the step, both in every checkpoint, so resume is exact); 0 = drawn once",
+       .lo = 0,
+       .hi = 1e15,
+       .shapes_model = true},
+      {.name = "seed",
+       .value = int64_t{0},
+       .doc = "seed of the random features, shared by every rank and layer",
+       .lo = 0,
+       .hi = 1e15,
+       .shapes_model = true},
+      chunk_option(),
+  };
+  k.documents = false;
+  k.cuda = false;
+  k.validate = [](const Config& c) { validate_linear_common(c, "performer"); };
+  k.make = make_performer;
+  k.test_variants = {
+      {"mixer.performer.features=24", "model.position=none", "mixer.performer.chunk=5"},
+  };
+  return k;
+}
+
+// ---- linformer ------------------------------------------------------------------------------
+
+void validate_linformer(const Config& c) {
+  LCTX_CHECK(c.mixer_option<bool>("linformer", "bidirectional"),
+             "config: mixer kind linformer is bidirectional only (each projected row mixes every position, so a token ",
+             "sees the future) and lctx-train trains causal LMs: mixer.linformer.bidirectional is false. Set ",
+             "mixer.linformer.bidirectional: true to use it anyway (the next-token loss then leaks the targets)");
+  validate_linear_common(c, "linformer");
+}
+
+std::unique_ptr<mixers::Mixer> make_linformer(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
+  mixers::LinformerMixerOptions o;
+  o.core = core_options(c);
+  o.rows = c.mixer_option<int64_t>("linformer", "k");
+  o.max_len = c.data.seq_len;
+  return mixers::make_linformer_mixer(o, mesh, layout);
+}
+
+MixerKind linformer_kind() {
+  MixerKind k;
+  k.name = "linformer";
+  k.doc = "Linformer: keys and values projected along the sequence by learned E, F [k, data.seq_len], exact "
+          "softmax over the k rows; bidirectional only (needs mixer.linformer.bidirectional); CPU only so far";
+  k.options = {
+      {.name = "k",
+       .value = int64_t{64},
+       .doc = "projected rows of E and F (each [k, data.seq_len])",
+       .lo = 1,
+       .hi = 1 << 20,
+       .shapes_model = true},
+      {.name = "bidirectional",
+       .value = false,
+       .doc = "the key that decides causality: Linformer has no causal form, so it is refused unless this is true "
+              "(every token then sees the whole sequence, the future included)"},
+  };
+  k.documents = false;
+  k.cuda = false;
+  k.validate = validate_linformer;
+  k.make = make_linformer;
+  k.test_base = {"mixer.linformer.bidirectional=true"};
+  k.test_variants = {
+      {"mixer.linformer.k=5", "model.position=none"},
+  };
+  return k;
+}
+
 }  // namespace
 
 const std::vector<MixerKind>& mixer_kinds() {
-  static const std::vector<MixerKind> kinds = {softmax_kind()};
+  static const std::vector<MixerKind> kinds = {softmax_kind(), linear_kind(), performer_kind(), linformer_kind()};
   return kinds;
 }
 

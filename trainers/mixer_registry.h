@@ -33,6 +33,12 @@ struct MixerKind {
   std::string doc;
   std::vector<MixerOption> options;
   bool needs_contiguous = false;  // parallel.layout auto picks contiguous shards
+  // Keeps every token to its packed document (data.documents). false: validation refuses
+  // data.documents with this kind, and the conformance suite has no packed case for it.
+  bool documents = true;
+  // Has CUDA kernels. false: validation refuses train.device = cuda with this kind, and the GPU
+  // conformance suite skips it.
+  bool cuda = true;
   // Checks `c` for a model with this kind in some layer; errors name the keys.
   std::function<void(const Config& c)> validate;
   // The mixer of one layer, on the mesh's groups and the layout (both outlive it).
@@ -40,6 +46,9 @@ struct MixerKind {
   // Option overrides ("mixer.<kind>.<name>=value", "model.position=alibi", ...) that the
   // conformance suite runs this kind with, besides the defaults.
   std::vector<std::vector<std::string>> test_variants;
+  // Overrides every conformance case of this kind starts from (a kind whose defaults are
+  // refused in a causal LM: linformer needs mixer.linformer.bidirectional=true).
+  std::vector<std::string> test_base = {};
 };
 
 const std::vector<MixerKind>& mixer_kinds();

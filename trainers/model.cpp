@@ -327,6 +327,10 @@ void Model::set_profile(StepProfile* profile) { impl_->profile = profile; }
 
 void Model::sync_compute_weights() { table_.sync_compute(); }
 
+void Model::begin_step(int64_t step) {
+  for (auto& m : impl_->mixer) m->begin_step(step);
+}
+
 StepStats Model::forward_backward(const Batch& b, double loss_scale) {
   Impl& I = *impl_;
   std::vector<Param>& P = params();

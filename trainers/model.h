@@ -66,6 +66,9 @@ class Model {
   // plus what each layer's mixer reports): the numerator of MFU.
   double flops_per_token(int64_t seq_len) const;
 
+  // Tells every mixer the training step that comes next (mixers::Mixer::begin_step).
+  void begin_step(int64_t step);
+
   // Forward and backward on this rank's share of a batch. Gradients are overwritten with
   // d(loss_scale * sum of scored token losses)/d(params) for this rank's tokens; the trainer
   // passes loss_scale = 1 / (scored targets in the global batch) and sums over ranks.

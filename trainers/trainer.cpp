@@ -64,6 +64,7 @@ void Trainer::run() {
     Batch batch = next_batch(Split::train, consumed_);
     int64_t scored_global = batch.scored;
     ctrl_.all_reduce(std::span<int64_t>(&scored_global, 1), dist::ReduceOp::sum);
+    model_->begin_step(step_);
     if (profile_) profile_->start(Phase::forward);
     StepStats st = model_->forward_backward(batch, 1.0 / static_cast<double>(std::max<int64_t>(1, scored_global)));
     if (profile_) profile_->enter(Phase::grad_sync);
@@ -249,6 +250,7 @@ void Trainer::apply_adamw(double lr) {
 }
 
 void Trainer::evaluate() {
+  model_->begin_step(step_);
   StepStats tot;
   for (int64_t i = 0; i < cfg_.eval.batches; ++i) {
     Batch b = next_batch(Split::eval, i * cfg_.data.batch_size);

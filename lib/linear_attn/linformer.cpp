@@ -34,37 +34,45 @@ void check_inputs(const char* op, const LinformerInputs& in) {
 // [B, S, H, D] -> batch row b as an [S, H * D] matrix (x contiguous).
 Tensor rows_of(const Tensor& x, int64_t b) { return x.slice(0, b, b + 1).view({x.size(1), x.size(2) * x.size(3)}); }
 
-// x~ [B, k, H, D], batch row b = p_s x_b, where p_s = P[:, :S] (contiguous) and x contiguous.
-Tensor project(const Tensor& p_s, const Tensor& x, Stream s) {
-  Tensor out = Tensor::empty({x.size(0), p_s.size(0), x.size(2), x.size(3)}, x.dtype(), x.device());
-  for (int64_t b = 0; b < x.size(0); ++b) {
-    Tensor ob = rows_of(out, b);
-    ops::matmul(ob, p_s, rows_of(x, b), ops::Trans::none, ops::Trans::none, 1.0f, 0.0f, s);
-  }
-  return out;
-}
-
-// Backward of project: dx_b = p_s^T dx~_b; dP[:, :S] = sum_b dx~_b x_b^T, dP[:, S:] = 0.
-void project_backward(const Tensor& p, const Tensor& p_s, const Tensor& x, const Tensor& dxp, Tensor& dx, Tensor& dp,
-                      Stream s) {
-  const int64_t S = x.size(1);
-  dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor dps = Tensor::zeros(p_s.shape(), p.dtype(), p.device(), s);
-  for (int64_t b = 0; b < x.size(0); ++b) {
-    Tensor dxb = rows_of(dx, b);
-    ops::matmul(dxb, p_s, rows_of(dxp, b), ops::Trans::transpose, ops::Trans::none, 1.0f, 0.0f, s);
-    ops::matmul(dps, rows_of(dxp, b), rows_of(x, b), ops::Trans::none, ops::Trans::transpose, 1.0f, 1.0f, s);
-  }
-  dp = Tensor::zeros(p.shape(), p.dtype(), p.device(), s);
-  Tensor head = dp.slice(1, 0, S);
-  head.copy_from(dps, s);
-}
-
 attn::FlashOptions flash_options(const LinformerOptions& opts) {
   attn::FlashOptions f;
   f.softmax_scale = opts.softmax_scale;
   f.mask = attn::Mask::none;
   return f;
+}
+
+}  // namespace
+
+Tensor linformer_project(const Tensor& p_cols, const Tensor& x, Stream s) {
+  Tensor out = Tensor::empty({x.size(0), p_cols.size(0), x.size(2), x.size(3)}, x.dtype(), x.device());
+  for (int64_t b = 0; b < x.size(0); ++b) {
+    Tensor ob = rows_of(out, b);
+    ops::matmul(ob, p_cols, rows_of(x, b), ops::Trans::none, ops::Trans::none, 1.0f, 0.0f, s);
+  }
+  return out;
+}
+
+LinformerProjectGrads linformer_project_backward(const Tensor& p_cols, const Tensor& x, const Tensor& dxp, Stream s) {
+  LinformerProjectGrads g{Tensor::empty(x.shape(), x.dtype(), x.device()),
+                          Tensor::zeros(p_cols.shape(), p_cols.dtype(), p_cols.device(), s)};
+  for (int64_t b = 0; b < x.size(0); ++b) {
+    Tensor dxb = rows_of(g.dx, b);
+    ops::matmul(dxb, p_cols, rows_of(dxp, b), ops::Trans::transpose, ops::Trans::none, 1.0f, 0.0f, s);
+    ops::matmul(g.dp_cols, rows_of(dxp, b), rows_of(x, b), ops::Trans::none, ops::Trans::transpose, 1.0f, 1.0f, s);
+  }
+  return g;
+}
+
+namespace {
+
+// Backward of the projection by P[:, :S] (p_s): dx, and dP with zero columns S.. n-1.
+void project_backward(const Tensor& p, const Tensor& p_s, const Tensor& x, const Tensor& dxp, Tensor& dx, Tensor& dp,
+                      Stream s) {
+  LinformerProjectGrads g = linformer_project_backward(p_s, x, dxp, s);
+  dx = g.dx;
+  dp = Tensor::zeros(p.shape(), p.dtype(), p.device(), s);
+  Tensor head = dp.slice(1, 0, x.size(1));
+  head.copy_from(g.dp_cols, s);
 }
 
 }  // namespace
@@ -82,14 +90,15 @@ struct Operands {
 Tensor linformer_forward(const LinformerInputs& in, const LinformerOptions& opts, Stream s) {
   check_inputs("linformer_forward", in);
   const Operands x(in, s);
-  return attn::flash_forward(in.q, project(x.e_s, x.k, s), project(x.f_s, x.v, s), flash_options(opts), s).o;
+  return attn::flash_forward(in.q, linformer_project(x.e_s, x.k, s), linformer_project(x.f_s, x.v, s), flash_options(opts), s)
+      .o;
 }
 
 LinformerGrads linformer_backward(const LinformerInputs& in, const Tensor& dout, const LinformerOptions& opts,
                                   Stream s) {
   check_inputs("linformer_backward", in);
   const Operands x(in, s);
-  const Tensor kp = project(x.e_s, x.k, s), vp = project(x.f_s, x.v, s);
+  const Tensor kp = linformer_project(x.e_s, x.k, s), vp = linformer_project(x.f_s, x.v, s);
   const attn::FlashOptions fo = flash_options(opts);
   const attn::FlashOutput out = attn::flash_forward(in.q, kp, vp, fo, s);
   const attn::FlashGrads fg = attn::flash_backward(in.q, kp, vp, out.o, out.lse, dout, fo, GradMode::overwrite, {}, s);

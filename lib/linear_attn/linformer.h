@@ -32,6 +32,17 @@ struct LinformerGrads {
   Tensor de, df;      // like e, f (columns S.. n-1 are zero)
 };
 
+// The sequence projection, a piece of the sequence at a time (sequence parallelism sums the
+// pieces over ranks): x~ [B, k, H, D] = p_cols x per batch row, p_cols [k, S] the columns of E
+// or F at x's positions (contiguous), x [B, S, H, D] contiguous, one dtype.
+Tensor linformer_project(const Tensor& p_cols, const Tensor& x, Stream s = {});
+struct LinformerProjectGrads {
+  Tensor dx;      // like x: p_cols^T dx~ per batch row
+  Tensor dp_cols; // like p_cols: sum over batch rows of dx~ x^T
+};
+LinformerProjectGrads linformer_project_backward(const Tensor& p_cols, const Tensor& x, const Tensor& dxp,
+                                                 Stream s = {});
+
 // o [B, S, Hq, D] in q's dtype.
 Tensor linformer_forward(const LinformerInputs& in, const LinformerOptions& opts, Stream s = {});
 

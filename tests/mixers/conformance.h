@@ -34,14 +34,21 @@ inline std::vector<std::string> packed_overrides() {
   return {"data.documents=fixed", "data.document_len=" + std::to_string(kDocumentLen), "data.reset_positions=true"};
 }
 
-// Each kind with its defaults, each of its test variants, and packed documents ("<kind>_packed").
+// Each kind with its defaults, each of its test variants, and packed documents ("<kind>_packed")
+// for the kinds that keep tokens to their documents (MixerKind::documents; the others refuse
+// data.documents, tested in test_mixer_errors.cpp), each after the kind's test_base.
 inline std::vector<KindCase> kind_cases() {
   std::vector<KindCase> v;
   for (const train::MixerKind& k : train::mixer_kinds()) {
-    v.push_back({k.name, k.name, {}});
+    const auto with_base = [&k](const std::vector<std::string>& o) {
+      std::vector<std::string> all = k.test_base;
+      all.insert(all.end(), o.begin(), o.end());
+      return all;
+    };
+    v.push_back({k.name, k.name, with_base({})});
     for (size_t i = 0; i < k.test_variants.size(); ++i)
-      v.push_back({k.name + "_" + std::to_string(i + 1), k.name, k.test_variants[i]});
-    v.push_back({k.name + "_packed", k.name, packed_overrides()});
+      v.push_back({k.name + "_" + std::to_string(i + 1), k.name, with_base(k.test_variants[i])});
+    if (k.documents) v.push_back({k.name + "_packed", k.name, with_base(packed_overrides())});
   }
   return v;
 }

@@ -32,6 +32,7 @@ Out on_sim_ranks(int n, const std::function<Out(dist::Comm&)>& fn) {
 TEST_P(ConformanceGpu, Bf16WithinTwiceBaseline) {
   LCTX_REQUIRE_GPU();
   const KindCase& c = GetParam();
+  if (!train::mixer_kind(c.kind).cuda) GTEST_SKIP() << c.kind << " has no CUDA kernels yet (MixerKind::cuda)";
   const MixerShape s{.batch = 2, .seq = 192, .dim = 256, .heads = 4, .kv_heads = 2, .head_dim = 64};
   const Tensor x = random_tokens(s, 21), dy = random_tokens(s, 22);
   for (int n : {1, 2}) {

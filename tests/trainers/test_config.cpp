@@ -53,7 +53,7 @@ const std::vector<BadCase>& bad_cases() {
       {"heads_kv", "model:\n  n_heads: 4\n  n_kv_heads: 3\n", {"model.n_heads (4) must be divisible by model.n_kv_heads (3)"}},
       {"rope_odd", "model:\n  dim: 12\n  n_heads: 4\n", {"RoPE needs an even head dim"}},
       {"unknown_kind", "model:\n  mixers: mamba\n", {"model.mixers: unknown mixer kind 'mamba'", "registered kinds: softmax"}},
-      {"unknown_kind_in_list", "model:\n  n_layers: 2\n  mixers: [softmax, linear]\n", {"model.mixers[1]: unknown mixer kind 'linear'"}},
+      {"unknown_kind_in_list", "model:\n  n_layers: 2\n  mixers: [softmax, mamba]\n", {"model.mixers[1]: unknown mixer kind 'mamba'"}},
       {"mixers_count", "model:\n  n_layers: 3\n  mixers: [softmax, softmax]\n", {"model.mixers has 2 entries, expected 1 (every layer) or model.n_layers = 3"}},
       {"option_of_unknown_kind", "mixer:\n  mamba:\n    d_state: 16\n", {"mixer.mamba", "unknown mixer kind 'mamba'", "registered kinds: softmax"}},
       {"option_under_wrong_kind", "mixer:\n  softmax:\n    d_state: 16\n", {"unknown key 'mixer.softmax.d_state'", "mixer kind softmax has the options sp, backend"}},

@@ -1,0 +1,290 @@
+#include "mixers/linear_attention.h"
+
+#include <cmath>
+
+#include "dist/mesh.h"
+#include "ops/activation.h"
+#include "ops/linear.h"
+
+namespace lctx::mixers {
+
+namespace la = linear_attn;
+using ops::GradMode;
+
+uint64_t favor_draw_seed(uint64_t seed, int64_t draw) {
+  return seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(draw);
+}
+
+namespace {
+
+// log lambda_h = log(1 - 2^(-5-h)): retention's per-head schedule (RetNet, Lightning).
+double retention_log_decay(int64_t h) { return std::log1p(-std::exp2(-5.0 - static_cast<double>(h))); }
+
+// y = log sigmoid(x) elementwise (wide dtype out), and dx = dy * sigmoid(-x).
+template <class T>
+void log_sigmoid_loop(const T* x, T* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = -std::log1p(std::exp(-std::abs(x[i]))) + std::min(x[i], T(0));
+}
+Tensor log_sigmoid(const Tensor& x) {
+  const Tensor xw = x.to(wide_dtype(x.dtype())).contiguous();
+  Tensor y = Tensor::empty(xw.shape(), xw.dtype());
+  if (xw.dtype() == DType::f64) log_sigmoid_loop(xw.data<double>(), y.data<double>(), y.numel());
+  else log_sigmoid_loop(xw.data<float>(), y.data<float>(), y.numel());
+  return y;
+}
+template <class T>
+void log_sigmoid_grad_loop(const T* x, const T* dy, T* dx, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * ops::detail::sigmoid(-x[i]);
+}
+// dL/dx in `dtype` from x and dL/dy (wide dtype).
+Tensor log_sigmoid_backward(const Tensor& x, const Tensor& dy, DType dtype) {
+  const Tensor xw = x.to(dy.dtype()).contiguous(), dyc = dy.contiguous();
+  Tensor dx = Tensor::empty(xw.shape(), xw.dtype());
+  if (xw.dtype() == DType::f64) log_sigmoid_grad_loop(xw.data<double>(), dyc.data<double>(), dx.data<double>(), dx.numel());
+  else log_sigmoid_grad_loop(xw.data<float>(), dyc.data<float>(), dx.data<float>(), dx.numel());
+  return dx.to(dtype);
+}
+
+// Inverse sigmoid of the retention schedule: learned and data decays start there.
+void init_retention_logits(Tensor& master) {
+  std::vector<double> v;
+  for (int64_t h = 0; h < master.numel(); ++h) v.push_back(-std::log(std::expm1(-retention_log_decay(h))));
+  master.copy_from(Tensor::from_vector(master.shape(), v, master.dtype()));
+}
+
+class LinearAttentionMixer final : public Mixer {
+ public:
+  LinearAttentionMixer(const LinearAttentionOptions& o, dist::Mesh& mesh, const dist::Layout& layout)
+      : o_(o), core_(o.core), mesh_(mesh), layout_(layout) {
+    LCTX_CHECK(o.core.position != Position::alibi, "linear attention mixer: ALiBi is a softmax bias; use rope or none");
+    LCTX_CHECK(o.chunk >= 1, "linear attention mixer: chunk must be >= 1, got ", o.chunk);
+    LCTX_CHECK(o.feature != la::FeatureKind::favor || o.features >= 1, "linear attention mixer: features must be >= 1, got ",
+               o.features);
+    LCTX_CHECK(o.redraw_every >= 0, "linear attention mixer: redraw_every must be >= 0, got ", o.redraw_every);
+    kernel_.decay = o.decay;
+    kernel_.normalize = o.normalize;
+    kernel_.chunk = o.chunk;
+    // FAVOR+ features are positive, so the normaliser is too; with eps = 0 the output does not
+    // depend on the key stabiliser (it scales numerator and normaliser alike), which is what
+    // makes holding it constant in the backward exact.
+    if (o.feature == la::FeatureKind::favor) kernel_.eps = 0.0;
+  }
+
+  std::vector<ParamSpec> param_specs() const override {
+    std::vector<ParamSpec> p = core_.param_specs();
+    const HeadShape& s = o_.core.shape;
+    const auto retention = [](Tensor& m, const InitContext&) { init_retention_logits(m); };
+    if (o_.decay == la::Decay::learned)
+      p.push_back({.name = "decay_logit", .shape = {s.heads}, .decay = Decay::none, .init = Init::custom, .custom = retention});
+    if (o_.decay == la::Decay::data) {
+      p.push_back({.name = "w_gate", .shape = {s.heads, s.dim}});
+      p.push_back({.name = "gate_bias", .shape = {s.heads}, .decay = Decay::none, .init = Init::custom, .custom = retention});
+    }
+    return p;
+  }
+
+  void bind(std::span<const Param> p) override {
+    const size_t n = core_.param_specs().size();
+    LCTX_CHECK(p.size() == param_specs().size(), "linear attention mixer: bind got ", p.size(), " parameters, expected ",
+               param_specs().size());
+    core_.bind(p.subspan(0, n));
+    if (o_.decay == la::Decay::learned) decay_logit_ = p[n];
+    if (o_.decay == la::Decay::data) w_gate_ = p[n], gate_bias_ = p[n + 1];
+  }
+
+  void begin_step(int64_t step) override { draw_ = o_.redraw_every > 0 ? step / o_.redraw_every : 0; }
+
+  Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
+    LCTX_CHECK(in.x.device().is_cpu(), "linear attention mixer: x ", in.x.str(),
+               " is a CUDA tensor; the linear attention kernels run on the CPU so far");
+    LCTX_CHECK(!in.doc_ids.defined(), "linear attention mixer: packed documents (data.documents) are not supported: ",
+               "the recurrent state would run across document starts");
+    if (pass != Pass::recompute) saved = std::make_unique<LinearAttentionSaved>();
+    auto& s = static_cast<LinearAttentionSaved&>(*saved);
+    core_.qkv_forward(s.qkv, in);
+    if (pass != Pass::recompute) s.key_stabiliser = key_stabiliser(s.qkv.k);
+    s.fq = la::feature_map_forward(s.qkv.q, feature_map(s.qkv.q.dtype()));
+    s.fk = la::feature_map_forward(s.qkv.k, feature_map(s.qkv.k.dtype()), s.key_stabiliser);
+    decay_forward(s, in.x);
+    if (pass != Pass::recompute) {
+      s.o = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.heads, o_.core.shape.head_dim}, in.x.dtype());
+      s.scan = dist::recurrent_forward(mesh_.sp(), layout_, segment_kernel(s, nullptr));
+    }
+    s.y = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.dim}, in.x.dtype());
+    core_.out_forward(s.y, s.o);
+    Tensor y = s.y;
+    if (pass == Pass::checkpoint) {  // keep o, the scan and the key stabiliser
+      s.qkv = {};
+      s.fq = s.fk = s.gate = s.log_decay = s.y = Tensor();
+    }
+    return y;
+  }
+
+  void backward(Tensor& dx, const Tensor& dy, const Tokens& in, Saved& saved) override {
+    auto& s = static_cast<LinearAttentionSaved&>(saved);
+    Tensor d_o = Tensor::empty(s.o.shape(), s.o.dtype());
+    core_.out_backward(d_o, dy, s.o);
+    Grads g{Tensor::zeros(s.fq.shape(), s.fq.dtype()), Tensor::zeros(s.fk.shape(), s.fk.dtype()),
+            Tensor::zeros(s.qkv.v.shape(), s.qkv.v.dtype()),
+            s.log_decay.defined() ? Tensor::zeros(s.log_decay.shape(), s.log_decay.dtype()) : Tensor(), d_o};
+    dist::recurrent_backward(mesh_.sp(), layout_, segment_kernel(s, &g), s.scan);
+    Tensor dq = la::feature_map_backward(s.qkv.q, g.dfq, feature_map(s.qkv.q.dtype()));
+    Tensor dk = la::feature_map_backward(s.qkv.k, g.dfk, feature_map(s.qkv.k.dtype()), s.key_stabiliser);
+    core_.qkv_backward(dx, s.qkv, dq, dk, g.dv, in);
+    decay_backward(dx, s, g.d_log_decay, in.x);
+  }
+
+  double flops_per_token(int64_t seq_len) const override {
+    const HeadShape& s = o_.core.shape;
+    const double dk = static_cast<double>(o_.feature == la::FeatureKind::favor ? o_.features : s.head_dim);
+    const double dv = static_cast<double>(s.head_dim + (o_.normalize == la::Normalize::on ? 1 : 0));
+    const double chunk = static_cast<double>(std::min(o_.chunk, seq_len));
+    // Per head and token: the state update and read (2 dk dv each) and the chunk's quadratic
+    // part (chunk (dk + dv)); FAVOR+ projects q and k rows (2 m hd each); x3 for the backward.
+    double f = 3.0 * static_cast<double>(s.heads) * (4.0 * dk * dv + chunk * (dk + dv));
+    if (o_.feature == la::FeatureKind::favor)
+      f += 6.0 * static_cast<double>(s.heads + s.kv_heads) * dk * static_cast<double>(s.head_dim);
+    if (o_.decay == la::Decay::data) f += 6.0 * static_cast<double>(s.heads * (s.dim + 1));
+    return core_.flops_per_token() + f;
+  }
+
+ private:
+  // Gradients the segments' backward calls add into (whole local sequence).
+  struct Grads {
+    Tensor dfq, dfk, dv, d_log_decay;
+    Tensor d_o;  // the outputs' gradient they read
+  };
+
+  la::FeatureMap feature_map(DType dtype) {
+    la::FeatureMap fm;
+    fm.kind = o_.feature;
+    if (o_.feature != la::FeatureKind::favor) return fm;
+    if (!projection_.defined() || projection_.dtype() != wide_dtype(dtype) || projection_draw_ != draw_) {
+      projection_ = la::favor_projection(o_.core.shape.head_dim, favor_draw_seed(o_.seed, draw_), o_.features,
+                                         wide_dtype(dtype));
+      projection_draw_ = draw_;
+    }
+    fm.projection = projection_;
+    return fm;
+  }
+
+  // FAVOR+: the keys' stabiliser, one max over the whole sequence (all sp ranks).
+  Tensor key_stabiliser(const Tensor& k) {
+    if (o_.feature != la::FeatureKind::favor) return Tensor();
+    Tensor c = la::favor_key_stabiliser(k, feature_map(k.dtype()));
+    mesh_.sp().all_reduce(c, dist::ReduceOp::max);
+    return c;
+  }
+
+  // s.log_decay (and s.gate) for the configured decay.
+  void decay_forward(LinearAttentionSaved& s, const Tensor& x) {
+    const int64_t H = o_.core.shape.heads;
+    switch (o_.decay) {
+      case la::Decay::none: return;
+      case la::Decay::fixed: {
+        std::vector<double> v;
+        for (int64_t h = 0; h < H; ++h) v.push_back(retention_log_decay(h));
+        s.log_decay = Tensor::from_vector({H}, v, wide_dtype(x.dtype()));
+        return;
+      }
+      case la::Decay::learned: s.log_decay = log_sigmoid(decay_logit_.compute); return;
+      case la::Decay::data:
+        s.gate = Tensor::empty({x.size(0), x.size(1), H}, x.dtype());
+        ops::linear_forward(s.gate, x, w_gate_.compute, gate_bias_.compute);
+        s.log_decay = log_sigmoid(s.gate);
+        return;
+    }
+  }
+
+  // Adds the decay's input gradient into dx and writes its parameters' gradients.
+  void decay_backward(Tensor& dx, const LinearAttentionSaved& s, const Tensor& d_log_decay, const Tensor& x) {
+    if (o_.decay == la::Decay::learned)
+      decay_logit_.grad.copy_from(log_sigmoid_backward(decay_logit_.compute, d_log_decay, decay_logit_.grad.dtype()));
+    if (o_.decay != la::Decay::data) return;
+    const Tensor dgate = log_sigmoid_backward(s.gate, d_log_decay, x.dtype());
+    Tensor dxg = Tensor::empty(x.shape(), x.dtype());
+    ops::linear_backward(dxg, w_gate_.grad, gate_bias_.grad, dgate, x, w_gate_.compute, GradMode::overwrite);
+    dx.add_from(dxg);
+  }
+
+  // The kernel on one segment (rows [local_begin, +length) of this rank's tokens). With `g`,
+  // its backward adds into g; states are [B, H, Dk, Dv (+1)] viewed as the scan's [B, H, m].
+  dist::SegmentKernel segment_kernel(LinearAttentionSaved& s, Grads* g) const {
+    const auto rows = [](const Tensor& t, const dist::Segment& seg) {
+      return t.slice(1, seg.local_begin, seg.local_begin + seg.length);
+    };
+    const auto inputs = [&s, rows, this](const dist::Segment& seg, const Tensor& state0) {
+      la::LinearAttnInputs in;
+      in.q = rows(s.fq, seg), in.k = rows(s.fk, seg), in.v = rows(s.qkv.v, seg);
+      if (s.log_decay.defined()) in.log_decay = o_.decay == la::Decay::data ? rows(s.log_decay, seg) : s.log_decay;
+      if (state0.defined()) in.state0 = state0.view(state_shape(s));
+      return in;
+    };
+    const auto flat = [](const Tensor& state) { return state.view({state.size(0), state.size(1), -1}); };
+    dist::SegmentKernel k;
+    k.forward = [&s, inputs, rows, flat, this](const dist::Segment& seg, const Tensor& state0) {
+      const la::LinearAttnOutput r = la::linear_attn_forward(inputs(seg, state0), kernel_);
+      rows(s.o, seg).copy_from(r.o);
+      return flat(r.final_state);
+    };
+    k.decay = [&s, this](const dist::Segment& seg) { return segment_decay(s, seg); };
+    k.backward = [&s, g, inputs, rows, flat, this](const dist::Segment& seg, const Tensor& state0, const Tensor& d_final,
+                                               bool outputs) {
+      const la::LinearAttnInputs in = inputs(seg, state0);
+      const Tensor dout = outputs ? rows(g->d_o, seg) : Tensor::zeros(rows(g->d_o, seg).shape(), g->d_o.dtype());
+      const Tensor dfin = d_final.defined() ? d_final.view(state_shape(s)) : Tensor();
+      const la::LinearAttnGrads r = la::linear_attn_backward(in, dout, dfin, kernel_);
+      rows(g->dfq, seg).add_from(r.dq);
+      rows(g->dfk, seg).add_from(r.dk);
+      rows(g->dv, seg).add_from(r.dv);
+      if (o_.decay == la::Decay::data) rows(g->d_log_decay, seg).add_from(r.d_log_decay);
+      if (o_.decay == la::Decay::learned) g->d_log_decay.add_from(r.d_log_decay);
+      return flat(r.d_state0);
+    };
+    return k;
+  }
+
+  Shape state_shape(const LinearAttentionSaved& s) const {
+    return {s.fq.size(0), o_.core.shape.heads, s.fq.size(3), state_cols()};
+  }
+  int64_t state_cols() const { return o_.core.shape.head_dim + (o_.normalize == la::Normalize::on ? 1 : 0); }
+
+  // a [B, H] of a segment: exp of the sum of its log-decays (ones without decay).
+  Tensor segment_decay(const LinearAttentionSaved& s, const dist::Segment& seg) const {
+    const int64_t B = s.fq.size(0), H = o_.core.shape.heads;
+    const DType dt = wide_dtype(s.fq.dtype());
+    std::vector<double> a(static_cast<size_t>(B * H), 1.0);
+    if (o_.decay == la::Decay::fixed || o_.decay == la::Decay::learned) {
+      const std::vector<double> ld = s.log_decay.to_vector();
+      for (int64_t i = 0; i < B * H; ++i) a[i] = std::exp(static_cast<double>(seg.length) * ld[i % H]);
+    } else if (o_.decay == la::Decay::data) {
+      const std::vector<double> ld = s.log_decay.slice(1, seg.local_begin, seg.local_begin + seg.length).to_vector();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h) {
+          double sum = 0;
+          for (int64_t t = 0; t < seg.length; ++t) sum += ld[(b * seg.length + t) * H + h];
+          a[b * H + h] = std::exp(sum);
+        }
+    }
+    return Tensor::from_vector({B, H}, a, dt);
+  }
+
+  LinearAttentionOptions o_;
+  AttentionCore core_;
+  dist::Mesh& mesh_;
+  const dist::Layout& layout_;
+  la::LinearAttnOptions kernel_;
+  Param decay_logit_, w_gate_, gate_bias_;
+  int64_t draw_ = 0;             // FAVOR+ draw number (begin_step)
+  Tensor projection_;            // FAVOR+ W of draw projection_draw_
+  int64_t projection_draw_ = -1;
+};
+
+}  // namespace
+
+std::unique_ptr<Mixer> make_linear_attention_mixer(const LinearAttentionOptions& o, dist::Mesh& mesh,
+                                                   const dist::Layout& layout) {
+  return std::make_unique<LinearAttentionMixer>(o, mesh, layout);
+}
+
+}  // namespace lctx::mixers

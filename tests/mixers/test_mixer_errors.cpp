@@ -1,0 +1,93 @@
+// The linear-time kinds under bad configs (each error names the key and what was expected), and
+// the Performer's redraw schedule as a function of the step (what makes resume exact).
+#include <gtest/gtest.h>
+
+#include <mutex>
+
+#include "dist/dist_test.h"
+#include "mixers/conformance.h"
+#include "mixers/linformer.h"
+
+using namespace lctx;
+using namespace lctx::test;
+
+namespace {
+
+void expect_config_error(const std::vector<std::string>& overrides, const std::vector<std::string>& needles) {
+  try {
+    train::parse_config("", overrides);
+    ADD_FAILURE() << "accepted: " << overrides.back();
+  } catch (const Error& e) {
+    for (const std::string& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+  }
+}
+
+TEST(MixerErrors, CausalLinformerNamesTheKey) {
+  expect_config_error({"model.mixers=linformer"}, {"mixer.linformer.bidirectional", "causal"});
+  expect_config_error({"model.mixers=[softmax, linformer]"}, {"mixer.linformer.bidirectional"});
+  EXPECT_NO_THROW(train::parse_config("", {"model.mixers=linformer", "mixer.linformer.bidirectional=true"}));
+}
+
+TEST(MixerErrors, PackedDocumentsRefusedByRecurrentKinds) {
+  for (const char* kind : {"linear", "performer", "linformer"})
+    expect_config_error({std::string("model.mixers=") + kind, "mixer.linformer.bidirectional=true",
+                         "data.documents=fixed", "data.document_len=64"},
+                        {"data.documents", kind});
+}
+
+TEST(MixerErrors, LinearOptions) {
+  expect_config_error({"model.mixers=linear", "mixer.linear.feature_map=softplus"}, {"mixer.linear.feature_map", "elu"});
+  expect_config_error({"model.mixers=linear", "mixer.linear.decay=sometimes"}, {"mixer.linear.decay"});
+  expect_config_error({"model.mixers=linear", "mixer.linear.feature_map=identity"},
+                      {"mixer.linear.normalize", "identity"});
+  expect_config_error({"model.mixers=linear", "model.position=alibi"}, {"model.position", "linear"});
+  expect_config_error({"model.mixers=performer", "train.device=cuda"}, {"train.device", "performer"});
+}
+
+TEST(MixerErrors, LinformerSequenceAboveN) {
+  dist::run_simulated(1, [](dist::Comm& comm) {
+    dist::Mesh mesh(comm, {});
+    const dist::Layout layout(dist::LayoutKind::zigzag, 64, 1, 1);
+    mixers::LinformerMixerOptions o;
+    o.core.shape = {16, 4, 2, 4};
+    o.rows = 8;
+    o.max_len = 32;
+    try {
+      mixers::make_linformer_mixer(o, mesh, layout);
+      ADD_FAILURE() << "a 64-token layout with n = 32 was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("n = 32"), std::string::npos) << e.what();
+    }
+  });
+}
+
+// y of a performer mixer after begin_step(step), on one rank.
+std::vector<double> performer_y(const std::vector<int64_t>& steps) {
+  const KindCase c{"performer", "performer", {"mixer.performer.features=16", "mixer.performer.redraw_every=3"}};
+  const MixerShape s;
+  const train::Config cfg = case_config(c, s, 1, 1, "zigzag");
+  std::vector<double> y;
+  dist::run_simulated(1, [&](dist::Comm& comm) {
+    dist::Mesh mesh(comm, {});
+    const dist::Layout layout(dist::LayoutKind::zigzag, s.seq, 1, 1);
+    auto b = build(cfg, mesh, layout, Device::cpu(), DType::f64, DType::f64);
+    for (int64_t st : steps) b->mixer->begin_step(st);
+    mixers::Tokens in = rank_tokens(cfg, layout, 0, s.batch, Device::cpu());
+    in.x = random_tokens(s, 1);
+    std::unique_ptr<mixers::Saved> saved;
+    y = b->mixer->forward(in, saved, mixers::Pass::train).to_vector();
+  });
+  return y;
+}
+
+// The random features depend on the step only through step / redraw_every: a run resumed at
+// step 5 (begin_step(5) on a fresh mixer) computes what the uninterrupted run does at step 5.
+TEST(Performer, RedrawIsAFunctionOfTheStep) {
+  const std::vector<double> resumed = performer_y({5}), straight = performer_y({0, 1, 2, 3, 4, 5});
+  EXPECT_EQ(resumed, straight);
+  EXPECT_EQ(performer_y({3}), resumed);   // same draw (3 / 3 == 5 / 3)
+  EXPECT_NE(performer_y({2}), resumed);   // the draw before
+  EXPECT_NE(performer_y({6}), resumed);   // the next draw
+}
+
+}  // namespace
