@@ -54,6 +54,35 @@ class Training : public ::testing::Test {
     return run_training(c, h);
   }
 
+  // Runs 6 steps with a checkpoint at 3, then a new instance resumed from it: steps 4..6 and
+  // the final parameters and optimizer state must be bitwise those of the uninterrupted run.
+  void expect_exact_resume(const std::vector<std::string>& extra) {
+    std::vector<std::string> a = extra, b = extra;
+    a.push_back("checkpoint.every=3");
+    const RunResult full = run(config("a", a));
+    ASSERT_EQ(full.train.size(), 6u);
+    const std::string ckpt = dir_ + "/a/checkpoints/step-00000003.h5";
+    ASSERT_TRUE(fs::exists(ckpt));
+    b.push_back("checkpoint.resume=" + ckpt);
+    const RunResult resumed = run(config("b", b));
+    EXPECT_EQ(resumed.start_step, 3);
+    EXPECT_EQ(resumed.resumed_from, ckpt);
+    ASSERT_EQ(resumed.train.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(resumed.train[i].step, full.train[3 + i].step);
+      EXPECT_EQ(resumed.train[i].loss, full.train[3 + i].loss) << "step " << resumed.train[i].step;
+      EXPECT_EQ(resumed.train[i].grad_norm, full.train[3 + i].grad_norm);
+    }
+    const CheckpointState ca = load_checkpoint(dir_ + "/a/checkpoints/step-00000006.h5");
+    const CheckpointState cb = load_checkpoint(dir_ + "/b/checkpoints/step-00000006.h5");
+    ASSERT_EQ(ca.params.size(), cb.params.size());
+    for (size_t i = 0; i < ca.params.size(); ++i) {
+      EXPECT_EQ(ca.params[i].second.to_vector(), cb.params[i].second.to_vector()) << ca.params[i].first;
+      EXPECT_EQ(ca.adam_v[i].second.to_vector(), cb.adam_v[i].second.to_vector()) << ca.params[i].first;
+    }
+    EXPECT_EQ(ca.data_consumed_samples, cb.data_consumed_samples);
+  }
+
   std::string dir_;
 };
 
@@ -63,30 +92,20 @@ std::vector<double> losses(const RunResult& r) {
   return l;
 }
 
-TEST_F(Training, ExactResumeIsBitwise) {
-  const RunResult full = run(config("a", {"checkpoint.every=3"}));
-  ASSERT_EQ(full.train.size(), 6u);
-  const std::string ckpt = dir_ + "/a/checkpoints/step-00000003.h5";
-  ASSERT_TRUE(fs::exists(ckpt));
-  // A new instance resumes from step 3 and runs steps 4..6.
-  const RunResult resumed = run(config("b", {"checkpoint.resume=" + ckpt}));
-  EXPECT_EQ(resumed.start_step, 3);
-  EXPECT_EQ(resumed.resumed_from, ckpt);
-  ASSERT_EQ(resumed.train.size(), 3u);
-  for (size_t i = 0; i < 3; ++i) {
-    EXPECT_EQ(resumed.train[i].step, full.train[3 + i].step);
-    EXPECT_EQ(resumed.train[i].loss, full.train[3 + i].loss) << "step " << resumed.train[i].step;
-    EXPECT_EQ(resumed.train[i].grad_norm, full.train[3 + i].grad_norm);
-  }
-  // The final checkpoints hold identical parameters and optimizer state.
-  const CheckpointState a = load_checkpoint(dir_ + "/a/checkpoints/step-00000006.h5");
-  const CheckpointState b = load_checkpoint(dir_ + "/b/checkpoints/step-00000006.h5");
-  ASSERT_EQ(a.params.size(), b.params.size());
-  for (size_t i = 0; i < a.params.size(); ++i) {
-    EXPECT_EQ(a.params[i].second.to_vector(), b.params[i].second.to_vector()) << a.params[i].first;
-    EXPECT_EQ(a.adam_v[i].second.to_vector(), b.adam_v[i].second.to_vector()) << a.params[i].first;
-  }
-  EXPECT_EQ(a.data_consumed_samples, b.data_consumed_samples);
+TEST_F(Training, ExactResumeIsBitwise) { expect_exact_resume({}); }
+
+// Performer features redrawn every 2 steps (at 2, 4, 6): the resumed run draws the same ones.
+TEST_F(Training, ExactResumeRedrawsPerformerFeatures) {
+  const std::vector<std::string> performer = {"model.mixers=performer", "mixer.performer.features=8"};
+  std::vector<std::string> redraw = performer;
+  redraw.push_back("mixer.performer.redraw_every=2");
+  expect_exact_resume(redraw);
+  // The redraws happen: steps 1-2 (draw 0) match a run that never redraws, step 3 (draw 1) not.
+  const RunResult once = run(config("c", performer));
+  const RunResult full = run(config("d", redraw));
+  EXPECT_EQ(full.train[0].loss, once.train[0].loss);
+  EXPECT_EQ(full.train[1].loss, once.train[1].loss);
+  EXPECT_NE(full.train[2].loss, once.train[2].loss);
 }
 
 TEST_F(Training, ResumeOnOtherLayouts) {
