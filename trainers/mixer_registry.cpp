@@ -4,6 +4,10 @@
 #include "dist/mesh.h"
 #include "mixers/linear_attention.h"
 #include "mixers/linformer.h"
+#include "mixers/mamba.h"
+#include "mixers/mamba2.h"
+#include "ssm/causal_conv1d.h"
+#include "ssm/selective_scan_params.h"
 #include "mixers/softmax.h"
 
 namespace lctx::train {
@@ -306,10 +310,130 @@ MixerKind linformer_kind() {
   return k;
 }
 
+// ---- mamba ----------------------------------------------------------------------------------
+
+// The conv width and expansion options the Mamba kinds share.
+MixerOption conv_option(std::string doc) {
+  return {.name = "d_conv", .value = int64_t{4}, .doc = std::move(doc), .lo = 2, .hi = ssm::kMaxConvWidth, .shapes_model = true};
+}
+MixerOption expand_option() {
+  return {.name = "expand", .value = int64_t{2}, .doc = "d_inner = expand x model.dim", .lo = 1, .hi = 64, .shapes_model = true};
+}
+
+std::unique_ptr<mixers::Mixer> make_mamba(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
+  mixers::MambaOptions o;
+  o.dim = c.model.dim;
+  o.d_state = c.mixer_option<int64_t>("mamba", "d_state");
+  o.d_conv = c.mixer_option<int64_t>("mamba", "d_conv");
+  o.expand = c.mixer_option<int64_t>("mamba", "expand");
+  o.dt_rank = c.mixer_option<int64_t>("mamba", "dt_rank");
+  return mixers::make_mamba_mixer(o, mesh, layout);
+}
+
+MixerKind mamba_kind() {
+  MixerKind k;
+  k.name = "mamba";
+  k.doc = "Mamba-1 selective state-space layer (in_proj, causal depthwise conv + SiLU, input-dependent dt, B, C, "
+          "selective scan with D skip and SiLU(z) gate, out_proj; sequence parallel through a conv halo and a state "
+          "scan on any layout); CPU only so far";
+  k.options = {
+      {.name = "d_state",
+       .value = int64_t{16},
+       .doc = "states N per inner channel (the state is d_inner x d_state per sequence)",
+       .lo = 1,
+       .hi = ssm::kMaxStateCpu,
+       .shapes_model = true},
+      conv_option("width of the causal depthwise conv (its d_conv - 1 rows of history cross rank boundaries as a halo)"),
+      expand_option(),
+      {.name = "dt_rank",
+       .value = int64_t{0},
+       .doc = "rank of the dt projection (x_proj -> dt_rank -> d_inner); 0 = ceil(model.dim / 16)",
+       .lo = 0,
+       .hi = 1 << 20,
+       .shapes_model = true},
+  };
+  k.documents = false;
+  k.cuda = false;
+  k.validate = [](const Config&) {};
+  k.make = make_mamba;
+  k.test_variants = {
+      {"mixer.mamba.d_state=5", "mixer.mamba.d_conv=3", "mixer.mamba.expand=1", "mixer.mamba.dt_rank=3"},
+      {"mixer.mamba.d_conv=8"},
+  };
+  return k;
+}
+
+// ---- mamba2 ---------------------------------------------------------------------------------
+
+void validate_mamba2(const Config& c) {
+  const int64_t d_inner = c.mixer_option<int64_t>("mamba2", "expand") * c.model.dim;
+  const int64_t P = c.mixer_option<int64_t>("mamba2", "head_dim"), G = c.mixer_option<int64_t>("mamba2", "groups");
+  LCTX_CHECK(d_inner % P == 0, "config: mixer.mamba2.head_dim (", P, ") must divide d_inner = mixer.mamba2.expand x ",
+             "model.dim = ", d_inner);
+  LCTX_CHECK((d_inner / P) % G == 0, "config: mixer.mamba2.groups (", G, ") must divide the heads d_inner / ",
+             "mixer.mamba2.head_dim = ", d_inner / P);
+}
+
+std::unique_ptr<mixers::Mixer> make_mamba2(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
+  mixers::Mamba2Options o;
+  o.dim = c.model.dim;
+  o.d_state = c.mixer_option<int64_t>("mamba2", "d_state");
+  o.d_conv = c.mixer_option<int64_t>("mamba2", "d_conv");
+  o.expand = c.mixer_option<int64_t>("mamba2", "expand");
+  o.head_dim = c.mixer_option<int64_t>("mamba2", "head_dim");
+  o.groups = c.mixer_option<int64_t>("mamba2", "groups");
+  o.chunk = c.mixer_option<int64_t>("mamba2", "chunk");
+  o.norm_eps = c.model.norm_eps;
+  return mixers::make_mamba2_mixer(o, mesh, layout);
+}
+
+MixerKind mamba2_kind() {
+  MixerKind k;
+  k.name = "mamba2";
+  k.doc = "Mamba-2 (SSD) layer: in_proj to z, x, B, C (G groups), dt per head; causal depthwise conv + SiLU over "
+          "x, B, C; SSD with a scalar decay per head and D skip (chunked linear attention); gated RMSNorm over "
+          "d_inner; out_proj; sequence parallel as mamba; CPU only so far";
+  k.options = {
+      {.name = "d_state",
+       .value = int64_t{128},
+       .doc = "states N per head (the state is N x head_dim per head)",
+       .lo = 1,
+       .hi = 1 << 16,
+       .shapes_model = true},
+      conv_option("width of the causal depthwise conv over x, B and C (its d_conv - 1 rows of history cross rank "
+                  "boundaries as a halo)"),
+      expand_option(),
+      {.name = "head_dim",
+       .value = int64_t{64},
+       .doc = "channels P per head (heads = d_inner / head_dim; must divide d_inner)",
+       .lo = 1,
+       .hi = 1 << 16,
+       .shapes_model = true},
+      {.name = "groups",
+       .value = int64_t{1},
+       .doc = "groups G of B and C, each shared by heads / G heads (must divide the heads)",
+       .lo = 1,
+       .hi = 1 << 16,
+       .shapes_model = true},
+      chunk_option(),
+  };
+  k.documents = false;
+  k.cuda = false;
+  k.validate = validate_mamba2;
+  k.make = make_mamba2;
+  k.test_base = {"mixer.mamba2.head_dim=8", "mixer.mamba2.d_state=8"};
+  k.test_variants = {
+      {"mixer.mamba2.groups=2", "mixer.mamba2.head_dim=4", "mixer.mamba2.d_state=3", "mixer.mamba2.chunk=5",
+       "mixer.mamba2.d_conv=8"},
+  };
+  return k;
+}
+
 }  // namespace
 
 const std::vector<MixerKind>& mixer_kinds() {
-  static const std::vector<MixerKind> kinds = {softmax_kind(), linear_kind(), performer_kind(), linformer_kind()};
+  static const std::vector<MixerKind> kinds = {softmax_kind(),  linear_kind(), performer_kind(),
+                                               linformer_kind(), mamba_kind(),  mamba2_kind()};
   return kinds;
 }
 

@@ -1,4 +1,4 @@
-// The linear-time kinds under bad configs (each error names the key and what was expected), and
+// The linear-time and Mamba kinds under bad configs (each error names the key and what was expected), and
 // the Performer's redraw schedule as a function of the step (what makes resume exact).
 #include <gtest/gtest.h>
 
@@ -29,7 +29,7 @@ TEST(MixerErrors, CausalLinformerNamesTheKey) {
 }
 
 TEST(MixerErrors, PackedDocumentsRefusedByRecurrentKinds) {
-  for (const char* kind : {"linear", "performer", "linformer"})
+  for (const char* kind : {"linear", "performer", "linformer", "mamba", "mamba2"})
     expect_config_error({std::string("model.mixers=") + kind, "mixer.linformer.bidirectional=true",
                          "data.documents=fixed", "data.document_len=64"},
                         {"data.documents", kind});
@@ -42,6 +42,16 @@ TEST(MixerErrors, LinearOptions) {
                       {"mixer.linear.normalize", "identity"});
   expect_config_error({"model.mixers=linear", "model.position=alibi"}, {"model.position", "linear"});
   expect_config_error({"model.mixers=performer", "train.device=cuda"}, {"train.device", "performer"});
+}
+
+TEST(MixerErrors, MambaOptions) {
+  expect_config_error({"model.mixers=mamba", "mixer.mamba.d_conv=1"}, {"mixer.mamba.d_conv"});
+  expect_config_error({"model.mixers=mamba", "mixer.mamba.d_state=300"}, {"mixer.mamba.d_state"});
+  expect_config_error({"model.mixers=[softmax, mamba]", "train.device=cuda"}, {"train.device", "mamba"});
+  expect_config_error({"model.mixers=mamba2", "model.dim=16", "mixer.mamba2.head_dim=12"},
+                      {"mixer.mamba2.head_dim", "d_inner = mixer.mamba2.expand x model.dim = 32"});
+  expect_config_error({"model.mixers=mamba2", "model.dim=16", "mixer.mamba2.head_dim=8", "mixer.mamba2.groups=3"},
+                      {"mixer.mamba2.groups", "heads"});
 }
 
 TEST(MixerErrors, LinformerSequenceAboveN) {

@@ -1,0 +1,125 @@
+#include "mixers/mamba_parts.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/rng.h"
+#include "dist/halo.h"
+#include "ops/linear.h"
+#include "ssm/causal_conv1d.h"
+#include "ssm/ssm_math.h"
+
+namespace lctx::mixers::mamba {
+
+namespace {
+
+// The Mamba paper's dt range.
+constexpr double kDtMin = 1e-3, kDtMax = 1e-1, kDtFloor = 1e-4;
+
+}  // namespace
+
+void init_dt_bias(Tensor& master, const InitContext& ctx) {
+  rng_uniform(master, ctx.seed, ctx.offset, std::log(kDtMin), std::log(kDtMax));
+  std::vector<double> v = master.to_vector();
+  for (double& x : v) {
+    const double dt = std::max(std::exp(x), kDtFloor);
+    x = dt + std::log(-std::expm1(-dt));
+  }
+  master.copy_from(Tensor::from_vector(master.shape(), v, master.dtype()));
+}
+
+ParamSpec uniform_spec(std::string name, Shape shape, double bound, Decay decay) {
+  return {.name = std::move(name),
+          .shape = std::move(shape),
+          .decay = decay,
+          .init = Init::custom,
+          .custom = [bound](Tensor& m, const InitContext& c) { rng_uniform(m, c.seed, c.offset, -bound, bound); }};
+}
+
+Tensor project(const Tensor& x, const Param& w, int64_t begin, int64_t n) {
+  Shape shape = x.shape();
+  shape.back() = n;
+  Tensor y = Tensor::empty(shape, x.dtype(), x.device());
+  ops::linear_forward(y, x, w.compute.slice(0, begin, begin + n), Tensor());
+  return y;
+}
+
+void project_backward(Tensor& dx, const Param& w, int64_t begin, int64_t n, const Tensor& dy, const Tensor& x) {
+  Tensor dxp = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor dw = w.grad.slice(0, begin, begin + n), no_bias;
+  ops::linear_backward(dxp, dw, no_bias, dy, x, w.compute.slice(0, begin, begin + n), GradMode::overwrite);
+  dx.add_from(dxp);
+}
+
+Tensor rows(const Tensor& t, const dist::Segment& seg) { return t.slice(1, seg.local_begin, seg.local_begin + seg.length); }
+
+Tensor zeros_like(const Tensor& t) { return t.defined() ? Tensor::zeros(t.shape(), t.dtype()) : Tensor(); }
+
+Tensor negative_exp(const Tensor& a_log) {
+  std::vector<double> v = a_log.to_vector();
+  for (double& x : v) x = -std::exp(x);
+  return Tensor::from_vector(a_log.shape(), v, a_log.dtype());
+}
+
+Tensor a_log_grad(const Tensor& dA, const Tensor& A, DType grad_dtype) {
+  std::vector<double> g = dA.to_vector();
+  const std::vector<double> a = A.to_vector();
+  for (size_t i = 0; i < g.size(); ++i) g[i] *= a[i];
+  return Tensor::from_vector(dA.shape(), g, grad_dtype);
+}
+
+Tensor segment_decay(const Tensor& dt_raw, const Tensor& dt_bias, const Tensor& A, const dist::Segment& seg) {
+  const int64_t batch = dt_raw.size(0), K = A.size(0), M = A.dim() == 2 ? A.size(1) : 1, T = seg.length;
+  const std::vector<double> dt = rows(dt_raw, seg).to_vector(), bias = dt_bias.to_vector(), a = A.to_vector();
+  std::vector<double> out(static_cast<size_t>(batch * K * M));
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t k = 0; k < K; ++k) {
+      double sum = 0;
+      for (int64_t t = 0; t < T; ++t) sum += ssm::detail::softplus(dt[(b * T + t) * K + k] + bias[k]);
+      for (int64_t m = 0; m < M; ++m) out[(b * K + k) * M + m] = std::exp(a[k * M + m] * sum);
+    }
+  return Tensor::from_vector({batch, K * M}, out, wide_dtype(dt_raw.dtype()));
+}
+
+std::vector<Tensor> SegmentConv::halo(const Tensor& x) const { return dist::halo_forward(sp_, layout_, x, width_ - 1); }
+
+namespace {
+
+ssm::ConvInputs conv_inputs(const Tensor& x, const Tensor& halo, const Param& weight, const Param& bias,
+                            const dist::Segment& seg) {
+  return {.x = rows(x, seg).contiguous(), .weight = weight.compute, .bias = bias.compute, .history = halo};
+}
+
+const ssm::ConvOptions kSilu{.activation = ssm::Activation::silu};
+
+}  // namespace
+
+Tensor SegmentConv::forward(const Tensor& x, std::span<const Tensor> halo, const Param& weight, const Param& bias) const {
+  Tensor u = Tensor::empty(x.shape(), x.dtype());
+  const std::vector<dist::Segment> segs = layout_.segments(sp_.rank());
+  for (size_t i = 0; i < segs.size(); ++i)
+    rows(u, segs[i]).copy_from(ssm::causal_conv1d_forward(conv_inputs(x, halo[i], weight, bias, segs[i]), kSilu));
+  return u;
+}
+
+Tensor SegmentConv::backward(const Tensor& x, std::span<const Tensor> halo, const Tensor& du, const Param& weight,
+                             const Param& bias) const {
+  Tensor dx = Tensor::zeros(x.shape(), x.dtype());
+  Tensor dw = weight.grad, db = bias.grad;
+  dw.zero();
+  db.zero();
+  const std::vector<dist::Segment> segs = layout_.segments(sp_.rank());
+  std::vector<Tensor> d_halo;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    const ssm::ConvGrads g = ssm::causal_conv1d_backward(conv_inputs(x, halo[i], weight, bias, segs[i]),
+                                                         rows(du, segs[i]).contiguous(), kSilu);
+    rows(dx, segs[i]).add_from(g.dx);
+    dw.add_from(g.dweight);
+    db.add_from(g.dbias);
+    d_halo.push_back(g.d_history);
+  }
+  dist::halo_backward(sp_, layout_, d_halo, dx);
+  return dx;
+}
+
+}  // namespace lctx::mixers::mamba

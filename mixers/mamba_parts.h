@@ -1,0 +1,87 @@
+// The pieces the Mamba kinds (`mamba`, `mamba2`) share, so each kind's forward and backward read
+// as the layer's math: the Mamba-paper inits, projections onto row blocks of one weight (the
+// parts of in_proj / x_proj), the causal depthwise conv over this rank's segments with its
+// history halo (dist/halo.h), and a segment's decay product for dist/recurrent_sp.h.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dist/layout.h"
+#include "mixers/param.h"
+
+namespace lctx::dist {
+class Comm;
+}  // namespace lctx::dist
+
+namespace lctx::mixers::mamba {
+
+// dt = exp(U(log 1e-3, log 1e-1)) (at least 1e-4), stored as its inverse softplus (dt_bias).
+void init_dt_bias(Tensor& master, const InitContext& ctx);
+
+// A parameter drawn from U(-bound, bound) (PyTorch's conv default, Mamba's dt_proj).
+ParamSpec uniform_spec(std::string name, Shape shape, double bound, Decay decay);
+
+// x W[rows]^T for W's rows [begin, begin + n).
+Tensor project(const Tensor& x, const Param& w, int64_t begin, int64_t n);
+// Its backward: overwrites the gradient of those rows of W and adds dL/dx into dx.
+void project_backward(Tensor& dx, const Param& w, int64_t begin, int64_t n, const Tensor& dy, const Tensor& x);
+
+// The rows of t [B, L, ...] of one segment (a strided view).
+Tensor rows(const Tensor& t, const dist::Segment& seg);
+
+// A = -exp(A_log), and dL/dA_log = dL/dA * A in the gradient's dtype `grad_dtype`.
+Tensor negative_exp(const Tensor& a_log);
+Tensor a_log_grad(const Tensor& dA, const Tensor& A, DType grad_dtype);
+
+// a [B, K * M] of one segment for A [K, M] (or [K]: M = 1) and dt_raw [B, L, K]:
+// a[b, k, m] = exp(A[k, m] * sum over the segment's tokens of softplus(dt_raw + dt_bias[k])),
+// in wide_dtype(dt_raw).
+Tensor segment_decay(const Tensor& dt_raw, const Tensor& dt_bias, const Tensor& A, const dist::Segment& seg);
+
+// The gradients a layer's per-segment scan backward calls add into (whole local sequence: the
+// scan's inputs x, dt, B, C and gate z, its parameters A, D, dt_bias), and the gradient of the
+// scan's outputs they read. Works for lib/ssm's ScanGrads (selective scan) and SsdGrads (no z).
+struct ScanGradSums {
+  Tensor dx, d_dt, dB, dC, dz;  // like the layer's x, dt, B, C, z (dz undefined without a gate)
+  Tensor dA, dD, d_dt_bias;
+  Tensor dy;
+
+  // Adds one segment's kernel gradients `r` (its dB, dC contiguous, viewed as this layer's).
+  template <class KernelGrads>
+  void add(const KernelGrads& r, const dist::Segment& seg) {
+    rows(dx, seg).add_from(r.dx.view(rows(dx, seg).shape()));
+    rows(d_dt, seg).add_from(r.d_dt);
+    rows(dB, seg).add_from(r.dB.view(rows(dB, seg).shape()));
+    rows(dC, seg).add_from(r.dC.view(rows(dC, seg).shape()));
+    if constexpr (requires { r.dz; }) rows(dz, seg).add_from(r.dz);
+    dA.add_from(r.dA);
+    dD.add_from(r.dD);
+    d_dt_bias.add_from(r.d_dt_bias);
+  }
+};
+
+// Zeros like each of these tensors (undefined where t is).
+Tensor zeros_like(const Tensor& t);
+
+// Causal depthwise conv + SiLU over this rank's segments, each from the width - 1 rows before
+// it, wherever they live. x [B, L, C] in f32/f64 (CPU).
+class SegmentConv {
+ public:
+  SegmentConv(dist::Comm& sp, const dist::Layout& layout, int64_t width) : sp_(sp), layout_(layout), width_(width) {}
+  // Per local segment, the rows before it (collective over sp).
+  std::vector<Tensor> halo(const Tensor& x) const;
+  Tensor forward(const Tensor& x, std::span<const Tensor> halo, const Param& weight, const Param& bias) const;
+  // dL/dx from dL/du; overwrites the gradients of weight and bias. Collective over sp (the
+  // history rows' gradients go back to their owners).
+  Tensor backward(const Tensor& x, std::span<const Tensor> halo, const Tensor& du, const Param& weight,
+                  const Param& bias) const;
+
+ private:
+  dist::Comm& sp_;
+  const dist::Layout& layout_;
+  int64_t width_;
+};
+
+}  // namespace lctx::mixers::mamba
