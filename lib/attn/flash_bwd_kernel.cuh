@@ -176,8 +176,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     if (masked || p.has_alibi()) {
 #pragma unroll
       for (int mt = 0; mt < MQ; ++mt) {
-        const MaskRows m = mask_rows(p, b, h, m0 + wq + 16 * mt + lane / 4, p.has_docs());
-        if (masked) apply_mask<4>(s[mt], p, b, m, n0 + wk + 2 * (lane % 4), scale_log2, p.has_docs());
+        const MaskRows m = mask_rows(p, b, h, m0 + wq + 16 * mt + lane / 4);
+        if (masked) apply_mask<4>(s[mt], p, b, m, n0 + wk + 2 * (lane % 4), scale_log2);
         else apply_bias<4>(s[mt], p, m, n0 + wk + 2 * (lane % 4), scale_log2);
       }
       mult = 1.f;

@@ -106,8 +106,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
     if (t < u_lo || t >= u_hi || !raw_max) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        const MaskRows m = mask_rows(p, b, h, m0 + wr + 16 * mt + lane / 4, p.has_docs());
-        if (t < u_lo || t >= u_hi) apply_mask<NT>(s[mt], p, b, m, n0 + 2 * (lane % 4), scale_log2, p.has_docs());
+        const MaskRows m = mask_rows(p, b, h, m0 + wr + 16 * mt + lane / 4);
+        if (t < u_lo || t >= u_hi) apply_mask<NT>(s[mt], p, b, m, n0 + 2 * (lane % 4), scale_log2);
         else apply_bias<NT>(s[mt], p, m, n0 + 2 * (lane % 4), scale_log2);
       }
       mult = 1.f;

@@ -17,11 +17,12 @@ struct MaskRows {
   float alibi_log2;     // slope * log2e (when p.has_alibi())
 };
 
-__device__ __forceinline__ MaskRows mask_rows(const FlashParams& p, int64_t b, int h, int64_t row_a, bool docs) {
+__device__ __forceinline__ MaskRows mask_rows(const FlashParams& p, int64_t b, int h, int64_t row_a) {
   MaskRows m;
   m.row[0] = row_a;
   m.row[1] = row_a + 8;
-  for (int r = 0; r < 2; ++r) m.doc[r] = docs && m.row[r] < p.seqlen_q ? p.q_doc_ids[b * p.q_doc_stride + m.row[r]] : 0;
+  for (int r = 0; r < 2; ++r)
+    m.doc[r] = p.q_doc_ids && m.row[r] < p.seqlen_q ? p.q_doc_ids[b * p.q_doc_stride + m.row[r]] : 0;
   m.alibi_log2 = p.alibi_slopes ? p.alibi_slopes[h] * kLog2e : 0.f;
   return m;
 }
@@ -30,10 +31,9 @@ __device__ __forceinline__ MaskRows mask_rows(const FlashParams& p, int64_t b, i
 // The position rules are evaluated on d = qpos - kpos relative to the fragment's first
 // element, in 32-bit (the bounds are clamped to a range wider than one fragment), to keep
 // the masked path light on registers next to the kernels' accumulators.
-// docs: compare document ids (false on tiles whose queries and keys all lie in one document).
 template <int NT>
 __device__ __forceinline__ void apply_mask(float (&s)[NT][4], const FlashParams& p, int64_t b, const MaskRows& m,
-                                           int64_t col0, float scale_log2, bool docs) {
+                                           int64_t col0, float scale_log2) {
   constexpr int64_t kBig = int64_t(1) << 40;
   constexpr int kClamp = 8 * NT + 64;
   // visible iff lo <= d <= hi, d = d0 + 8 (e / 2) - 8 j - (e & 1)
@@ -52,12 +52,12 @@ __device__ __forceinline__ void apply_mask(float (&s)[NT][4], const FlashParams&
       const int dc = 8 * j + c;
       const bool col_ok = dc < col_lim;
       int32_t kdoc = 0;
-      if (docs && col_ok) kdoc = p.k_doc_ids[b * p.k_doc_stride + col0 + dc];
+      if (p.k_doc_ids && col_ok) kdoc = p.k_doc_ids[b * p.k_doc_stride + col0 + dc];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int off = 8 * r - dc;
         bool vis = row_ok[r] && col_ok && off >= lo_r && off <= hi_r;
-        if (docs) vis = vis && kdoc == m.doc[r];
+        if (p.k_doc_ids) vis = vis && kdoc == m.doc[r];
         float x = s[j][2 * r + c] * scale_log2;
         if (p.alibi_slopes) x -= m.alibi_log2 * fabsf(d0f + static_cast<float>(off));
         s[j][2 * r + c] = vis ? x : -CUDART_INF_F;
