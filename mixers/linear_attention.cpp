@@ -3,8 +3,10 @@
 #include <cmath>
 
 #include "dist/mesh.h"
-#include "ops/activation.h"
 #include "ops/linear.h"
+#include "ops/log_sigmoid.h"
+#include "ops/residual.h"
+#include "ssm/segment_decay.h"
 
 namespace lctx::mixers {
 
@@ -20,28 +22,15 @@ namespace {
 // log lambda_h = log(1 - 2^(-5-h)): retention's per-head schedule (RetNet, Lightning).
 double retention_log_decay(int64_t h) { return std::log1p(-std::exp2(-5.0 - static_cast<double>(h))); }
 
-// y = log sigmoid(x) elementwise (wide dtype out), and dx = dy * sigmoid(-x).
-template <class T>
-void log_sigmoid_loop(const T* x, T* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = -std::log1p(std::exp(-std::abs(x[i]))) + std::min(x[i], T(0));
-}
+// y = log sigmoid(x) (wide dtype), and dL/dx in `dtype` from x and dL/dy (wide dtype).
 Tensor log_sigmoid(const Tensor& x) {
-  const Tensor xw = x.to(wide_dtype(x.dtype())).contiguous();
-  Tensor y = Tensor::empty(xw.shape(), xw.dtype());
-  if (xw.dtype() == DType::f64) log_sigmoid_loop(xw.data<double>(), y.data<double>(), y.numel());
-  else log_sigmoid_loop(xw.data<float>(), y.data<float>(), y.numel());
+  Tensor y = Tensor::empty(x.shape(), wide_dtype(x.dtype()), x.device());
+  ops::log_sigmoid_forward(y, x);
   return y;
 }
-template <class T>
-void log_sigmoid_grad_loop(const T* x, const T* dy, T* dx, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * ops::detail::sigmoid(-x[i]);
-}
-// dL/dx in `dtype` from x and dL/dy (wide dtype).
 Tensor log_sigmoid_backward(const Tensor& x, const Tensor& dy, DType dtype) {
-  const Tensor xw = x.to(dy.dtype()).contiguous(), dyc = dy.contiguous();
-  Tensor dx = Tensor::empty(xw.shape(), xw.dtype());
-  if (xw.dtype() == DType::f64) log_sigmoid_grad_loop(xw.data<double>(), dyc.data<double>(), dx.data<double>(), dx.numel());
-  else log_sigmoid_grad_loop(xw.data<float>(), dyc.data<float>(), dx.data<float>(), dx.numel());
+  Tensor dx = Tensor::empty(x.shape(), wide_dtype(x.dtype()), x.device());
+  ops::log_sigmoid_backward(dx, dy.contiguous(), x);
   return dx.to(dtype);
 }
 
@@ -95,22 +84,21 @@ class LinearAttentionMixer final : public Mixer {
   void begin_step(int64_t step) override { draw_ = o_.redraw_every > 0 ? step / o_.redraw_every : 0; }
 
   Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
-    LCTX_CHECK(in.x.device().is_cpu(), "linear attention mixer: x ", in.x.str(),
-               " is a CUDA tensor; the linear attention kernels run on the CPU so far");
     LCTX_CHECK(!in.doc_ids.defined(), "linear attention mixer: packed documents (data.documents) are not supported: ",
                "the recurrent state would run across document starts");
     if (pass != Pass::recompute) saved = std::make_unique<LinearAttentionSaved>();
     auto& s = static_cast<LinearAttentionSaved&>(*saved);
     core_.qkv_forward(s.qkv, in);
     if (pass != Pass::recompute) s.key_stabiliser = key_stabiliser(s.qkv.k);
-    s.fq = la::feature_map_forward(s.qkv.q, feature_map(s.qkv.q.dtype()));
-    s.fk = la::feature_map_forward(s.qkv.k, feature_map(s.qkv.k.dtype()), s.key_stabiliser);
+    s.fq = la::feature_map_forward(s.qkv.q, feature_map(s.qkv.q));
+    s.fk = la::feature_map_forward(s.qkv.k, feature_map(s.qkv.k), s.key_stabiliser);
     decay_forward(s, in.x);
     if (pass != Pass::recompute) {
-      s.o = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.heads, o_.core.shape.head_dim}, in.x.dtype());
+      s.o = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.heads, o_.core.shape.head_dim}, in.x.dtype(),
+                          in.x.device());
       s.scan = dist::recurrent_forward(mesh_.sp(), layout_, segment_kernel(s, nullptr));
     }
-    s.y = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.dim}, in.x.dtype());
+    s.y = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.dim}, in.x.dtype(), in.x.device());
     core_.out_forward(s.y, s.o);
     Tensor y = s.y;
     if (pass == Pass::checkpoint) {  // keep o, the scan and the key stabiliser
@@ -122,15 +110,16 @@ class LinearAttentionMixer final : public Mixer {
 
   void backward(Tensor& dx, const Tensor& dy, const Tokens& in, Saved& saved) override {
     auto& s = static_cast<LinearAttentionSaved&>(saved);
-    Tensor d_o = Tensor::empty(s.o.shape(), s.o.dtype());
+    Tensor d_o = Tensor::empty(s.o.shape(), s.o.dtype(), s.o.device());
     core_.out_backward(d_o, dy, s.o);
-    Grads g{Tensor::zeros(s.fq.shape(), s.fq.dtype()), Tensor::zeros(s.fk.shape(), s.fk.dtype()),
-            Tensor::zeros(s.qkv.v.shape(), s.qkv.v.dtype()),
-            s.log_decay.defined() ? Tensor::zeros(s.log_decay.shape(), s.log_decay.dtype()) : Tensor(), d_o};
+    // Wide accumulators (Tensor::add_from's destinations are f32/f64), narrowed once summed.
+    const auto zeros = [](const Tensor& t) { return Tensor::zeros(t.shape(), wide_dtype(t.dtype()), t.device()); };
+    Grads g{zeros(s.fq), zeros(s.fk), zeros(s.qkv.v), s.log_decay.defined() ? zeros(s.log_decay) : Tensor(), d_o};
     dist::recurrent_backward(mesh_.sp(), layout_, segment_kernel(s, &g), s.scan);
-    Tensor dq = la::feature_map_backward(s.qkv.q, g.dfq, feature_map(s.qkv.q.dtype()));
-    Tensor dk = la::feature_map_backward(s.qkv.k, g.dfk, feature_map(s.qkv.k.dtype()), s.key_stabiliser);
-    core_.qkv_backward(dx, s.qkv, dq, dk, g.dv, in);
+    Tensor dq = la::feature_map_backward(s.qkv.q, g.dfq.to(s.fq.dtype()), feature_map(s.qkv.q));
+    Tensor dk = la::feature_map_backward(s.qkv.k, g.dfk.to(s.fk.dtype()), feature_map(s.qkv.k), s.key_stabiliser);
+    Tensor dv = g.dv.to(s.qkv.v.dtype());
+    core_.qkv_backward(dx, s.qkv, dq, dk, dv, in);
     decay_backward(dx, s, g.d_log_decay, in.x);
   }
 
@@ -155,13 +144,16 @@ class LinearAttentionMixer final : public Mixer {
     Tensor d_o;  // the outputs' gradient they read
   };
 
-  la::FeatureMap feature_map(DType dtype) {
+  // The map for q or k `x` (FAVOR+: W of the current draw in x's wide dtype, on x's device).
+  la::FeatureMap feature_map(const Tensor& x) {
     la::FeatureMap fm;
     fm.kind = o_.feature;
     if (o_.feature != la::FeatureKind::favor) return fm;
-    if (!projection_.defined() || projection_.dtype() != wide_dtype(dtype) || projection_draw_ != draw_) {
-      projection_ = la::favor_projection(o_.core.shape.head_dim, favor_draw_seed(o_.seed, draw_), o_.features,
-                                         wide_dtype(dtype));
+    const DType wide = wide_dtype(x.dtype());
+    if (!projection_.defined() || projection_.dtype() != wide || projection_.device() != x.device() ||
+        projection_draw_ != draw_) {
+      projection_ = la::favor_projection(o_.core.shape.head_dim, favor_draw_seed(o_.seed, draw_), o_.features, wide)
+                        .to(x.device());
       projection_draw_ = draw_;
     }
     fm.projection = projection_;
@@ -171,7 +163,7 @@ class LinearAttentionMixer final : public Mixer {
   // FAVOR+: the keys' stabiliser, one max over the whole sequence (all sp ranks).
   Tensor key_stabiliser(const Tensor& k) {
     if (o_.feature != la::FeatureKind::favor) return Tensor();
-    Tensor c = la::favor_key_stabiliser(k, feature_map(k.dtype()));
+    Tensor c = la::favor_key_stabiliser(k, feature_map(k));
     mesh_.sp().all_reduce(c, dist::ReduceOp::max);
     return c;
   }
@@ -184,12 +176,12 @@ class LinearAttentionMixer final : public Mixer {
       case la::Decay::fixed: {
         std::vector<double> v;
         for (int64_t h = 0; h < H; ++h) v.push_back(retention_log_decay(h));
-        s.log_decay = Tensor::from_vector({H}, v, wide_dtype(x.dtype()));
+        s.log_decay = Tensor::from_vector({H}, v, wide_dtype(x.dtype())).to(x.device());
         return;
       }
       case la::Decay::learned: s.log_decay = log_sigmoid(decay_logit_.compute); return;
       case la::Decay::data:
-        s.gate = Tensor::empty({x.size(0), x.size(1), H}, x.dtype());
+        s.gate = Tensor::empty({x.size(0), x.size(1), H}, x.dtype(), x.device());
         ops::linear_forward(s.gate, x, w_gate_.compute, gate_bias_.compute);
         s.log_decay = log_sigmoid(s.gate);
         return;
@@ -202,9 +194,9 @@ class LinearAttentionMixer final : public Mixer {
       decay_logit_.grad.copy_from(log_sigmoid_backward(decay_logit_.compute, d_log_decay, decay_logit_.grad.dtype()));
     if (o_.decay != la::Decay::data) return;
     const Tensor dgate = log_sigmoid_backward(s.gate, d_log_decay, x.dtype());
-    Tensor dxg = Tensor::empty(x.shape(), x.dtype());
+    Tensor dxg = Tensor::empty(x.shape(), x.dtype(), x.device());
     ops::linear_backward(dxg, w_gate_.grad, gate_bias_.grad, dgate, x, w_gate_.compute, GradMode::overwrite);
-    dx.add_from(dxg);
+    ops::residual_forward(dx, dx, dxg);  // dx += dxg in x's dtype
   }
 
   // The kernel on one segment (rows [local_begin, +length) of this rank's tokens). With `g`,
@@ -231,7 +223,8 @@ class LinearAttentionMixer final : public Mixer {
     k.backward = [&s, g, inputs, rows, flat, this](const dist::Segment& seg, const Tensor& state0, const Tensor& d_final,
                                                bool outputs) {
       const la::LinearAttnInputs in = inputs(seg, state0);
-      const Tensor dout = outputs ? rows(g->d_o, seg) : Tensor::zeros(rows(g->d_o, seg).shape(), g->d_o.dtype());
+      const Tensor dout =
+          outputs ? rows(g->d_o, seg) : Tensor::zeros(rows(g->d_o, seg).shape(), g->d_o.dtype(), g->d_o.device());
       const Tensor dfin = d_final.defined() ? d_final.view(state_shape(s)) : Tensor();
       const la::LinearAttnGrads r = la::linear_attn_backward(in, dout, dfin, kernel_);
       rows(g->dfq, seg).add_from(r.dq);
@@ -253,20 +246,18 @@ class LinearAttentionMixer final : public Mixer {
   Tensor segment_decay(const LinearAttentionSaved& s, const dist::Segment& seg) const {
     const int64_t B = s.fq.size(0), H = o_.core.shape.heads;
     const DType dt = wide_dtype(s.fq.dtype());
-    std::vector<double> a(static_cast<size_t>(B * H), 1.0);
-    if (o_.decay == la::Decay::fixed || o_.decay == la::Decay::learned) {
-      const std::vector<double> ld = s.log_decay.to_vector();
-      for (int64_t i = 0; i < B * H; ++i) a[i] = std::exp(static_cast<double>(seg.length) * ld[i % H]);
-    } else if (o_.decay == la::Decay::data) {
-      const std::vector<double> ld = s.log_decay.slice(1, seg.local_begin, seg.local_begin + seg.length).to_vector();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t h = 0; h < H; ++h) {
-          double sum = 0;
-          for (int64_t t = 0; t < seg.length; ++t) sum += ld[(b * seg.length + t) * H + h];
-          a[b * H + h] = std::exp(sum);
-        }
+    const Device dev = s.fq.device();
+    switch (o_.decay) {
+      case la::Decay::none: return Tensor::full({B, H}, 1.0, dt, dev);
+      case la::Decay::fixed:
+      case la::Decay::learned:  // exp(length * log_decay[h])
+        return ssm::segment_decay(Tensor::full({B, 1, H}, static_cast<double>(seg.length), dt, dev), Tensor(),
+                                  s.log_decay, ssm::Softplus::off);
+      case la::Decay::data:
+        return ssm::segment_decay(s.log_decay.slice(1, seg.local_begin, seg.local_begin + seg.length), Tensor(),
+                                  Tensor::full({H}, 1.0, dt, dev), ssm::Softplus::off);
     }
-    return Tensor::from_vector({B, H}, a, dt);
+    LCTX_FAIL("linear attention mixer: unknown decay");
   }
 
   LinearAttentionOptions o_;

@@ -11,7 +11,8 @@
 // degree: the sp ranks' segments are scanned in global order, no all-to-all).
 // Pass::checkpoint keeps the attention output and the scan's small states; the kernel's
 // backward recomputes its chunk states, so Pass::recompute only redoes q/k/v, phi and decays.
-// CPU only for now (the kernels have no CUDA path yet): a CUDA tensor is an error.
+// Every piece runs on the tensors' device; on CUDA the recurrence needs linear_attn's kernel
+// (its own error says so until then).
 // Packed documents are refused: the state would run across document starts.
 #pragma once
 #include <memory>

@@ -43,7 +43,6 @@ class LinformerMixer final : public Mixer {
   }
 
   Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
-    LCTX_CHECK(in.x.device().is_cpu(), "linformer mixer: x ", in.x.str(), " is a CUDA tensor; Linformer runs on the CPU so far");
     LCTX_CHECK(!in.doc_ids.defined(), "linformer mixer: packed documents (data.documents) are not supported: every ",
                "projected row mixes the whole sequence");
     if (pass != Pass::recompute) saved = std::make_unique<LinformerSaved>();
@@ -56,7 +55,7 @@ class LinformerMixer final : public Mixer {
       s.o = r.o;
       s.lse = r.lse;
     }
-    s.y = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.dim}, in.x.dtype());
+    s.y = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.dim}, in.x.dtype(), in.x.device());
     core_.out_forward(s.y, s.o);
     Tensor y = s.y;
     if (pass == Pass::checkpoint) {  // keep o, lse, K~, V~
@@ -68,7 +67,7 @@ class LinformerMixer final : public Mixer {
 
   void backward(Tensor& dx, const Tensor& dy, const Tokens& in, Saved& saved) override {
     auto& s = static_cast<LinformerSaved&>(saved);
-    Tensor d_o = Tensor::empty(s.o.shape(), s.o.dtype());
+    Tensor d_o = Tensor::empty(s.o.shape(), s.o.dtype(), s.o.device());
     core_.out_backward(d_o, dy, s.o);
     attn::FlashGrads g = attn::flash_backward(s.qkv.q, s.kp, s.vp, s.o, s.lse, d_o, flash_options());
     Tensor dk = project_backward(e_, s.qkv.k, g.dk), dv = project_backward(f_, s.qkv.v, g.dv);
@@ -91,20 +90,22 @@ class LinformerMixer final : public Mixer {
     return f;
   }
 
-  // x~ = sum over the sp group of P[:, positions] x: [B, k, H, hd].
+  // x~ = sum over the sp group of P[:, positions] x: [B, k, H, hd] (summed in the wide dtype).
   Tensor project(const Param& p, const Tensor& x) const {
-    Tensor out = Tensor::zeros({x.size(0), o_.rows, x.size(2), x.size(3)}, x.dtype());
+    Tensor out = Tensor::zeros({x.size(0), o_.rows, x.size(2), x.size(3)}, wide_dtype(x.dtype()), x.device());
     for (const dist::Segment& g : layout_.segments(mesh_.sp().rank()))
       out.add_from(la::linformer_project(columns(p.compute, g), rows(x, g)));
     mesh_.sp().all_reduce(out, dist::ReduceOp::sum);
-    return out;
+    return out.to(x.dtype());
   }
 
   // dx from this rank's d(x~) (summed over the sp group first); writes p's gradient (its
   // columns at this rank's positions, zeros elsewhere).
-  Tensor project_backward(Param& p, const Tensor& x, Tensor& dxp) const {
-    mesh_.sp().all_reduce(dxp, dist::ReduceOp::sum);
-    Tensor dx = Tensor::empty(x.shape(), x.dtype());
+  Tensor project_backward(Param& p, const Tensor& x, const Tensor& dxp_local) const {
+    Tensor sum = dxp_local.to(wide_dtype(dxp_local.dtype()));  // summed in the wide dtype
+    mesh_.sp().all_reduce(sum, dist::ReduceOp::sum);
+    const Tensor dxp = sum.to(x.dtype());
+    Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
     p.grad.zero();
     for (const dist::Segment& g : layout_.segments(mesh_.sp().rank())) {
       const la::LinformerProjectGrads r = la::linformer_project_backward(columns(p.compute, g), rows(x, g), dxp);

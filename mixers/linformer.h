@@ -8,7 +8,8 @@
 // global positions (Layout::segments, any layout and Ulysses degree); the projected K~, V~ are
 // all-reduced over the sp group, and in the backward their gradients are, after which dK, dV, dE,
 // dF are local (E and F gradients: each rank its own columns, summed over ranks by the trainer).
-// Pass::checkpoint keeps o, its log-sum-exp and the small K~, V~. CPU only for now.
+// Pass::checkpoint keeps o, its log-sum-exp and the small K~, V~. CPU (f32/f64) and CUDA
+// (bf16/f16; attn::flash's head dims).
 #pragma once
 #include <memory>
 

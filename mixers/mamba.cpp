@@ -66,7 +66,6 @@ class MambaMixer final : public Mixer {
   }
 
   Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
-    LCTX_CHECK(in.x.device().is_cpu(), "mamba mixer: x ", in.x.str(), " is a CUDA tensor; the ssm kernels run on the CPU so far");
     LCTX_CHECK(!in.doc_ids.defined(), "mamba mixer: packed documents (data.documents) are not supported: ",
                "the conv and the state would run across document starts");
     if (pass != Pass::recompute) saved = std::make_unique<MambaSaved>();
@@ -81,7 +80,7 @@ class MambaMixer final : public Mixer {
     s.dt = project(s.dt_low, dt_proj_, 0, di_);
     s.A = negative_exp(a_log_.compute);
     if (pass != Pass::recompute) {
-      s.y = Tensor::empty(s.u.shape(), s.u.dtype());
+      s.y = Tensor::empty(s.u.shape(), s.u.dtype(), s.u.device());
       s.scan = dist::recurrent_forward(mesh_.sp(), layout_, segment_kernel(s, nullptr));
     }
     s.out = project(s.y, out_proj_, 0, o_.dim);
@@ -93,23 +92,27 @@ class MambaMixer final : public Mixer {
 
   void backward(Tensor& dx, const Tensor& dy, const Tokens& in, Saved& saved) override {
     auto& s = static_cast<MambaSaved&>(saved);
+    const DType dt = in.x.dtype();  // of the activations; the accumulators are wide (f32 on GPUs)
     ScanGradSums g = zero_scan_grads(s);
-    project_backward(g.dy, out_proj_, 0, o_.dim, dy, s.y);
+    Tensor dyw = wide_zeros_like(s.y);
+    project_backward(dyw, out_proj_, 0, o_.dim, dy, s.y);
+    g.dy = dyw.to(dt);
     dist::recurrent_backward(mesh_.sp(), layout_, segment_kernel(s, &g), s.scan);
     a_log_.grad.copy_from(a_log_grad(g.dA, s.A, a_log_.grad.dtype()));
     d_.grad.copy_from(g.dD);
     dt_bias_.grad.copy_from(g.d_dt_bias);
 
-    Tensor d_dt_low = Tensor::zeros(s.dt_low.shape(), s.dt_low.dtype());
-    project_backward(d_dt_low, dt_proj_, 0, di_, g.d_dt, s.dt_low);
-    project_backward(g.dx, x_proj_, 0, rank_, d_dt_low, s.u);
-    project_backward(g.dx, x_proj_, rank_, o_.d_state, g.dB, s.u);
-    project_backward(g.dx, x_proj_, rank_ + o_.d_state, o_.d_state, g.dC, s.u);
+    Tensor d_dt_low = wide_zeros_like(s.dt_low);
+    project_backward(d_dt_low, dt_proj_, 0, di_, g.d_dt.to(dt), s.dt_low);
+    project_backward(g.dx, x_proj_, 0, rank_, d_dt_low.to(dt), s.u);
+    project_backward(g.dx, x_proj_, rank_, o_.d_state, g.dB.to(dt), s.u);
+    project_backward(g.dx, x_proj_, rank_ + o_.d_state, o_.d_state, g.dC.to(dt), s.u);
 
-    const Tensor d_x_in = conv_.backward(s.x_in, s.halo, g.dx, conv_w_, conv_b_);
-    dx.zero();
-    project_backward(dx, in_proj_, 0, di_, d_x_in, in.x);
-    project_backward(dx, in_proj_, di_, di_, g.dz, in.x);
+    const Tensor d_x_in = conv_.backward(s.x_in, s.halo, g.dx.to(dt), conv_w_, conv_b_);
+    Tensor dxw = wide_zeros_like(in.x);
+    project_backward(dxw, in_proj_, 0, di_, d_x_in, in.x);
+    project_backward(dxw, in_proj_, di_, di_, g.dz.to(dt), in.x);
+    dx.copy_from(dxw);
   }
 
   double flops_per_token(int64_t seq_len) const override {
@@ -124,8 +127,9 @@ class MambaMixer final : public Mixer {
 
  private:
   ScanGradSums zero_scan_grads(const MambaSaved& s) const {
-    return {zeros_like(s.u), zeros_like(s.dt), zeros_like(s.B), zeros_like(s.C), zeros_like(s.z),
-            zeros_like(s.A), zeros_like(d_.compute), zeros_like(dt_bias_.compute), zeros_like(s.y)};
+    return {wide_zeros_like(s.u), wide_zeros_like(s.dt), wide_zeros_like(s.B),
+            wide_zeros_like(s.C), wide_zeros_like(s.z),  wide_zeros_like(s.A),
+            wide_zeros_like(d_.compute), wide_zeros_like(dt_bias_.compute), Tensor()};
   }
 
   // The scan on one segment; states [B, d_inner, d_state] viewed as the scan's [B, d_inner * d_state, 1].
@@ -139,9 +143,9 @@ class MambaMixer final : public Mixer {
       in.A = s.A;
       in.B = rows(s.B, seg).contiguous().view({batch, T, 1, N});
       in.C = rows(s.C, seg).contiguous().view({batch, T, 1, N});
-      in.D = d_.compute;
+      in.D = wide(d_.compute);
       in.z = rows(s.z, seg).contiguous();
-      in.dt_bias = dt_bias_.compute;
+      in.dt_bias = wide(dt_bias_.compute);
       if (state0.defined()) in.state0 = state0.view({batch, di_, N});
       return in;
     };
@@ -152,11 +156,14 @@ class MambaMixer final : public Mixer {
       rows(s.y, seg).copy_from(r.y);
       return flat(r.final_state);
     };
-    k.decay = [&s, this](const dist::Segment& seg) { return segment_decay(s.dt, dt_bias_.compute, s.A, seg); };
+    k.decay = [&s, this](const dist::Segment& seg) {
+      return segment_decay(s.dt, wide(dt_bias_.compute), s.A, seg);
+    };
     k.backward = [g, inputs, flat, batch, N, this](const dist::Segment& seg, const Tensor& state0, const Tensor& d_final,
                                                     bool outputs) {
       const ssm::ScanInputs in = inputs(seg, state0);
-      const Tensor dout = outputs ? rows(g->dy, seg).contiguous() : Tensor::zeros(in.x.shape(), in.x.dtype());
+      const Tensor dout =
+          outputs ? rows(g->dy, seg).contiguous() : Tensor::zeros(in.x.shape(), in.x.dtype(), in.x.device());
       const Tensor dfin = d_final.defined() ? d_final.view({batch, di_, N}) : Tensor();
       const ssm::ScanGrads r = ssm::selective_scan_backward(in, dout, dfin, scan_opts_);
       g->add(r, seg);

@@ -2,15 +2,16 @@
 //   [x_in, z] = in_proj(x);  u = silu(causal_conv1d(x_in))      (depthwise, width d_conv)
 //   [dt_low, B, C] = x_proj(u);  dt_raw = dt_proj(dt_low)         (bias: the scan's dt_bias)
 //   y = selective_scan(u, dt_raw, A = -exp(A_log), B, C, D, gate silu(z));  out = out_proj(y)
-// on lib/ssm's CPU kernels, with the Mamba paper's inits (A_log[d, n] = log(n + 1), dt
+// on lib/ssm's kernels, with the Mamba paper's inits (A_log[d, n] = log(n + 1), dt
 // log-uniform in [1e-3, 1e-1] through the inverse softplus into dt_bias, D = 1).
 // Sequence parallelism on any layout with no token permutation: the conv's d_conv - 1 rows of
 // history per segment come from whichever rank holds them (dist/halo.h; zeros before position
 // 0), and the scan's state [B, d_inner, d_state] passes between segments through
 // dist/recurrent_sp.h as (d_inner * d_state) rows of one value each (a = exp(A sum dt)).
 // Pass::checkpoint keeps the scan output, the halos and the scan's small states; Pass::recompute
-// redoes the projections and the conv (no communication). CPU only (the ssm kernels have no
-// CUDA path yet); packed documents are refused: the state would run across document starts.
+// redoes the projections and the conv (no communication). Every piece runs on the tensors'
+// device; on CUDA the conv and the selective scan need their kernels (their own errors say so
+// until then). Packed documents are refused: the state would run across document starts.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -67,7 +67,6 @@ class Mamba2Mixer final : public Mixer {
   }
 
   Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
-    LCTX_CHECK(in.x.device().is_cpu(), "mamba2 mixer: x ", in.x.str(), " is a CUDA tensor; the ssm kernels run on the CPU so far");
     LCTX_CHECK(!in.doc_ids.defined(), "mamba2 mixer: packed documents (data.documents) are not supported: ",
                "the conv and the state would run across document starts");
     if (pass != Pass::recompute) saved = std::make_unique<Mamba2Saved>();
@@ -83,17 +82,17 @@ class Mamba2Mixer final : public Mixer {
     s.C = u.slice(2, di_ + gn_, di_ + 2 * gn_).contiguous().view({batch, L, o_.groups, o_.d_state});
     s.A = negative_exp(a_log_.compute);
     if (pass != Pass::recompute) {
-      s.y = Tensor::empty(s.x.shape(), s.x.dtype());
+      s.y = Tensor::empty(s.x.shape(), s.x.dtype(), s.x.device());
       s.scan = dist::recurrent_forward(mesh_.sp(), layout_, segment_kernel(s, nullptr));
     }
-    s.zy = Tensor::empty({batch, L, 2 * di_}, in.x.dtype());
+    s.zy = Tensor::empty({batch, L, 2 * di_}, in.x.dtype(), in.x.device());
     s.zy.slice(2, 0, di_).copy_from(s.z);
     s.zy.slice(2, di_, 2 * di_).copy_from(s.y.view({batch, L, di_}));
-    s.g = Tensor::empty({batch, L, di_}, in.x.dtype());
+    s.g = Tensor::empty({batch, L, di_}, in.x.dtype(), in.x.device());
     ops::swiglu_forward(s.g, s.zy);
-    s.normed = Tensor::empty(s.g.shape(), s.g.dtype());
-    s.rstd = Tensor::empty({batch * L}, wide_dtype(s.g.dtype()));
-    ops::rmsnorm_forward(s.normed, s.rstd, s.g, norm_.compute, static_cast<float>(o_.norm_eps));
+    s.normed = Tensor::empty(s.g.shape(), s.g.dtype(), s.g.device());
+    s.rstd = Tensor::empty({batch * L * o_.groups}, wide_dtype(s.g.dtype()), s.g.device());
+    ops::rmsnorm_forward(s.normed, s.rstd, s.g, norm_.compute, static_cast<float>(o_.norm_eps), o_.groups);
     s.out = project(s.normed, out_proj_, 0, o_.dim);
     Tensor out = s.out;
     if (pass == Pass::checkpoint)  // keep y, the halos and the scan
@@ -104,11 +103,12 @@ class Mamba2Mixer final : public Mixer {
   void backward(Tensor& dx, const Tensor& dy, const Tokens& in, Saved& saved) override {
     auto& s = static_cast<Mamba2Saved&>(saved);
     const int64_t batch = in.x.size(0), L = in.x.size(1);
-    Tensor d_normed = Tensor::zeros(s.normed.shape(), s.normed.dtype());
+    const DType dt = in.x.dtype();  // of the activations; the accumulators are wide (f32 on GPUs)
+    Tensor d_normed = wide_zeros_like(s.normed);
     project_backward(d_normed, out_proj_, 0, o_.dim, dy, s.normed);
-    Tensor dg = Tensor::empty(s.g.shape(), s.g.dtype()), d_norm = norm_.grad;
-    ops::rmsnorm_backward(dg, d_norm, d_normed, s.g, norm_.compute, s.rstd, GradMode::overwrite);
-    Tensor dzy = Tensor::empty(s.zy.shape(), s.zy.dtype());
+    Tensor dg = Tensor::empty(s.g.shape(), s.g.dtype(), s.g.device()), d_norm = norm_.grad;
+    ops::rmsnorm_backward(dg, d_norm, d_normed.to(dt), s.g, norm_.compute, s.rstd, GradMode::overwrite, o_.groups);
+    Tensor dzy = Tensor::empty(s.zy.shape(), s.zy.dtype(), s.zy.device());
     ops::swiglu_backward(dzy, dg, s.zy);
 
     ScanGradSums g = zero_ssd_grads(s);
@@ -118,16 +118,17 @@ class Mamba2Mixer final : public Mixer {
     d_.grad.copy_from(g.dD);
     dt_bias_.grad.copy_from(g.d_dt_bias);
 
-    Tensor du = Tensor::empty({batch, L, di_ + 2 * gn_}, s.xbc.dtype());
+    Tensor du = Tensor::empty({batch, L, di_ + 2 * gn_}, s.xbc.dtype(), s.xbc.device());
     du.slice(2, 0, di_).copy_from(g.dx.view({batch, L, di_}));
     du.slice(2, di_, di_ + gn_).copy_from(g.dB.view({batch, L, gn_}));
     du.slice(2, di_ + gn_, di_ + 2 * gn_).copy_from(g.dC.view({batch, L, gn_}));
     const Tensor d_xbc = conv_.backward(s.xbc, s.halo, du, conv_w_, conv_b_);
 
-    dx.zero();
-    project_backward(dx, in_proj_, 0, di_, dzy.slice(2, 0, di_).contiguous(), in.x);
-    project_backward(dx, in_proj_, di_, di_ + 2 * gn_, d_xbc, in.x);
-    project_backward(dx, in_proj_, 2 * di_ + 2 * gn_, heads_, g.d_dt, in.x);
+    Tensor dxw = wide_zeros_like(in.x);
+    project_backward(dxw, in_proj_, 0, di_, dzy.slice(2, 0, di_).contiguous(), in.x);
+    project_backward(dxw, in_proj_, di_, di_ + 2 * gn_, d_xbc, in.x);
+    project_backward(dxw, in_proj_, 2 * di_ + 2 * gn_, heads_, g.d_dt.to(dt), in.x);
+    dx.copy_from(dxw);
   }
 
   double flops_per_token(int64_t seq_len) const override {
@@ -144,8 +145,9 @@ class Mamba2Mixer final : public Mixer {
 
  private:
   ScanGradSums zero_ssd_grads(const Mamba2Saved& s) const {
-    return {zeros_like(s.x), zeros_like(s.dt), zeros_like(s.B), zeros_like(s.C), Tensor(),
-            zeros_like(s.A), zeros_like(d_.compute), zeros_like(dt_bias_.compute), Tensor()};
+    return {wide_zeros_like(s.x), wide_zeros_like(s.dt), wide_zeros_like(s.B),
+            wide_zeros_like(s.C), Tensor(),              wide_zeros_like(s.A),
+            wide_zeros_like(d_.compute), wide_zeros_like(dt_bias_.compute), Tensor()};
   }
 
   // SSD on one segment; states [B, H, N, P] viewed as the scan's [B, H, N * P].
@@ -158,8 +160,8 @@ class Mamba2Mixer final : public Mixer {
       in.A = s.A;
       in.B = rows(s.B, seg).contiguous();
       in.C = rows(s.C, seg).contiguous();
-      in.D = d_.compute;
-      in.dt_bias = dt_bias_.compute;
+      in.D = wide(d_.compute);
+      in.dt_bias = wide(dt_bias_.compute);
       if (state0.defined()) in.state0 = state0.view(state_shape);
       return in;
     };
@@ -170,11 +172,14 @@ class Mamba2Mixer final : public Mixer {
       rows(s.y, seg).copy_from(r.y);
       return flat(r.final_state);
     };
-    k.decay = [&s, this](const dist::Segment& seg) { return segment_decay(s.dt, dt_bias_.compute, s.A, seg); };
+    k.decay = [&s, this](const dist::Segment& seg) {
+      return segment_decay(s.dt, wide(dt_bias_.compute), s.A, seg);
+    };
     k.backward = [g, inputs, flat, state_shape, this](const dist::Segment& seg, const Tensor& state0,
                                                       const Tensor& d_final, bool outputs) {
       const ssm::SsdInputs in = inputs(seg, state0);
-      const Tensor dout = outputs ? rows(g->dy, seg).contiguous() : Tensor::zeros(in.x.shape(), in.x.dtype());
+      const Tensor dout =
+          outputs ? rows(g->dy, seg).contiguous() : Tensor::zeros(in.x.shape(), in.x.dtype(), in.x.device());
       const Tensor dfin = d_final.defined() ? d_final.view(state_shape) : Tensor();
       const ssm::SsdGrads r = ssm::ssd_backward(in, dout, dfin, ssd_opts_);
       g->add(r, seg);

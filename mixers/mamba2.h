@@ -4,12 +4,13 @@
 //   out = out_proj(rmsnorm(g) * norm_weight)
 // on lib/ssm's SSD (chunked linear attention with a per-head, per-token decay), with
 // mamba_ssm's inits (A uniform in [1, 16], dt log-uniform in [1e-3, 1e-1] into dt_bias, D = 1).
-// The gated RMSNorm runs over the whole d_inner (mamba_ssm's with ngroups = 1; with more groups
-// it normalises each group's channels separately, lctx does not).
+// The gated RMSNorm normalises each of the G groups of d_inner / G channels on its own, as
+// mamba_ssm's RMSNormGated(group_size = d_inner / ngroups) (the whole d_inner when G = 1).
 // Sequence parallelism as `mamba` (mixers/mamba.h): the conv's history through dist/halo.h, the
 // state [B, H, N, P] through dist/recurrent_sp.h as H rows of N * P values (a = exp(A_h sum dt)).
-// Pass::checkpoint keeps the SSD output, the halos and the scan's small states. CPU only;
-// packed documents are refused.
+// Pass::checkpoint keeps the SSD output, the halos and the scan's small states. Every piece runs
+// on the tensors' device; on CUDA the conv and the SSD's linear attention need their kernels
+// (their own errors say so until then). Packed documents are refused.
 #pragma once
 #include <cstdint>
 #include <memory>

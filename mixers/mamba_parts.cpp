@@ -6,8 +6,9 @@
 #include "core/rng.h"
 #include "dist/halo.h"
 #include "ops/linear.h"
+#include "ops/negative_exp.h"
 #include "ssm/causal_conv1d.h"
-#include "ssm/ssm_math.h"
+#include "ssm/segment_decay.h"
 
 namespace lctx::mixers::mamba {
 
@@ -53,32 +54,26 @@ void project_backward(Tensor& dx, const Param& w, int64_t begin, int64_t n, cons
 
 Tensor rows(const Tensor& t, const dist::Segment& seg) { return t.slice(1, seg.local_begin, seg.local_begin + seg.length); }
 
-Tensor zeros_like(const Tensor& t) { return t.defined() ? Tensor::zeros(t.shape(), t.dtype()) : Tensor(); }
+Tensor wide_zeros_like(const Tensor& t) {
+  return t.defined() ? Tensor::zeros(t.shape(), wide_dtype(t.dtype()), t.device()) : Tensor();
+}
 
 Tensor negative_exp(const Tensor& a_log) {
-  std::vector<double> v = a_log.to_vector();
-  for (double& x : v) x = -std::exp(x);
-  return Tensor::from_vector(a_log.shape(), v, a_log.dtype());
+  Tensor A = Tensor::empty(a_log.shape(), wide_dtype(a_log.dtype()), a_log.device());
+  ops::negative_exp_forward(A, a_log);
+  return A;
 }
 
 Tensor a_log_grad(const Tensor& dA, const Tensor& A, DType grad_dtype) {
-  std::vector<double> g = dA.to_vector();
-  const std::vector<double> a = A.to_vector();
-  for (size_t i = 0; i < g.size(); ++i) g[i] *= a[i];
-  return Tensor::from_vector(dA.shape(), g, grad_dtype);
+  Tensor g = Tensor::empty(A.shape(), grad_dtype, A.device());
+  ops::negative_exp_backward(g, dA, A);
+  return g;
 }
 
+Tensor wide(const Tensor& t) { return t.defined() ? t.to(wide_dtype(t.dtype())) : Tensor(); }
+
 Tensor segment_decay(const Tensor& dt_raw, const Tensor& dt_bias, const Tensor& A, const dist::Segment& seg) {
-  const int64_t batch = dt_raw.size(0), K = A.size(0), M = A.dim() == 2 ? A.size(1) : 1, T = seg.length;
-  const std::vector<double> dt = rows(dt_raw, seg).to_vector(), bias = dt_bias.to_vector(), a = A.to_vector();
-  std::vector<double> out(static_cast<size_t>(batch * K * M));
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t k = 0; k < K; ++k) {
-      double sum = 0;
-      for (int64_t t = 0; t < T; ++t) sum += ssm::detail::softplus(dt[(b * T + t) * K + k] + bias[k]);
-      for (int64_t m = 0; m < M; ++m) out[(b * K + k) * M + m] = std::exp(a[k * M + m] * sum);
-    }
-  return Tensor::from_vector({batch, K * M}, out, wide_dtype(dt_raw.dtype()));
+  return ssm::segment_decay(rows(dt_raw, seg), dt_bias, A, ssm::Softplus::on);
 }
 
 std::vector<Tensor> SegmentConv::halo(const Tensor& x) const { return dist::halo_forward(sp_, layout_, x, width_ - 1); }
@@ -87,7 +82,7 @@ namespace {
 
 ssm::ConvInputs conv_inputs(const Tensor& x, const Tensor& halo, const Param& weight, const Param& bias,
                             const dist::Segment& seg) {
-  return {.x = rows(x, seg).contiguous(), .weight = weight.compute, .bias = bias.compute, .history = halo};
+  return {.x = rows(x, seg).contiguous(), .weight = wide(weight.compute), .bias = wide(bias.compute), .history = halo};
 }
 
 const ssm::ConvOptions kSilu{.activation = ssm::Activation::silu};
@@ -95,7 +90,7 @@ const ssm::ConvOptions kSilu{.activation = ssm::Activation::silu};
 }  // namespace
 
 Tensor SegmentConv::forward(const Tensor& x, std::span<const Tensor> halo, const Param& weight, const Param& bias) const {
-  Tensor u = Tensor::empty(x.shape(), x.dtype());
+  Tensor u = Tensor::empty(x.shape(), x.dtype(), x.device());
   const std::vector<dist::Segment> segs = layout_.segments(sp_.rank());
   for (size_t i = 0; i < segs.size(); ++i)
     rows(u, segs[i]).copy_from(ssm::causal_conv1d_forward(conv_inputs(x, halo[i], weight, bias, segs[i]), kSilu));
@@ -104,7 +99,7 @@ Tensor SegmentConv::forward(const Tensor& x, std::span<const Tensor> halo, const
 
 Tensor SegmentConv::backward(const Tensor& x, std::span<const Tensor> halo, const Tensor& du, const Param& weight,
                              const Param& bias) const {
-  Tensor dx = Tensor::zeros(x.shape(), x.dtype());
+  Tensor dx = wide_zeros_like(x);
   Tensor dw = weight.grad, db = bias.grad;
   dw.zero();
   db.zero();
@@ -119,7 +114,7 @@ Tensor SegmentConv::backward(const Tensor& x, std::span<const Tensor> halo, cons
     d_halo.push_back(g.d_history);
   }
   dist::halo_backward(sp_, layout_, d_halo, dx);
-  return dx;
+  return dx.to(x.dtype());
 }
 
 }  // namespace lctx::mixers::mamba

@@ -25,24 +25,31 @@ ParamSpec uniform_spec(std::string name, Shape shape, double bound, Decay decay)
 
 // x W[rows]^T for W's rows [begin, begin + n).
 Tensor project(const Tensor& x, const Param& w, int64_t begin, int64_t n);
-// Its backward: overwrites the gradient of those rows of W and adds dL/dx into dx.
+// Its backward: overwrites the gradient of those rows of W and adds dL/dx into dx, a wide
+// accumulator (wide_zeros_like(x): Tensor::add_from's destinations are f32/f64); dy in x's dtype.
 void project_backward(Tensor& dx, const Param& w, int64_t begin, int64_t n, const Tensor& dy, const Tensor& x);
 
 // The rows of t [B, L, ...] of one segment (a strided view).
 Tensor rows(const Tensor& t, const dist::Segment& seg);
 
-// A = -exp(A_log), and dL/dA_log = dL/dA * A in the gradient's dtype `grad_dtype`.
+// A = -exp(A_log) in wide_dtype(A_log), and dL/dA_log = dL/dA * A in `grad_dtype`
+// (ops/negative_exp.h).
 Tensor negative_exp(const Tensor& a_log);
 Tensor a_log_grad(const Tensor& dA, const Tensor& A, DType grad_dtype);
 
+// t in wide_dtype(t) (the scans take A, D, dt_bias wide; the compute copy of a parameter is
+// bf16 on GPUs); undefined stays undefined.
+Tensor wide(const Tensor& t);
+
 // a [B, K * M] of one segment for A [K, M] (or [K]: M = 1) and dt_raw [B, L, K]:
 // a[b, k, m] = exp(A[k, m] * sum over the segment's tokens of softplus(dt_raw + dt_bias[k])),
-// in wide_dtype(dt_raw).
+// in wide_dtype(dt_raw); dt_bias and A in that dtype (ssm/segment_decay.h).
 Tensor segment_decay(const Tensor& dt_raw, const Tensor& dt_bias, const Tensor& A, const dist::Segment& seg);
 
 // The gradients a layer's per-segment scan backward calls add into (whole local sequence: the
-// scan's inputs x, dt, B, C and gate z, its parameters A, D, dt_bias), and the gradient of the
-// scan's outputs they read. Works for lib/ssm's ScanGrads (selective scan) and SsdGrads (no z).
+// scan's inputs x, dt, B, C and gate z, its parameters A, D, dt_bias; all wide accumulators),
+// and the gradient of the scan's outputs they read (in y's dtype). Works for lib/ssm's
+// ScanGrads (selective scan) and SsdGrads (no z).
 struct ScanGradSums {
   Tensor dx, d_dt, dB, dC, dz;  // like the layer's x, dt, B, C, z (dz undefined without a gate)
   Tensor dA, dD, d_dt_bias;
@@ -62,19 +69,20 @@ struct ScanGradSums {
   }
 };
 
-// Zeros like each of these tensors (undefined where t is).
-Tensor zeros_like(const Tensor& t);
+// Zeros of t's shape in wide_dtype(t) on its device, an accumulator for add_from (undefined
+// where t is).
+Tensor wide_zeros_like(const Tensor& t);
 
 // Causal depthwise conv + SiLU over this rank's segments, each from the width - 1 rows before
-// it, wherever they live. x [B, L, C] in f32/f64 (CPU).
+// it, wherever they live. x [B, L, C] on x's device.
 class SegmentConv {
  public:
   SegmentConv(dist::Comm& sp, const dist::Layout& layout, int64_t width) : sp_(sp), layout_(layout), width_(width) {}
   // Per local segment, the rows before it (collective over sp).
   std::vector<Tensor> halo(const Tensor& x) const;
   Tensor forward(const Tensor& x, std::span<const Tensor> halo, const Param& weight, const Param& bias) const;
-  // dL/dx from dL/du; overwrites the gradients of weight and bias. Collective over sp (the
-  // history rows' gradients go back to their owners).
+  // dL/dx (x's dtype) from dL/du (x's dtype); overwrites the gradients of weight and bias.
+  // Collective over sp (the history rows' gradients go back to their owners).
   Tensor backward(const Tensor& x, std::span<const Tensor> halo, const Tensor& du, const Param& weight,
                   const Param& bias) const;
 

@@ -184,7 +184,7 @@ MixerKind linear_kind() {
   MixerKind k;
   k.name = "linear";
   k.doc = "causal linear attention (feature map, optional per-head or per-token decay, optional normalisation; "
-          "sequence parallel through a state scan on any layout); CPU only so far";
+          "sequence parallel through a state scan on any layout)";
   k.options = {
       {.name = "feature_map",
        .value = std::string("elu"),
@@ -204,7 +204,7 @@ MixerKind linear_kind() {
       chunk_option(),
   };
   k.documents = false;
-  k.cuda = false;
+  k.cuda = true;
   k.validate = validate_linear;
   k.make = make_linear;
   k.test_variants = {
@@ -286,7 +286,7 @@ MixerKind linformer_kind() {
   MixerKind k;
   k.name = "linformer";
   k.doc = "Linformer: keys and values projected along the sequence by learned E, F [k, data.seq_len], exact "
-          "softmax over the k rows; bidirectional only (needs mixer.linformer.bidirectional); CPU only so far";
+          "softmax over the k rows; bidirectional only (needs mixer.linformer.bidirectional)";
   k.options = {
       {.name = "k",
        .value = int64_t{64},
@@ -300,7 +300,7 @@ MixerKind linformer_kind() {
               "(every token then sees the whole sequence, the future included)"},
   };
   k.documents = false;
-  k.cuda = false;
+  k.cuda = true;
   k.validate = validate_linformer;
   k.make = make_linformer;
   k.test_base = {"mixer.linformer.bidirectional=true"};
@@ -391,8 +391,8 @@ MixerKind mamba2_kind() {
   MixerKind k;
   k.name = "mamba2";
   k.doc = "Mamba-2 (SSD) layer: in_proj to z, x, B, C (G groups), dt per head; causal depthwise conv + SiLU over "
-          "x, B, C; SSD with a scalar decay per head and D skip (chunked linear attention); gated RMSNorm over "
-          "d_inner; out_proj; sequence parallel as mamba; CPU only so far";
+          "x, B, C; SSD with a scalar decay per head and D skip (chunked linear attention); gated RMSNorm per "
+          "group of d_inner / groups channels; out_proj; sequence parallel as mamba; CPU only so far";
   k.options = {
       {.name = "d_state",
        .value = int64_t{128},

@@ -59,6 +59,12 @@ bool ran_on_cudnn(const char* op, const FlashOptions& opts, const FlashParams& p
                   F&& attempt) {
   const AttnBackend want = requested_backend(opts);
   if (want == AttnBackend::lctx) return false;
+  if (p.has_sparse()) {  // cuDNN computes none of the sparse patterns (plain windows run as bands)
+    LCTX_CHECK(want != AttnBackend::cudnn, op, ": attention backend cudnn cannot run a block mask (sparse "
+               "pattern); q ", q.str(), ". Use backend auto or lctx");
+    report_once(std::string(op) + ": lctx kernels for block masks (cuDNN has no sparse patterns)");
+    return false;
+  }
   if (want == AttnBackend::automatic) {
     const std::string slower = detail::cudnn_slower(p, opts.documents.get());
     if (!slower.empty()) {

@@ -1,6 +1,6 @@
 // Flash attention CUDA launch site: checks what the kernels need beyond flash.cpp's
 // validation (16-byte aligned rows for cp.async), builds the document ranges of packed
-// sequences (flash_docs.cuh), then dispatches dtype x head_dim to the templates. Masks, windows, ALiBi, documents and offsets are runtime branches inside the
+// sequences (flash_docs.cuh) or takes a block mask's device tile lists (block_mask.h), then dispatches dtype x head_dim to the templates. Masks, windows, ALiBi, documents and offsets are runtime branches inside the
 // kernels, so there are 4 forward and 4 backward instantiations in all.
 #include <cuda_runtime.h>
 
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "attn/block_mask.h"
 #include "attn/flash_bwd_kernel.cuh"
 #include "attn/flash_docs.cuh"
 #include "attn/flash_fwd_kernel.cuh"
@@ -81,6 +82,19 @@ void* set_doc_ranges(FlashParams& p, bool by_query, Stream s) {
   return scratch;
 }
 
+// For a call with a block mask: its lists for the kernel's tiles (the side the blocks own:
+// queries for the forward, keys for the backward) and the rule with device random bits.
+// Uploaded once per mask, tile shape and device (block_mask.h).
+void set_block_lists(FlashParams& p, int64_t q_tile, int64_t k_tile, TileOrder order, Stream s) {
+  if (!p.block_mask) return;
+  int dev = 0;
+  LCTX_CUDA_CHECK(cudaGetDevice(&dev));
+  const DeviceBlockMask d = p.block_mask->device(q_tile, k_tile, order, Device::cuda(dev), s);
+  p.sparse_offsets = d.offsets;
+  p.sparse_entries = d.entries;
+  p.sparse = d.pattern;
+}
+
 }  // namespace
 
 void flash_forward_cuda(const FlashParams& params, Stream s) {
@@ -91,6 +105,7 @@ void flash_forward_cuda(const FlashParams& params, Stream s) {
   void* doc_scratch = set_doc_ranges(p, true, s);
   dispatch(p, [&]<class T, int D>() {
     using Tr = FlashFwdTraits<T, D>;
+    set_block_lists(p, Tr::kBlockM, Tr::kBlockN, TileOrder::by_query, s);
     auto kernel = flash_fwd_kernel<Tr, T>;
     LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
     const dim3 grid(static_cast<unsigned>((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM), p.heads_q,
@@ -112,6 +127,7 @@ void flash_backward_cuda(const FlashParams& params, Stream s) {
   void* doc_scratch = set_doc_ranges(p, false, s);
   dispatch(p, [&]<class T, int D>() {
     using Tr = FlashBwdTraits<T, D>;
+    set_block_lists(p, Tr::kBlockM, Tr::kBlockN, TileOrder::by_key, s);
     const int64_t q_tiles = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
     const int64_t acc_elems = p.batch * p.heads_q * q_tiles * Tr::kBlockM * D;
     const int64_t prows = p.batch * p.heads_q * q_tiles * Tr::kBlockM;  // rows padded to whole tiles

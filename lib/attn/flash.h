@@ -8,6 +8,7 @@
 //   causal:          kpos <= qpos
 //   sliding window:  qpos - window_left <= kpos <= qpos + window_right   (-1 = unbounded)
 //   documents:       q_doc_ids[b, i] == k_doc_ids[b, j]
+//   block mask:      block_mask->visible(i, j) (sparse patterns, block_mask.h; the only rule)
 // Documents are fast when the ids are non-decreasing along each row (packed sequences): the
 // CUDA kernels then visit only key tiles that share a document with the query tile and mask
 // elements only at document edges. Other ids (e.g. interleaved documents) stay correct but
@@ -30,6 +31,7 @@
 
 namespace lctx::attn {
 
+class BlockMask;
 enum class Mask { none, causal };
 enum class OutputDType { input, f32 };     // f32: partial outputs for an exact fp32 merge
 using lctx::GradMode;
@@ -66,6 +68,12 @@ struct FlashOptions {
   // Ids that do not match it give wrong results; without it the ring skips nothing and cuDNN
   // takes no documents (lctx's kernels still skip tiles by the ids).
   std::shared_ptr<const Documents> documents;
+  // Sparse attention (block_mask.h): the kernels visit only the mask's listed tiles and mask
+  // only its partial ones. The whole rule of the call: needs Sq = Sk = its seq_len, no
+  // offsets, Mask::none, no window, documents or ALiBi; runs on lctx's kernels (never cuDNN),
+  // except a plain window pattern, which is the window rule above and runs as one (band tiles,
+  // cuDNN where it can).
+  std::shared_ptr<const BlockMask> block_mask;
   // i64 [1] on the call's device, or undefined: lctx's CUDA kernels add the (query tile, key
   // tile) pairs they compute (backward: per query head) so tests and benchmarks see skipping.
   Tensor tile_counter;

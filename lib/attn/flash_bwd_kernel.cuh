@@ -5,7 +5,8 @@
 //    query tiles (Dsum 0, lse2 +inf) so that the main kernel copies them with cp.async.
 //  * flash_bwd_kernel: one block per (128-key tile, KV head, batch). It walks every query
 //    head of the KV group and every query tile that can see its keys (block skipping by
-//    position and by document), recomputes P from lse2, and keeps dK/dV in registers (deterministic, summed over the
+//    position and by document; or the query tiles a block mask lists for it, masking only
+//    the partial ones), recomputes P from lse2, and keeps dK/dV in registers (deterministic, summed over the
 //    group). P and dS go to shared memory with stmatrix (sm_90; per-thread stores before). dQ = dS K is added with fp32 16-byte atomics into a scratch laid out in mma
 //    fragment order per (batch, head, query tile) (FlashBwdTraits::kDqFrags). Two block
 //    barriers per query tile: one before S/dP (the next tile's copy is issued right after it)
@@ -116,13 +117,22 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     qlo = max(qlo, dlo);
     qhi = min(qhi, dhi);
   }
-  const int64_t m_begin = qlo / BM, m_tiles = qhi > qlo ? (qhi + BM - 1) / BM - m_begin : 0;
+  // A block mask lists this block's query tiles instead: p.sparse_entries[list0 + i] is
+  // tile << 1 | partial (the list is read through the params: no pointer kept in registers).
+  const bool listed = p.sparse_entries != nullptr;
+  const int32_t list0 = listed ? p.sparse_offsets[blockIdx.x] : 0;
+  const int64_t m_begin = qlo / BM;
+  const int64_t m_tiles = listed ? int64_t(p.sparse_offsets[blockIdx.x + 1] - list0)
+                                 : qhi > qlo ? (qhi + BM - 1) / BM - m_begin : 0;
+  auto query_tile = [&](int64_t it) -> int64_t {
+    return listed ? int64_t(p.sparse_entries[list0 + it % m_tiles] >> 1) : m_begin + it % m_tiles;
+  };
   const int64_t iters = m_tiles * G;
   // Q, dO, lse2 and Dsum of iteration it into buffer buf; lse2 and Dsum are padded to whole
   // tiles, so all four are plain 16-byte copies.
   auto prefetch = [&](int64_t it, int buf) {
     const int h = hk * G + static_cast<int>(it / m_tiles);
-    const int64_t m0 = (m_begin + it % m_tiles) * BM;
+    const int64_t m0 = query_tile(it) * BM;
     const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
     const T* dog = static_cast<const T*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[2];
     load_tile<BM, D, Tr::kThreads>(sQ + buf * BM * D, qg, p.q_stride[1], m0, p.seqlen_q, tid);
@@ -154,7 +164,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       cp_async_commit();
     }
     const int h = hk * G + static_cast<int>(it / m_tiles);
-    const int64_t mtile = m_begin + it % m_tiles, m0 = mtile * BM;
+    const int32_t entry = listed ? p.sparse_entries[list0 + it % m_tiles] : 0;  // tile << 1 | partial
+    const int64_t mtile = listed ? int64_t(entry >> 1) : m_begin + it % m_tiles, m0 = mtile * BM;
     const uint32_t boff = buf * BM * D * sizeof(T);  // Q/dO buffer
     const uint32_t qA = opaque(g_qA), doA = opaque(g_doA), kB = opaque(g_kB), kBt = opaque(g_kBt), vB = opaque(g_vB);
     const uint32_t pAt = opaque(g_pAt), dsAt = opaque(g_dsAt), dsA = opaque(g_dsA);
@@ -172,7 +183,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
     warp_tile_mma<T, D / 16, D, D, BLayout::nk>(s, qA, boff, wq, kB, 0, wk);
     float mult = scale_log2;
-    const bool masked = !flash_tile_in_band(p, m0, m0 + BM, n0, n0 + BN) || m0 < full_lo || m0 + BM > full_hi;
+    const bool masked = listed ? (entry & 1) != 0
+                             : !flash_tile_in_band(p, m0, m0 + BM, n0, n0 + BN) || m0 < full_lo || m0 + BM > full_hi;
     if (masked || p.has_alibi()) {
 #pragma unroll
       for (int mt = 0; mt < MQ; ++mt) {

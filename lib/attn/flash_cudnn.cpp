@@ -649,6 +649,7 @@ std::string cudnn_version_string() {
 }
 
 std::string cudnn_unsupported(const FlashParams& p, const Documents* docs) {
+  if (p.has_sparse()) return "block masks (sparse patterns)";
   if (p.has_docs()) {
     if (!docs) return "document masks without FlashOptions::documents";
     if (p.q_offset != 0 || p.k_offset != 0 || p.seqlen_q != docs->seq_len() || p.seqlen_k != docs->seq_len() ||

@@ -7,7 +7,8 @@
 // ex2); the running max is raised lazily, so most tiles skip rescaling O. Key tiles that no
 // query of the block can see (position rules, documents) are skipped; only tiles on the
 // diagonal, window edges, document edges and ragged ends run the per-element mask, and ALiBi
-// alone adds its bias without mask tests.
+// alone adds its bias without mask tests. With a block mask the block walks the mask's list of
+// key tiles (FlashParams::sparse_entries) and masks only its partial ones.
 #pragma once
 #include <math_constants.h>
 
@@ -29,7 +30,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
   T* sV = sK + 2 * BN * D;  // [2][BN][D]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int m_block = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;  // heavy causal tiles first
+  const int m_block = p.causal || p.sparse.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;  // heavy causal tiles first
   const int h = blockIdx.y, hk = h / p.group();
   const int64_t b = blockIdx.z, m0 = static_cast<int64_t>(m_block) * BM;
   const int64_t m_end = min(m0 + BM, p.seqlen_q);
@@ -57,13 +58,21 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
   }
   const int64_t n_begin = klo / BN, n_end = khi > klo ? (khi + BN - 1) / BN : n_begin;
   const bool raw_max = scale_log2 > 0.f && !p.has_alibi();  // raw-score max needs a positive scale
-  const int n_tiles = static_cast<int>(n_end - n_begin), u_lo = static_cast<int>(max(ulo - n_begin, int64_t(0))),
+  int n_tiles = static_cast<int>(n_end - n_begin);
+  const int u_lo = static_cast<int>(max(ulo - n_begin, int64_t(0))),
             u_hi = static_cast<int>(max(min(uhi, n_end) - n_begin, int64_t(0)));
+  // A block mask lists this block's key tiles instead: p.sparse_entries[list0 + t] is
+  // tile << 1 | partial (read through the params: no pointer kept in registers).
+  const bool listed = p.sparse_entries != nullptr;
+  const int32_t list0 = listed ? p.sparse_offsets[m_block] : 0;
+  if (listed) n_tiles = p.sparse_offsets[m_block + 1] - list0;
+  auto key_tile = [&](int t) -> int64_t { return listed ? int64_t(p.sparse_entries[list0 + t] >> 1) : n_begin + t; };
+  auto tile_masked = [&](int t) { return listed ? (p.sparse_entries[list0 + t] & 1) != 0 : t < u_lo || t >= u_hi; };
 
   load_tile<BM, D, Tr::kThreads>(sQ, qg + m0 * p.q_stride[1], p.q_stride[1], 0, p.seqlen_q - m0, tid);
-  if (n_begin < n_end) {
-    load_tile<BN, D, Tr::kThreads>(sK, kg, p.k_stride[1], n_begin * BN, p.seqlen_k, tid);
-    load_tile<BN, D, Tr::kThreads>(sV, vg, p.v_stride[1], n_begin * BN, p.seqlen_k, tid);
+  if (n_tiles > 0) {
+    load_tile<BN, D, Tr::kThreads>(sK, kg, p.k_stride[1], key_tile(0) * BN, p.seqlen_k, tid);
+    load_tile<BN, D, Tr::kThreads>(sV, vg, p.v_stride[1], key_tile(0) * BN, p.seqlen_k, tid);
   }
   cp_async_commit();
 
@@ -80,13 +89,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
     for (int r = 0; r < 2; ++r) row_max[mt][r] = -CUDART_INF_F, row_sum[mt][r] = 0.f;
 
   for (int t = 0; t < n_tiles; ++t) {
-    const int64_t n = n_begin + t;
+    const int64_t n = key_tile(t);
     const int buf = t & 1;
     cp_async_wait<0>();
     __syncthreads();  // tile n landed for all; everyone is done with tile n - 1's buffer
     if (t + 1 < n_tiles) {
-      load_tile<BN, D, Tr::kThreads>(sK + (buf ^ 1) * BN * D, kg, p.k_stride[1], (n + 1) * BN, p.seqlen_k, tid);
-      load_tile<BN, D, Tr::kThreads>(sV + (buf ^ 1) * BN * D, vg, p.v_stride[1], (n + 1) * BN, p.seqlen_k, tid);
+      const int64_t next = key_tile(t + 1) * BN;
+      load_tile<BN, D, Tr::kThreads>(sK + (buf ^ 1) * BN * D, kg, p.k_stride[1], next, p.seqlen_k, tid);
+      load_tile<BN, D, Tr::kThreads>(sV + (buf ^ 1) * BN * D, vg, p.v_stride[1], next, p.seqlen_k, tid);
       cp_async_commit();
     }
     const uint32_t boff = buf * BN * D * sizeof(T);  // K/V buffer
@@ -103,11 +113,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
     // a positive scale); masked tiles come back scaled, with -inf where hidden.
     const int64_t n0 = n * BN;
     float mult = scale_log2;
-    if (t < u_lo || t >= u_hi || !raw_max) {
+    const bool masked = tile_masked(t);
+    if (masked || !raw_max) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const MaskRows m = mask_rows(p, b, h, m0 + wr + 16 * mt + lane / 4);
-        if (t < u_lo || t >= u_hi) apply_mask<NT>(s[mt], p, b, m, n0 + 2 * (lane % 4), scale_log2);
+        if (masked) apply_mask<NT>(s[mt], p, b, m, n0 + 2 * (lane % 4), scale_log2);
         else apply_bias<NT>(s[mt], p, m, n0 + 2 * (lane % 4), scale_log2);
       }
       mult = 1.f;

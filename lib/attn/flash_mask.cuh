@@ -1,6 +1,7 @@
 // Per-element work on a warp's score fragment in both flash kernels. apply_mask (tiles at an
 // edge) turns raw q.k scores into log2-domain logits, -inf where the key is out of range, on
-// the wrong side of the causal diagonal or window, or in another document, and adds ALiBi;
+// the wrong side of the causal diagonal or window, in another document or hidden by the block
+// mask's rule (partial tiles of a block mask), and adds ALiBi;
 // apply_bias (tiles every pair of which is visible) only scales and adds ALiBi.
 #pragma once
 #include <math_constants.h>
@@ -45,6 +46,21 @@ __device__ __forceinline__ void apply_mask(float (&s)[NT][4], const FlashParams&
   const int col_lim = static_cast<int>(max(min(p.seqlen_k - col0, int64_t(kClamp)), int64_t(-1)));
   const bool row_ok[2] = {m.row[0] < p.seqlen_q, m.row[1] < p.seqlen_q};
   const float d0f = static_cast<float>(d0);
+  // Block mask rule (partial tiles of a block mask) as bits 2 NT r + 2 j + c, in a loop kept
+  // rolled so that the unrolled element loop below stays light on registers.
+  static_assert(NT <= 8, "one 32-bit word of sparse bits per m16 fragment");
+  const bool sparse = p.has_sparse();
+  uint32_t sparse_bits = 0;
+  if (sparse) {
+#pragma unroll 1
+    for (int e = 0; e < 4 * NT; ++e) {
+      const int64_t row = e >= 2 * NT ? m.row[1] : m.row[0];
+      const int dc = 8 * ((e % (2 * NT)) / 2) + (e & 1);
+      if (row < p.seqlen_q && col0 + dc < p.seqlen_k &&  // the random bitmap has no rows past the end
+          sparse_visible(p.sparse, p.q_offset + row, p.k_offset + col0 + dc))
+        sparse_bits |= 1u << e;
+    }
+  }
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -58,6 +74,7 @@ __device__ __forceinline__ void apply_mask(float (&s)[NT][4], const FlashParams&
         const int off = 8 * r - dc;
         bool vis = row_ok[r] && col_ok && off >= lo_r && off <= hi_r;
         if (p.k_doc_ids) vis = vis && kdoc == m.doc[r];
+        if (sparse) vis = vis && ((sparse_bits >> (2 * NT * r + 2 * j + c)) & 1u);
         float x = s[j][2 * r + c] * scale_log2;
         if (p.alibi_slopes) x -= m.alibi_log2 * fabsf(d0f + static_cast<float>(off));
         s[j][2 * r + c] = vis ? x : -CUDART_INF_F;

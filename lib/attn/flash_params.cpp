@@ -4,6 +4,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "attn/block_mask.h"
 #include "attn/flash.h"
 #include "attn/flash_params.h"
 
@@ -72,6 +73,25 @@ FlashParams make_params(const char* op, const Tensor& q, const Tensor& k, const 
     p.k_doc_ids = opts.k_doc_ids.data<int32_t>();
     p.q_doc_stride = opts.q_doc_ids.strides()[0];
     p.k_doc_stride = opts.k_doc_ids.strides()[0];
+  }
+  if (opts.block_mask) {
+    const BlockMask& m = *opts.block_mask;
+    LCTX_CHECK(p.seqlen_q == m.seq_len() && p.seqlen_k == m.seq_len(), op, ": a block mask over ", m.seq_len(),
+               " positions needs Sq = Sk = ", m.seq_len(), ", got q ", q.str(), ", k ", k.str());
+    LCTX_CHECK(opts.q_offset == 0 && opts.k_offset == 0 && opts.mask == Mask::none && opts.window_left < 0 &&
+                   opts.window_right < 0 && !opts.q_doc_ids.defined() && !opts.alibi_slopes.defined(),
+               op, ": a block mask is the whole rule of a call: no offsets, Mask::none (causality is the mask's), "
+               "no window, documents or ALiBi");
+    const SparsePattern& sp = m.pattern();
+    if (sp.stride == 0 && sp.n_global == 0 && sp.random_block == 0) {
+      // A plain window is the band rule: the same mask without lists (and on cuDNN where it can).
+      p.causal = sp.causal;
+      p.window_left = sp.window - 1;
+      p.window_right = sp.causal ? -1 : sp.window - 1;
+    } else {
+      p.block_mask = &m;
+      p.sparse = sp;
+    }
   }
   if (opts.tile_counter.defined()) {
     check_dtype(op, "tile_counter", opts.tile_counter, DType::i64);

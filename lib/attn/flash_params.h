@@ -10,6 +10,7 @@
 #include "core/device.h"
 #include "core/dtype.h"
 #include "core/grad_mode.h"
+#include "attn/sparse_pattern.h"
 #include "core/strided.h"  // LCTX_HD
 
 namespace lctx {
@@ -19,6 +20,7 @@ class Tensor;
 namespace lctx::attn {
 
 struct FlashOptions;
+class BlockMask;
 struct FlashOutput;
 struct FlashGrads;
 
@@ -68,6 +70,13 @@ struct FlashParams {
   const DocRange* doc_ranges = nullptr;
   int64_t doc_tiles = 0;
   unsigned long long* tile_counter = nullptr;  // FlashOptions::tile_counter
+  // Block mask (block_mask.h): the element rule (sparse_visible; random bits on the call's
+  // device) and, set by the CUDA launch site, per tile of the side the kernel's blocks own the
+  // tiles of the other side, entries[offsets[t] .. offsets[t + 1]) = tile << 1 | partial.
+  const BlockMask* block_mask = nullptr;  // host object, for the launch site
+  SparsePattern sparse;
+  const int32_t* sparse_offsets = nullptr;
+  const int32_t* sparse_entries = nullptr;
 
   // Backward only.
   const void* dout = nullptr;
@@ -82,6 +91,7 @@ struct FlashParams {
   LCTX_HD int group() const { return heads_q / heads_kv; }
   LCTX_HD bool has_alibi() const { return alibi_slopes != nullptr; }
   LCTX_HD bool has_docs() const { return q_doc_ids != nullptr; }
+  LCTX_HD bool has_sparse() const { return sparse.enabled(); }
 };
 
 // Rows of a [B, S, H, D] tensor start 16-byte aligned: the pointer, and the b/s/h strides in
@@ -136,9 +146,10 @@ LCTX_HD inline bool flash_tile_in_band(const FlashParams& p, int64_t q_lo, int64
   return true;
 }
 
-// True when the tile needs no per-element work at all: in the band, no ALiBi, no documents.
+// True when the tile needs no per-element work at all: in the band, no ALiBi, no documents, no
+// block mask (whose full tiles the kernels take from its lists).
 LCTX_HD inline bool flash_tile_unmasked(const FlashParams& p, int64_t q_lo, int64_t q_hi, int64_t k_lo, int64_t k_hi) {
-  return !p.alibi_slopes && !p.q_doc_ids && flash_tile_in_band(p, q_lo, q_hi, k_lo, k_hi);
+  return !p.alibi_slopes && !p.q_doc_ids && !p.has_sparse() && flash_tile_in_band(p, q_lo, q_hi, k_lo, k_hi);
 }
 
 // Key tiles n in [*lo, *hi) (tile n = local keys [n * bn, n * bn + bn)) for which

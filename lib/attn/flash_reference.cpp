@@ -50,6 +50,7 @@ T cpu_score(const FlashParams& p, bool unmasked, int64_t b, int h, int64_t i, in
     if (!flash_pos_visible(p, qpos, kpos)) return -std::numeric_limits<T>::infinity();
     if (p.q_doc_ids && p.q_doc_ids[b * p.q_doc_stride + i] != p.k_doc_ids[b * p.k_doc_stride + j])
       return -std::numeric_limits<T>::infinity();
+    if (p.has_sparse() && !sparse_visible(p.sparse, qpos, kpos)) return -std::numeric_limits<T>::infinity();
   }
   T s = dot(qi, kj, p.head_dim) * static_cast<T>(p.softmax_scale);
   if (p.alibi_slopes) s -= static_cast<T>(p.alibi_slopes[h]) * static_cast<T>(std::abs(qpos - kpos));

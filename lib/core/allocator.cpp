@@ -28,9 +28,11 @@ struct CpuPool {
   std::unordered_map<void*, size_t> sizes;
 };
 
+// The pools are never destroyed: tensors in static storage (a test's parameters, a user's
+// cache) may free their memory at exit after function-local statics would be gone.
 CpuPool& cpu_pool() {
-  static CpuPool p;
-  return p;
+  static auto* p = new CpuPool;
+  return *p;
 }
 
 // Rounds small blocks to 512 B and large ones to 2 MiB so that blocks of a recurring shape
@@ -61,10 +63,10 @@ struct CudaPool {
 };
 
 CudaPool& cuda_pool(int device) {
-  static std::mutex mu;
-  static std::map<int, CudaPool> pools;
-  std::lock_guard lock(mu);
-  return pools[device];
+  static auto* mu = new std::mutex;  // never destroyed, as cpu_pool's
+  static auto* pools = new std::map<int, CudaPool>;
+  std::lock_guard lock(*mu);
+  return (*pools)[device];
 }
 
 void* cuda_allocate(size_t bytes, int device) {

@@ -1,5 +1,6 @@
-// Feature maps (feature_map.h) on the CPU: one OpenMP loop over the rows (batch, position,
-// head) of x for every map and direction; FAVOR+ recomputes its exponents in the backward.
+// Feature maps (feature_map.h): the checks, the dispatch by device, and the CPU half: one OpenMP
+// loop over the rows (batch, position, head) of x for every map and direction; FAVOR+
+// recomputes its exponents in the backward. CUDA: feature_map.cu.
 #include "linear_attn/feature_map.h"
 
 #include <algorithm>
@@ -23,9 +24,16 @@ void check_bshd(const char* op, const char* name, const Tensor& t) {
 // The checks of x and the map shared by every entry point; returns the FAVOR+ input scale.
 double check_map(const char* op, const Tensor& x, const FeatureMap& fm, const Tensor& stabiliser) {
   check_bshd(op, "x", x);
-  LCTX_CHECK(x.device().is_cpu(), op, ": x ", x.str(),
-             " is a CUDA tensor; the feature maps have only their CPU implementation so far");
-  LCTX_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64, op, ": the CPU supports f32 and f64, got x ", x.str());
+  if (x.device().is_cpu()) {
+    LCTX_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64, op, ": the CPU supports f32 and f64, got x ",
+               x.str());
+  } else {
+#ifndef LCTX_HAVE_CUDA
+    LCTX_FAIL(op, ": x ", x.str(), " is a CUDA tensor but lctx was built without CUDA (LCTX_CUDA=OFF)");
+#endif
+    LCTX_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::bf16 || x.dtype() == DType::f16, op,
+               ": CUDA supports f32, bf16 and f16, got x ", x.str());
+  }
   if (fm.kind != FeatureKind::favor) {
     LCTX_CHECK(!stabiliser.defined(), op, ": a stabiliser ", stabiliser.str(), " is for the favor map only");
     return 1.0;
@@ -36,10 +44,12 @@ double check_map(const char* op, const Tensor& x, const FeatureMap& fm, const Te
              w.defined() ? w.str() : std::string("undefined"));
   check_dtype(op, "projection", w, wide_dtype(x.dtype()));
   check_contiguous(op, "projection", w);
+  check_same_device(op, {&x, &w});
   if (stabiliser.defined()) {
     check_shape(op, "stabiliser", stabiliser, {x.size(0), x.size(2)});
     check_dtype(op, "stabiliser", stabiliser, wide_dtype(x.dtype()));
     check_contiguous(op, "stabiliser", stabiliser);
+    check_same_device(op, {&x, &stabiliser});
   }
   LCTX_CHECK(fm.input_scale >= 0.0 && std::isfinite(fm.input_scale), op, ": input_scale ", fm.input_scale,
              " must be finite and >= 0 (0 = D^-1/4)");
@@ -179,6 +189,14 @@ void key_stabiliser(const Tensor& k, const FeatureMap& fm, double scale, Tensor&
   }
 }
 
+// LCTX_CUDA_HALF(call): runs the CUDA half in a CUDA build (check_map has refused CUDA tensors
+// in a CPU-only build, where the call is left out).
+#ifdef LCTX_HAVE_CUDA
+#define LCTX_CUDA_HALF(call) call
+#else
+#define LCTX_CUDA_HALF(call) (void)s
+#endif
+
 }  // namespace
 
 Tensor favor_projection(int64_t head_dim, uint64_t seed, int64_t features, DType dtype) {
@@ -222,8 +240,11 @@ Tensor favor_key_stabiliser(const Tensor& k, const FeatureMap& fm, Stream s) {
   const char* op = "favor_key_stabiliser";
   LCTX_CHECK(fm.kind == FeatureKind::favor, op, ": the map is not favor");
   const double scale = check_map(op, k, fm, Tensor());
-  (void)s;
-  Tensor out = Tensor::empty({k.size(0), k.size(2)}, wide_dtype(k.dtype()));
+  Tensor out = Tensor::empty({k.size(0), k.size(2)}, wide_dtype(k.dtype()), k.device());
+  if (k.device().is_cuda()) {
+    LCTX_CUDA_HALF(detail::favor_key_stabiliser_cuda(out, k, fm, scale, s));
+    return out;
+  }
   LCTX_DISPATCH_CPU_FLOAT(k.dtype(), op, [&] { key_stabiliser<scalar_t>(k, fm, scale, out); });
   return out;
 }
@@ -231,8 +252,11 @@ Tensor favor_key_stabiliser(const Tensor& k, const FeatureMap& fm, Stream s) {
 Tensor feature_map_forward(const Tensor& x, const FeatureMap& fm, const Tensor& stabiliser, Stream s) {
   const char* op = "feature_map_forward";
   const double scale = check_map(op, x, fm, stabiliser);
-  (void)s;
-  Tensor phi = Tensor::empty({x.size(0), x.size(1), x.size(2), feature_dim(fm, x.size(3))}, x.dtype());
+  Tensor phi = Tensor::empty({x.size(0), x.size(1), x.size(2), feature_dim(fm, x.size(3))}, x.dtype(), x.device());
+  if (x.device().is_cuda()) {
+    LCTX_CUDA_HALF(detail::feature_map_forward_cuda(phi, x, fm, stabiliser, scale, s));
+    return phi;
+  }
   LCTX_DISPATCH_CPU_FLOAT(x.dtype(), op, [&] { forward<scalar_t>(x, fm, stabiliser, scale, phi); });
   return phi;
 }
@@ -241,11 +265,15 @@ Tensor feature_map_backward(const Tensor& x, const Tensor& dphi, const FeatureMa
                             Stream s) {
   const char* op = "feature_map_backward";
   const double scale = check_map(op, x, fm, stabiliser);
-  (void)s;
   check_shape(op, "dphi", dphi, {x.size(0), x.size(1), x.size(2), feature_dim(fm, x.size(3))});
   check_dtype(op, "dphi", dphi, x.dtype());
   check_contiguous(op, "dphi", dphi);
-  Tensor dx = Tensor::empty(x.shape(), x.dtype());
+  check_same_device(op, {&x, &dphi});
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.device().is_cuda()) {
+    LCTX_CUDA_HALF(detail::feature_map_backward_cuda(dx, x, dphi, fm, stabiliser, scale, s));
+    return dx;
+  }
   LCTX_DISPATCH_CPU_FLOAT(x.dtype(), op, [&] { backward<scalar_t>(x, dphi, fm, stabiliser, scale, dx); });
   return dx;
 }

@@ -15,7 +15,8 @@
 // the whole sequence, passed in (favor_key_stabiliser) and held constant by the backward, so
 // all keys share one scale. Every piece of one sequence must use the same c: chained calls
 // pass one c, and sequence parallelism will all-reduce(MAX) each rank's favor_key_stabiliser.
-// Devices: CPU, f32/f64 (W and c in the wide dtype of x); x needs a contiguous last dimension.
+// Devices: CPU f32/f64, CUDA f32/bf16/f16 with fp32 math (feature_map.cu); W and c in the wide
+// dtype of x on x's device; x needs a contiguous last dimension.
 #pragma once
 #include <cstdint>
 
@@ -33,7 +34,7 @@ struct FeatureMap {
   double input_scale = 0.0;  // favor: x~ = input_scale * x; 0 means D^{-1/4}
 };
 
-// FAVOR+'s W [features, head_dim] in `dtype` on the CPU: blocks of head_dim orthonormal rows
+// FAVOR+'s W [features, head_dim] in `dtype` on the CPU (move it to x's device): blocks of head_dim orthonormal rows
 // (Gram-Schmidt of a Gaussian matrix, in f64), the last block cut to the rows left, each row
 // scaled by the norm of an independent Gaussian head_dim-vector (rows then have Gaussian
 // lengths, as in the Performer). The same (head_dim, seed, features) give the same bits.
@@ -53,5 +54,14 @@ Tensor feature_map_forward(const Tensor& x, const FeatureMap& fm, const Tensor& 
 // dL/dx given dL/dphi (`dphi`, like phi) and the forward's x, map and stabiliser.
 Tensor feature_map_backward(const Tensor& x, const Tensor& dphi, const FeatureMap& fm, const Tensor& stabiliser = {},
                             Stream s = {});
+
+namespace detail {
+// The CUDA halves (feature_map.cu): validated operands, outputs allocated; `scale` is x~'s.
+void feature_map_forward_cuda(Tensor& phi, const Tensor& x, const FeatureMap& fm, const Tensor& stabiliser,
+                              double scale, Stream s);
+void feature_map_backward_cuda(Tensor& dx, const Tensor& x, const Tensor& dphi, const FeatureMap& fm,
+                               const Tensor& stabiliser, double scale, Stream s);
+void favor_key_stabiliser_cuda(Tensor& out, const Tensor& k, const FeatureMap& fm, double scale, Stream s);
+}  // namespace detail
 
 }  // namespace lctx::linear_attn

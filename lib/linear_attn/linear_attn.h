@@ -17,7 +17,9 @@
 // each chunk, e^{A_i - A_j} from cumulative log-decays and formed only for i >= j (no ratio
 // exceeds 1), and a state pass between chunks; the backward recomputes the chunk states and
 // needs no forward output. CPU: f32/f64, Dk and Dv in 1..1024; states, log-decays and their
-// gradients in wide_dtype(q). No CUDA kernel yet: a CUDA tensor is an error.
+// gradients in wide_dtype(q). CUDA (linear_attn.cu): bf16/f16/f32 inputs with fp32 states and
+// accumulation, Dk in 1..256, Dv in 1..1024; the sequence is split for parallelism and the
+// chunk length is the kernel's own (opts.chunk applies to the CPU).
 #pragma once
 #include <cstdint>
 

@@ -65,7 +65,12 @@ LinearAttnParams make_params(const char* op, const LinearAttnInputs& in, const L
                ": the CPU implementation supports head dims 1..", kMaxHeadDimCpu, ", got Dk = ", p.dim_k, " (q ",
                q.str(), ") and Dv = ", p.dim_v, " (v ", v.str(), ")");
   } else {
-    LCTX_FAIL(op, ": q ", q.str(), " is a CUDA tensor; linear attention has only its CPU implementation so far");
+    LCTX_CHECK(p.dtype == DType::bf16 || p.dtype == DType::f16 || p.dtype == DType::f32, op,
+               ": the CUDA implementation supports bf16, f16 and f32, got q ", q.str());
+    LCTX_CHECK(p.dim_k >= 1 && p.dim_k <= kMaxDimKCuda, op, ": the CUDA implementation supports Dk 1..",
+               kMaxDimKCuda, " (the key tile lives in shared memory), got Dk = ", p.dim_k, " (q ", q.str(), ")");
+    LCTX_CHECK(p.dim_v >= 1 && p.dim_v <= kMaxDimVCuda, op, ": the CUDA implementation supports Dv 1..",
+               kMaxDimVCuda, ", got Dv = ", p.dim_v, " (v ", v.str(), ")");
   }
 
   p.causal = opts.mask == Mask::causal;

@@ -1,7 +1,7 @@
 // Host/device contract of linear attention (linear_attn.h): raw pointers, element strides,
 // shapes and options in one plain struct. linear_attn_params.cpp validates a call's tensors
 // and builds it; linear_attn.cpp hands it to the CPU implementation
-// (linear_attn_reference.cpp), and a CUDA launch site (linear_attn.cu) will take the same.
+// (linear_attn_reference.cpp) or the CUDA launch site (linear_attn.cu) by the tensors' device.
 #pragma once
 #include <cstdint>
 
@@ -21,6 +21,9 @@ struct LinearAttnGrads;
 
 // The CPU limit on Dk and Dv: the backward keeps one Dk x (Dv + 1) state per chunk per task.
 constexpr int kMaxHeadDimCpu = 1024;
+// The CUDA limit on Dk (key tiles of 64, 128 or 256 rows in shared memory) and on Dv.
+constexpr int kMaxDimKCuda = 256;
+constexpr int kMaxDimVCuda = 1024;
 
 struct LinearAttnParams {
   // q/dq [B, S, Hq, Dk], k/dk [B, S, Hk, Dk], v/dv [B, S, Hv, Dv], o/dout [B, S, H, Dv];
@@ -78,5 +81,12 @@ LinearAttnParams linear_attn_backward_params(const char* op, const LinearAttnInp
 // CPU implementation (linear_attn_reference.cpp): f32/f64, causal (chunked) and non-causal.
 void linear_attn_forward_cpu(const LinearAttnParams& p);
 void linear_attn_backward_cpu(const LinearAttnParams& p);
+
+#ifdef LCTX_HAVE_CUDA
+// CUDA implementation (linear_attn.cu): bf16/f16/f32 inputs, Dk <= kMaxDimKCuda, fp32 states.
+// Stream-ordered: its fp32 scratch comes from the pool on `s`; the host never blocks.
+void linear_attn_forward_cuda(const LinearAttnParams& p, Stream s);
+void linear_attn_backward_cuda(const LinearAttnParams& p, Stream s);
+#endif
 
 }  // namespace lctx::linear_attn

@@ -17,8 +17,13 @@ void check_inputs(const char* op, const LinformerInputs& in) {
   check_shape(op, "v", v, k.shape());
   check_dtype(op, "k", k, q.dtype());
   check_dtype(op, "v", v, q.dtype());
-  LCTX_CHECK(q.device().is_cpu(), op, ": q ", q.str(), " is a CUDA tensor; Linformer runs on the CPU so far");
-  LCTX_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, op, ": the CPU supports f32 and f64, got q ", q.str());
+  if (q.device().is_cpu())
+    LCTX_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, op, ": the CPU supports f32 and f64, got q ",
+               q.str());
+  else
+    LCTX_CHECK(q.dtype() == DType::bf16 || q.dtype() == DType::f16, op,
+               ": CUDA supports bf16 and f16 (attn::flash's kernels), got q ", q.str());
+  check_same_device(op, {&q, &k, &v});
   for (auto [name, p] : {std::pair{"e", &in.e}, std::pair{"f", &in.f}}) {
     LCTX_CHECK(p->defined() && p->dim() == 2, op, ": ", name, " must be [k, n], got ", p->str());
     check_dtype(op, name, *p, q.dtype());
@@ -54,7 +59,7 @@ Tensor linformer_project(const Tensor& p_cols, const Tensor& x, Stream s) {
 
 LinformerProjectGrads linformer_project_backward(const Tensor& p_cols, const Tensor& x, const Tensor& dxp, Stream s) {
   LinformerProjectGrads g{Tensor::empty(x.shape(), x.dtype(), x.device()),
-                          Tensor::zeros(p_cols.shape(), p_cols.dtype(), p_cols.device(), s)};
+                          Tensor::zeros(p_cols.shape(), wide_dtype(p_cols.dtype()), p_cols.device(), s)};
   for (int64_t b = 0; b < x.size(0); ++b) {
     Tensor dxb = rows_of(g.dx, b);
     ops::matmul(dxb, p_cols, rows_of(dxp, b), ops::Trans::transpose, ops::Trans::none, 1.0f, 0.0f, s);
@@ -70,7 +75,7 @@ void project_backward(const Tensor& p, const Tensor& p_s, const Tensor& x, const
                       Stream s) {
   LinformerProjectGrads g = linformer_project_backward(p_s, x, dxp, s);
   dx = g.dx;
-  dp = Tensor::zeros(p.shape(), p.dtype(), p.device(), s);
+  dp = Tensor::zeros(p.shape(), wide_dtype(p.dtype()), p.device(), s);
   Tensor head = dp.slice(1, 0, x.size(1));
   head.copy_from(g.dp_cols, s);
 }

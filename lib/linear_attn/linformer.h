@@ -6,9 +6,9 @@
 // so there is no causal form. The attention over the projected rows is attn::flash_forward /
 // flash_backward (GQA as there: Hq a multiple of Hkv); the backward recomputes the projections
 // and that small attention rather than having them saved.
-// Devices: the CPU, f32/f64. The projections are ops::matmul per batch row and the attention is
-// attn::flash, both of which have CUDA paths, but this composition is untested on a GPU: a
-// CUDA tensor is an error for now.
+// Devices: the CPU in f32/f64 and CUDA in bf16/f16 (attn::flash's CUDA kernels: head_dim 64 or
+// 128). The projections are ops::matmul per batch row (fp32 accumulation, K~ and V~ rounded to
+// the input dtype once); the gradients of E and F accumulate over batch rows in wide_dtype.
 #pragma once
 
 #include "core/tensor.h"
@@ -29,7 +29,7 @@ struct LinformerOptions {
 
 struct LinformerGrads {
   Tensor dq, dk, dv;  // like q, k, v (contiguous)
-  Tensor de, df;      // like e, f (columns S.. n-1 are zero)
+  Tensor de, df;      // e's, f's shape in wide_dtype (columns S.. n-1 are zero)
 };
 
 // The sequence projection, a piece of the sequence at a time (sequence parallelism sums the
@@ -38,7 +38,7 @@ struct LinformerGrads {
 Tensor linformer_project(const Tensor& p_cols, const Tensor& x, Stream s = {});
 struct LinformerProjectGrads {
   Tensor dx;      // like x: p_cols^T dx~ per batch row
-  Tensor dp_cols; // like p_cols: sum over batch rows of dx~ x^T
+  Tensor dp_cols;  // p_cols' shape in wide_dtype: sum over batch rows of dx~ x^T
 };
 LinformerProjectGrads linformer_project_backward(const Tensor& p_cols, const Tensor& x, const Tensor& dxp,
                                                  Stream s = {});

@@ -14,4 +14,12 @@ void rmsnorm_forward(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w
 void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, const Tensor& x, const Tensor& w,
                       const Tensor& rstd, GradMode mode, Stream s = {});
 
+// Grouped (mamba_ssm's RMSNormGated with group_size = C / groups, Mamba-2's gated norm): each
+// row's C channels in `groups` contiguous groups, each normalised by its own rstd; rstd is
+// [rows * groups], w stays [C]. groups = 1 is the plain RMSNorm above.
+void rmsnorm_forward(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps, int64_t groups,
+                     Stream s = {});
+void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, const Tensor& x, const Tensor& w,
+                      const Tensor& rstd, GradMode mode, int64_t groups, Stream s = {});
+
 }  // namespace lctx::ops

@@ -5,8 +5,8 @@
 // dist/halo.h, gives the same result as in one call: the next piece's history is the last W-1
 // rows of this one (plus older rows when a piece is shorter than W-1). The gradient of the
 // history goes back to whoever holds those rows. Layout [B, S, C] (channels last, as the
-// in_proj output); W in 1..kMaxConvWidth. CPU: f32/f64 contiguous tensors; weight, bias and
-// their gradients in wide_dtype(x). No CUDA kernel yet: a CUDA tensor is an error.
+// in_proj output); W in 1..kMaxConvWidth. Contiguous tensors; weight, bias and their gradients
+// in wide_dtype(x). CPU: f32/f64; CUDA (causal_conv1d.cu): bf16/f16/f32 with fp32 math.
 #pragma once
 #include <cstdint>
 

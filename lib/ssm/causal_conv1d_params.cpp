@@ -14,10 +14,25 @@ using detail::alloc;
 using detail::operand;
 using detail::optional_operand;
 
+// x's device and dtype are ones an implementation runs: the CPU f32/f64, CUDA bf16/f16/f32.
+void check_device(const char* op, const Tensor& x) {
+  if (x.device().is_cpu()) {
+    LCTX_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64, op,
+               ": the CPU implementation supports f32 and f64, got x ", x.str());
+    return;
+  }
+#ifdef LCTX_HAVE_CUDA
+  LCTX_CHECK(x.dtype() == DType::bf16 || x.dtype() == DType::f16 || x.dtype() == DType::f32, op,
+             ": CUDA supports bf16, f16 and f32 inputs, got x ", x.str());
+#else
+  LCTX_FAIL(op, ": x ", x.str(), " is on a GPU but lctx was built without CUDA");
+#endif
+}
+
 ConvParams make_params(const char* op, const ConvInputs& in, const ConvOptions& opts) {
   const Tensor& x = in.x;
   LCTX_CHECK(x.defined() && x.dim() == 3, op, ": x ", x.defined() ? x.str() : "(undefined)", " must be [B, S, C]");
-  detail::check_cpu_float(op, "x", x);
+  check_device(op, x);
   const Tensor& w = in.weight;
   LCTX_CHECK(w.defined() && w.dim() == 2, op, ": weight ", w.defined() ? w.str() : "(undefined)", " must be [C, W]");
   LCTX_CHECK(w.size(1) >= 1 && w.size(1) <= kMaxConvWidth, op, ": the width W of weight ", w.str(), " must be in 1..",

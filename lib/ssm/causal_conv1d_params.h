@@ -1,7 +1,7 @@
 // Host/device contract of the causal depthwise conv1d (causal_conv1d.h): pointers, shapes and
 // options in one plain struct. causal_conv1d_params.cpp validates a call and builds it;
-// causal_conv1d.cpp runs the CPU implementation (causal_conv1d_reference.cpp), and a CUDA
-// launch site (causal_conv1d.cu) will take the same.
+// causal_conv1d.cpp runs the CPU implementation (causal_conv1d_reference.cpp) or the CUDA
+// kernels (causal_conv1d.cu) by the tensors' device.
 #pragma once
 #include <cstdint>
 
@@ -9,6 +9,7 @@
 
 namespace lctx {
 class Tensor;
+struct Stream;
 }
 
 namespace lctx::ssm {
@@ -47,5 +48,9 @@ ConvParams causal_conv1d_backward_params(const char* op, const ConvInputs& in, c
 // CPU implementation (causal_conv1d_reference.cpp): f32/f64.
 void causal_conv1d_forward_cpu(const ConvParams& p);
 void causal_conv1d_backward_cpu(const ConvParams& p);
+
+// CUDA implementation (causal_conv1d.cu): bf16/f16/f32 activations, f32 weights; on s.
+void causal_conv1d_forward_cuda(const ConvParams& p, Stream s);
+void causal_conv1d_backward_cuda(const ConvParams& p, Stream s);
 
 }  // namespace lctx::ssm

@@ -12,8 +12,10 @@
 // the CUDA kernel will: per chunk, dt and the gate are formed once, then each state runs its
 // chunk from the carried prefix. The backward recomputes (saves nothing from the forward): a
 // first pass keeps each chunk's entry state, then chunks are walked in reverse, each
-// recomputing its states from its entry state. CPU: f32/f64, contiguous tensors, d_state in
-// 1..kMaxStateCpu. No CUDA kernel yet: a CUDA tensor is an error.
+// recomputing its states from its entry state. Contiguous tensors. CPU: f32/f64, d_state in
+// 1..kMaxStateCpu. CUDA (selective_scan.cu): bf16/f16/f32 I/O with the scan in fp32, d_state
+// in 1..kMaxStateCuda; the kernels use their own chunk length (16 tokens) and keep each
+// chunk's entry state in scratch for the backward (B * S/16 * D * N floats).
 #pragma once
 #include <cstdint>
 

@@ -14,13 +14,33 @@ using detail::alloc;
 using detail::operand;
 using detail::optional_operand;
 
+// x's device and dtype, and d_state, are ones an implementation runs: the CPU f32/f64 with
+// d_state up to kMaxStateCpu, CUDA bf16/f16/f32 with d_state up to kMaxStateCuda.
+void check_device(const char* op, const Tensor& x, const Tensor& A) {
+  const int64_t n = A.size(1);
+  if (x.device().is_cpu()) {
+    LCTX_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64, op,
+               ": the CPU implementation supports f32 and f64, got x ", x.str());
+    LCTX_CHECK(n >= 1 && n <= kMaxStateCpu, op, ": the CPU implementation supports d_state 1..", kMaxStateCpu,
+               ", got A ", A.str());
+    return;
+  }
+#ifdef LCTX_HAVE_CUDA
+  LCTX_CHECK(x.dtype() == DType::bf16 || x.dtype() == DType::f16 || x.dtype() == DType::f32, op,
+             ": CUDA supports bf16, f16 and f32 inputs, got x ", x.str());
+  LCTX_CHECK(n >= 1 && n <= kMaxStateCuda, op, ": CUDA supports d_state 1..", kMaxStateCuda, ", got A ", A.str());
+#else
+  LCTX_FAIL(op, ": x ", x.str(), " is on a GPU but lctx was built without CUDA");
+#endif
+}
+
 // The params of the inputs and options, shared by forward and backward.
 ScanParams make_params(const char* op, const ScanInputs& in, const ScanOptions& opts) {
   const Tensor& x = in.x;
   LCTX_CHECK(x.defined() && x.dim() == 3, op, ": x ", x.defined() ? x.str() : "(undefined)", " must be [B, S, D]");
-  detail::check_cpu_float(op, "x", x);
   LCTX_CHECK(in.A.defined() && in.A.dim() == 2, op, ": A ", in.A.defined() ? in.A.str() : "(undefined)",
              " must be [D, N]");
+  check_device(op, x, in.A);
   LCTX_CHECK(in.B.defined() && in.B.dim() == 4, op, ": B ", in.B.defined() ? in.B.str() : "(undefined)",
              " must be [B, S, G, N]");
   ScanParams p;
@@ -31,8 +51,6 @@ ScanParams make_params(const char* op, const ScanInputs& in, const ScanOptions& 
   p.groups = static_cast<int>(in.B.size(2));
   p.dtype = x.dtype();
   p.wide = wide_dtype(x.dtype());
-  LCTX_CHECK(p.dstate >= 1 && p.dstate <= kMaxStateCpu, op, ": the CPU implementation supports d_state 1..",
-             kMaxStateCpu, ", got A ", in.A.str());
   LCTX_CHECK(p.groups >= 1 && p.dim % p.groups == 0, op, ": the groups of B ", in.B.str(),
              " must divide d_inner D = ", p.dim, " (x ", x.str(), ")");
   const Shape tokens = {p.batch, p.seqlen, p.dim}, bc = {p.batch, p.seqlen, p.groups, p.dstate};

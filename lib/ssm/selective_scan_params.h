@@ -1,7 +1,7 @@
 // Host/device contract of the selective scan (selective_scan.h): raw pointers, shapes and
 // options in one plain struct. selective_scan_params.cpp validates a call's tensors and builds
-// it; selective_scan.cpp hands it to the CPU implementation (selective_scan_reference.cpp),
-// and a CUDA launch site (selective_scan.cu) will take the same.
+// it; selective_scan.cpp hands it to the CPU implementation (selective_scan_reference.cpp) or
+// to the CUDA kernels (selective_scan.cu) by the tensors' device.
 #pragma once
 #include <cstdint>
 
@@ -9,6 +9,7 @@
 
 namespace lctx {
 class Tensor;
+struct Stream;
 }
 
 namespace lctx::ssm {
@@ -20,6 +21,8 @@ struct ScanGrads;
 
 // The CPU limit on d_state: the backward keeps chunk x d_state states per task.
 constexpr int kMaxStateCpu = 256;
+// The CUDA limit: a block's warps hold at most 8 slices of 2 states 16 times over.
+constexpr int kMaxStateCuda = 256;
 
 struct ScanParams {
   // Contiguous: x, dt, z, y, dy [B, S, D]; B, C [B, S, G, N]; A [D, N]; D, dt_bias [D];
@@ -70,5 +73,10 @@ ScanParams selective_scan_backward_params(const char* op, const ScanInputs& in, 
 // CPU implementation (selective_scan_reference.cpp): f32/f64.
 void selective_scan_forward_cpu(const ScanParams& p);
 void selective_scan_backward_cpu(const ScanParams& p);
+
+// CUDA implementation (selective_scan.cu): bf16/f16/f32 tensors on the current device, the
+// scan in fp32; stream-ordered on s.
+void selective_scan_forward_cuda(const ScanParams& p, Stream s);
+void selective_scan_backward_cuda(const ScanParams& p, Stream s);
 
 }  // namespace lctx::ssm

@@ -9,8 +9,8 @@
 // gradients of q, k, v, log_decay map back to dC, dB, dx, d_dt, dA. The state is k-major like
 // linear attention's, [B, H, N, P] (mamba_ssm's is [B, H, P, N]), and chains and shards the
 // same way (dist/state_scan.h: a = exp(A * sum dt) per head). The gated RMSNorm of a Mamba-2
-// layer is not part of it. CPU: f32/f64 contiguous tensors (as linear_attn), A, D, dt_bias and
-// the state in wide_dtype(x).
+// layer is not part of it. CPU: f32/f64; CUDA: f32/bf16/f16 (the maps in fp32, ssd.cu; the scan
+// is linear_attn's CUDA kernel); contiguous tensors, A, D, dt_bias and the state in wide_dtype(x).
 #pragma once
 #include <cstdint>
 
@@ -53,5 +53,18 @@ SsdOutput ssd_forward(const SsdInputs& in, const SsdOptions& opts, Stream s = {}
 // Gradients given dL/dy (`dy`, like y) and dL/dfinal_state (undefined: zeros).
 SsdGrads ssd_backward(const SsdInputs& in, const Tensor& dy, const Tensor& d_final_state, const SsdOptions& opts,
                       Stream s = {});
+
+namespace detail {
+// The CUDA halves of the elementwise maps (ssd.cu); operands validated, outputs allocated.
+// dt = softplus(dt_raw + dt_bias) (or not), raw = dt_raw + dt_bias, v = dt x, log_decay = dt A.
+void ssd_map_inputs_cuda(Tensor& dt, Tensor& raw, Tensor& v, Tensor& log_decay, const SsdInputs& in, Softplus sp,
+                         Stream s);
+// y += D x.
+void ssd_add_skip_cuda(Tensor& y, const Tensor& x, const Tensor& D, Stream s);
+// g.dx, g.d_dt, g.dA, g.dD, g.d_dt_bias (allocated; the sums zeroed) from linear_attn's dv and
+// d_log_decay, dy and the forward's dt and raw.
+void ssd_map_grads_cuda(SsdGrads& g, const SsdInputs& in, const Tensor& dy, const Tensor& dv, const Tensor& d_log_decay,
+                        const Tensor& dt, const Tensor& raw, Softplus sp, Stream s);
+}  // namespace detail
 
 }  // namespace lctx::ssm

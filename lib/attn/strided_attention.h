@@ -1,0 +1,60 @@
+// Sparse Transformer strided attention, causal: query i sees the window of keys i - w < j <= i
+// plus every earlier key with (i - j) mod s == 0 -- the pattern of strided_block_mask, computed
+// another way (and, with n_global, the window plus global keys; see below). Through a block mask it is slow at long lengths: every key tile holds strided
+// keys, so about half of all tiles run masked (FlexAttention: ~16 TFLOP/s on the visible pairs
+// at 64k, window 1024, stride 64). Here it is two dense flash calls and an exact merge:
+//   window part:  flash, causal, window_left = w - 1 (the existing band fast path);
+//   strided part: the keys j = i (mod s) with j <= i - w. Position p = t s + r (residue r) of a
+//     contiguous [B, S, H, D] tensor is element (b, t, r H + h) of the same memory viewed as
+//     [B, S / s, s H, D], so each residue's subsequence is a head of its own: no gather copy.
+//     In it query t sees keys t' <= t - c, c = ceil(w / s), exactly the strided keys the window
+//     does not cover (no pair counted twice): flash, causal, k_offset = c, over s H heads of
+//     S / s positions, ~S^2 / (2 s) pairs per head at dense tensor-core speed;
+//   merge: the two (o, lse) in fp32 by their log-sum-exp (strided_attention.cu / the CPU loop).
+// The same split serves the causal local + global pattern (window plus the first g positions,
+// attention sinks; global_block_mask united with window_block_mask): n_global = g instead of
+// the stride, the far part is flash of every query over keys [0, g) with causal and
+// k_offset = w (the global keys j <= i - w the window does not cover), S x g pairs. Both parts
+// run under the automatic backend (the window part on cuDNN where it can), which the lctx
+// kernels' block-mask path cannot use.
+// Backward: each part's flash backward with the merged o and lse (the global softmax), summed
+// into fp32 gradients. S not a multiple of s is padded to one with zero rows (padded keys lie
+// after every real query: never seen). Memory O(S) (fp32 partial outputs and gradients).
+// Layout, dtypes and devices as flash.h (CPU f32/f64, CUDA bf16/f16 with head_dim 64/128).
+#pragma once
+#include <cstdint>
+
+#include "attn/flash.h"
+
+namespace lctx::attn {
+
+struct StridedOptions {
+  int64_t window = 0;          // w >= 1: keys i - w < j <= i (w <= S)
+  int64_t stride = 0;          // s >= 1: plus keys j <= i - w with (i - j) mod s == 0
+  int64_t n_global = 0;        // g >= 1 (instead of a stride): plus keys j < g, j <= i - w
+  float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)
+  AttnBackend backend = AttnBackend::automatic;  // of both flash calls
+};
+
+// o [B, S, Hq, D] in q's dtype, lse [B, Hq, S] f32 (f64 for f64 inputs).
+FlashOutput strided_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const StridedOptions& opts,
+                                      Stream s = {});
+// Gradients in q's dtype, from the forward's o and lse.
+FlashGrads strided_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                                      const Tensor& lse, const Tensor& dout, const StridedOptions& opts,
+                                      Stream s = {});
+
+namespace detail {
+// CUDA side of the merge and of the backward's lse layout (the CPU loops are in
+// strided_attention.cpp). ow [B, S', H, D] with lw [B, H, S'] (window part) and os [B, S', H, D]
+// with ls [B, s H, S'/s] (strided part, residue-major heads), all fp32 and contiguous, merged
+// into o [B, S, H, D] (bf16/f16) and lse [B, H, S] f32 (S <= S').
+#ifdef LCTX_HAVE_CUDA
+void strided_merge_cuda(const Tensor& ow, const Tensor& lw, const Tensor& os, const Tensor& ls, int64_t stride,
+                        Tensor& o, Tensor& lse, Stream s);
+// ls [B, s H, S'/s] from lse [B, H, S] (contiguous): -inf at positions >= S.
+void strided_lse_gather_cuda(const Tensor& lse, int64_t stride, Tensor& ls, Stream s);
+#endif
+}  // namespace detail
+
+}  // namespace lctx::attn

@@ -1,0 +1,1383 @@
+// Linear attention on CUDA (linear_attn.h): the chunked algorithm of linear_attn_reference.cpp,
+// split along the sequence so that a (batch, head) pair fills many SMs without a state per chunk.
+// Each (batch, state head) sequence is cut into splits of whole chunks, and the state columns
+// (v's Dv, plus the z column when normalised) into tiles of kCols; a block owns one (column
+// tile, split, batch x head) and keeps its state tile in fp32 registers while it walks its chunks.
+//   forward:  states_kernel   each split's final state from zeros (S = e^{A_L} S + (K w)^T V) and
+//                             its total log-decay;
+//             scan_kernel     the affine scan over splits (dist/state_scan.h's combine, fp32):
+//                             every split's entry state in place, and final_state;
+//             output_kernel   per split from its entry state: U = e^A (Q S) + mask(Q K^T) V.
+//   backward: the forward's states (and U when normalised, giving dU), then the mirror image:
+//             states_kernel / scan_kernel in reverse for the state gradient at each split's exit
+//             (seeded with d_final_state, ending in d_state0), dq_kernel walking forward with S,
+//             dkdv_kernel walking backward with dS, and decay_grad_kernel: the reverse cumsum of
+//             q.dq - k.dk per token plus <S_T, dS_T>.
+// The non-causal form is the same code with one whole-sequence state (and its gradient) that
+// every query (key) reads and no intra-chunk term. Gradients of column tiles and of state heads
+// sharing an input head meet in fp32 atomics. Two implementations of the chunk kernels, picked
+// per call (use_mma), with the same splits, workspace and scans:
+//   tensor cores (states/output/dq/dkdv_mma_kernel): bf16/f16 inputs with Dk, Dv in {64, 128},
+//     not normalised, rows readable by 16-byte cp.async. mma.sync m16n8k16 with fp32
+//     accumulation from swizzled 16-bit tiles loaded one chunk ahead; as in fla's chunk
+//     kernels, the state (gradient) is read as a 16-bit copy of its fp32 registers, and K w,
+//     Q e^A and the decay-masked scores are rounded to 16 bits before their products.
+//   fp32 (states/output/dq/dkdv_kernel), every other call: fp32 FMAs on CUDA cores from fp32
+//     shared tiles (register-blocked per thread). Inputs bf16, f16 or f32; Dk up to
+//     kMaxDimKCuda (tiles of 64, 128 or 256 rows), Dv up to kMaxDimVCuda.
+// opts.chunk is the CPU's: chunks here are 64 tokens (32 for Dk > 128).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/cuda/launch.cuh"
+#include "core/cuda/mma.cuh"
+#include "core/cuda_check.h"
+#include "linear_attn/linear_attn_params.h"
+
+namespace lctx::linear_attn {
+
+namespace {
+
+constexpr int kThreads = 256;  // a 16 x 16 grid of threads over every block product
+constexpr int kCols = 64;      // state columns per block
+
+// Chunk length and shared-memory layout (floats; rows padded by one against bank conflicts)
+// of the chunk kernels for Dk <= DK: q, k [C][DK], v, du [C][kCols], s [DK][kCols],
+// p, g [C][C], cumulative log-decays a, e^{A_i} ea, e^{A_L - A_i} w [C].
+template <int DK>
+struct Tiles {
+  static constexpr int C = DK > 128 ? 32 : 64;
+  static constexpr int LK = DK + 1, LV = kCols + 1, LC = C + 1;
+  static constexpr int kFloats = 2 * C * LK + 2 * C * LV + DK * LV + 2 * C * LC + 3 * C;
+  static constexpr int kSmemBytes = kFloats * 4;
+};
+
+// Rows of a [B, S, heads, dim] tensor read by state head h (input head h / div); f32 or T.
+struct Rows {
+  const void* ptr = nullptr;
+  int64_t stride[3] = {};
+  int div = 1;
+  bool f32 = false;
+};
+
+template <class T>
+__device__ __forceinline__ float to_float(T x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(x);
+  else return __half2float(x);
+}
+template <class T>
+__device__ __forceinline__ T from_float(float x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(x);
+  else return __float2half_rn(x);
+}
+
+template <class T>
+__device__ __forceinline__ float load_row(const Rows& r, int64_t b, int64_t t, int h, int col) {
+  const int64_t off = b * r.stride[0] + t * r.stride[1] + (h / r.div) * r.stride[2] + col;
+  return r.f32 ? static_cast<const float*>(r.ptr)[off] : to_float(static_cast<const T*>(r.ptr)[off]);
+}
+
+// Everything a kernel reads: the call's shapes plus the workspace.
+struct Work {
+  int64_t batch = 0, seqlen = 0, nchunks = 0;
+  int heads = 0, heads_q = 0, heads_k = 0, heads_v = 0, dim_k = 0, dim_v = 0, cols = 0;
+  bool causal = true, normalize = false;
+  bool mma = false;  // the tensor-core kernels (use_mma)
+  int split_chunks = 1, nsplit = 1, ntiles = 1;
+  Rows q, k, v, du;  // du: dout, or the fp32 dU rows [B, S, H, cols] when normalised
+  const float* log_decay = nullptr;
+  bool per_token = false;
+  int64_t decay_stride[2] = {};
+  // output_kernel: o (T, dim_v columns) or the fp32 U rows [B, S, H, cols] (out_f32).
+  void* out = nullptr;
+  int64_t out_stride[3] = {};
+  bool out_f32 = false;
+  // States [B, H, nsplit, dim_k, cols]: the split entry states (forward) or exit gradients.
+  float* states = nullptr;
+  float* split_decay = nullptr;  // [B, H, nsplit]: total log-decay of each split
+  const float* whole = nullptr;  // non-causal: the whole-sequence state (gradient)
+  // Backward: fp32 gradient sums [B, S, heads_x, dim] and q.dq - k.dk per token [B, H, S].
+  float *dq = nullptr, *dk = nullptr, *dv = nullptr, *dot = nullptr;
+
+  __host__ __device__ int ones_col() const { return normalize ? dim_v : -1; }  // v's z column
+  __host__ __device__ int du_cols() const { return normalize ? cols : dim_v; }
+};
+
+// A block product's M x N fp32 accumulator: thread (ty, tx) = (tid / 16, tid % 16) of the
+// 16 x 16 thread grid holds rows ty + 16 r and columns tx + 16 c.
+template <int M, int N>
+struct Acc {
+  static_assert(M % 16 == 0 && N % 16 == 0, "Acc: block products are tiled by 16 x 16 threads");
+  float v[M / 16][N / 16];
+};
+
+// f(i, j, acc(i, j)) for every element a thread holds.
+template <int M, int N, class F>
+__device__ __forceinline__ void for_acc(Acc<M, N>& acc, F&& f) {
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+  for (int r = 0; r < M / 16; ++r)
+#pragma unroll
+    for (int c = 0; c < N / 16; ++c) f(ty + 16 * r, tx + 16 * c, acc.v[r][c]);
+}
+
+template <int M, int N>
+__device__ __forceinline__ void zero(Acc<M, N>& acc) {
+  for_acc(acc, [](int, int, float& x) { x = 0.f; });
+}
+
+// acc(i, j) += sum_{kk < K} A(i, kk) B(kk, j) over the block, A(i, kk) = a[i ai + kk ak],
+// B(kk, j) = b[kk bk + j bj] in shared memory (fp32 FMAs).
+template <int M, int N>
+__device__ __forceinline__ void block_gemm(Acc<M, N>& acc, int K, const float* a, int ai, int ak, const float* b,
+                                           int bk, int bj) {
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  a += ty * ai;
+  b += tx * bj;
+#pragma unroll 4
+  for (int kk = 0; kk < K; ++kk) {
+    float ar[M / 16], br[N / 16];
+#pragma unroll
+    for (int r = 0; r < M / 16; ++r) ar[r] = a[16 * r * ai + kk * ak];
+#pragma unroll
+    for (int c = 0; c < N / 16; ++c) br[c] = b[kk * bk + 16 * c * bj];
+#pragma unroll
+    for (int r = 0; r < M / 16; ++r)
+#pragma unroll
+      for (int c = 0; c < N / 16; ++c) acc.v[r][c] = fmaf(ar[r], br[c], acc.v[r][c]);
+  }
+}
+
+// Row sums over the 16 threads holding a row: part(i, j, x) gives each element's share, the
+// thread with tx == 0 gets done(i, total).
+template <int M, int N, class F, class G>
+__device__ __forceinline__ void row_reduce(Acc<M, N>& acc, F&& part, G&& done) {
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+  for (int r = 0; r < M / 16; ++r) {
+    float sum = 0.f;
+#pragma unroll
+    for (int c = 0; c < N / 16; ++c) sum += part(ty + 16 * r, tx + 16 * c, acc.v[r][c]);
+#pragma unroll
+    for (int o = 8; o >= 1; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (tx == 0) done(ty + 16 * r, sum);
+  }
+}
+
+// Shared-memory tiles of a chunk kernel.
+template <int DK>
+struct Smem {
+  using Tl = Tiles<DK>;
+  float *q, *k, *v, *du, *s, *p, *g, *a, *ea, *w;
+  __device__ explicit Smem(float* base) {
+    q = base;
+    k = q + Tl::C * Tl::LK;
+    v = k + Tl::C * Tl::LK;
+    du = v + Tl::C * Tl::LV;
+    s = du + Tl::C * Tl::LV;
+    p = s + DK * Tl::LV;
+    g = p + Tl::C * Tl::LC;
+    a = g + Tl::C * Tl::LC;
+    ea = a + Tl::C;
+    w = ea + Tl::C;
+  }
+};
+
+// One block's place: column tile, split, batch and state head, and its chunk range.
+struct Place {
+  int tile, split, h;
+  int64_t b, bh, chunk0, chunk1;
+  __device__ explicit Place(const Work& wk) {
+    tile = blockIdx.x;
+    split = blockIdx.y;
+    bh = blockIdx.z;
+    b = bh / wk.heads;
+    h = static_cast<int>(bh % wk.heads);
+    chunk0 = static_cast<int64_t>(split) * wk.split_chunks;
+    chunk1 = min(wk.nchunks, chunk0 + wk.split_chunks);
+  }
+  __device__ int col0() const { return tile * kCols; }
+  __device__ int64_t state_offset(const Work& wk) const {
+    return (bh * wk.nsplit + split) * static_cast<int64_t>(wk.dim_k) * wk.cols;
+  }
+};
+
+// The loaders below read a whole tile into registers before storing any of it, so that a
+// thread's global loads are all in flight at once (a load-store loop waits out each load).
+
+// dst[i][j] = row t0 + i, column j of a q/k source (zeros past n rows or dim_k columns).
+template <class T, int DK>
+__device__ void load_keys(float* dst, const Rows& src, const Place& pl, int64_t t0, int n, int dim) {
+  constexpr int C = Tiles<DK>::C, kPer = C * DK / kThreads;
+  static_assert(C * DK % kThreads == 0, "load_keys: the tile must split evenly over the threads");
+  float x[kPer];
+#pragma unroll
+  for (int r = 0; r < kPer; ++r) {
+    const int idx = threadIdx.x + r * kThreads, i = idx / DK, j = idx % DK;
+    x[r] = i < n && j < dim ? load_row<T>(src, pl.b, t0 + i, pl.h, j) : 0.f;
+  }
+#pragma unroll
+  for (int r = 0; r < kPer; ++r) {
+    const int idx = threadIdx.x + r * kThreads;
+    dst[idx / DK * Tiles<DK>::LK + idx % DK] = x[r];
+  }
+}
+
+// dst[i][j] = state column col0 + j of row t0 + i of a v/du source with `src_cols` columns;
+// column `ones` (the z column of v when normalised, else -1) is 1.
+template <class T, int DK>
+__device__ void load_cols(float* dst, const Rows& src, const Place& pl, int64_t t0, int n, int src_cols, int ones) {
+  constexpr int C = Tiles<DK>::C, kPer = C * kCols / kThreads;
+  static_assert(C * kCols % kThreads == 0, "load_cols: the tile must split evenly over the threads");
+  float x[kPer];
+#pragma unroll
+  for (int r = 0; r < kPer; ++r) {
+    const int idx = threadIdx.x + r * kThreads, i = idx / kCols, c = pl.col0() + idx % kCols;
+    x[r] = 0.f;
+    if (i < n) x[r] = c < src_cols ? load_row<T>(src, pl.b, t0 + i, pl.h, c) : (c == ones ? 1.f : 0.f);
+  }
+#pragma unroll
+  for (int r = 0; r < kPer; ++r) {
+    const int idx = threadIdx.x + r * kThreads;
+    dst[idx / kCols * Tiles<DK>::LV + idx % kCols] = x[r];
+  }
+}
+
+// a = cumulative log-decays A_i of the C chunk rows t0.. (rows past n add 0), ea = e^{A_i},
+// w = e^{A_L - A_i} (shared memory). Needs a barrier before (a free) and gives one after.
+template <int C>
+__device__ void load_decays(float* a, float* ea, float* w, const Work& wk, const Place& pl, int64_t t0, int n) {
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float run = 0.f;
+    for (int base = 0; base < C; base += 32) {
+      const int i = base + lane;
+      float x = 0.f;
+      if (wk.log_decay && i < n)
+        x = wk.per_token ? wk.log_decay[pl.b * wk.decay_stride[0] + (t0 + i) * wk.decay_stride[1] + pl.h]
+                         : wk.log_decay[pl.h];
+#pragma unroll
+      for (int o = 1; o < 32; o *= 2) {
+        const float y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+      }
+      a[i] = run + x;
+      run += __shfl_sync(0xffffffffu, x, 31);
+    }
+  }
+  __syncthreads();
+  const float al = a[C - 1];
+  for (int i = threadIdx.x; i < C; i += kThreads) {
+    ea[i] = expf(a[i]);
+    w[i] = expf(al - a[i]);
+  }
+  __syncthreads();
+}
+
+// x[i][j] *= scale[i] for a [C][width] tile (leading dimension ld).
+template <int DK>
+__device__ void scale_rows(float* x, int ld, int width, const float* scale) {
+  constexpr int C = Tiles<DK>::C;
+  for (int idx = threadIdx.x; idx < C * width; idx += kThreads) x[idx / width * ld + idx % width] *= scale[idx / width];
+}
+
+// The C x C decay-masked product into dst: e^{A_i - A_j} acc(i, j) for j <= i, else 0.
+template <int DK>
+__device__ void store_masked(Acc<Tiles<DK>::C, Tiles<DK>::C>& acc, float* dst, const float* a) {
+  constexpr int C = Tiles<DK>::C;
+  for_acc(acc, [&](int i, int j, float& x) { dst[i * Tiles<DK>::LC + j] = j <= i ? x * expf(a[i] - a[j]) : 0.f; });
+}
+
+// The state tile held in registers <-> memory ([dim_k][cols] rows, column tile of pl).
+template <int DK>
+__device__ void state_load(Acc<DK, kCols>& st, const float* src, const Work& wk, const Place& pl) {
+  for_acc(st, [&](int d, int j, float& x) {
+    const int c = pl.col0() + j;
+    x = src && d < wk.dim_k && c < wk.cols ? src[static_cast<int64_t>(d) * wk.cols + c] : 0.f;
+  });
+}
+template <int DK>
+__device__ void state_store(Acc<DK, kCols>& st, float* dst, const Work& wk, const Place& pl) {
+  for_acc(st, [&](int d, int j, float& x) {
+    const int c = pl.col0() + j;
+    if (d < wk.dim_k && c < wk.cols) dst[static_cast<int64_t>(d) * wk.cols + c] = x;
+  });
+}
+template <int DK>
+__device__ void state_to_smem(Acc<DK, kCols>& st, float* s) {
+  for_acc(st, [&](int d, int j, float& x) { s[d * Tiles<DK>::LV + j] = x; });
+}
+
+// st = e^{A_L} st + X^T Y over the chunk (X [C][DK] already scaled per row, Y [C][kCols]).
+template <int DK>
+__device__ void state_step(Acc<DK, kCols>& st, const float* x, const float* y, float decay) {
+  using Tl = Tiles<DK>;
+  for_acc(st, [&](int, int, float& v) { v *= decay; });
+  block_gemm<DK, kCols>(st, Tl::C, x, 1, Tl::LK, y, Tl::LV, 1);
+}
+
+// Each split's state from zeros and total log-decay: forward S = e^{A_L} S + (K w)^T V over
+// its chunks in order; `grads`: the state gradient dS = e^{A_L} dS + (Q e^A)^T dU in reverse.
+template <class T, int DK>
+__global__ void __launch_bounds__(kThreads) states_kernel(Work wk, bool grads) {
+  using Tl = Tiles<DK>;
+  extern __shared__ float smem[];
+  const Smem<DK> sm(smem);
+  const Place pl(wk);
+  Acc<DK, kCols> st;
+  zero(st);
+  float total = 0.f;
+  for (int64_t ci = pl.chunk0; ci < pl.chunk1; ++ci) {
+    const int64_t c = grads ? pl.chunk1 - 1 - (ci - pl.chunk0) : ci, t0 = c * Tl::C;
+    const int n = static_cast<int>(min(static_cast<int64_t>(Tl::C), wk.seqlen - t0));
+    __syncthreads();
+    load_keys<T, DK>(sm.q, grads ? wk.q : wk.k, pl, t0, n, wk.dim_k);
+    load_cols<T, DK>(sm.v, grads ? wk.du : wk.v, pl, t0, n, grads ? wk.du_cols() : wk.dim_v,
+                     grads ? -1 : wk.ones_col());
+    load_decays<Tl::C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
+    scale_rows<DK>(sm.q, Tl::LK, DK, grads ? sm.ea : sm.w);
+    __syncthreads();
+    state_step<DK>(st, sm.q, sm.v, sm.ea[Tl::C - 1]);
+    total += sm.a[Tl::C - 1];
+  }
+  state_store<DK>(st, wk.states + pl.state_offset(wk), wk, pl);
+  if (pl.tile == 0 && threadIdx.x == 0) wk.split_decay[pl.bh * wk.nsplit + pl.split] = total;
+}
+
+// The exclusive affine scan over splits, per (batch x head, state element), in fp32: forward
+// x = init; per split: states[s] <- x, x = e^{a_s} x + states[s]; out = x. Reverse: the same
+// from the last split (the state gradient at each split's exit, ending in d_state0).
+__global__ void scan_kernel(float* states, const float* split_decay, const float* init, float* out, int64_t nbh,
+                            int nsplit, int64_t size, bool reverse) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < nbh * size;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t bh = e / size, idx = e % size;
+    float x = init ? init[e] : 0.f;
+    for (int i = 0; i < nsplit; ++i) {
+      const int s = reverse ? nsplit - 1 - i : i;
+      float* p = states + (bh * nsplit + s) * size + idx;
+      const float local = *p;
+      *p = x;
+      x = expf(split_decay[bh * nsplit + s]) * x + local;
+    }
+    out[e] = x;
+  }
+}
+
+// U = e^A (Q S) + mask(Q K^T) V per chunk from each split's entry state (non-causal: Q S with
+// the whole-sequence state), into o or the fp32 U rows.
+template <class T, int DK>
+__global__ void __launch_bounds__(kThreads) output_kernel(Work wk) {
+  using Tl = Tiles<DK>;
+  constexpr int C = Tl::C;
+  extern __shared__ float smem[];
+  const Smem<DK> sm(smem);
+  const Place pl(wk);
+  Acc<DK, kCols> st;
+  state_load<DK>(st, wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols, wk, pl);
+  const int out_cols = wk.out_f32 ? wk.cols : wk.dim_v;
+  for (int64_t ci = pl.chunk0; ci < pl.chunk1; ++ci) {
+    const int64_t t0 = ci * C;
+    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
+    __syncthreads();
+    load_keys<T, DK>(sm.q, wk.q, pl, t0, n, wk.dim_k);
+    load_keys<T, DK>(sm.k, wk.k, pl, t0, n, wk.dim_k);
+    load_cols<T, DK>(sm.v, wk.v, pl, t0, n, wk.dim_v, wk.ones_col());
+    state_to_smem<DK>(st, sm.s);
+    load_decays<Tl::C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
+    if (wk.causal) {
+      Acc<C, C> pa;
+      zero(pa);
+      block_gemm<C, C>(pa, DK, sm.q, Tl::LK, 1, sm.k, 1, Tl::LK);
+      store_masked<DK>(pa, sm.p, sm.a);
+    }
+    Acc<C, kCols> u;
+    zero(u);
+    block_gemm<C, kCols>(u, DK, sm.q, Tl::LK, 1, sm.s, Tl::LV, 1);
+    for_acc(u, [&](int i, int, float& x) { x *= sm.ea[i]; });
+    __syncthreads();
+    if (wk.causal) block_gemm<C, kCols>(u, C, sm.p, Tl::LC, 1, sm.v, Tl::LV, 1);
+    for_acc(u, [&](int i, int j, float& x) {
+      const int c = pl.col0() + j;
+      if (i >= n || c >= out_cols) return;
+      const int64_t off = pl.b * wk.out_stride[0] + (t0 + i) * wk.out_stride[1] + pl.h * wk.out_stride[2] + c;
+      if (wk.out_f32) static_cast<float*>(wk.out)[off] = x;
+      else static_cast<T*>(wk.out)[off] = from_float<T>(x);
+    });
+    if (wk.causal && ci + 1 < pl.chunk1) {
+      scale_rows<DK>(sm.k, Tl::LK, DK, sm.w);
+      __syncthreads();
+      state_step<DK>(st, sm.k, sm.v, sm.ea[C - 1]);
+    }
+  }
+}
+
+// dq = e^A (dU S^T) + mask(dU V^T) K per chunk, walking each split forward with its state;
+// fp32 atomics into wk.dq (column tiles and state heads sum), q.dq into wk.dot.
+template <class T, int DK>
+__global__ void __launch_bounds__(kThreads) dq_kernel(Work wk) {
+  using Tl = Tiles<DK>;
+  constexpr int C = Tl::C;
+  extern __shared__ float smem[];
+  const Smem<DK> sm(smem);
+  const Place pl(wk);
+  const int hq = pl.h / (wk.heads / wk.heads_q);
+  Acc<DK, kCols> st;
+  state_load<DK>(st, wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols, wk, pl);
+  for (int64_t ci = pl.chunk0; ci < pl.chunk1; ++ci) {
+    const int64_t t0 = ci * C;
+    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
+    __syncthreads();
+    if (wk.dot) load_keys<T, DK>(sm.q, wk.q, pl, t0, n, wk.dim_k);
+    load_keys<T, DK>(sm.k, wk.k, pl, t0, n, wk.dim_k);
+    load_cols<T, DK>(sm.v, wk.v, pl, t0, n, wk.dim_v, wk.ones_col());
+    load_cols<T, DK>(sm.du, wk.du, pl, t0, n, wk.du_cols(), -1);
+    state_to_smem<DK>(st, sm.s);
+    load_decays<Tl::C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
+    if (wk.causal) {
+      Acc<C, C> ga;
+      zero(ga);
+      block_gemm<C, C>(ga, kCols, sm.du, Tl::LV, 1, sm.v, 1, Tl::LV);
+      store_masked<DK>(ga, sm.g, sm.a);
+    }
+    Acc<C, DK> dq;
+    zero(dq);
+    block_gemm<C, DK>(dq, kCols, sm.du, Tl::LV, 1, sm.s, 1, Tl::LV);
+    for_acc(dq, [&](int i, int, float& x) { x *= sm.ea[i]; });
+    __syncthreads();
+    if (wk.causal) block_gemm<C, DK>(dq, C, sm.g, Tl::LC, 1, sm.k, Tl::LK, 1);
+    for_acc(dq, [&](int i, int d, float& x) {
+      if (i < n && d < wk.dim_k)
+        atomicAdd(wk.dq + ((pl.b * wk.seqlen + t0 + i) * wk.heads_q + hq) * wk.dim_k + d, x);
+    });
+    if (wk.dot)
+      row_reduce(
+          dq, [&](int i, int d, float x) { return x * sm.q[i * Tl::LK + d]; },
+          [&](int i, float sum) {
+            if (i < n) atomicAdd(wk.dot + pl.bh * wk.seqlen + t0 + i, sum);
+          });
+    if (wk.causal && ci + 1 < pl.chunk1) {
+      __syncthreads();
+      scale_rows<DK>(sm.k, Tl::LK, DK, sm.w);
+      __syncthreads();
+      state_step<DK>(st, sm.k, sm.v, sm.ea[C - 1]);
+    }
+  }
+}
+
+// dv = w (K dS) + mask(Q K^T)^T dU and dk = w (V dS^T) + mask(dU V^T)^T Q per chunk, walking
+// each split backward from the state gradient at its exit (non-causal: the whole-sequence
+// state gradient, w = 1); fp32 atomics into wk.dk / wk.dv, -k.dk into wk.dot.
+template <class T, int DK>
+__global__ void __launch_bounds__(kThreads) dkdv_kernel(Work wk) {
+  using Tl = Tiles<DK>;
+  constexpr int C = Tl::C;
+  extern __shared__ float smem[];
+  const Smem<DK> sm(smem);
+  const Place pl(wk);
+  const int hk = pl.h / (wk.heads / wk.heads_k), hv = pl.h / (wk.heads / wk.heads_v);
+  Acc<DK, kCols> st;
+  state_load<DK>(st, wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols, wk, pl);
+  for (int64_t ci = pl.chunk1 - 1; ci >= pl.chunk0; --ci) {
+    const int64_t t0 = ci * C;
+    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
+    __syncthreads();
+    load_keys<T, DK>(sm.q, wk.q, pl, t0, n, wk.dim_k);
+    load_keys<T, DK>(sm.k, wk.k, pl, t0, n, wk.dim_k);
+    load_cols<T, DK>(sm.v, wk.v, pl, t0, n, wk.dim_v, wk.ones_col());
+    load_cols<T, DK>(sm.du, wk.du, pl, t0, n, wk.du_cols(), -1);
+    state_to_smem<DK>(st, sm.s);
+    load_decays<Tl::C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
+    if (wk.causal) {
+      Acc<C, C> pa;
+      zero(pa);
+      block_gemm<C, C>(pa, DK, sm.q, Tl::LK, 1, sm.k, 1, Tl::LK);
+      store_masked<DK>(pa, sm.p, sm.a);
+      zero(pa);
+      block_gemm<C, C>(pa, kCols, sm.du, Tl::LV, 1, sm.v, 1, Tl::LV);
+      store_masked<DK>(pa, sm.g, sm.a);
+    }
+    __syncthreads();
+    {
+      Acc<C, kCols> dv;
+      zero(dv);
+      block_gemm<C, kCols>(dv, DK, sm.k, Tl::LK, 1, sm.s, Tl::LV, 1);
+      if (wk.causal) {
+        for_acc(dv, [&](int j, int, float& x) { x *= sm.w[j]; });
+        block_gemm<C, kCols>(dv, C, sm.p, 1, Tl::LC, sm.du, Tl::LV, 1);
+      }
+      for_acc(dv, [&](int j, int c, float& x) {
+        c += pl.col0();
+        if (j < n && c < wk.dim_v)
+          atomicAdd(wk.dv + ((pl.b * wk.seqlen + t0 + j) * wk.heads_v + hv) * wk.dim_v + c, x);
+      });
+    }
+    Acc<C, DK> dk;
+    zero(dk);
+    block_gemm<C, DK>(dk, kCols, sm.v, Tl::LV, 1, sm.s, 1, Tl::LV);
+    if (wk.causal) {
+      for_acc(dk, [&](int j, int, float& x) { x *= sm.w[j]; });
+      block_gemm<C, DK>(dk, C, sm.g, 1, Tl::LC, sm.q, Tl::LK, 1);
+    }
+    for_acc(dk, [&](int j, int d, float& x) {
+      if (j < n && d < wk.dim_k)
+        atomicAdd(wk.dk + ((pl.b * wk.seqlen + t0 + j) * wk.heads_k + hk) * wk.dim_k + d, x);
+    });
+    if (wk.dot)
+      row_reduce(
+          dk, [&](int j, int d, float x) { return x * sm.k[j * Tl::LK + d]; },
+          [&](int j, float sum) {
+            if (j < n) atomicAdd(wk.dot + pl.bh * wk.seqlen + t0 + j, -sum);
+          });
+    if (wk.causal && ci > pl.chunk0) {
+      __syncthreads();
+      scale_rows<DK>(sm.q, Tl::LK, DK, sm.ea);
+      __syncthreads();
+      state_step<DK>(st, sm.q, sm.du, sm.ea[C - 1]);
+    }
+  }
+}
+
+// ---- Tensor-core path: 16-bit inputs, Dk and Dv in {64, 128}, not normalised (Work::mma) ----
+// The same kernels' math with mma.sync m16n8k16 (fp32 accumulation) from swizzled 16-bit
+// shared tiles (core/cuda/mma.cuh), filled by cp.async one chunk ahead (two buffers). The
+// state (gradient) stays fp32 in registers as C fragments; the products read it as a 16-bit
+// tile rewritten each chunk, K w (Q e^A) is rounded to 16 bits in the A fragments and the
+// decay-masked scores go to A fragments in registers, as fla's chunk kernels do.
+
+template <class T, int DK>
+constexpr bool kHasMma = !std::is_same_v<T, float> && DK <= 128;
+
+// Shared memory of the tensor-core kernels (C = 64), in this order: states_mma_kernel x
+// [2][C][DK], y [2][C][kCols]; the others q, k [2][C][DK], v, du [2][C][kCols] (output:
+// no du), s [DK][kCols]; all then the fp32 decays a, ea, w [C].
+template <int DK>
+struct MmaTiles {
+  static constexpr int C = 64, kX = C * DK, kY = C * kCols;
+  static constexpr int kDecayBytes = 3 * C * 4;
+  static constexpr int kStatesBytes = (2 * kX + 2 * kY) * 2 + kDecayBytes;
+  static constexpr int kOutputBytes = (4 * kX + 2 * kY + DK * kCols) * 2 + kDecayBytes;
+  static constexpr int kGradBytes = (4 * kX + 4 * kY + DK * kCols) * 2 + kDecayBytes;
+  static_assert(Tiles<DK>::C == C, "MmaTiles: the chunk must be the fp32 path's (same splits)");
+};
+
+// The shared tiles of output/dq/dkdv_mma_kernel (du only in the last two).
+template <class T, int DK>
+struct MmaSmem {
+  using Tl = MmaTiles<DK>;
+  T *q, *k, *v, *du, *s;
+  float *a, *ea, *w;
+  __device__ MmaSmem(unsigned char* raw, bool has_du) {
+    q = reinterpret_cast<T*>(raw);
+    k = q + 2 * Tl::kX;
+    v = k + 2 * Tl::kX;
+    du = v + 2 * Tl::kY;
+    s = du + (has_du ? 2 * Tl::kY : 0);
+    a = reinterpret_cast<float*>(s + DK * kCols);
+    ea = a + Tl::C;
+    w = ea + Tl::C;
+  }
+};
+
+// Row 0 of the (batch, head) slice of a 16-bit q/k/v/dout source (head h / div).
+template <class T>
+__device__ __forceinline__ const T* slice(const Rows& r, const Place& pl) {
+  return static_cast<const T*>(r.ptr) + pl.b * r.stride[0] + (pl.h / r.div) * r.stride[2];
+}
+
+// Chunk `c` of a source into buffer `buf` of a [2][C][W] tile (rows past the sequence zero).
+template <class T, int W>
+__device__ __forceinline__ void load_chunk(T* tile, int buf, const T* g, const Rows& r, int64_t c, const Work& wk) {
+  constexpr int C = MmaTiles<64>::C;
+  load_tile<C, W, kThreads>(tile + buf * C * W, g, r.stride[1], c * C, wk.seqlen, threadIdx.x);
+}
+
+// A packed pair of T times (lo, hi), rounded back to T.
+template <class T>
+__device__ __forceinline__ uint32_t scale2(uint32_t x, float lo, float hi) {
+  float2 f;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+  else f = __half22float2(*reinterpret_cast<const __half2*>(&x));
+  return pack2<T>(f.x * lo, f.y * hi);
+}
+
+// A warp's C fragments of a 16 x 8 NT block at rows m0.., columns n0..: f(row, column, x)
+// for each element the thread holds (g = lane / 4, t = lane % 4: rows m0 + g, + 8, columns
+// n0 + 8 j + 2 t, + 1).
+template <int NT, class F>
+__device__ __forceinline__ void frag_each(float (&c)[1][NT][4], int m0, int n0, F&& f) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) f(m0 + g + 8 * (e / 2), n0 + 8 * j + 2 * t + e % 2, c[0][j][e]);
+}
+
+// The warp's fragments (rows m0.., columns n0..) added to the rows r < n of fp32 sums, row r
+// at row(r) with contiguous columns (one 8-byte vector atomic per column pair on sm_90).
+template <int NT, class F>
+__device__ __forceinline__ void frag_atomic_add(float (&c)[1][NT][4], int m0, int n0, int n, F&& row) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    const int r = m0 + g + 8 * hi;
+    if (r >= n) continue;
+    float* const dst = row(r) + n0 + 2 * t;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+#if __CUDA_ARCH__ >= 900
+      atomicAdd(reinterpret_cast<float2*>(dst + 8 * j), make_float2(c[0][j][2 * hi], c[0][j][2 * hi + 1]));
+#else
+      atomicAdd(dst + 8 * j, c[0][j][2 * hi]);
+      atomicAdd(dst + 8 * j + 1, c[0][j][2 * hi + 1]);
+#endif
+    }
+  }
+}
+
+// The warp's 16 x C scores of rows m0.. against the chunk, decay-masked in place: entry
+// (r, c) is (i, j) = (r, c) (transposed: (c, r)) and becomes e^{A_i - A_j} x for j <= i, else 0.
+template <int C>
+__device__ __forceinline__ void mask_scores(float (&p)[1][C / 8][4], const float* a, int m0, bool transposed) {
+  frag_each(p, m0, 0, [&](int r, int c, float& x) {
+    const int i = transposed ? c : r, j = transposed ? r : c;
+    x = j <= i ? x * expf(a[i] - a[j]) : 0.f;
+  });
+}
+
+// acc += P B for the warp's 16 x C scores P (C fragments, packed to A fragments) and B the
+// swizzled [C][W] tile (base kLanesRowsFirst) at columns n0..; only the k steps kk of
+// [kk0, kk1) (P is zero elsewhere).
+template <class T, int C, int W, int NT>
+__device__ __forceinline__ void scores_mma(float (&acc)[1][NT][4], const float (&p)[1][C / 8][4], uint32_t b_base,
+                                           int n0, int kk0, int kk1) {
+#pragma unroll
+  for (int kk = 0; kk < C / 16; ++kk) {
+    if (kk < kk0 || kk >= kk1) continue;
+    const uint32_t pa[4] = {pack2<T>(p[0][2 * kk][0], p[0][2 * kk][1]), pack2<T>(p[0][2 * kk][2], p[0][2 * kk][3]),
+                            pack2<T>(p[0][2 * kk + 1][0], p[0][2 * kk + 1][1]),
+                            pack2<T>(p[0][2 * kk + 1][2], p[0][2 * kk + 1][3])};
+#pragma unroll
+    for (int nj = 0; nj < NT / 2; ++nj) {
+      uint32_t b[4];
+      ldsm_x4_trans(b, ldsm_at<W>(b_base, 16 * kk, n0 + 16 * nj));
+      mma16816<T>(acc[0][2 * nj], pa, b[0], b[1]);
+      mma16816<T>(acc[0][2 * nj + 1], pa, b[2], b[3]);
+    }
+  }
+}
+
+// acc(r, .) *= scale[r] over the warp's fragments (rows m0..).
+template <int NT>
+__device__ __forceinline__ void scale_frag_rows(float (&acc)[1][NT][4], const float* scale, int m0) {
+  frag_each(acc, m0, 0, [&](int r, int, float& x) { x *= scale[r]; });
+}
+
+// dot[r] += sign * (x(r, .) . X(r, d0..)) over the warp's 16 x 8 NT fragments x (rows m0..,
+// key dims d0..) and the swizzled [C][DK] tile X, for rows r < n (q.dq and -k.dk per token;
+// the quads of a row reduce first).
+template <int DK, int NT, class T>
+__device__ __forceinline__ void add_row_dots(float (&x)[1][NT][4], const T* tile, int m0, int d0, int n, float* dot,
+                                             float sign) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    const int r = m0 + g + 8 * hi;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const int d = d0 + 8 * j + 2 * t;
+      sum += x[0][j][2 * hi] * to_float(tile[swz(r, d, DK)]) + x[0][j][2 * hi + 1] * to_float(tile[swz(r, d + 1, DK)]);
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    if (t == 0 && r < n) atomicAdd(dot + r, sign * sum);
+  }
+}
+
+// A block's fp32 state tile [DK][kCols] as mma C fragments: warp w holds rows m0 = 16 (w % RW)
+// .. m0 + 15 and the NT n8 column tiles from n0 = 8 NT (w / RW).
+template <int DK>
+struct StateFrag {
+  static constexpr int RW = DK / 16 < 8 ? DK / 16 : 8, NT = kCols / 8 / (8 / RW);
+  static_assert(RW * (8 / RW) == kThreads / 32 && 16 * RW == DK, "StateFrag: 8 warps tile the state");
+  float c[1][NT][4];
+  int m0, n0;
+
+  __device__ StateFrag() {
+    const int warp = threadIdx.x / 32;
+    m0 = 16 * (warp % RW);
+    n0 = 8 * NT * (warp / RW);
+  }
+  __device__ void load(const float* src, const Work& wk, const Place& pl) {
+    frag_each(c, m0, n0, [&](int d, int j, float& x) {
+      const int col = pl.col0() + j;
+      x = src && d < wk.dim_k && col < wk.cols ? src[static_cast<int64_t>(d) * wk.cols + col] : 0.f;
+    });
+  }
+  __device__ void store(float* dst, const Work& wk, const Place& pl) {
+    frag_each(c, m0, n0, [&](int d, int j, float& x) {
+      const int col = pl.col0() + j;
+      if (d < wk.dim_k && col < wk.cols) dst[static_cast<int64_t>(d) * wk.cols + col] = x;
+    });
+  }
+  // The state rounded to T into the swizzled [DK][kCols] tile s.
+  template <class T>
+  __device__ void to_tile(T* s) {
+    const int lane = threadIdx.x % 32;
+    const uint32_t base = ldsm_base<kCols, kLanesRowsFirst>(s, lane);
+#pragma unroll
+    for (int jj = 0; jj < NT / 2; ++jj)
+      stsm_c16<T, kCols>(base, s, lane, m0, n0 + 16 * jj, c[0][2 * jj], c[0][2 * jj + 1]);
+  }
+  // c = decay c + (diag(scale) X)^T Y over the C chunk rows: X the swizzled [C][DK] tile,
+  // Y the swizzled [C][kCols] tile, scale[C] in shared memory.
+  template <class T, int C>
+  __device__ void step(const T* x, const T* y, const float* scale, float decay) {
+    const int lane = threadIdx.x % 32, t = lane % 4;
+    const uint32_t xb = ldsm_base<DK, kLanesColsFirst>(x, lane), yb = ldsm_base<kCols, kLanesRowsFirst>(y, lane);
+    frag_each(c, 0, 0, [&](int, int, float& v) { v *= decay; });
+#pragma unroll
+    for (int kk = 0; kk < C / 16; ++kk) {
+      uint32_t a[4];  // A fragment of X^T: rows m0.. (key dims), k = chunk rows 16 kk..
+      ldsm_x4_trans(a, ldsm_at<DK>(xb, 16 * kk, m0));
+      const int r = 16 * kk + 2 * t;
+      a[0] = scale2<T>(a[0], scale[r], scale[r + 1]);
+      a[1] = scale2<T>(a[1], scale[r], scale[r + 1]);
+      a[2] = scale2<T>(a[2], scale[r + 8], scale[r + 9]);
+      a[3] = scale2<T>(a[3], scale[r + 8], scale[r + 9]);
+#pragma unroll
+      for (int nj = 0; nj < NT / 2; ++nj) {
+        uint32_t b[4];
+        ldsm_x4_trans(b, ldsm_at<kCols>(yb, 16 * kk, n0 + 16 * nj));
+        mma16816<T>(c[0][2 * nj], a, b[0], b[1]);
+        mma16816<T>(c[0][2 * nj + 1], a, b[2], b[3]);
+      }
+    }
+  }
+};
+
+// states_kernel on tensor cores (same contract).
+template <class T, int DK>
+__global__ void __launch_bounds__(kThreads) states_mma_kernel(Work wk, bool grads) {
+  using Tl = MmaTiles<DK>;
+  constexpr int C = Tl::C;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* const x = reinterpret_cast<T*>(smem_raw);
+  T* const y = x + 2 * Tl::kX;
+  float* const a = reinterpret_cast<float*>(y + 2 * Tl::kY);
+  float* const ea = a + C;
+  float* const w = ea + C;
+  const Place pl(wk);
+  const Rows& xs = grads ? wk.q : wk.k;
+  const Rows& ys = grads ? wk.du : wk.v;
+  const T* const xg = slice<T>(xs, pl);
+  const T* const yg = slice<T>(ys, pl) + pl.col0();
+  auto chunk = [&](int64_t i) { return grads ? pl.chunk1 - 1 - (i - pl.chunk0) : i; };
+  auto load = [&](int64_t c, int buf) {
+    load_chunk<T, DK>(x, buf, xg, xs, c, wk);
+    load_chunk<T, kCols>(y, buf, yg, ys, c, wk);
+  };
+  StateFrag<DK> st;
+  frag_each(st.c, 0, 0, [](int, int, float& v) { v = 0.f; });
+  float total = 0.f;
+  if (pl.chunk0 < pl.chunk1) load(chunk(pl.chunk0), 0);
+  cp_async_commit();
+  for (int64_t ci = pl.chunk0; ci < pl.chunk1; ++ci) {
+    const int buf = static_cast<int>(ci - pl.chunk0) & 1;
+    const int64_t t0 = chunk(ci) * C;
+    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
+    __syncthreads();  // every warp is done with buffer buf ^ 1 and the decays
+    if (ci + 1 < pl.chunk1) load(chunk(ci + 1), buf ^ 1);
+    cp_async_commit();
+    load_decays<C>(a, ea, w, wk, pl, t0, n);
+    cp_async_wait<1>();
+    __syncthreads();
+    st.template step<T, C>(x + buf * Tl::kX, y + buf * Tl::kY, grads ? ea : w, ea[C - 1]);
+    total += a[C - 1];
+  }
+  st.store(wk.states + pl.state_offset(wk), wk, pl);
+  if (pl.tile == 0 && threadIdx.x == 0) wk.split_decay[pl.bh * wk.nsplit + pl.split] = total;
+}
+
+// output_kernel on tensor cores (same contract; o in T). Warp w computes rows m0 = 16 (w % 4)
+// and columns n0 = 32 (w / 4) of U; the two warps of a row block both compute its 16 x C
+// scores (no shared round trip for P).
+template <class T, int DK>
+__global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
+  using Tl = MmaTiles<DK>;
+  constexpr int C = Tl::C;
+  static_assert(C == 64 && kThreads == 256, "output_mma_kernel: 8 warps as 4 row blocks x 2 column halves");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const MmaSmem<T, DK> sm(smem_raw, false);
+  const Place pl(wk);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4);
+  const T* const qg = slice<T>(wk.q, pl);
+  const T* const kg = slice<T>(wk.k, pl);
+  const T* const vg = slice<T>(wk.v, pl) + pl.col0();
+  auto load = [&](int64_t c, int buf) {
+    load_chunk<T, DK>(sm.q, buf, qg, wk.q, c, wk);
+    if (!wk.causal) return;
+    load_chunk<T, DK>(sm.k, buf, kg, wk.k, c, wk);
+    load_chunk<T, kCols>(sm.v, buf, vg, wk.v, c, wk);
+  };
+  StateFrag<DK> st;
+  st.load(wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols, wk, pl);
+  if (pl.chunk0 < pl.chunk1) load(pl.chunk0, 0);
+  cp_async_commit();
+  for (int64_t ci = pl.chunk0; ci < pl.chunk1; ++ci) {
+    const int buf = static_cast<int>(ci - pl.chunk0) & 1;
+    const int64_t t0 = ci * C;
+    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
+    __syncthreads();  // every warp is done with buffer buf ^ 1, s and the decays
+    if (ci + 1 < pl.chunk1) load(ci + 1, buf ^ 1);
+    cp_async_commit();
+    st.to_tile(sm.s);
+    load_decays<C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* const kb = sm.k + buf * Tl::kX;
+    const T* const vb = sm.v + buf * Tl::kY;
+    const uint32_t q_base = ldsm_base<DK, kLanesRowsFirst>(sm.q + buf * Tl::kX, lane);
+    float u[1][4][4] = {};
+    warp_tile_mma<T, DK / 16, DK, kCols, BLayout::kn>(u, q_base, 0, m0, ldsm_base<kCols, kLanesRowsFirst>(sm.s, lane),
+                                                      0, n0);
+    scale_frag_rows(u, sm.ea, m0);
+    if (wk.causal) {
+      float p[1][C / 8][4] = {};  // Q K^T of rows m0.. against the chunk
+      warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(p, q_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(kb, lane), 0, 0);
+      mask_scores<C>(p, sm.a, m0, false);
+      scores_mma<T, C, kCols>(u, p, ldsm_base<kCols, kLanesRowsFirst>(vb, lane), n0, 0, m0 / 16 + 1);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {  // the column pair (2 t, 2 t + 1) of rows g, g + 8
+        const int i = m0 + lane / 4 + 8 * hi, col = pl.col0() + n0 + 8 * j + 2 * (lane % 4);
+        if (i >= n || col >= wk.dim_v) continue;
+        const int64_t off = pl.b * wk.out_stride[0] + (t0 + i) * wk.out_stride[1] + pl.h * wk.out_stride[2] + col;
+        *reinterpret_cast<uint32_t*>(static_cast<T*>(wk.out) + off) = pack2<T>(u[0][j][2 * hi], u[0][j][2 * hi + 1]);
+      }
+    if (wk.causal && ci + 1 < pl.chunk1) st.template step<T, C>(kb, vb, sm.w, sm.ea[C - 1]);
+  }
+}
+
+// dq_kernel on tensor cores (same contract). Warp w computes rows m0 = 16 (w % 4) and key
+// dims n0 = DK / 2 (w / 4) of dq; the two warps of a row block both compute mask(dU V^T).
+template <class T, int DK>
+__global__ void __launch_bounds__(kThreads) dq_mma_kernel(Work wk) {
+  using Tl = MmaTiles<DK>;
+  constexpr int C = Tl::C, NT = DK / 16;
+  static_assert(C == 64 && kThreads == 256, "dq_mma_kernel: 8 warps as 4 row blocks x 2 column halves");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const MmaSmem<T, DK> sm(smem_raw, true);
+  const Place pl(wk);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int m0 = 16 * (warp % 4), n0 = DK / 2 * (warp / 4);
+  const int hq = pl.h / (wk.heads / wk.heads_q);
+  const T* const qg = slice<T>(wk.q, pl);
+  const T* const kg = slice<T>(wk.k, pl);
+  const T* const vg = slice<T>(wk.v, pl) + pl.col0();
+  const T* const dug = slice<T>(wk.du, pl) + pl.col0();
+  auto load = [&](int64_t c, int buf) {
+    load_chunk<T, kCols>(sm.du, buf, dug, wk.du, c, wk);
+    if (wk.dot) load_chunk<T, DK>(sm.q, buf, qg, wk.q, c, wk);
+    if (!wk.causal) return;
+    load_chunk<T, DK>(sm.k, buf, kg, wk.k, c, wk);
+    load_chunk<T, kCols>(sm.v, buf, vg, wk.v, c, wk);
+  };
+  StateFrag<DK> st;
+  st.load(wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols, wk, pl);
+  if (pl.chunk0 < pl.chunk1) load(pl.chunk0, 0);
+  cp_async_commit();
+  for (int64_t ci = pl.chunk0; ci < pl.chunk1; ++ci) {
+    const int buf = static_cast<int>(ci - pl.chunk0) & 1;
+    const int64_t t0 = ci * C;
+    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
+    __syncthreads();  // every warp is done with buffer buf ^ 1, s and the decays
+    if (ci + 1 < pl.chunk1) load(ci + 1, buf ^ 1);
+    cp_async_commit();
+    st.to_tile(sm.s);
+    load_decays<C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* const qb = sm.q + buf * Tl::kX;
+    const T* const kb = sm.k + buf * Tl::kX;
+    const T* const vb = sm.v + buf * Tl::kY;
+    const uint32_t du_base = ldsm_base<kCols, kLanesRowsFirst>(sm.du + buf * Tl::kY, lane);
+    float dq[1][NT][4] = {};
+    warp_tile_mma<T, kCols / 16, kCols, kCols, BLayout::nk>(dq, du_base, 0, m0,
+                                                            ldsm_base<kCols, kLanesColsFirst>(sm.s, lane), 0, n0);
+    scale_frag_rows(dq, sm.ea, m0);
+    if (wk.causal) {
+      float g[1][C / 8][4] = {};  // dU V^T of rows m0.. against the chunk
+      warp_tile_mma<T, kCols / 16, kCols, kCols, BLayout::nk>(g, du_base, 0, m0,
+                                                              ldsm_base<kCols, kLanesColsFirst>(vb, lane), 0, 0);
+      mask_scores<C>(g, sm.a, m0, false);
+      scores_mma<T, C, DK>(dq, g, ldsm_base<DK, kLanesRowsFirst>(kb, lane), n0, 0, m0 / 16 + 1);
+    }
+    frag_atomic_add(dq, m0, n0, n,
+                    [&](int i) { return wk.dq + ((pl.b * wk.seqlen + t0 + i) * wk.heads_q + hq) * wk.dim_k; });
+    if (wk.dot) add_row_dots<DK>(dq, qb, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, 1.f);
+    if (wk.causal && ci + 1 < pl.chunk1) st.template step<T, C>(kb, vb, sm.w, sm.ea[C - 1]);
+  }
+}
+
+// dkdv_kernel on tensor cores (same contract), walking each split backward with dS. Warp w
+// computes rows m0 = 16 (w % 4) of dv (columns 32 (w / 4)..) and of dk (key dims DK / 2 (w / 4)..)
+// from the transposed scores K Q^T and V dU^T of its rows.
+template <class T, int DK>
+__global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(Work wk) {
+  using Tl = MmaTiles<DK>;
+  constexpr int C = Tl::C;
+  static_assert(C == 64 && kThreads == 256, "dkdv_mma_kernel: 8 warps as 4 row blocks x 2 column halves");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const MmaSmem<T, DK> sm(smem_raw, true);
+  const Place pl(wk);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int m0 = 16 * (warp % 4), nv0 = 32 * (warp / 4), nk0 = DK / 2 * (warp / 4);
+  const int hk = pl.h / (wk.heads / wk.heads_k), hv = pl.h / (wk.heads / wk.heads_v);
+  const T* const qg = slice<T>(wk.q, pl);
+  const T* const kg = slice<T>(wk.k, pl);
+  const T* const vg = slice<T>(wk.v, pl) + pl.col0();
+  const T* const dug = slice<T>(wk.du, pl) + pl.col0();
+  auto load = [&](int64_t c, int buf) {
+    load_chunk<T, DK>(sm.k, buf, kg, wk.k, c, wk);
+    load_chunk<T, kCols>(sm.v, buf, vg, wk.v, c, wk);
+    if (!wk.causal) return;
+    load_chunk<T, DK>(sm.q, buf, qg, wk.q, c, wk);
+    load_chunk<T, kCols>(sm.du, buf, dug, wk.du, c, wk);
+  };
+  StateFrag<DK> st;
+  st.load(wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols, wk, pl);
+  if (pl.chunk0 < pl.chunk1) load(pl.chunk1 - 1, 0);
+  cp_async_commit();
+  for (int64_t ci = pl.chunk1 - 1; ci >= pl.chunk0; --ci) {
+    const int buf = static_cast<int>(pl.chunk1 - 1 - ci) & 1;
+    const int64_t t0 = ci * C;
+    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
+    __syncthreads();  // every warp is done with buffer buf ^ 1, s and the decays
+    if (ci > pl.chunk0) load(ci - 1, buf ^ 1);
+    cp_async_commit();
+    st.to_tile(sm.s);
+    load_decays<C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* const qb = sm.q + buf * Tl::kX;
+    const T* const kb = sm.k + buf * Tl::kX;
+    const T* const dub = sm.du + buf * Tl::kY;
+    const uint32_t k_base = ldsm_base<DK, kLanesRowsFirst>(kb, lane);
+    const uint32_t v_base = ldsm_base<kCols, kLanesRowsFirst>(sm.v + buf * Tl::kY, lane);
+    {
+      float dv[1][4][4] = {};
+      warp_tile_mma<T, DK / 16, DK, kCols, BLayout::kn>(dv, k_base, 0, m0,
+                                                        ldsm_base<kCols, kLanesRowsFirst>(sm.s, lane), 0, nv0);
+      if (wk.causal) {
+        scale_frag_rows(dv, sm.w, m0);
+        float pt[1][C / 8][4] = {};  // K Q^T: P^T of rows (keys) m0.. against the chunk
+        warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(pt, k_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(qb, lane), 0,
+                                                       0);
+        mask_scores<C>(pt, sm.a, m0, true);
+        scores_mma<T, C, kCols>(dv, pt, ldsm_base<kCols, kLanesRowsFirst>(dub, lane), nv0, m0 / 16, C / 16);
+      }
+      frag_atomic_add(dv, m0, nv0, n, [&](int j) {
+        return wk.dv + ((pl.b * wk.seqlen + t0 + j) * wk.heads_v + hv) * wk.dim_v + pl.col0();
+      });
+    }
+    constexpr int NT = DK / 16;
+    float dk[1][NT][4] = {};
+    warp_tile_mma<T, kCols / 16, kCols, kCols, BLayout::nk>(dk, v_base, 0, m0,
+                                                            ldsm_base<kCols, kLanesColsFirst>(sm.s, lane), 0, nk0);
+    if (wk.causal) {
+      scale_frag_rows(dk, sm.w, m0);
+      float gt[1][C / 8][4] = {};  // V dU^T: G^T of rows (keys) m0.. against the chunk
+      warp_tile_mma<T, kCols / 16, kCols, kCols, BLayout::nk>(gt, v_base, 0, m0,
+                                                              ldsm_base<kCols, kLanesColsFirst>(dub, lane), 0, 0);
+      mask_scores<C>(gt, sm.a, m0, true);
+      scores_mma<T, C, DK>(dk, gt, ldsm_base<DK, kLanesRowsFirst>(qb, lane), nk0, m0 / 16, C / 16);
+    }
+    frag_atomic_add(dk, m0, nk0, n,
+                    [&](int j) { return wk.dk + ((pl.b * wk.seqlen + t0 + j) * wk.heads_k + hk) * wk.dim_k; });
+    if (wk.dot) add_row_dots<DK>(dk, kb, m0, nk0, n, wk.dot + pl.bh * wk.seqlen + t0, -1.f);
+    if (wk.causal && ci > pl.chunk0) st.template step<T, C>(qb, dub, sm.ea, sm.ea[C - 1]);
+  }
+}
+
+// o = U[:Dv] / (U[Dv] + eps) per row of the fp32 U rows [B, S, H, cols] (one warp a row).
+template <class T>
+__global__ void norm_out_kernel(const float* u, Work wk, float eps) {
+  const int64_t rows = wk.batch * wk.seqlen * wk.heads;
+  const int lane = threadIdx.x % 32;
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x / 32) {
+    const float* ur = u + r * wk.cols;
+    const float inv = 1.f / (ur[wk.dim_v] + eps);
+    const int64_t b = r / (wk.seqlen * wk.heads), t = r / wk.heads % wk.seqlen, h = r % wk.heads;
+    T* o = static_cast<T*>(wk.out) + b * wk.out_stride[0] + t * wk.out_stride[1] + h * wk.out_stride[2];
+    for (int c = lane; c < wk.dim_v; c += 32) o[c] = from_float<T>(ur[c] * inv);
+  }
+}
+
+// The normalised output's backward in place, U rows -> dU rows: with den = U[Dv] + eps,
+// dU[:Dv] = dO / den and dU[Dv] = -(dO . U[:Dv]) / den^2.
+template <class T>
+__global__ void norm_grad_kernel(float* u, Rows dout, Work wk, float eps) {
+  const int64_t rows = wk.batch * wk.seqlen * wk.heads;
+  const int lane = threadIdx.x % 32;
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x / 32) {
+    float* ur = u + r * wk.cols;
+    const float inv = 1.f / (ur[wk.dim_v] + eps);
+    const int64_t b = r / (wk.seqlen * wk.heads), t = r / wk.heads % wk.seqlen;
+    const int h = static_cast<int>(r % wk.heads);
+    float dot = 0.f;
+    for (int c = lane; c < wk.dim_v; c += 32) {
+      const float g = load_row<T>(dout, b, t, h, c);
+      dot += g * ur[c];
+      ur[c] = g * inv;
+    }
+    for (int o = 16; o >= 1; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    __syncwarp();
+    if (lane == 0) ur[wk.dim_v] = -dot * inv * inv;
+  }
+}
+
+template <class T>
+__global__ void to_dtype_kernel(const float* src, T* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = from_float<T>(src[i]);
+}
+
+// Per (batch, state head), one block: da_t = sum_{i >= t} dot_i + <S_T, dS_T> (dot_i =
+// q_i.dq_i - k_i.dk_i of the state head), into d_log_decay [B, S, H] (per token) or summed over
+// tokens and batch into [H] (zeroed before).
+__global__ void __launch_bounds__(kThreads) decay_grad_kernel(const float* dot, const float* final_state,
+                                                              const float* d_final, int64_t size, int64_t seqlen,
+                                                              int heads, bool per_token, float* out) {
+  __shared__ float part[kThreads];
+  const int64_t bh = blockIdx.x;
+  const int tid = threadIdx.x;
+  float x = 0.f;
+  if (d_final)
+    for (int64_t i = tid; i < size; i += kThreads) x += final_state[bh * size + i] * d_final[bh * size + i];
+  part[tid] = x;
+  __syncthreads();
+  for (int o = kThreads / 2; o >= 1; o /= 2) {
+    if (tid < o) part[tid] += part[tid + o];
+    __syncthreads();
+  }
+  const float end = part[0];
+  __syncthreads();
+  // Thread tid owns tokens [t0, t1); the suffix sums of the segments come from part[].
+  const int64_t seg = (seqlen + kThreads - 1) / kThreads, t0 = min(seqlen, tid * seg), t1 = min(seqlen, t0 + seg);
+  const float* d = dot + bh * seqlen;
+  float own = 0.f;
+  for (int64_t t = t0; t < t1; ++t) own += d[t];
+  part[tid] = own;
+  __syncthreads();
+  float run = end;
+  for (int j = tid + 1; j < kThreads; ++j) run += part[j];
+  float total = 0.f;
+  const int64_t b = bh / heads;
+  const int h = static_cast<int>(bh % heads);
+  for (int64_t t = t1 - 1; t >= t0; --t) {
+    run += d[t];
+    if (per_token) out[(b * seqlen + t) * heads + h] = run;
+    total += run;
+  }
+  if (per_token) return;
+  __syncthreads();
+  part[tid] = total;
+  __syncthreads();
+  for (int o = kThreads / 2; o >= 1; o /= 2) {
+    if (tid < o) part[tid] += part[tid + o];
+    __syncthreads();
+  }
+  if (tid == 0) atomicAdd(out + h, part[0]);
+}
+
+// Stream-ordered fp32 scratch, released (after the queued kernels) when the call returns.
+class Scratch {
+ public:
+  explicit Scratch(Stream s) : s_(s) { LCTX_CUDA_CHECK(cudaGetDevice(&dev_)); }
+  ~Scratch() {
+    for (void* p : ptrs_) deallocate_async(p, Device::cuda(dev_), s_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* floats(int64_t n, bool zeroed = false) {
+    void* p = allocate_async(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float), Device::cuda(dev_), s_);
+    ptrs_.push_back(p);
+    if (zeroed) LCTX_CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<size_t>(n) * sizeof(float), cuda_stream(s_)));
+    return static_cast<float*>(p);
+  }
+
+ private:
+  Stream s_;
+  int dev_ = 0;
+  std::vector<void*> ptrs_;
+};
+
+Rows rows_of(const void* ptr, const int64_t (&stride)[3], int heads, int x_heads, bool f32) {
+  Rows r;
+  r.ptr = ptr;
+  std::copy_n(stride, 3, r.stride);
+  r.div = heads / x_heads;
+  r.f32 = f32;
+  return r;
+}
+
+// The shapes of a call and its split of the sequence: enough (column tile, split, batch x
+// head) blocks for a few per SM, whole chunks per split.
+template <int DK>
+Work make_work(const LinearAttnParams& p) {
+  Work w;
+  w.batch = p.batch;
+  w.seqlen = p.seqlen;
+  w.heads = p.heads;
+  w.heads_q = p.heads_q;
+  w.heads_k = p.heads_k;
+  w.heads_v = p.heads_v;
+  w.dim_k = p.dim_k;
+  w.dim_v = p.dim_v;
+  w.cols = p.state_cols();
+  w.causal = p.causal;
+  w.normalize = p.normalize;
+  w.nchunks = (p.seqlen + Tiles<DK>::C - 1) / Tiles<DK>::C;
+  w.ntiles = (w.cols + kCols - 1) / kCols;
+  int dev = 0, sms = 0;
+  LCTX_CUDA_CHECK(cudaGetDevice(&dev));
+  LCTX_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int64_t per_split = static_cast<int64_t>(w.ntiles) * p.batch * p.heads;
+  const int64_t want = std::clamp<int64_t>((4 * sms + per_split - 1) / per_split, 1, std::max<int64_t>(w.nchunks, 1));
+  w.split_chunks = static_cast<int>(std::max<int64_t>((w.nchunks + want - 1) / want, 1));
+  w.nsplit = static_cast<int>(std::max<int64_t>((w.nchunks + w.split_chunks - 1) / w.split_chunks, 1));
+  const bool f32 = p.dtype == DType::f32;
+  w.q = rows_of(p.q, p.q_stride, p.heads, p.heads_q, f32);
+  w.k = rows_of(p.k, p.k_stride, p.heads, p.heads_k, f32);
+  w.v = rows_of(p.v, p.v_stride, p.heads, p.heads_v, f32);
+  w.log_decay = static_cast<const float*>(p.log_decay);
+  w.per_token = p.decay_per_token;
+  std::copy_n(p.decay_stride, 2, w.decay_stride);
+  return w;
+}
+
+// Whether a 16-bit source can be read by 16-byte cp.async rows: aligned base, strides of 8.
+bool vec_rows(const void* ptr, const int64_t (&stride)[3]) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride[0] % 8 == 0 && stride[1] % 8 == 0 && stride[2] % 8 == 0;
+}
+
+// The tensor-core kernels take 16-bit inputs with Dk, Dv in {64, 128}, not normalised, rows
+// that cp.async can copy (q, k, v and `io`: o in the forward, dout in the backward).
+bool use_mma(const LinearAttnParams& p, const void* io, const int64_t (&io_stride)[3]) {
+  auto dim_ok = [](int d) { return d == 64 || d == 128; };
+  return (p.dtype == DType::bf16 || p.dtype == DType::f16) && !p.normalize && dim_ok(p.dim_k) && dim_ok(p.dim_v) &&
+         vec_rows(p.q, p.q_stride) && vec_rows(p.k, p.k_stride) && vec_rows(p.v, p.v_stride) && vec_rows(io, io_stride);
+}
+
+template <class K>
+void set_smem(K kernel, int bytes) {
+  LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+// states_kernel (or its tensor-core form) over every (column tile, split, batch x head).
+template <class T, int DK>
+void launch_states(const Work& w, bool grads, cudaStream_t st) {
+  const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
+  if constexpr (kHasMma<T, DK>) {
+    if (w.mma) {
+      set_smem(states_mma_kernel<T, DK>, MmaTiles<DK>::kStatesBytes);
+      states_mma_kernel<T, DK><<<grid, kThreads, MmaTiles<DK>::kStatesBytes, st>>>(w, grads);
+      LCTX_CUDA_CHECK_LAUNCH("linear_attn states_mma_kernel");
+      return;
+    }
+  }
+  set_smem(states_kernel<T, DK>, Tiles<DK>::kSmemBytes);
+  states_kernel<T, DK><<<grid, kThreads, Tiles<DK>::kSmemBytes, st>>>(w, grads);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn states_kernel");
+}
+
+// dq_kernel (with the forward's states in w) and dkdv_kernel (with the state gradients in
+// wr), or their tensor-core forms.
+template <class T, int DK>
+void launch_grads(const Work& w, const Work& wr, dim3 grid, cudaStream_t st) {
+  if constexpr (kHasMma<T, DK>) {
+    if (w.mma) {
+      constexpr int bytes = MmaTiles<DK>::kGradBytes;
+      set_smem(dq_mma_kernel<T, DK>, bytes);
+      dq_mma_kernel<T, DK><<<grid, kThreads, bytes, st>>>(w);
+      LCTX_CUDA_CHECK_LAUNCH("linear_attn dq_mma_kernel");
+      set_smem(dkdv_mma_kernel<T, DK>, bytes);
+      dkdv_mma_kernel<T, DK><<<grid, kThreads, bytes, st>>>(wr);
+      LCTX_CUDA_CHECK_LAUNCH("linear_attn dkdv_mma_kernel");
+      return;
+    }
+  }
+  set_smem(dq_kernel<T, DK>, Tiles<DK>::kSmemBytes);
+  dq_kernel<T, DK><<<grid, kThreads, Tiles<DK>::kSmemBytes, st>>>(w);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn dq_kernel");
+  set_smem(dkdv_kernel<T, DK>, Tiles<DK>::kSmemBytes);
+  dkdv_kernel<T, DK><<<grid, kThreads, Tiles<DK>::kSmemBytes, st>>>(wr);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn dkdv_kernel");
+}
+
+// The forward's states: each split's entry state into w.states (and the split log-decays),
+// the final state into `final_state`.
+template <class T, int DK>
+void split_states(Work& w, Scratch& sc, const float* state0, float* final_state, cudaStream_t st) {
+  const int64_t size = static_cast<int64_t>(w.dim_k) * w.cols, nbh = w.batch * w.heads;
+  w.states = sc.floats(nbh * w.nsplit * size);
+  w.split_decay = sc.floats(nbh * w.nsplit);
+  launch_states<T, DK>(w, false, st);
+  scan_kernel<<<grid_size(nbh * size, 256, 4096), 256, 0, st>>>(w.states, w.split_decay, state0, final_state, nbh,
+                                                                w.nsplit, size, false);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn scan_kernel");
+}
+
+// U (normalised: the fp32 rows [B, S, H, cols]) or o from the split entry states in w.
+template <class T, int DK>
+void outputs(Work w, void* out, const int64_t (&stride)[3], bool f32, cudaStream_t st) {
+  w.out = out;
+  std::copy_n(stride, 3, w.out_stride);
+  w.out_f32 = f32;
+  const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
+  if constexpr (kHasMma<T, DK>) {
+    if (w.mma && !f32) {
+      set_smem(output_mma_kernel<T, DK>, MmaTiles<DK>::kOutputBytes);
+      output_mma_kernel<T, DK><<<grid, kThreads, MmaTiles<DK>::kOutputBytes, st>>>(w);
+      LCTX_CUDA_CHECK_LAUNCH("linear_attn output_mma_kernel");
+      return;
+    }
+  }
+  set_smem(output_kernel<T, DK>, Tiles<DK>::kSmemBytes);
+  output_kernel<T, DK><<<grid, kThreads, Tiles<DK>::kSmemBytes, st>>>(w);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn output_kernel");
+}
+
+int row_blocks(const Work& w) { return grid_size(w.batch * w.seqlen * w.heads * 32, 256, 8192); }
+
+template <class T, int DK>
+void forward(const LinearAttnParams& p, Stream s) {
+  Work w = make_work<DK>(p);
+  w.mma = use_mma(p, p.o, p.o_stride);
+  Scratch sc(s);
+  const cudaStream_t st = cuda_stream(s);
+  float* final_state = static_cast<float*>(p.final_state);
+  split_states<T, DK>(w, sc, static_cast<const float*>(p.state0), final_state, st);
+  w.whole = final_state;
+  if (!p.normalize) {
+    outputs<T, DK>(w, p.o, p.o_stride, false, st);
+    return;
+  }
+  float* u = sc.floats(p.batch * p.seqlen * p.heads * w.cols);
+  const int64_t ust[3] = {p.seqlen * p.heads * w.cols, p.heads * static_cast<int64_t>(w.cols), w.cols};
+  outputs<T, DK>(w, u, ust, true, st);
+  w.out = p.o;
+  std::copy_n(p.o_stride, 3, w.out_stride);
+  norm_out_kernel<T><<<row_blocks(w), 256, 0, st>>>(u, w, static_cast<float>(p.eps));
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn norm_out_kernel");
+}
+
+template <class T, int DK>
+void backward(const LinearAttnParams& p, Stream s) {
+  Work w = make_work<DK>(p);
+  // The gradient of a per-head constant (learned) decay sums every token's terms, which cancel
+  // to a small remainder: from the 16-bit products its error measured ~12x the bf16 baseline
+  // (per-token decays: 1.4x), so those calls take the fp32 kernels.
+  w.mma = use_mma(p, p.dout, p.dout_stride) && !(p.d_log_decay && !p.decay_per_token);
+  Scratch sc(s);
+  const cudaStream_t st = cuda_stream(s);
+  const int64_t size = p.state_size(), nbh = p.batch * p.heads, n_rows = p.batch * p.seqlen;
+  const bool f32 = p.dtype == DType::f32;
+  float* final_state = sc.floats(nbh * size);
+  split_states<T, DK>(w, sc, static_cast<const float*>(p.state0), final_state, st);
+  w.whole = final_state;
+  if (p.normalize) {  // dU from the recomputed U and dout
+    float* u = sc.floats(n_rows * p.heads * w.cols);
+    const int64_t ust[3] = {p.seqlen * p.heads * w.cols, p.heads * static_cast<int64_t>(w.cols), w.cols};
+    outputs<T, DK>(w, u, ust, true, st);
+    norm_grad_kernel<T><<<row_blocks(w), 256, 0, st>>>(u, rows_of(p.dout, p.dout_stride, 1, 1, f32), w,
+                                                       static_cast<float>(p.eps));
+    LCTX_CUDA_CHECK_LAUNCH("linear_attn norm_grad_kernel");
+    w.du = rows_of(u, ust, 1, 1, true);
+  } else {
+    w.du = rows_of(p.dout, p.dout_stride, 1, 1, f32);
+  }
+  // The state gradient at each split's exit (reverse scan seeded with d_final_state) and d_state0.
+  Work wr = w;
+  wr.states = sc.floats(nbh * w.nsplit * size);
+  float* d_state0 = static_cast<float*>(p.d_state0);
+  const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(nbh));
+  launch_states<T, DK>(wr, true, st);
+  scan_kernel<<<grid_size(nbh * size, 256, 4096), 256, 0, st>>>(
+      wr.states, w.split_decay, static_cast<const float*>(p.d_final_state), d_state0, nbh, w.nsplit, size, true);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn scan_kernel");
+  wr.whole = d_state0;
+
+  // fp32 gradient sums (the outputs themselves for f32 inputs) and q.dq - k.dk per token.
+  const int64_t nq = n_rows * p.heads_q * p.dim_k, nk = n_rows * p.heads_k * p.dim_k, nv = n_rows * p.heads_v * p.dim_v;
+  auto grad_sum = [&](void* out, int64_t n) {
+    if (!f32) return sc.floats(n, true);
+    LCTX_CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<size_t>(n) * sizeof(float), st));
+    return static_cast<float*>(out);
+  };
+  w.dq = wr.dq = grad_sum(p.dq, nq);
+  w.dk = wr.dk = grad_sum(p.dk, nk);
+  w.dv = wr.dv = grad_sum(p.dv, nv);
+  w.dot = wr.dot = p.d_log_decay ? sc.floats(nbh * p.seqlen, true) : nullptr;
+  launch_grads<T, DK>(w, wr, grid, st);
+  if (!f32) {
+    for (auto [src, dst, n] : {std::tuple{w.dq, p.dq, nq}, std::tuple{w.dk, p.dk, nk}, std::tuple{w.dv, p.dv, nv}}) {
+      to_dtype_kernel<T><<<grid_size(n, 256, 8192), 256, 0, st>>>(src, static_cast<T*>(dst), n);
+      LCTX_CUDA_CHECK_LAUNCH("linear_attn to_dtype_kernel");
+    }
+  }
+  if (p.d_log_decay) {
+    if (!p.decay_per_token) LCTX_CUDA_CHECK(cudaMemsetAsync(p.d_log_decay, 0, sizeof(float) * p.heads, st));
+    decay_grad_kernel<<<static_cast<unsigned>(nbh), kThreads, 0, st>>>(
+        w.dot, final_state, static_cast<const float*>(p.d_final_state), size, p.seqlen, p.heads, p.decay_per_token,
+        static_cast<float*>(p.d_log_decay));
+    LCTX_CUDA_CHECK_LAUNCH("linear_attn decay_grad_kernel");
+  }
+}
+
+// f(T{}, DK) for the call's dtype and the smallest key tile holding Dk.
+template <class F>
+void dispatch(const LinearAttnParams& p, F&& f) {
+  auto by_dim = [&](auto t) {
+    if (p.dim_k <= 64) f(t, std::integral_constant<int, 64>{});
+    else if (p.dim_k <= 128) f(t, std::integral_constant<int, 128>{});
+    else f(t, std::integral_constant<int, 256>{});
+  };
+  switch (p.dtype) {
+    case DType::bf16: by_dim(__nv_bfloat16{}); break;
+    case DType::f16: by_dim(__half{}); break;
+    case DType::f32: by_dim(float{}); break;
+    default: LCTX_FAIL("linear_attn: no CUDA kernel for dtype ", dtype_name(p.dtype));
+  }
+}
+
+}  // namespace
+
+void linear_attn_forward_cuda(const LinearAttnParams& p, Stream s) {
+  if (p.batch == 0 || p.heads == 0) return;
+  dispatch(p, [&](auto t, auto dk) { forward<decltype(t), decltype(dk)::value>(p, s); });
+}
+
+void linear_attn_backward_cuda(const LinearAttnParams& p, Stream s) {
+  if (p.batch == 0 || p.heads == 0) return;
+  dispatch(p, [&](auto t, auto dk) { backward<decltype(t), decltype(dk)::value>(p, s); });
+}
+
+}  // namespace lctx::linear_attn

@@ -1,0 +1,147 @@
+// lctx::ssm on the GPU (issue 18): the Mamba-1 selective scan, B=1, d_inner 4096, d_state 16,
+// G=1, bf16 I/O with z, D, dt_bias and softplus, over T = 8k .. max_T: forward and
+// forward+backward ms and the bandwidth achieved on the bytes the kernels must move (forward:
+// x, dt, z, B, C read and y written; backward: x, dt, z, B, C, dy read and dx, d_dt, dz, dB, dC
+// written), against a device-to-device copy measured here (the practical ceiling: bytes read +
+// written per second). Then Mamba-2 SSD (lib/ssm/ssd.h, on linear_attn) at mamba_ssm's
+// benchmark shape: nheads 32, headdim 64, d_state 128, one group; "ssd: no CUDA kernel" when the
+// CUDA path throws. Prints "scan ..." / "ssd ..." / "copy ..." lines; run_bench_ssm.sh puts the
+// PyTorch figures (bench_ssm_torch.py) beside them.
+// Usage: bench_ssm [reps=20] [max_T=1048576]
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "ssm/selective_scan.h"
+#include "ssm/ssd.h"
+
+using namespace lctx;
+
+namespace {
+
+double median_ms(const std::function<void()>& fn, int reps, int warmup = 3) {
+  for (int i = 0; i < warmup; ++i) fn();
+  cudaEvent_t a, b;
+  LCTX_CUDA_CHECK(cudaEventCreate(&a));
+  LCTX_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> ms(reps);
+  for (int i = 0; i < reps; ++i) {
+    LCTX_CUDA_CHECK(cudaEventRecord(a));
+    fn();
+    LCTX_CUDA_CHECK(cudaEventRecord(b));
+    LCTX_CUDA_CHECK(cudaEventSynchronize(b));
+    LCTX_CUDA_CHECK(cudaEventElapsedTime(&ms[i], a, b));
+  }
+  LCTX_CUDA_CHECK(cudaEventDestroy(a));
+  LCTX_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(ms.begin(), ms.end());
+  return ms[reps / 2];
+}
+
+Tensor random(const Shape& s, DType dt, uint64_t seed, double mean = 0.0, double std = 1.0) {
+  Tensor t = Tensor::empty(s, dt, Device::cuda());
+  rng_normal(t, seed, 0, mean, std);
+  return t;
+}
+
+Tensor uniform(const Shape& s, uint64_t seed, double lo, double hi) {
+  Tensor t = Tensor::empty(s, DType::f32, Device::cuda());
+  rng_uniform(t, seed, 0, lo, hi);
+  return t;
+}
+
+// GB/s (read + written) of a 4 GiB device-to-device copy.
+double copy_gbs(int reps) {
+  const int64_t n = int64_t(1) << 31;  // bf16 elements
+  Tensor a = Tensor::zeros({n}, DType::bf16, Device::cuda()), b = Tensor::empty({n}, DType::bf16, Device::cuda());
+  const double ms = median_ms([&] { b.copy_from(a); }, reps);
+  return 2.0 * n * 2 / ms / 1e6;
+}
+
+// The selective scan at T tokens: "scan lctx T=.. fwd .. ms fwdbwd .. ms fwd_GBs .. fb_GBs .." .
+void bench_scan(int64_t T, int reps, double copy) {
+  const int64_t D = 4096, N = 16, G = 1;
+  ssm::ScanInputs in;
+  in.x = random({1, T, D}, DType::bf16, 1);
+  in.dt = random({1, T, D}, DType::bf16, 2, -4.0, 0.5);
+  in.z = random({1, T, D}, DType::bf16, 3);
+  in.B = random({1, T, G, N}, DType::bf16, 4);
+  in.C = random({1, T, G, N}, DType::bf16, 5);
+  in.A = uniform({D, N}, 6, -16.0, -1.0);
+  in.D = Tensor::full({D}, 1.0, DType::f32, Device::cuda());
+  in.dt_bias = uniform({D}, 7, -1.0, 1.0);
+  const Tensor dy = random({1, T, D}, DType::bf16, 8);
+  const ssm::ScanOptions opts{};
+  const double fwd = median_ms([&] { ssm::selective_scan_forward(in, opts); }, reps);
+  const double fb = median_ms(
+      [&] {
+        const auto out = ssm::selective_scan_forward(in, opts);
+        ssm::selective_scan_backward(in, dy, out.final_state, opts);
+      },
+      reps);
+  const double tok = 2.0 * T * D, bc = 2.0 * T * G * N;  // bytes of one [1, T, D] / [1, T, G, N] tensor
+  const double fwd_bytes = 4 * tok + 2 * bc, bwd_bytes = 7 * tok + 4 * bc;
+  const double fwd_gbs = fwd_bytes / fwd / 1e6, fb_gbs = (fwd_bytes + bwd_bytes) / fb / 1e6;
+  std::printf("scan lctx T=%ld fwd %.3f ms fwdbwd %.3f ms fwd_GBs %.0f fb_GBs %.0f fwd_pct %.1f fb_pct %.1f\n",
+              static_cast<long>(T), fwd, fb, fwd_gbs, fb_gbs, 100 * fwd_gbs / copy, 100 * fb_gbs / copy);
+  std::fflush(stdout);
+}
+
+// ---- Mamba-2 SSD against mamba_ssm's mamba_chunk_scan_combined (bench_ssm_torch.py) ----
+// nheads 32, headdim 64, d_state 128, one group, bf16, dt softplus with bias, D: the shape of
+// the issue's figures. lctx's SSD runs on linear_attn's chunked kernel (its own chunk length).
+void bench_ssd(int64_t T, int reps) {
+  const int64_t H = 32, P = 64, N = 128, G = 1;
+  ssm::SsdInputs in;
+  in.x = random({1, T, H, P}, DType::bf16, 11);
+  in.dt = random({1, T, H}, DType::bf16, 12, -4.0, 0.5);
+  in.A = uniform({H}, 13, -16.0, -1.0);
+  in.B = random({1, T, G, N}, DType::bf16, 14, 0.0, 0.1);
+  in.C = random({1, T, G, N}, DType::bf16, 15, 0.0, 0.1);
+  in.D = Tensor::full({H}, 1.0, DType::f32, Device::cuda());
+  in.dt_bias = uniform({H}, 16, -1.0, 1.0);
+  const Tensor dy = random({1, T, H, P}, DType::bf16, 17);
+  const ssm::SsdOptions opts{};
+  try {
+    ssm::ssd_forward(in, opts);
+  } catch (const std::exception& e) {
+    std::printf("ssd: no CUDA kernel (%s)\n", e.what());
+    return;
+  }
+  const double fwd = median_ms([&] { ssm::ssd_forward(in, opts); }, reps);
+  const double fb = median_ms(
+      [&] {
+        const auto out = ssm::ssd_forward(in, opts);
+        ssm::ssd_backward(in, dy, out.final_state, opts);
+      },
+      reps);
+  std::printf("ssd lctx T=%ld fwd %.3f ms fwdbwd %.3f ms tokens_per_s_fb %.2fM\n", static_cast<long>(T), fwd, fb,
+              T / fb / 1e3);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!cuda_available()) {
+    std::printf("bench_ssm: no CUDA GPU\n");
+    return 0;
+  }
+  const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
+  const int64_t max_t = argc > 2 ? std::atoll(argv[2]) : int64_t(1) << 20;
+  cudaDeviceProp prop{};
+  LCTX_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s\n", prop.name);
+  const double copy = copy_gbs(reps);
+  std::printf("copy lctx %.0f GB/s\n", copy);
+  for (int64_t T : {int64_t(8192), int64_t(32768), int64_t(131072), int64_t(1) << 20})
+    if (T <= max_t) bench_scan(T, T >= (int64_t(1) << 20) ? std::max(reps / 4, 3) : reps, copy);
+  for (int64_t T : {int64_t(8192), int64_t(32768), int64_t(131072)})
+    if (T <= max_t) bench_ssd(T, reps);
+  return 0;
+}
