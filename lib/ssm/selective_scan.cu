@@ -380,7 +380,12 @@ __device__ void flush_bc(const ScanArgs& a, const Place& pl, int64_t t0, int n, 
   int g = pl.d0 / per_group;
   auto add = [&](float2 v) {
     const int64_t o = ((pl.b * p.seqlen + t) * p.groups + g) * p.dstate + n + q;
-    atomicAdd(a.dBC + o, v);  // one vector atomic (sm_90) for both
+#if __CUDA_ARCH__ >= 900
+    atomicAdd(a.dBC + o, v);  // one vector atomic for both
+#else
+    atomicAdd(&a.dBC[o].x, v.x);  // the generic PTX (sm_80) has no float2 atomics
+    atomicAdd(&a.dBC[o].y, v.y);
+#endif
   };
   float2 v = make_float2(0.0f, 0.0f);
   if ((min(pl.d0 + kLanes, p.dim) - 1) / per_group == g) {

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_timing.h"
 #include "attn/flash.h"
 #include "bench_documents.h"
 #include "core/allocator.h"
@@ -35,33 +36,12 @@
 #include "core/rng.h"
 
 using namespace lctx;
+using bench::median_ms;
 
 namespace {
 
 constexpr int64_t kDocs = 16, kWindow = 4096;
 constexpr uint64_t kDocSeed = 22;  // bench_flash_torch.py draws with the same seed
-
-template <class F>
-double median_ms(F&& f, int reps, int warmup) {
-  cudaEvent_t a, b;
-  LCTX_CUDA_CHECK(cudaEventCreate(&a));
-  LCTX_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<float> ms;
-  for (int i = 0; i < reps; ++i) {
-    LCTX_CUDA_CHECK(cudaEventRecord(a));
-    f();
-    LCTX_CUDA_CHECK(cudaEventRecord(b));
-    LCTX_CUDA_CHECK(cudaEventSynchronize(b));
-    float t;
-    LCTX_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  LCTX_CUDA_CHECK(cudaEventDestroy(a));
-  LCTX_CUDA_CHECK(cudaEventDestroy(b));
-  return ms[ms.size() / 2];
-}
 
 struct Inputs {
   Tensor q, k, v, dout;

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench_timing.h"
 #include "attn/flash.h"
 #include "core/allocator.h"
 #include "core/cuda_check.h"
@@ -24,32 +25,11 @@
 #include "linear_attn/linear_attn.h"
 
 using namespace lctx;
+using bench::median_ms;
 
 namespace {
 
 constexpr int kH = 16, kD = 128;
-
-template <class F>
-double median_ms(F&& f, int reps, int warmup) {
-  cudaEvent_t a, b;
-  LCTX_CUDA_CHECK(cudaEventCreate(&a));
-  LCTX_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<float> ms;
-  for (int i = 0; i < reps; ++i) {
-    LCTX_CUDA_CHECK(cudaEventRecord(a));
-    f();
-    LCTX_CUDA_CHECK(cudaEventRecord(b));
-    LCTX_CUDA_CHECK(cudaEventSynchronize(b));
-    float t;
-    LCTX_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  LCTX_CUDA_CHECK(cudaEventDestroy(a));
-  LCTX_CUDA_CHECK(cudaEventDestroy(b));
-  return ms[ms.size() / 2];
-}
 
 void report(const char* impl, const char* what, int64_t T, double fwd, double fb, double peak_mib) {
   const double elems = static_cast<double>(T) * kH * kD, bytes_f = 4 * elems * 2, bytes_fb = 11 * elems * 2;

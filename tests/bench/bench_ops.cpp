@@ -9,6 +9,7 @@
 #include <functional>
 #include <vector>
 
+#include "bench_timing.h"
 #include "core/cuda_check.h"
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -16,33 +17,10 @@
 #include "ops/rmsnorm.h"
 
 using namespace lctx;
+using bench::median_ms;
+using bench::random_cuda;
 
 namespace {
-
-double median_ms(const std::function<void()>& fn, int warmup = 10, int reps = 50) {
-  for (int i = 0; i < warmup; ++i) fn();
-  cudaEvent_t a, b;
-  LCTX_CUDA_CHECK(cudaEventCreate(&a));
-  LCTX_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<float> ms(reps);
-  for (int i = 0; i < reps; ++i) {
-    LCTX_CUDA_CHECK(cudaEventRecord(a));
-    fn();
-    LCTX_CUDA_CHECK(cudaEventRecord(b));
-    LCTX_CUDA_CHECK(cudaEventSynchronize(b));
-    LCTX_CUDA_CHECK(cudaEventElapsedTime(&ms[i], a, b));
-  }
-  LCTX_CUDA_CHECK(cudaEventDestroy(a));
-  LCTX_CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2];
-}
-
-Tensor random(const Shape& s, DType dt, uint64_t seed, double mean = 0.0, double std = 1.0) {
-  Tensor t = Tensor::empty(s, dt, Device::cuda());
-  rng_normal(t, seed, 0, mean, std);
-  return t;
-}
 
 }  // namespace
 
@@ -58,19 +36,19 @@ int main(int argc, char** argv) {
   std::printf("device: %s\n", prop.name);
 
   {
-    Tensor a = random({g, g}, DType::bf16, 1), b = random({g, g}, DType::bf16, 2), c = Tensor::empty({g, g}, DType::bf16, Device::cuda());
+    Tensor a = random_cuda({g, g}, DType::bf16, 1), b = random_cuda({g, g}, DType::bf16, 2), c = Tensor::empty({g, g}, DType::bf16, Device::cuda());
     const double flops = 2.0 * g * g * g;
-    const double nn = median_ms([&] { ops::matmul(c, a, b); });
+    const double nn = median_ms([&] { ops::matmul(c, a, b); }, 50, 10);
     std::printf("RESULT gemm_bf16_nn_%ld %.1f TFLOP/s (%.3f ms)\n", static_cast<long>(g), flops / nn / 1e9, nn);
-    const double nt = median_ms([&] { ops::matmul(c, a, b, ops::Trans::none, ops::Trans::transpose); });
+    const double nt = median_ms([&] { ops::matmul(c, a, b, ops::Trans::none, ops::Trans::transpose); }, 50, 10);
     std::printf("RESULT gemm_bf16_nt_%ld %.1f TFLOP/s (%.3f ms)\n", static_cast<long>(g), flops / nt / 1e9, nt);
   }
   {
-    Tensor x = random({rows, cols}, DType::bf16, 3), w = random({cols}, DType::bf16, 4, 1.0, 0.1);
+    Tensor x = random_cuda({rows, cols}, DType::bf16, 3), w = random_cuda({cols}, DType::bf16, 4, 1.0, 0.1);
     Tensor out = Tensor::empty({rows, cols}, DType::bf16, Device::cuda());
     Tensor rstd = Tensor::empty({rows}, DType::f32, Device::cuda());
     const double bytes = 2.0 * rows * cols * 2;  // read x, write out (w and rstd are negligible)
-    const double ms = median_ms([&] { ops::rmsnorm_forward(out, rstd, x, w, 1e-6f); });
+    const double ms = median_ms([&] { ops::rmsnorm_forward(out, rstd, x, w, 1e-6f); }, 50, 10);
     std::printf("RESULT rmsnorm_bf16_%ldx%ld %.1f GB/s (%.3f ms)\n", static_cast<long>(rows), static_cast<long>(cols),
                 bytes / ms / 1e6, ms);
   }

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_timing.h"
 #include "attn/block_mask.h"
 #include "attn/flash.h"
 #include "attn/strided_attention.h"
@@ -32,33 +33,12 @@
 #include "core/rng.h"
 
 using namespace lctx;
+using bench::median_ms;
 
 namespace {
 
 constexpr int64_t kWindow = 4096, kGlobal = 64, kStrideWindow = 1024, kStride = 64;
 constexpr int kH = 16, kD = 128;
-
-template <class F>
-double median_ms(F&& f, int reps, int warmup) {
-  cudaEvent_t a, b;
-  LCTX_CUDA_CHECK(cudaEventCreate(&a));
-  LCTX_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<float> ms;
-  for (int i = 0; i < reps; ++i) {
-    LCTX_CUDA_CHECK(cudaEventRecord(a));
-    f();
-    LCTX_CUDA_CHECK(cudaEventRecord(b));
-    LCTX_CUDA_CHECK(cudaEventSynchronize(b));
-    float t;
-    LCTX_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  LCTX_CUDA_CHECK(cudaEventDestroy(a));
-  LCTX_CUDA_CHECK(cudaEventDestroy(b));
-  return ms[ms.size() / 2];
-}
 
 // Visible pairs of query i: the window, plus keys j < g outside it, plus strided keys outside it.
 double count_pairs(int64_t S, int64_t w, int64_t g, int64_t s) {
@@ -91,7 +71,7 @@ void report(const char* name, int64_t S, const char* impl, double pairs, const F
   std::fflush(stdout);
 }
 
-void bench(int reps, int64_t min_s, int64_t max_s) {
+void run_all(int reps, int64_t min_s, int64_t max_s) {
   const Device gpu = Device::cuda();
   for (int64_t S : {int64_t{16384}, int64_t{65536}}) {
     if (S > max_s || S < min_s) continue;
@@ -162,6 +142,6 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   LCTX_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device %s\n", prop.name);
-  bench(reps, min_s, max_s);
+  run_all(reps, min_s, max_s);
   return 0;
 }

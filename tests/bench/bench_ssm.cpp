@@ -14,6 +14,7 @@
 #include <functional>
 #include <vector>
 
+#include "bench_timing.h"
 #include "core/cuda_check.h"
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -21,33 +22,10 @@
 #include "ssm/ssd.h"
 
 using namespace lctx;
+using bench::median_ms;
+using bench::random_cuda;
 
 namespace {
-
-double median_ms(const std::function<void()>& fn, int reps, int warmup = 3) {
-  for (int i = 0; i < warmup; ++i) fn();
-  cudaEvent_t a, b;
-  LCTX_CUDA_CHECK(cudaEventCreate(&a));
-  LCTX_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<float> ms(reps);
-  for (int i = 0; i < reps; ++i) {
-    LCTX_CUDA_CHECK(cudaEventRecord(a));
-    fn();
-    LCTX_CUDA_CHECK(cudaEventRecord(b));
-    LCTX_CUDA_CHECK(cudaEventSynchronize(b));
-    LCTX_CUDA_CHECK(cudaEventElapsedTime(&ms[i], a, b));
-  }
-  LCTX_CUDA_CHECK(cudaEventDestroy(a));
-  LCTX_CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2];
-}
-
-Tensor random(const Shape& s, DType dt, uint64_t seed, double mean = 0.0, double std = 1.0) {
-  Tensor t = Tensor::empty(s, dt, Device::cuda());
-  rng_normal(t, seed, 0, mean, std);
-  return t;
-}
 
 Tensor uniform(const Shape& s, uint64_t seed, double lo, double hi) {
   Tensor t = Tensor::empty(s, DType::f32, Device::cuda());
@@ -59,7 +37,7 @@ Tensor uniform(const Shape& s, uint64_t seed, double lo, double hi) {
 double copy_gbs(int reps) {
   const int64_t n = int64_t(1) << 31;  // bf16 elements
   Tensor a = Tensor::zeros({n}, DType::bf16, Device::cuda()), b = Tensor::empty({n}, DType::bf16, Device::cuda());
-  const double ms = median_ms([&] { b.copy_from(a); }, reps);
+  const double ms = median_ms([&] { b.copy_from(a); }, reps, 3);
   return 2.0 * n * 2 / ms / 1e6;
 }
 
@@ -67,23 +45,23 @@ double copy_gbs(int reps) {
 void bench_scan(int64_t T, int reps, double copy) {
   const int64_t D = 4096, N = 16, G = 1;
   ssm::ScanInputs in;
-  in.x = random({1, T, D}, DType::bf16, 1);
-  in.dt = random({1, T, D}, DType::bf16, 2, -4.0, 0.5);
-  in.z = random({1, T, D}, DType::bf16, 3);
-  in.B = random({1, T, G, N}, DType::bf16, 4);
-  in.C = random({1, T, G, N}, DType::bf16, 5);
+  in.x = random_cuda({1, T, D}, DType::bf16, 1);
+  in.dt = random_cuda({1, T, D}, DType::bf16, 2, -4.0, 0.5);
+  in.z = random_cuda({1, T, D}, DType::bf16, 3);
+  in.B = random_cuda({1, T, G, N}, DType::bf16, 4);
+  in.C = random_cuda({1, T, G, N}, DType::bf16, 5);
   in.A = uniform({D, N}, 6, -16.0, -1.0);
   in.D = Tensor::full({D}, 1.0, DType::f32, Device::cuda());
   in.dt_bias = uniform({D}, 7, -1.0, 1.0);
-  const Tensor dy = random({1, T, D}, DType::bf16, 8);
+  const Tensor dy = random_cuda({1, T, D}, DType::bf16, 8);
   const ssm::ScanOptions opts{};
-  const double fwd = median_ms([&] { ssm::selective_scan_forward(in, opts); }, reps);
+  const double fwd = median_ms([&] { ssm::selective_scan_forward(in, opts); }, reps, 3);
   const double fb = median_ms(
       [&] {
         const auto out = ssm::selective_scan_forward(in, opts);
         ssm::selective_scan_backward(in, dy, out.final_state, opts);
       },
-      reps);
+      reps, 3);
   const double tok = 2.0 * T * D, bc = 2.0 * T * G * N;  // bytes of one [1, T, D] / [1, T, G, N] tensor
   const double fwd_bytes = 4 * tok + 2 * bc, bwd_bytes = 7 * tok + 4 * bc;
   const double fwd_gbs = fwd_bytes / fwd / 1e6, fb_gbs = (fwd_bytes + bwd_bytes) / fb / 1e6;
@@ -98,14 +76,14 @@ void bench_scan(int64_t T, int reps, double copy) {
 void bench_ssd(int64_t T, int reps) {
   const int64_t H = 32, P = 64, N = 128, G = 1;
   ssm::SsdInputs in;
-  in.x = random({1, T, H, P}, DType::bf16, 11);
-  in.dt = random({1, T, H}, DType::bf16, 12, -4.0, 0.5);
+  in.x = random_cuda({1, T, H, P}, DType::bf16, 11);
+  in.dt = random_cuda({1, T, H}, DType::bf16, 12, -4.0, 0.5);
   in.A = uniform({H}, 13, -16.0, -1.0);
-  in.B = random({1, T, G, N}, DType::bf16, 14, 0.0, 0.1);
-  in.C = random({1, T, G, N}, DType::bf16, 15, 0.0, 0.1);
+  in.B = random_cuda({1, T, G, N}, DType::bf16, 14, 0.0, 0.1);
+  in.C = random_cuda({1, T, G, N}, DType::bf16, 15, 0.0, 0.1);
   in.D = Tensor::full({H}, 1.0, DType::f32, Device::cuda());
   in.dt_bias = uniform({H}, 16, -1.0, 1.0);
-  const Tensor dy = random({1, T, H, P}, DType::bf16, 17);
+  const Tensor dy = random_cuda({1, T, H, P}, DType::bf16, 17);
   const ssm::SsdOptions opts{};
   try {
     ssm::ssd_forward(in, opts);
@@ -113,13 +91,13 @@ void bench_ssd(int64_t T, int reps) {
     std::printf("ssd: no CUDA kernel (%s)\n", e.what());
     return;
   }
-  const double fwd = median_ms([&] { ssm::ssd_forward(in, opts); }, reps);
+  const double fwd = median_ms([&] { ssm::ssd_forward(in, opts); }, reps, 3);
   const double fb = median_ms(
       [&] {
         const auto out = ssm::ssd_forward(in, opts);
         ssm::ssd_backward(in, dy, out.final_state, opts);
       },
-      reps);
+      reps, 3);
   std::printf("ssd lctx T=%ld fwd %.3f ms fwdbwd %.3f ms tokens_per_s_fb %.2fM\n", static_cast<long>(T), fwd, fb,
               T / fb / 1e3);
   std::fflush(stdout);
