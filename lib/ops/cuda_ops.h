@@ -59,6 +59,10 @@ void embedding_backward(Tensor& dw, const Tensor& ids, const Tensor& dout, GradM
 void gelu_forward(Tensor& out, const Tensor& x, Stream s);
 void gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, Stream s);
 
+// log_sigmoid.h: y in wide_dtype(x); dx in x's dtype or the wide dtype.
+void log_sigmoid_forward(Tensor& y, const Tensor& x, Stream s);
+void log_sigmoid_backward(Tensor& dx, const Tensor& dy, const Tensor& x, Stream s);
+
 double sum_squares(std::span<const Tensor> grads, Stream s);
 void scale(const Tensor& t, double scale, Stream s);
 
@@ -66,6 +70,10 @@ void scale(const Tensor& t, double scale, Stream s);
 void broadcast_rows(Tensor& y, const Tensor& bias, int64_t rows, int64_t cols, Stream s);
 
 void matmul(Tensor& c, const Tensor& a, const Tensor& b, const detail::GemmArgs& g, Stream s);
+
+// negative_exp.h: y = -exp(x) in wide_dtype(x); dx = dy * y.
+void negative_exp_forward(Tensor& y, const Tensor& x, Stream s);
+void negative_exp_backward(Tensor& dx, const Tensor& dy, const Tensor& y, Stream s);
 
 void norm_forward(detail::NormKind kind, Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
                   const Tensor& b, float eps, Stream s);

@@ -1,6 +1,7 @@
 #include "core/cuda/launch.cuh"
 #include "core/cuda_types.cuh"
 #include "ops/activation.h"
+#include "ops/cuda_ops.h"
 #include "ops/log_sigmoid.h"
 
 namespace lctx::ops::cuda {

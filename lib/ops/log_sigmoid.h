@@ -24,9 +24,4 @@ LCTX_HD inline A log_sigmoid(A g) {
 }
 }  // namespace detail
 
-namespace cuda {  // the CUDA half (log_sigmoid.cu), reached through LCTX_OPS_CUDA; validated tensors
-void log_sigmoid_forward(Tensor& y, const Tensor& x, Stream s);
-void log_sigmoid_backward(Tensor& dx, const Tensor& dy, const Tensor& x, Stream s);
-}  // namespace cuda
-
 }  // namespace lctx::ops

@@ -1,5 +1,6 @@
 #include "core/cuda/launch.cuh"
 #include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 #include "ops/negative_exp.h"
 
 namespace lctx::ops::cuda {

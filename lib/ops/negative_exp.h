@@ -12,9 +12,4 @@ void negative_exp_forward(Tensor& y, const Tensor& x, Stream s = {});
 
 void negative_exp_backward(Tensor& dx, const Tensor& dy, const Tensor& y, Stream s = {});
 
-namespace cuda {  // the CUDA half (negative_exp.cu), reached through LCTX_OPS_CUDA; validated tensors
-void negative_exp_forward(Tensor& y, const Tensor& x, Stream s);
-void negative_exp_backward(Tensor& dx, const Tensor& dy, const Tensor& y, Stream s);
-}  // namespace cuda
-
 }  // namespace lctx::ops
