@@ -8,6 +8,7 @@
 
 #include <cstdio>
 
+#include "common/bf16_baseline.h"
 #include "common/check.h"
 #include "common/expect_error.h"
 #include "ssm_reference.h"
@@ -53,12 +54,6 @@ std::vector<GpuCase> gpu_cases() {
   return v;
 }
 
-void expect_within_baseline(const std::string& what, const Tensor& got, const Tensor& ref, const Tensor& exact) {
-  const double err = rel_error(got, ref), baseline = rel_error(ref, exact);
-  std::printf("[ conv ] %s: error %.3e, baseline %.3e, ratio %.2f\n", what.c_str(), err, baseline, err / baseline);
-  EXPECT_LE(err, 2 * baseline) << what;
-}
-
 class CausalConv1dGpu : public testing::TestWithParam<GpuCase> {};
 
 TEST_P(CausalConv1dGpu, Within2xBaseline) {
@@ -77,13 +72,13 @@ TEST_P(CausalConv1dGpu, Within2xBaseline) {
   const ConvInputs in_g = convert(in_r, io, DType::f32, gpu);
   const Tensor y = ssm::causal_conv1d_forward(in_g, c.opts());
   EXPECT_EQ(y.dtype(), io);
-  expect_within_baseline(c.name + " y", y, ref, exact);
+  expect_within_bf16_baseline(c.name + " y", y, ref, exact);
   const ConvGrads g = ssm::causal_conv1d_backward(in_g, dy.to(io).to(gpu), c.opts());
-  expect_within_baseline(c.name + " dx", g.dx, g_ref.dx, g_exact.dx);
-  expect_within_baseline(c.name + " dweight", g.dweight, g_ref.dweight, g_exact.dweight);
+  expect_within_bf16_baseline(c.name + " dx", g.dx, g_ref.dx, g_exact.dx);
+  expect_within_bf16_baseline(c.name + " dweight", g.dweight, g_ref.dweight, g_exact.dweight);
   EXPECT_EQ(g.dbias.defined(), c.bias);
-  if (c.bias) expect_within_baseline(c.name + " dbias", g.dbias, g_ref.dbias, g_exact.dbias);
-  if (c.W > 1) expect_within_baseline(c.name + " d_history", g.d_history, g_ref.d_history, g_exact.d_history);
+  if (c.bias) expect_within_bf16_baseline(c.name + " dbias", g.dbias, g_ref.dbias, g_exact.dbias);
+  if (c.W > 1) expect_within_bf16_baseline(c.name + " d_history", g.d_history, g_ref.d_history, g_exact.d_history);
   EXPECT_EQ(g.d_history.dtype(), io);
 }
 

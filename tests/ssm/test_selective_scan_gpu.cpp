@@ -9,6 +9,7 @@
 
 #include <cstdio>
 
+#include "common/bf16_baseline.h"
 #include "common/check.h"
 #include "common/expect_error.h"
 #include "ssm_reference.h"
@@ -93,12 +94,6 @@ struct Loss {
 
 class SelectiveScanGpu : public testing::TestWithParam<GpuCase> {};
 
-void expect_within_baseline(const std::string& what, const Tensor& got, const Tensor& ref, const Tensor& exact) {
-  const double err = rel_error(got, ref), baseline = rel_error(ref, exact);
-  std::printf("[ scan ] %s: error %.3e, baseline %.3e, ratio %.2f\n", what.c_str(), err, baseline, err / baseline);
-  EXPECT_LE(err, 2 * baseline) << what;
-}
-
 TEST_P(SelectiveScanGpu, Within2xBaseline) {
   LCTX_REQUIRE_GPU();
   const auto& [c, io] = GetParam();
@@ -117,15 +112,15 @@ TEST_P(SelectiveScanGpu, Within2xBaseline) {
   const auto out = ssm::selective_scan_forward(in_g, c.opts());
   EXPECT_EQ(out.y.dtype(), io);
   EXPECT_EQ(out.final_state.dtype(), DType::f32);
-  expect_within_baseline(c.name + " y", out.y, ref.y, exact.y);
-  expect_within_baseline(c.name + " final_state", out.final_state, ref.final_state, exact.final_state);
+  expect_within_bf16_baseline(c.name + " y", out.y, ref.y, exact.y);
+  expect_within_bf16_baseline(c.name + " final_state", out.final_state, ref.final_state, exact.final_state);
   const auto g = ssm::selective_scan_backward(in_g, w_r.to(io).to(gpu), loss.wf.to(DType::f32).to(gpu), c.opts());
   for (const auto& f : kFields) {
     const Tensor& gg = g.*f.grad;
     EXPECT_EQ(gg.defined(), (g_ref.*f.grad).defined()) << f.name;
     if (!gg.defined()) continue;
     EXPECT_EQ(gg.dtype(), f.token ? io : DType::f32) << f.name;
-    expect_within_baseline(c.name + " d" + f.name, gg, g_ref.*f.grad, g_exact.*f.grad);
+    expect_within_bf16_baseline(c.name + " d" + f.name, gg, g_ref.*f.grad, g_exact.*f.grad);
   }
 }
 
