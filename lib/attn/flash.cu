@@ -106,7 +106,7 @@ void flash_forward_cuda(const FlashParams& params, Stream s) {
   dispatch(p, [&]<class T, int D>() {
     using Tr = FlashFwdTraits<T, D>;
     set_block_lists(p, Tr::kBlockM, Tr::kBlockN, TileOrder::by_query, s);
-    auto kernel = flash_fwd_kernel<Tr, T>;
+    auto kernel = p.has_alibi() ? flash_fwd_kernel<Tr, T, true> : flash_fwd_kernel<Tr, T, false>;
     LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
     const dim3 grid(static_cast<unsigned>((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM), p.heads_q,
                     static_cast<unsigned>(p.batch));
@@ -143,7 +143,7 @@ void flash_backward_cuda(const FlashParams& params, Stream s) {
       else flash_bwd_dot_kernel<T, T><<<dot_blocks, 256, 0, stream>>>(p, dsum, lse2, q_pad);
       LCTX_CUDA_CHECK_LAUNCH("flash_bwd_dot_kernel");
     }
-    auto kernel = flash_bwd_kernel<Tr, T>;
+    auto kernel = p.has_alibi() ? flash_bwd_kernel<Tr, T, true> : flash_bwd_kernel<Tr, T, false>;
     LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
     const dim3 grid(static_cast<unsigned>((p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN), p.heads_kv,
                     static_cast<unsigned>(p.batch));

@@ -74,7 +74,8 @@ __global__ void flash_bwd_dot_kernel(const FlashParams p, float* dsum, float* ls
   }
 }
 
-template <class Tr, class T>
+// kAlibi: p.alibi_slopes is set (a template flag for the reason given at flash_fwd_kernel).
+template <class Tr, class T, bool kAlibi>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_bwd_kernel(const FlashParams p, float scale_log2, const float* dsum_g, const float* lse2_g, float* dq_acc) {
   constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN, MQ = Tr::kQueryTiles;
@@ -174,18 +175,31 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     // S = Q K^T, then P = exp2(S - lse2) to shared memory, then dP = dO V^T and
     // dS = P (dP - Dsum): this warp's 32 queries x 32 keys. S and dP are computed one after
     // the other so that only one of their operand sets is live next to dK/dV.
+    // With ALiBi, a tile whose keys all precede its queries starts S from the bias in raw-score
+    // units (flash_mask.cuh: alibi_scores) and then runs as a plain unmasked tile.
+    auto tile_masked = [&] {
+      return listed ? (entry & 1) != 0
+                    : !flash_tile_in_band(p, m0, m0 + BM, n0, n0 + BN) || m0 < full_lo || m0 + BM > full_hi;
+    };
+    bool alibi_init = false;
+    if constexpr (kAlibi) alibi_init = !tile_masked() && scale_log2 > 0.f && p.k_offset + n0 + BN <= p.q_offset + m0 + 1;
     float s[MQ][4][4];
+    if (alibi_init) {
+      const float slope_raw = p.alibi_slopes[h] * kLog2e / scale_log2;
+      const int64_t key_minus_row = (p.k_offset + n0 + wk + 2 * (lane % 4)) - (p.q_offset + m0 + wq + lane / 4);
+      alibi_scores<MQ, 4>(s, slope_raw, slope_raw * static_cast<float>(key_minus_row));
+    } else {
 #pragma unroll
-    for (int mt = 0; mt < MQ; ++mt)
+      for (int mt = 0; mt < MQ; ++mt)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
+          for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
+    }
     warp_tile_mma<T, D / 16, D, D, BLayout::nk>(s, qA, boff, wq, kB, 0, wk);
     float mult = scale_log2;
-    const bool masked = listed ? (entry & 1) != 0
-                             : !flash_tile_in_band(p, m0, m0 + BM, n0, n0 + BN) || m0 < full_lo || m0 + BM > full_hi;
-    if (masked || p.has_alibi()) {
+    const bool masked = tile_masked();
+    if (masked || (kAlibi && !alibi_init)) {
 #pragma unroll
       for (int mt = 0; mt < MQ; ++mt) {
         const MaskRows m = mask_rows(p, b, h, m0 + wq + 16 * mt + lane / 4);

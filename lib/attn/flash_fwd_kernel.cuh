@@ -7,8 +7,9 @@
 // ex2); the running max is raised lazily, so most tiles skip rescaling O. Key tiles that no
 // query of the block can see (position rules, documents) are skipped; only tiles on the
 // diagonal, window edges, document edges and ragged ends run the per-element mask, and ALiBi
-// alone adds its bias without mask tests. With a block mask the block walks the mask's list of
-// key tiles (FlashParams::sparse_entries) and masks only its partial ones.
+// alone adds its bias without mask tests (before the diagonal: as Q K^T's initial value). With
+// a block mask the block walks the mask's list of key tiles (FlashParams::sparse_entries) and
+// masks only its partial ones.
 #pragma once
 #include <math_constants.h>
 
@@ -21,7 +22,9 @@
 
 namespace lctx::attn {
 
-template <class Tr, class T>
+// kAlibi: p.alibi_slopes is set. A template flag (as in FlashAttention-2), not a runtime one:
+// the ALiBi branch in the tile loop cost the plain kernel ~5% through register allocation.
+template <class Tr, class T, bool kAlibi>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel(const FlashParams p, float scale_log2) {
   constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN, NT = BN / 8, DT = D / 8, MT = 2;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -57,7 +60,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
     uhi = ulo;
   }
   const int64_t n_begin = klo / BN, n_end = khi > klo ? (khi + BN - 1) / BN : n_begin;
-  const bool raw_max = scale_log2 > 0.f && !p.has_alibi();  // raw-score max needs a positive scale
+  const bool raw_max = scale_log2 > 0.f && !kAlibi;  // raw-score max needs a positive scale
   int n_tiles = static_cast<int>(n_end - n_begin);
   const int u_lo = static_cast<int>(max(ulo - n_begin, int64_t(0))),
             u_hi = static_cast<int>(max(min(uhi, n_end) - n_begin, int64_t(0)));
@@ -66,8 +69,18 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
   const bool listed = p.sparse_entries != nullptr;
   const int32_t list0 = listed ? p.sparse_offsets[m_block] : 0;
   if (listed) n_tiles = p.sparse_offsets[m_block + 1] - list0;
-  auto key_tile = [&](int t) -> int64_t { return listed ? int64_t(p.sparse_entries[list0 + t] >> 1) : n_begin + t; };
-  auto tile_masked = [&](int t) { return listed ? (p.sparse_entries[list0 + t] & 1) != 0 : t < u_lo || t >= u_hi; };
+  // With ALiBi the tiles are walked from the last one back: the bias grows towards the
+  // diagonal, so in ascending order the running max of the steep heads would rise, and O be
+  // rescaled, on nearly every tile.
+  auto tile_at = [&](int t) { return kAlibi ? n_tiles - 1 - t : t; };
+  auto key_tile = [&](int t) -> int64_t {
+    t = tile_at(t);
+    return listed ? int64_t(p.sparse_entries[list0 + t] >> 1) : n_begin + t;
+  };
+  auto tile_masked = [&](int t) {
+    t = tile_at(t);
+    return listed ? (p.sparse_entries[list0 + t] & 1) != 0 : t < u_lo || t >= u_hi;
+  };
 
   load_tile<BM, D, Tr::kThreads>(sQ, qg + m0 * p.q_stride[1], p.q_stride[1], 0, p.seqlen_q - m0, tid);
   if (n_tiles > 0) {
@@ -102,19 +115,28 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) flash_fwd_kernel
     const uint32_t boff = buf * BN * D * sizeof(T);  // K/V buffer
     const uint32_t q_base = opaque(g_q_base), k_base = opaque(g_k_base), v_base = opaque(g_v_base);
 
-    // S = Q K^T for this warp's 32 rows x BN keys.
+    // S = Q K^T for this warp's 32 rows x BN keys. With ALiBi, a tile whose keys all precede
+    // the block's queries starts from the bias in raw-score units (positive scale) and then
+    // runs as a plain unmasked tile.
+    const int64_t n0 = n * BN;
+    const bool masked = tile_masked(t);
+    const bool alibi_init = kAlibi && !masked && scale_log2 > 0.f && p.k_offset + n0 + BN <= p.q_offset + m0 + 1;
     float s[MT][NT][4];
+    if (alibi_init) {
+      const float slope_raw = p.alibi_slopes[h] * kLog2e / scale_log2;
+      const int64_t key_minus_row = (p.k_offset + n0 + 2 * (lane % 4)) - (p.q_offset + m0 + wr + lane / 4);
+      alibi_scores<MT, NT>(s, slope_raw, slope_raw * static_cast<float>(key_minus_row));
+    } else {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int j = 0; j < NT; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+        for (int j = 0; j < NT; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+    }
     warp_tile_mma<T, D / 16, D, D, BLayout::nk>(s, q_base, 0, wr, k_base, boff, 0);
     // Interior tiles keep raw scores and scale inside the exponent's FMA (max commutes with
     // a positive scale); masked tiles come back scaled, with -inf where hidden.
-    const int64_t n0 = n * BN;
     float mult = scale_log2;
-    const bool masked = tile_masked(t);
-    if (masked || !raw_max) {
+    if (masked || (!raw_max && !alibi_init)) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const MaskRows m = mask_rows(p, b, h, m0 + wr + 16 * mt + lane / 4);

@@ -2,7 +2,11 @@
 // edge) turns raw q.k scores into log2-domain logits, -inf where the key is out of range, on
 // the wrong side of the causal diagonal or window, in another document or hidden by the block
 // mask's rule (partial tiles of a block mask), and adds ALiBi;
-// apply_bias (tiles every pair of which is visible) only scales and adds ALiBi.
+// apply_bias (tiles every pair of which is visible) only scales and adds ALiBi;
+// alibi_scores serves the forward's tiles whose keys all lie at or before their queries, where
+// -slope |i - j| = slope (j - i) needs no |.|: it starts Q K^T from the bias in raw-score units,
+// one FMA per element, and the tile then runs as one without ALiBi (the |.| form costs three
+// per element and a scaling pass before the max).
 #pragma once
 #include <math_constants.h>
 
@@ -93,6 +97,21 @@ __device__ __forceinline__ void apply_bias(float (&s)[NT][4], const FlashParams&
       const float d = d0f + static_cast<float>(8 * (e / 2) - 8 * j - (e & 1));
       s[j][e] = fmaf(s[j][e], scale_log2, -m.alibi_log2 * fabsf(d));
     }
+}
+
+// The initial value of a Q K^T accumulator (MT m16 fragments 16 rows apart over the same
+// columns, as in apply_mask): slope_raw (j - i), i.e. ALiBi in raw-score units
+// (slope_raw = slope / softmax scale), on a tile whose keys all lie at or before its queries.
+// key0 = slope_raw (key position of the thread's first column - query position of its first row).
+template <int MT, int NT>
+__device__ __forceinline__ void alibi_scores(float (&s)[MT][NT][4], float slope_raw, float key0) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[mt][j][e] = fmaf(slope_raw, static_cast<float>(8 * j + (e & 1) - 16 * mt - 8 * (e / 2)), key0);
 }
 
 }  // namespace lctx::attn
