@@ -4,11 +4,13 @@
 #include "dist/mesh.h"
 #include "mixers/linear_attention.h"
 #include "mixers/linformer.h"
+#include "mixers/local_global.h"
 #include "mixers/mamba.h"
 #include "mixers/mamba2.h"
 #include "ssm/causal_conv1d.h"
 #include "ssm/selective_scan_params.h"
 #include "mixers/softmax.h"
+#include "mixers/strided.h"
 
 namespace lctx::train {
 
@@ -429,11 +431,151 @@ MixerKind mamba2_kind() {
   return k;
 }
 
+// ---- strided --------------------------------------------------------------------------------
+
+void validate_strided(const Config& c) {
+  const int64_t w = c.mixer_option<int64_t>("strided", "window"), S = c.data.seq_len;
+  LCTX_CHECK(c.model.position != "alibi", "config: model.position = alibi is not supported by mixer kind strided ",
+             "(its strided part runs in residue coordinates); use rope or none");
+  LCTX_CHECK(c.model.position != "rope" || c.model.head_size() % 2 == 0,
+             "config: RoPE needs an even head dim; model.head_dim is ", c.model.head_size());
+  LCTX_CHECK(w <= S, "config: mixer.strided.window (", w, ") is larger than the sequence (data.seq_len = ", S, ")");
+}
+
+std::unique_ptr<mixers::Mixer> make_strided(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
+  mixers::StridedMixerOptions o;
+  o.core = core_options(c);
+  o.core.qk_norm = c.mixer_option<bool>("strided", "qk_norm") ? mixers::QkNorm::rms : mixers::QkNorm::off;
+  o.window = c.mixer_option<int64_t>("strided", "window");
+  o.stride = c.mixer_option<int64_t>("strided", "stride");
+  return mixers::make_strided_mixer(o, mesh, layout);
+}
+
+MixerKind strided_kind() {
+  MixerKind k;
+  k.name = "strided";
+  k.doc = "Sparse Transformer strided attention, causal: a window of w keys plus every earlier key with (i - j) mod "
+          "s == 0 (two layers reach every position), as two flash calls merged by LSE; sequence parallel by one "
+          "all-gather of K/V on any layout; RoPE or no positions";
+  k.options = {
+      {.name = "window",
+       .value = int64_t{64},
+       .doc = "w: each token attends to itself and the w - 1 tokens before it (at most data.seq_len)",
+       .lo = 1,
+       .hi = 1e15,
+       .shapes_model = true},
+      {.name = "stride",
+       .value = int64_t{64},
+       .doc = "s: plus every earlier token at a distance that is a multiple of s",
+       .lo = 1,
+       .hi = 1e15,
+       .shapes_model = true},
+      {.name = "qk_norm",
+       .value = false,
+       .doc = "RMSNorm over each head's q and k (weights shared by the heads)",
+       .shapes_model = true},
+  };
+  k.documents = false;
+  k.cuda = true;
+  k.validate = validate_strided;
+  k.make = make_strided;
+  k.test_base = {"mixer.strided.window=5", "mixer.strided.stride=4"};
+  k.test_variants = {
+      {"mixer.strided.window=3", "mixer.strided.stride=7", "model.position=none"},
+      {"mixer.strided.window=13", "mixer.strided.stride=2", "mixer.strided.qk_norm=true"},
+  };
+  return k;
+}
+
+// ---- local_global ----------------------------------------------------------------------------
+
+void validate_local_global(const Config& c) {
+  const int64_t w = c.mixer_option<int64_t>("local_global", "window"), S = c.data.seq_len;
+  const int64_t g = c.mixer_option<int64_t>("local_global", "global_tokens");
+  const int64_t p = c.mixer_option<int64_t>("local_global", "first_tokens");
+  LCTX_CHECK(c.model.position != "alibi", "config: model.position = alibi is not supported by mixer kind local_global ",
+             "(a bias on distances; its global tokens have no position); use rope or none");
+  LCTX_CHECK(c.model.position != "rope" || c.model.head_size() % 2 == 0,
+             "config: RoPE needs an even head dim; model.head_dim is ", c.model.head_size());
+  LCTX_CHECK(w <= S, "config: mixer.local_global.window (", w, ") is larger than the sequence (data.seq_len = ", S, ")");
+  LCTX_CHECK(g <= S, "config: mixer.local_global.global_tokens (", g, ") is more than the positions of the sequence ",
+             "(data.seq_len = ", S, ")");
+  LCTX_CHECK(p <= S, "config: mixer.local_global.first_tokens (", p, ") is more than the positions of the sequence ",
+             "(data.seq_len = ", S, ")");
+  LCTX_CHECK(p == 0 || c.mixer_option<bool>("local_global", "causal"), "config: mixer.local_global.first_tokens (", p,
+             ") needs mixer.local_global.causal = true; the bidirectional form has learned global tokens only");
+  LCTX_CHECK(c.parallel.ulysses == 1, "config: mixer kind local_global needs parallel.ulysses = 1 (got ",
+             c.parallel.ulysses, "): its window is sharded over a ring");
+}
+
+std::unique_ptr<mixers::Mixer> make_local_global(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
+  mixers::LocalGlobalOptions o;
+  o.core = core_options(c);
+  o.form = c.mixer_option<bool>("local_global", "causal") ? mixers::LocalGlobalForm::causal
+                                                           : mixers::LocalGlobalForm::bidirectional;
+  o.window = c.mixer_option<int64_t>("local_global", "window");
+  o.global_tokens = c.mixer_option<int64_t>("local_global", "global_tokens");
+  o.first_tokens = c.mixer_option<int64_t>("local_global", "first_tokens");
+  return mixers::make_local_global_mixer(o, mesh, layout);
+}
+
+MixerKind local_global_kind() {
+  MixerKind k;
+  k.name = "local_global";
+  k.doc = "sliding window plus global tokens (exact softmax, parts merged by LSE): causal with g learned sink tokens "
+          "and the first p positions seen by every later query, or bidirectional with g learned global tokens that "
+          "read the whole sequence and are read by every token (Longformer/ETC); sequence parallel by the window's "
+          "neighbours, a row gather of the first p rows and an fp32 merge of the global queries; RoPE or no "
+          "positions";
+  k.options = {
+      {.name = "window",
+       .value = int64_t{128},
+       .doc = "w: causal, each token sees itself and the w - 1 tokens before it; bidirectional, the tokens at a "
+              "distance < w on both sides (at most data.seq_len)",
+       .lo = 1,
+       .hi = 1e15,
+       .shapes_model = true},
+      {.name = "global_tokens",
+       .value = int64_t{4},
+       .doc = "g learned tokens per layer (a [g, model.dim] parameter through the layer's q/k/v projection at "
+              "position 0): causal, sinks every query sees; bidirectional, global tokens that attend to every "
+              "token and are attended by every token",
+       .lo = 0,
+       .hi = 1 << 20,
+       .shapes_model = true},
+      {.name = "causal",
+       .value = true,
+       .doc = "true: the causal (LM) form; false: the bidirectional (encoder) form, where every token sees its "
+              "window on both sides and the future (the next-token loss then leaks the targets)",
+       .shapes_model = true},
+      {.name = "first_tokens",
+       .value = int64_t{0},
+       .doc = "p (causal form only): the first p positions are seen by every later query beyond its window",
+       .lo = 0,
+       .hi = 1e15,
+       .shapes_model = true},
+  };
+  k.documents = false;
+  k.cuda = true;
+  k.validate = validate_local_global;
+  k.make = make_local_global;
+  k.test_base = {"mixer.local_global.window=7", "mixer.local_global.global_tokens=3"};
+  k.test_variants = {
+      {"mixer.local_global.global_tokens=0", "mixer.local_global.first_tokens=5", "model.position=none"},
+      {"mixer.local_global.window=13", "mixer.local_global.first_tokens=9"},
+      {"mixer.local_global.causal=false"},
+      {"mixer.local_global.causal=false", "mixer.local_global.window=20", "mixer.local_global.global_tokens=0",
+       "model.position=none"},
+  };
+  return k;
+}
+
 }  // namespace
 
 const std::vector<MixerKind>& mixer_kinds() {
   static const std::vector<MixerKind> kinds = {softmax_kind(),  linear_kind(), performer_kind(),
-                                               linformer_kind(), mamba_kind(),  mamba2_kind()};
+                                               linformer_kind(), mamba_kind(),  mamba2_kind(), strided_kind(),
+                                               local_global_kind()};
   return kinds;
 }
 

@@ -12,44 +12,55 @@ namespace lctx::attn {
 namespace {
 
 // The far part: strided (s = stride, residue views, keys t' <= t - ceil(w / s)) or global
-// (s = 1, keys j < g with j <= i - w: causal with k_offset = w).
+// (s = 1, keys j < g with j <= i - w: causal with k_offset = w). The queries are padded to
+// Sqp rows starting at position q0p = q_offset - front (a multiple of s), the keys to
+// Skp = q0p + Sqp rows starting at 0.
 struct Plan {
-  int64_t B, S, Sp, H, Hkv, D, s, g;
+  int64_t B, Sq, Sk, H, D, s, g, front, q0p, Sqp, Skp;
   FlashOptions window, far;
 };
 
 Plan make_plan(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const StridedOptions& opts) {
   LCTX_CHECK(q.defined() && k.defined() && v.defined(), op, ": q, k and v must be defined");
-  LCTX_CHECK(q.dim() == 4 && k.dim() == 4, op, ": q ", q.str(), " and k ", k.str(), " must be [B, S, H, D]");
-  LCTX_CHECK(k.size(1) == q.size(1), op, ": strided attention is self-attention: q ", q.str(), " and k ", k.str(),
-             " need the same sequence length");
-  Plan p{q.size(0), q.size(1), 0, q.size(2), k.size(2), q.size(3), 1, opts.n_global, {}, {}};
+  LCTX_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op, ": q ", q.str(), ", k ", k.str(), " and v ", v.str(),
+             " must be [B, S, H, D]");
+  LCTX_CHECK(opts.q_offset >= 0, op, ": q_offset ", opts.q_offset, " must be >= 0");
+  const int64_t Sq = q.size(1), Sk = opts.q_offset + Sq;
+  LCTX_CHECK(k.size(1) == Sk && v.size(1) == Sk, op, ": k ", k.str(), " and v ", v.str(), " must hold the keys [0, ",
+             Sk, ") = [0, q_offset + Sq) of the queries q ", q.str(), " at positions [", opts.q_offset, ", ", Sk, ")");
+  Plan p{q.size(0), Sq, Sk, q.size(2), q.size(3), 1, opts.n_global, 0, 0, 0, 0, {}, {}};
   LCTX_CHECK(opts.stride >= 0 && opts.n_global >= 0 && (opts.stride > 0) != (opts.n_global > 0), op, ": stride ",
              opts.stride, " and n_global ", opts.n_global, ": exactly one must be >= 1 (stride 0 without global keys)");
-  LCTX_CHECK(opts.window >= 1 && opts.window <= p.S, op, ": window ", opts.window, " must be in [1, S = ", p.S,
-             "] (a window larger than the sequence), q ", q.str());
-  LCTX_CHECK(opts.n_global <= p.S, op, ": ", opts.n_global, " global tokens for a sequence of ", p.S,
-             " positions, q ", q.str());
+  LCTX_CHECK(opts.window >= 1 && opts.window <= Sk, op, ": window ", opts.window, " must be in [1, ", Sk,
+             "] (the keys; a window larger than the sequence), q ", q.str());
+  LCTX_CHECK(opts.n_global <= Sk, op, ": ", opts.n_global, " global tokens for a sequence of ", Sk, " positions, q ",
+             q.str());
   if (opts.stride > 0) p.s = opts.stride;
-  p.Sp = (p.S + p.s - 1) / p.s * p.s;
+  p.front = opts.q_offset % p.s;
+  p.q0p = opts.q_offset - p.front;
+  p.Sqp = (p.front + Sq + p.s - 1) / p.s * p.s;
+  p.Skp = p.q0p + p.Sqp;
   FlashOptions& w = p.window;
   w.softmax_scale = opts.softmax_scale;
   w.mask = Mask::causal;
   w.window_left = opts.window - 1;
+  w.q_offset = p.q0p;
   w.backend = opts.backend;
   w.out_dtype = OutputDType::f32;
   p.far = w;
   p.far.window_left = -1;
   // strided: residue steps t - t' >= ceil(w / s); global: i - j >= w
+  p.far.q_offset = p.q0p / p.s;
   p.far.k_offset = p.g > 0 ? opts.window : (opts.window + p.s - 1) / p.s;
   return p;
 }
 
-// t itself when it already has S' rows and is contiguous, else a zero-padded contiguous copy.
-Tensor padded(const Tensor& t, int64_t Sp, Stream s) {
-  if (t.size(1) == Sp && t.is_contiguous()) return t;
-  Tensor z = Tensor::zeros({t.size(0), Sp, t.size(2), t.size(3)}, t.dtype(), t.device(), s);
-  z.slice(1, 0, t.size(1)).copy_from(t, s);
+// t itself when it already is rows [front, front + t.size(1)) of `rows` and contiguous, else a
+// contiguous copy placed there among zero rows.
+Tensor padded(const Tensor& t, int64_t front, int64_t rows, Stream s) {
+  if (front == 0 && t.size(1) == rows && t.is_contiguous()) return t;
+  Tensor z = Tensor::zeros({t.size(0), rows, t.size(2), t.size(3)}, t.dtype(), t.device(), s);
+  z.slice(1, front, front + t.size(1)).copy_from(t, s);
   return z;
 }
 
@@ -57,20 +68,20 @@ Tensor padded(const Tensor& t, int64_t Sp, Stream s) {
 Tensor residues(const Tensor& t, int64_t s) { return t.view({t.size(0), t.size(1) / s, s * t.size(2), t.size(3)}); }
 
 template <class T>
-void merge_cpu(const Tensor& ow_t, const Tensor& lw_t, const Tensor& os_t, const Tensor& ls_t, int64_t s, Tensor& o_t,
-               Tensor& lse_t) {
+void merge_cpu(const Tensor& ow_t, const Tensor& lw_t, const Tensor& os_t, const Tensor& ls_t, int64_t s,
+               int64_t front, Tensor& o_t, Tensor& lse_t) {
   const int64_t B = o_t.size(0), S = o_t.size(1), H = o_t.size(2), D = o_t.size(3), Sp = ow_t.size(1);
   const T *ow = ow_t.data<T>(), *lw = lw_t.data<T>(), *os = os_t.data<T>(), *ls = ls_t.data<T>();
   T *o = o_t.data<T>(), *lse = lse_t.data<T>();
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < B * S * H; ++row) {
-    const int64_t b = row / (S * H), pos = row / H % S, h = row % H;
-    const T a = lw[(b * H + h) * Sp + pos], c = ls[(b * s * H + pos % s * H + h) * (Sp / s) + pos / s];
+    const int64_t b = row / (S * H), pos = row / H % S, h = row % H, pp = pos + front;
+    const T a = lw[(b * H + h) * Sp + pp], c = ls[(b * s * H + pp % s * H + h) * (Sp / s) + pp / s];
     const T m = std::max(a, c);
     T* out = o + row * D;
-    const T* x = ow + ((b * Sp + pos) * H + h) * D;
-    const T* y = os + ((b * Sp + pos) * H + h) * D;
+    const T* x = ow + ((b * Sp + pp) * H + h) * D;
+    const T* y = os + ((b * Sp + pp) * H + h) * D;
     if (m == kNegInf) {
       std::fill(out, out + D, T(0));
       lse[(b * H + h) * S + pos] = kNegInf;
@@ -83,37 +94,88 @@ void merge_cpu(const Tensor& ow_t, const Tensor& lw_t, const Tensor& os_t, const
 }
 
 template <class T>
-void gather_cpu(const Tensor& lse_t, int64_t s, Tensor& ls_t) {
+void gather_cpu(const Tensor& lse_t, int64_t s, int64_t front, Tensor& ls_t) {
   const int64_t H = lse_t.size(1), S = lse_t.size(2), n = ls_t.size(2);
   const T* lse = lse_t.data<T>();
   T* ls = ls_t.data<T>();
   for (int64_t e = 0; e < ls_t.numel(); ++e) {
-    const int64_t b = e / (s * H * n), r = e / (H * n) % s, h = e / n % H, t = e % n, pos = t * s + r;
-    ls[e] = pos < S ? lse[(b * H + h) * S + pos] : -std::numeric_limits<T>::infinity();
+    const int64_t b = e / (s * H * n), r = e / (H * n) % s, h = e / n % H, t = e % n, pos = t * s + r - front;
+    ls[e] = pos >= 0 && pos < S ? lse[(b * H + h) * S + pos] : std::numeric_limits<T>::infinity();  // padded: P = 0
   }
 }
 
-void merge(const Tensor& ow, const Tensor& lw, const Tensor& os, const Tensor& ls, int64_t stride, Tensor& o,
-           Tensor& lse, Stream s) {
+void merge(const Tensor& ow, const Tensor& lw, const Tensor& os, const Tensor& ls, int64_t stride, int64_t front,
+           Tensor& o, Tensor& lse, Stream s) {
   if (o.device().is_cpu()) {
-    LCTX_DISPATCH_CPU_FLOAT(o.dtype(), "strided_attention_forward", [&] { merge_cpu<scalar_t>(ow, lw, os, ls, stride, o, lse); });
+    LCTX_DISPATCH_CPU_FLOAT(o.dtype(), "strided_attention_forward",
+                            [&] { merge_cpu<scalar_t>(ow, lw, os, ls, stride, front, o, lse); });
   } else {
 #ifdef LCTX_HAVE_CUDA
-    detail::strided_merge_cuda(ow, lw, os, ls, stride, o, lse, s);
+    detail::strided_merge_cuda(ow, lw, os, ls, stride, front, o, lse, s);
 #endif
   }
   (void)s;
 }
 
-void gather(const Tensor& lse, int64_t stride, Tensor& ls, Stream s) {
+void gather(const Tensor& lse, int64_t stride, int64_t front, Tensor& ls, Stream s) {
   if (lse.device().is_cpu()) {
-    LCTX_DISPATCH_CPU_FLOAT(lse.dtype(), "strided_attention_backward", [&] { gather_cpu<scalar_t>(lse, stride, ls); });
+    LCTX_DISPATCH_CPU_FLOAT(lse.dtype(), "strided_attention_backward",
+                            [&] { gather_cpu<scalar_t>(lse, stride, front, ls); });
   } else {
 #ifdef LCTX_HAVE_CUDA
-    detail::strided_lse_gather_cuda(lse, stride, ls, s);
+    detail::strided_lse_gather_cuda(lse, stride, front, ls, s);
 #endif
   }
   (void)s;
+}
+
+// The global keys' backward, accumulated into g. The kernels run one block per key tile and
+// head, so g <= 128 global keys seen by every query would be one long block per head (the
+// global part of a 64k window + 64 global tokens took ~12 ms of its fwd+bwd on an H200). The
+// queries at positions >= w + g - 1 see every global key: they run unmasked with their rows
+// folded into the batch (chunks of L rows, the global K/V repeated per chunk), enough blocks
+// to fill the GPU; the first rows keep the causal call.
+void global_backward(const Plan& p, const Tensor& qp, const Tensor& kp, const Tensor& vp, const Tensor& op,
+                     const Tensor& lp, const Tensor& dop, FlashGrads& g, Stream s) {
+  const auto rows = [](const Tensor& t, int64_t a, int64_t b) { return t.slice(1, a, b); };
+  const Tensor kg = rows(kp, 0, p.g), vg = rows(vp, 0, p.g);
+  Tensor dkg = rows(g.dk, 0, p.g), dvg = rows(g.dv, 0, p.g);
+  const int64_t r0 = std::clamp(p.far.k_offset + p.g - 1 - p.q0p, int64_t{0}, p.Sqp), T = p.Sqp - r0;
+  if (r0 > 0)
+    flash_backward(rows(qp, 0, r0), kg, vg, rows(op, 0, r0), lp.slice(2, 0, r0), rows(dop, 0, r0), p.far,
+                   GradMode::accumulate, FlashGrads{rows(g.dq, 0, r0), dkg, dvg}, s);
+  if (T == 0) return;
+  const int64_t Hkv = kp.size(2), kBlocks = 256;  // ~2 blocks per SM
+  const int64_t want = std::clamp((kBlocks + p.B * Hkv - 1) / (p.B * Hkv), int64_t{1}, (T + 63) / 64);
+  const int64_t L = ((T + want - 1) / want + 63) / 64 * 64, n = (T + L - 1) / L;
+  const Device dev = qp.device();
+  const auto fold = [&](const Tensor& t) {  // rows [r0, Sqp) as [B n, L, ., .], zero rows at the end
+    Tensor z = Tensor::zeros({p.B, n * L, t.size(2), t.size(3)}, t.dtype(), dev, s);
+    rows(z, 0, T).copy_from(rows(t, r0, p.Sqp), s);
+    return z.view({p.B * n, L, t.size(2), t.size(3)});
+  };
+  const Tensor qf = fold(qp), of = fold(op), dof = fold(dop);
+  Tensor lf = Tensor::full({p.B * n, p.H, L}, std::numeric_limits<double>::infinity(), lp.dtype(), dev, s);
+  Tensor kf = Tensor::empty({p.B * n, p.g, Hkv, p.D}, kp.dtype(), dev), vf = Tensor::empty(kf.shape(), vp.dtype(), dev);
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t c = 0; c < n; ++c) {
+      const int64_t i = b * n + c, a = r0 + c * L, e = std::min(a + L, p.Sqp);
+      lf.slice(0, i, i + 1).slice(2, 0, e - a).copy_from(lp.slice(0, b, b + 1).slice(2, a, e), s);
+      kf.slice(0, i, i + 1).copy_from(kg.slice(0, b, b + 1), s);
+      vf.slice(0, i, i + 1).copy_from(vg.slice(0, b, b + 1), s);
+    }
+  FlashOptions all = p.far;
+  all.mask = Mask::none;
+  all.q_offset = all.k_offset = 0;
+  FlashGrads f{Tensor::empty(qf.shape(), g.dq.dtype(), dev), Tensor::empty(kf.shape(), g.dk.dtype(), dev),
+               Tensor::empty(kf.shape(), g.dv.dtype(), dev)};
+  flash_backward(qf, kf, vf, of, lf, dof, all, GradMode::overwrite, f, s);
+  rows(g.dq, r0, p.Sqp).add_from(rows(f.dq.view({p.B, n * L, p.H, p.D}), 0, T), s);
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t c = 0; c < n; ++c) {
+      dkg.slice(0, b, b + 1).add_from(f.dk.slice(0, b * n + c, b * n + c + 1), s);
+      dvg.slice(0, b, b + 1).add_from(f.dv.slice(0, b * n + c, b * n + c + 1), s);
+    }
 }
 
 }  // namespace
@@ -121,13 +183,13 @@ void gather(const Tensor& lse, int64_t stride, Tensor& ls, Stream s) {
 FlashOutput strided_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const StridedOptions& opts,
                                       Stream s) {
   const Plan p = make_plan("strided_attention_forward", q, k, v, opts);
-  const Tensor qp = padded(q, p.Sp, s), kp = padded(k, p.Sp, s), vp = padded(v, p.Sp, s);
+  const Tensor qp = padded(q, p.front, p.Sqp, s), kp = padded(k, 0, p.Skp, s), vp = padded(v, 0, p.Skp, s);
   const FlashOutput w = flash_forward(qp, kp, vp, p.window, s);
   const FlashOutput far = p.g > 0 ? flash_forward(qp, kp.slice(1, 0, p.g), vp.slice(1, 0, p.g), p.far, s)
                                   : flash_forward(residues(qp, p.s), residues(kp, p.s), residues(vp, p.s), p.far, s);
   FlashOutput out{Tensor::empty(q.shape(), q.dtype(), q.device()),
-                  Tensor::empty({p.B, p.H, p.S}, wide_dtype(q.dtype()), q.device())};
-  merge(w.o, w.lse, far.o.view({p.B, p.Sp, p.H, p.D}), far.lse, p.s, out.o, out.lse, s);
+                  Tensor::empty({p.B, p.H, p.Sq}, wide_dtype(q.dtype()), q.device())};
+  merge(w.o, w.lse, far.o.view({p.B, p.Sqp, p.H, p.D}), far.lse, p.s, p.front, out.o, out.lse, s);
   return out;
 }
 
@@ -137,15 +199,17 @@ FlashGrads strided_attention_backward(const Tensor& q, const Tensor& k, const Te
   const Plan p = make_plan(op, q, k, v, opts);
   check_bshd(op, "o", o, q.shape());
   check_bshd(op, "dout", dout, q.shape());
-  check_shape(op, "lse", lse, {p.B, p.H, p.S});
+  check_shape(op, "lse", lse, {p.B, p.H, p.Sq});
   check_dtype(op, "lse", lse, wide_dtype(q.dtype()));
-  const Tensor qp = padded(q, p.Sp, s), kp = padded(k, p.Sp, s), vp = padded(v, p.Sp, s);
-  const Tensor op_ = padded(o, p.Sp, s), dop = padded(dout, p.Sp, s);
+  const Tensor qp = padded(q, p.front, p.Sqp, s), kp = padded(k, 0, p.Skp, s), vp = padded(v, 0, p.Skp, s);
+  const Tensor op_ = padded(o, p.front, p.Sqp, s), dop = padded(dout, p.front, p.Sqp, s);
   const Tensor lse_c = lse.contiguous(s);
-  Tensor lp = lse_c;  // [B, H, S'], -inf on padded rows (their dout is 0: no gradient)
-  if (p.Sp != p.S) {
-    lp = Tensor::full({p.B, p.H, p.Sp}, -std::numeric_limits<double>::infinity(), lse.dtype(), lse.device(), s);
-    lp.slice(2, 0, p.S).copy_from(lse_c, s);
+  // [B, H, Sqp], +inf on padded rows: P = exp(s - lse) = 0 on every backend (cuDNN's backward
+  // computes exp(s - lse) as is: -inf there, next to a visible key, gives dV = inf * 0 = NaN).
+  Tensor lp = lse_c;
+  if (p.Sqp != p.Sq) {
+    lp = Tensor::full({p.B, p.H, p.Sqp}, std::numeric_limits<double>::infinity(), lse.dtype(), lse.device(), s);
+    lp.slice(2, p.front, p.front + p.Sq).copy_from(lse_c, s);
   }
 
   const DType gd = wide_dtype(q.dtype());
@@ -153,21 +217,20 @@ FlashGrads strided_attention_backward(const Tensor& q, const Tensor& k, const Te
                Tensor::empty(kp.shape(), gd, q.device())};
   flash_backward(qp, kp, vp, op_, lp, dop, p.window, GradMode::overwrite, g, s);
   if (p.g > 0) {
-    flash_backward(qp, kp.slice(1, 0, p.g), vp.slice(1, 0, p.g), op_, lp, dop, p.far, GradMode::accumulate,
-                   FlashGrads{g.dq, g.dk.slice(1, 0, p.g), g.dv.slice(1, 0, p.g)}, s);
+    global_backward(p, qp, kp, vp, op_, lp, dop, g, s);
   } else {
-    Tensor ls = Tensor::empty({p.B, p.s * p.H, p.Sp / p.s}, lse.dtype(), lse.device());
-    gather(lse_c, p.s, ls, s);
+    Tensor ls = Tensor::empty({p.B, p.s * p.H, p.Sqp / p.s}, lse.dtype(), lse.device());
+    gather(lse_c, p.s, p.front, ls, s);
     flash_backward(residues(qp, p.s), residues(kp, p.s), residues(vp, p.s), residues(op_, p.s), ls,
                    residues(dop, p.s), p.far, GradMode::accumulate,
                    FlashGrads{residues(g.dq, p.s), residues(g.dk, p.s), residues(g.dv, p.s)}, s);
   }
-  if (p.Sp == p.S && gd == q.dtype()) return g;
+  if (p.Sqp == p.Sq && p.Skp == p.Sk && gd == q.dtype()) return g;
   FlashGrads out{Tensor::empty(q.shape(), q.dtype(), q.device()), Tensor::empty(k.shape(), q.dtype(), q.device()),
                  Tensor::empty(k.shape(), q.dtype(), q.device())};
-  out.dq.copy_from(g.dq.slice(1, 0, p.S), s);
-  out.dk.copy_from(g.dk.slice(1, 0, p.S), s);
-  out.dv.copy_from(g.dv.slice(1, 0, p.S), s);
+  out.dq.copy_from(g.dq.slice(1, p.front, p.front + p.Sq), s);
+  out.dk.copy_from(g.dk.slice(1, 0, p.Sk), s);
+  out.dv.copy_from(g.dv.slice(1, 0, p.Sk), s);
   return out;
 }
 

@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <mutex>
+#include <tuple>
 
 #include "dist/dist_test.h"
 #include "mixers/conformance.h"
 #include "mixers/linformer.h"
+#include "mixers/local_global.h"
 
 using namespace lctx;
 using namespace lctx::test;
@@ -98,6 +100,59 @@ TEST(Performer, RedrawIsAFunctionOfTheStep) {
   EXPECT_EQ(performer_y({3}), resumed);   // same draw (3 / 3 == 5 / 3)
   EXPECT_NE(performer_y({2}), resumed);   // the draw before
   EXPECT_NE(performer_y({6}), resumed);   // the next draw
+}
+
+TEST(MixerErrors, StridedOptions) {
+  expect_config_error({"model.mixers=strided", "data.seq_len=64", "mixer.strided.window=65"},
+                      {"mixer.strided.window (65)", "data.seq_len = 64"});  // window larger than the sequence
+  expect_config_error({"model.mixers=strided", "mixer.strided.stride=0"}, {"mixer.strided.stride", "got '0'"});
+  expect_config_error({"model.mixers=strided", "mixer.strided.window=-3"}, {"mixer.strided.window"});
+  expect_config_error({"model.mixers=strided", "mixer.strided.stride=-1"}, {"mixer.strided.stride"});
+  expect_config_error({"model.mixers=[softmax, strided]", "model.position=alibi"}, {"model.position", "strided"});
+  expect_config_error({"model.mixers=strided", "data.documents=fixed", "data.document_len=64"},
+                      {"data.documents", "strided"});
+  EXPECT_NO_THROW(train::parse_config("", {"model.mixers=strided", "data.seq_len=96", "parallel.sp=8",
+                                           "mixer.strided.window=7", "mixer.strided.stride=5"}));
+}
+
+TEST(MixerErrors, LocalGlobalOptions) {
+  const std::string k = "model.mixers=local_global";
+  expect_config_error({k, "data.seq_len=64", "mixer.local_global.window=65"},
+                      {"mixer.local_global.window (65)", "data.seq_len = 64"});  // window larger than the sequence
+  expect_config_error({k, "data.seq_len=64", "mixer.local_global.window=8", "mixer.local_global.global_tokens=65"},
+                      {"mixer.local_global.global_tokens (65)", "data.seq_len = 64"});
+  expect_config_error({k, "data.seq_len=64", "mixer.local_global.window=8", "mixer.local_global.first_tokens=70"},
+                      {"mixer.local_global.first_tokens (70)", "data.seq_len = 64"});
+  expect_config_error({k, "mixer.local_global.causal=false", "mixer.local_global.first_tokens=3"},
+                      {"mixer.local_global.first_tokens", "mixer.local_global.causal"});
+  expect_config_error({k, "mixer.local_global.window=0"}, {"mixer.local_global.window"});
+  expect_config_error({k, "mixer.local_global.global_tokens=-1"}, {"mixer.local_global.global_tokens"});
+  expect_config_error({k, "parallel.sp=2", "parallel.ulysses=2"}, {"parallel.ulysses", "local_global"});
+  expect_config_error({"model.mixers=[softmax, local_global]", "model.position=alibi"}, {"model.position", "local_global"});
+  expect_config_error({k, "data.documents=fixed", "data.document_len=64"}, {"data.documents", "local_global"});
+  EXPECT_NO_THROW(train::parse_config("", {k}));  // the defaults fit the default sequence
+  EXPECT_NO_THROW(train::parse_config("", {k, "data.seq_len=96", "parallel.sp=8", "mixer.local_global.window=7",
+                                           "mixer.local_global.first_tokens=9"}));
+  // Built directly (tests and benchmarks skip the config): the same limits, named.
+  dist::run_simulated(1, [](dist::Comm& comm) {
+    dist::Mesh mesh(comm, {});
+    const dist::Layout layout(dist::LayoutKind::zigzag, 32, 1, 1);
+    mixers::LocalGlobalOptions o;
+    o.core.shape = {16, 4, 2, 4};
+    for (const auto& [window, globals, first, needle] :
+         {std::tuple{33, 0, 0, "window 33 must be in [1, 32]"}, std::tuple{8, 40, 0, "40 global tokens"},
+          std::tuple{8, 0, 33, "first_tokens 33"}}) {
+      o.window = window;
+      o.global_tokens = globals;
+      o.first_tokens = first;
+      try {
+        mixers::make_local_global_mixer(o, mesh, layout);
+        ADD_FAILURE() << "accepted: " << needle;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      }
+    }
+  });
 }
 
 }  // namespace
