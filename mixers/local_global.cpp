@@ -10,31 +10,12 @@
 #include "dist/ring_attention.h"
 #include "dist/ring_kernels.h"
 #include "dist/row_gather.h"
+#include "mixers/attention_parts.h"
 #include "ops/residual.h"
 
 namespace lctx::mixers {
 
 namespace {
-
-Tensor cast(const Tensor& t, DType dt) { return t.dtype() == dt ? t : t.to(dt); }
-
-// [1, ...] repeated along the batch: [B, ...] (contiguous).
-Tensor repeat_batch(const Tensor& t, int64_t B) {
-  Shape shape = t.shape();
-  shape[0] = B;
-  Tensor out = Tensor::empty(shape, t.dtype(), t.device());
-  for (int64_t b = 0; b < B; ++b) out.slice(0, b, b + 1).copy_from(t);
-  return out;
-}
-
-// Sum over the batch of a wide [B, ...]: [1, ...] in t's dtype.
-Tensor sum_batch(const Tensor& t) {
-  Shape shape = t.shape();
-  shape[0] = 1;
-  Tensor out = Tensor::zeros(shape, t.dtype(), t.device());
-  for (int64_t b = 0; b < t.size(0); ++b) out.add_from(t.slice(0, b, b + 1));
-  return out;
-}
 
 class LocalGlobalMixer final : public Mixer {
  public:
@@ -147,7 +128,8 @@ class LocalGlobalMixer final : public Mixer {
         Tensor dq0 = Tensor::zeros(s.glob.q.shape(), dt, s.o.device());
         Tensor dk1 = sum_batch(dgk).to(dt), dv1 = sum_batch(dgv).to(dt);
         Tensor de = Tensor::empty({1, g(), o_.core.shape.dim}, dt, s.o.device());
-        adding_core_grads([&] { core_.qkv_backward(de, s.glob, dq0, dk1, dv1, at_position_zero(e_.compute)); });
+        adding_grads(core_params_,
+                     [&] { core_.qkv_backward(de, s.glob, dq0, dk1, dv1, at_position_zero(e_.compute)); });
         e_.grad.view({1, g(), o_.core.shape.dim}).copy_from(de);
       }
       return;
@@ -155,7 +137,7 @@ class LocalGlobalMixer final : public Mixer {
     if (g() > 0) bidirectional_globals_backward(s, dgk, dgv, gr);
     Tensor dq = cast(gr.dq, dt), dk = cast(gr.dk, dt), dv = cast(gr.dv, dt);
     if (g() > 0)
-      adding_core_grads([&] { core_.qkv_backward(dx, s.qkv, dq, dk, dv, in); });
+      adding_grads(core_params_, [&] { core_.qkv_backward(dx, s.qkv, dq, dk, dv, in); });
     else
       core_.qkv_backward(dx, s.qkv, dq, dk, dv, in);
   }
@@ -173,16 +155,6 @@ class LocalGlobalMixer final : public Mixer {
  private:
   int64_t g() const { return o_.global_tokens; }
   int64_t p() const { return o_.first_tokens; }
-
-  // The global tokens (or their stream h) as Tokens at position 0: x [g, D] or [1 or B, g, D].
-  Tokens at_position_zero(const Tensor& x) {
-    Tokens t;
-    t.x = x.dim() == 3 ? x : x.view({1, g(), o_.core.shape.dim});
-    if (!zero_positions_.defined() || zero_positions_.device() != x.device())
-      zero_positions_ = Tensor::zeros({g()}, DType::i32).to(x.device());
-    t.positions = zero_positions_;
-    return t;
-  }
 
   // Every key, fp32 partial outputs (merged by LSE).
   attn::FlashOptions plain_options() const {
@@ -281,7 +253,7 @@ class LocalGlobalMixer final : public Mixer {
     Tensor dq0 = Tensor::zeros(s.hkv.q.shape(), dt, dev), dk = dgk.to(dt), dv = dgv.to(dt);
     core_.qkv_backward(dh, s.hkv, dq0, dk, dv, at_position_zero(s.h));
     Tensor dgo = Tensor::empty(s.go.shape(), dt, dev);
-    adding_core_grads([&] { core_.out_backward(dgo, dh, s.go); });
+    adding_grads(core_params_, [&] { core_.out_backward(dgo, dh, s.go); });
     Tensor de_sum = sum_batch(dh.to(wide_dtype(dt)));
     // d(o_g) of every rank's queries.
     Tensor dgo_all = dgo.to(wide_dtype(dt));
@@ -298,22 +270,9 @@ class LocalGlobalMixer final : public Mixer {
       attn::flash_backward(qe, ke, ve, s.go, s.glse, dgo_total, plain_options(), GradMode::accumulate, {dqe, dke, dve});
     Tensor dq1 = sum_batch(dqe).to(dt), dk1 = sum_batch(dke).to(dt), dv1 = sum_batch(dve).to(dt);
     Tensor de = Tensor::empty({1, g(), D}, dt, dev);
-    adding_core_grads([&] { core_.qkv_backward(de, s.glob, dq1, dk1, dv1, at_position_zero(e_.compute)); });
+    adding_grads(core_params_, [&] { core_.qkv_backward(de, s.glob, dq1, dk1, dv1, at_position_zero(e_.compute)); });
     de_sum.add_from(cast(de, wide_dtype(dt)));
     e_.grad.view({1, g(), D}).copy_from(de_sum);
-  }
-
-  // Runs f, which overwrites some of the AttentionCore's parameter gradients, so that it adds to
-  // the gradients they already hold (the projections are used more than once per forward).
-  template <class F>
-  void adding_core_grads(F&& f) {
-    std::vector<Tensor> before;
-    for (Param& q : core_params_) {
-      before.push_back(q.grad.clone());
-      q.grad.zero();  // those f leaves alone end as they were
-    }
-    f();
-    for (size_t i = 0; i < before.size(); ++i) core_params_[i].grad.add_from(before[i]);
   }
 
   LocalGlobalOptions o_;
@@ -323,7 +282,6 @@ class LocalGlobalMixer final : public Mixer {
   std::vector<Param> core_params_;
   Param e_;                               // global_tokens [g, D] (g > 0)
   std::vector<int64_t> first_positions_;  // 0 .. p - 1
-  Tensor zero_positions_;                 // i32 [g] zeros on the compute device
 };
 
 }  // namespace

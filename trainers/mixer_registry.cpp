@@ -7,6 +7,7 @@
 #include "mixers/local_global.h"
 #include "mixers/mamba.h"
 #include "mixers/mamba2.h"
+#include "mixers/memory.h"
 #include "ssm/causal_conv1d.h"
 #include "ssm/selective_scan_params.h"
 #include "mixers/softmax.h"
@@ -570,12 +571,95 @@ MixerKind local_global_kind() {
   return k;
 }
 
+// ---- memory ---------------------------------------------------------------------------------
+
+void validate_memory(const Config& c) {
+  const int64_t w = c.mixer_option<int64_t>("memory", "window"), b = c.mixer_option<int64_t>("memory", "block");
+  const int64_t S = c.data.seq_len;
+  LCTX_CHECK(c.model.position != "alibi", "config: model.position = alibi is not supported by mixer kind memory ",
+             "(a bias on distances; its memory tokens and compressed rows have none); use rope or none");
+  LCTX_CHECK(c.model.position != "rope" || c.model.head_size() % 2 == 0,
+             "config: RoPE needs an even head dim; model.head_dim is ", c.model.head_size());
+  LCTX_CHECK(w <= S, "config: mixer.memory.window (", w, ") is larger than the sequence (data.seq_len = ", S, ")");
+  LCTX_CHECK(b <= S, "config: mixer.memory.block (", b, ") is larger than the sequence (data.seq_len = ", S,
+             "): no block would be compressed");
+  LCTX_CHECK(c.parallel.ulysses == 1, "config: mixer kind memory needs parallel.ulysses = 1 (got ", c.parallel.ulysses,
+             "): its window is sharded over a ring");
+}
+
+std::unique_ptr<mixers::Mixer> make_memory(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
+  mixers::MemoryOptions o;
+  o.core = core_options(c);
+  o.window = c.mixer_option<int64_t>("memory", "window");
+  o.memory_tokens = c.mixer_option<int64_t>("memory", "memory_tokens");
+  o.block = c.mixer_option<int64_t>("memory", "block");
+  o.fusion = c.mixer_option<std::string>("memory", "fusion") == "gate" ? mixers::MemoryFusion::gate
+                                                                       : mixers::MemoryFusion::ratio;
+  o.fusion_ratio = c.mixer_option<double>("memory", "fusion_ratio");
+  return mixers::make_memory_mixer(o, mesh, layout);
+}
+
+MixerKind memory_kind() {
+  MixerKind k;
+  k.name = "memory";
+  k.doc = "cross-memory attention, causal: a sliding window softmax fused with a second softmax over M learned "
+          "memory tokens and the mean-pooled blocks of b tokens that ended before the query, o = (1 - r) o_local + "
+          "r o_memory with a fixed ratio or a learned per-head gate; sequence parallel by the window's neighbours "
+          "and one all-reduce of the S / b compressed rows on any layout; RoPE or no positions; CPU only so far";
+  k.options = {
+      {.name = "window",
+       .value = int64_t{128},
+       .doc = "w: the local softmax sees the token itself and the w - 1 tokens before it (at most data.seq_len)",
+       .lo = 1,
+       .hi = 1e15,
+       .shapes_model = true},
+      {.name = "memory_tokens",
+       .value = int64_t{4},
+       .doc = "M learned memory tokens per layer (a [M, model.dim] parameter through the layer's q/k/v projection "
+              "at position 0), seen by every query's memory softmax",
+       .lo = 0,
+       .hi = 1 << 20,
+       .shapes_model = true},
+      {.name = "block",
+       .value = int64_t{32},
+       .doc = "b: the sequence is cut into blocks of b tokens, each compressed into one K/V row (the mean of its "
+              "K and of its V rows) that the queries after the block see (position >= (c + 1) b for block c; at most "
+              "data.seq_len)",
+       .lo = 1,
+       .hi = 1e15,
+       .shapes_model = true},
+      {.name = "fusion",
+       .value = std::string("ratio"),
+       .doc = "how o_local and o_memory are fused: ratio (the fixed mixer.memory.fusion_ratio) or gate (r = "
+              "sigmoid(x W_g + b_g), learned, per head and token)",
+       .choices = {"ratio", "gate"},
+       .shapes_model = true},
+      {.name = "fusion_ratio",
+       .value = 0.5,
+       .doc = "r of fusion: ratio, o = (1 - r) o_local + r o_memory (0: window only, 1: memory only)",
+       .lo = 0,
+       .hi = 1,
+       .shapes_model = true},
+  };
+  k.documents = false;
+  k.cuda = false;
+  k.validate = validate_memory;
+  k.make = make_memory;
+  k.test_base = {"mixer.memory.window=5", "mixer.memory.memory_tokens=3", "mixer.memory.block=4"};
+  k.test_variants = {
+      {"mixer.memory.fusion=gate", "mixer.memory.block=7", "mixer.memory.window=9"},
+      {"mixer.memory.memory_tokens=0", "mixer.memory.block=13", "mixer.memory.window=1",
+       "mixer.memory.fusion_ratio=0.3", "model.position=none"},
+  };
+  return k;
+}
+
 }  // namespace
 
 const std::vector<MixerKind>& mixer_kinds() {
   static const std::vector<MixerKind> kinds = {softmax_kind(),  linear_kind(), performer_kind(),
                                                linformer_kind(), mamba_kind(),  mamba2_kind(), strided_kind(),
-                                               local_global_kind()};
+                                               local_global_kind(), memory_kind()};
   return kinds;
 }
 

@@ -9,6 +9,7 @@
 #include "mixers/conformance.h"
 #include "mixers/linformer.h"
 #include "mixers/local_global.h"
+#include "mixers/memory.h"
 
 using namespace lctx;
 using namespace lctx::test;
@@ -147,6 +148,48 @@ TEST(MixerErrors, LocalGlobalOptions) {
       o.first_tokens = first;
       try {
         mixers::make_local_global_mixer(o, mesh, layout);
+        ADD_FAILURE() << "accepted: " << needle;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      }
+    }
+  });
+}
+
+TEST(MixerErrors, MemoryOptions) {
+  const std::string k = "model.mixers=memory";
+  expect_config_error({k, "data.seq_len=64", "mixer.memory.window=65"},
+                      {"mixer.memory.window (65)", "data.seq_len = 64"});  // window larger than the sequence
+  expect_config_error({k, "data.seq_len=64", "mixer.memory.window=8", "mixer.memory.block=80"},
+                      {"mixer.memory.block (80)", "data.seq_len = 64"});
+  expect_config_error({k, "mixer.memory.fusion_ratio=1.5"}, {"mixer.memory.fusion_ratio"});
+  expect_config_error({k, "mixer.memory.fusion_ratio=-0.1"}, {"mixer.memory.fusion_ratio"});
+  expect_config_error({k, "mixer.memory.fusion=mean"}, {"mixer.memory.fusion", "gate"});
+  expect_config_error({k, "mixer.memory.window=0"}, {"mixer.memory.window"});
+  expect_config_error({k, "mixer.memory.block=0"}, {"mixer.memory.block"});
+  expect_config_error({k, "mixer.memory.memory_tokens=-1"}, {"mixer.memory.memory_tokens"});
+  expect_config_error({k, "parallel.sp=2", "parallel.ulysses=2"}, {"parallel.ulysses", "memory"});
+  expect_config_error({"model.mixers=[softmax, memory]", "model.position=alibi"}, {"model.position", "memory"});
+  expect_config_error({k, "data.documents=fixed", "data.document_len=64"}, {"data.documents", "memory"});
+  EXPECT_NO_THROW(train::parse_config("", {k}));  // the defaults fit the default sequence
+  // Blocks need not fit the layout's segments (zigzag on 8 ranks: segments of 6 tokens, blocks
+  // of 8): each rank pools the rows it holds and one all-reduce sums them.
+  EXPECT_NO_THROW(train::parse_config("", {k, "data.seq_len=96", "parallel.sp=8", "mixer.memory.window=7",
+                                           "mixer.memory.block=8"}));
+  // Built directly (tests and benchmarks skip the config): the same limits, named.
+  dist::run_simulated(1, [](dist::Comm& comm) {
+    dist::Mesh mesh(comm, {});
+    const dist::Layout layout(dist::LayoutKind::zigzag, 32, 1, 1);
+    mixers::MemoryOptions o;
+    o.core.shape = {16, 4, 2, 4};
+    for (const auto& [window, block, ratio, needle] :
+         {std::tuple{33, 4, 0.5, "window 33 must be in [1, 32]"}, std::tuple{8, 33, 0.5, "block 33 must be in [1, 32]"},
+          std::tuple{8, 0, 0.5, "block 0 must be in [1, 32]"}, std::tuple{8, 4, 1.25, "fusion_ratio 1.25"}}) {
+      o.window = window;
+      o.block = block;
+      o.fusion_ratio = ratio;
+      try {
+        mixers::make_memory_mixer(o, mesh, layout);
         ADD_FAILURE() << "accepted: " << needle;
       } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();

@@ -1,0 +1,334 @@
+#include "mixers/memory.h"
+
+#include <algorithm>
+#include <cmath>
+#include <initializer_list>
+#include <vector>
+
+#include "core/rng.h"
+#include "dist/layout.h"
+#include "dist/mesh.h"
+#include "dist/ring_attention.h"
+#include "dist/ring_kernels.h"
+#include "mixers/attention_parts.h"
+#include "mixers/cross_attention.h"
+#include "ops/linear.h"
+
+namespace lctx::mixers {
+
+namespace {
+
+void check_cpu(const Tensor& t, const char* what) {
+  LCTX_CHECK(t.device().is_cpu(), "memory mixer: ", what, " ", t.str(),
+             " is on a GPU; the memory kind runs on the CPU only so far (no CUDA kernels for its block pooling and "
+             "fusion)");
+}
+
+// Block pooling and its transpose on this rank's rows, CPU (f32/f64). rows [B, L, Hkv, hd] at
+// global positions pos (local order), blocks [B, N, Hkv, hd], both contiguous and of one dtype:
+//   to_blocks: blocks[:, c] += scale * rows[:, l]   for each local row l of block c = pos[l] / b < N
+//   to_rows:   rows[:, l]   += scale * blocks[:, c]
+enum class Pool { to_blocks, to_rows };
+
+void pool_rows(const Tensor& rows, const Tensor& blocks, std::span<const int64_t> pos, int64_t b, double scale,
+               Pool dir) {
+  check_cpu(rows, "pooled rows");
+  LCTX_CHECK(rows.is_contiguous() && blocks.is_contiguous() && rows.dtype() == blocks.dtype() &&
+                 rows.size(0) == blocks.size(0) && rows.numel() / rows.size(0) / rows.size(1) ==
+                                                       blocks.numel() / blocks.size(0) / blocks.size(1),
+             "memory mixer: block pooling of rows ", rows.str(), " into blocks ", blocks.str(),
+             " needs contiguous tensors of one dtype and row shape");
+  const int64_t B = rows.size(0), L = rows.size(1), N = blocks.size(1), R = rows.numel() / (B * L);
+  LCTX_DISPATCH_CPU_FLOAT(rows.dtype(), "memory block pooling", [&] {
+    scalar_t* x = rows.data<scalar_t>();
+    scalar_t* c = blocks.data<scalar_t>();
+    const auto f = static_cast<scalar_t>(scale);
+    for (int64_t bi = 0; bi < B; ++bi)
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t blk = pos[static_cast<size_t>(l)] / b;
+        if (blk >= N) continue;
+        scalar_t* xr = x + (bi * L + l) * R;
+        scalar_t* cr = c + (bi * N + blk) * R;
+        if (dir == Pool::to_blocks)
+          for (int64_t e = 0; e < R; ++e) cr[e] += f * xr[e];
+        else
+          for (int64_t e = 0; e < R; ++e) xr[e] += f * cr[e];
+      }
+  });
+}
+
+void check_fusion(std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    LCTX_CHECK(!t->defined() || (t->is_contiguous() && t->dtype() == (*ts.begin())->dtype()),
+               "memory mixer: fusion operand ", t->str(), " must be contiguous and of the output's dtype");
+}
+
+// o = (1 - r) a + r m per (batch, token, head): r = ratio, or gate [B, L, H] when defined.
+// All [B, L, H, hd] contiguous, one dtype.
+void fuse_forward(const Tensor& o, const Tensor& a, const Tensor& m, const Tensor& gate, double ratio) {
+  check_cpu(o, "the fused output");
+  check_fusion({&o, &a, &m, &gate});
+  const int64_t BLH = o.numel() / o.size(-1), hd = o.size(-1);
+  LCTX_DISPATCH_CPU_FLOAT(o.dtype(), "memory fusion", [&] {
+    scalar_t* po = o.data<scalar_t>();
+    const scalar_t* pa = a.data<scalar_t>();
+    const scalar_t* pm = m.data<scalar_t>();
+    const scalar_t* pr = gate.defined() ? gate.data<scalar_t>() : nullptr;
+    for (int64_t i = 0; i < BLH; ++i) {
+      const scalar_t r = pr ? pr[i] : static_cast<scalar_t>(ratio), r1 = scalar_t(1) - r;
+      for (int64_t e = 0; e < hd; ++e) po[i * hd + e] = r1 * pa[i * hd + e] + r * pm[i * hd + e];
+    }
+  });
+}
+
+// The fusion's backward: da = (1 - r) do, dm = r do and, with a gate r = sigmoid(z), the logit's
+// gradient dz = r (1 - r) sum_e do (m - a) into dz [B, L, H].
+void fuse_backward(const Tensor& d_o, const Tensor& a, const Tensor& m, const Tensor& gate, double ratio,
+                   const Tensor& da, const Tensor& dm, const Tensor& dz) {
+  check_cpu(d_o, "the output gradient");
+  check_fusion({&d_o, &a, &m, &gate, &da, &dm, &dz});
+  const int64_t BLH = d_o.numel() / d_o.size(-1), hd = d_o.size(-1);
+  LCTX_DISPATCH_CPU_FLOAT(d_o.dtype(), "memory fusion backward", [&] {
+    const scalar_t* pd = d_o.data<scalar_t>();
+    const scalar_t* pa = a.data<scalar_t>();
+    const scalar_t* pm = m.data<scalar_t>();
+    const scalar_t* pr = gate.defined() ? gate.data<scalar_t>() : nullptr;
+    scalar_t* qa = da.data<scalar_t>();
+    scalar_t* qm = dm.data<scalar_t>();
+    scalar_t* qz = dz.defined() ? dz.data<scalar_t>() : nullptr;
+    for (int64_t i = 0; i < BLH; ++i) {
+      const scalar_t r = pr ? pr[i] : static_cast<scalar_t>(ratio), r1 = scalar_t(1) - r;
+      scalar_t dr = 0;
+      for (int64_t e = 0; e < hd; ++e) {
+        const int64_t k = i * hd + e;
+        qa[k] = r1 * pd[k];
+        qm[k] = r * pd[k];
+        dr += pd[k] * (pm[k] - pa[k]);
+      }
+      if (qz) qz[i] = dr * r * r1;
+    }
+  });
+}
+
+// In place: z -> sigmoid(z).
+void sigmoid_inplace(const Tensor& z) {
+  check_cpu(z, "the gate");
+  LCTX_DISPATCH_CPU_FLOAT(z.dtype(), "memory gate", [&] {
+    scalar_t* p = z.data<scalar_t>();
+    for (int64_t i = 0; i < z.numel(); ++i) p[i] = scalar_t(1) / (scalar_t(1) + std::exp(-p[i]));
+  });
+}
+
+class MemoryMixer final : public Mixer {
+ public:
+  MemoryMixer(const MemoryOptions& o, dist::Mesh& mesh, const dist::Layout& layout)
+      : o_(o), core_(o.core), mesh_(mesh), layout_(layout) {
+    const int64_t S = layout.seq_len();
+    LCTX_CHECK(o.core.position != Position::alibi, "memory mixer: ALiBi is a bias on distances and the memory ",
+               "tokens and compressed rows have none; use rope or none");
+    LCTX_CHECK(o.window >= 1 && o.window <= S, "memory mixer: window ", o.window, " must be in [1, ", S,
+               "] (the sequence length)");
+    LCTX_CHECK(o.block >= 1 && o.block <= S, "memory mixer: block ", o.block, " must be in [1, ", S,
+               "] (the sequence length)");
+    LCTX_CHECK(o.memory_tokens >= 0, "memory mixer: memory_tokens ", o.memory_tokens, " must be >= 0");
+    LCTX_CHECK(o.fusion_ratio >= 0.0 && o.fusion_ratio <= 1.0, "memory mixer: fusion_ratio ", o.fusion_ratio,
+               " must be in [0, 1]");
+    LCTX_CHECK(mesh.shape().ulysses == 1, "memory mixer: Ulysses is not supported (ulysses ", mesh.shape().ulysses,
+               "); use a ring");
+    LCTX_CHECK(layout.size() == mesh.sp().size(), "memory mixer: layout ", layout.str(), " for an sp group of ",
+               mesh.sp().size());
+    blocks_ = S / o.block;
+    q_positions_ = layout.positions(mesh.sp().rank());
+    block_positions_.resize(static_cast<size_t>(blocks_));
+    for (int64_t c = 0; c < blocks_; ++c) block_positions_[static_cast<size_t>(c)] = (c + 1) * o.block;
+  }
+
+  std::vector<ParamSpec> param_specs() const override {
+    std::vector<ParamSpec> p = core_.param_specs();
+    const HeadShape& s = o_.core.shape;
+    // N(0, 1): rows like the RMS-normalised tokens the projections see.
+    const auto init = [](Tensor& m, const InitContext& c) { rng_normal(m, c.seed, c.offset, 0.0, 1.0); };
+    if (M() > 0)
+      p.push_back({.name = "memory_tokens",
+                   .shape = {M(), s.dim},
+                   .decay = Decay::none,
+                   .init = Init::custom,
+                   .custom = init});
+    if (o_.fusion == MemoryFusion::gate) {
+      p.push_back({.name = "w_gate", .shape = {s.heads, s.dim}});
+      p.push_back({.name = "gate_bias", .shape = {s.heads}, .decay = Decay::none, .init = Init::zeros});
+    }
+    return p;
+  }
+
+  void bind(std::span<const Param> p) override {
+    const size_t n = core_.param_specs().size(), want = param_specs().size();
+    LCTX_CHECK(p.size() == want, "memory mixer: bind got ", p.size(), " parameters, expected ", want);
+    core_.bind(p.subspan(0, n));
+    core_params_.assign(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(n));
+    size_t i = n;
+    if (M() > 0) e_ = p[i++];
+    if (o_.fusion == MemoryFusion::gate) w_gate_ = p[i], gate_bias_ = p[i + 1];
+  }
+
+  Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
+    LCTX_CHECK(!in.doc_ids.defined(), "memory mixer: packed documents (data.documents) are not supported");
+    check_cpu(in.x, "the input");
+    if (pass != Pass::recompute) saved = std::make_unique<MemorySaved>();
+    auto& s = static_cast<MemorySaved&>(*saved);
+    const int64_t B = in.x.size(0);
+    core_.qkv_forward(s.qkv, in);
+    if (M() > 0) {
+      core_.qkv_forward(s.mem, at_position_zero(e_.compute));
+      s.mem_k = repeat_batch(s.mem.k, B);
+      s.mem_v = repeat_batch(s.mem.v, B);
+    }
+    if (pass != Pass::recompute) attend_forward(s);
+    if (o_.fusion == MemoryFusion::gate) {
+      s.gate = Tensor::empty({B, in.x.size(1), o_.core.shape.heads}, in.x.dtype(), in.x.device());
+      ops::linear_forward(s.gate, in.x, w_gate_.compute, gate_bias_.compute);
+      sigmoid_inplace(s.gate);
+    }
+    s.o = Tensor::empty(s.o_local.shape(), s.o_local.dtype(), s.o_local.device());
+    fuse_forward(s.o, s.o_local, s.o_memory, s.gate, o_.fusion_ratio);
+    s.y = Tensor::empty({B, in.x.size(1), o_.core.shape.dim}, in.x.dtype(), in.x.device());
+    core_.out_forward(s.y, s.o);
+    Tensor y = s.y;
+    if (pass == Pass::checkpoint) {  // keep o_local, o_memory, their lse and the compressed rows
+      s.qkv = {};
+      s.mem = {};
+      s.mem_k = s.mem_v = s.gate = s.o = s.y = {};
+    }
+    return y;
+  }
+
+  void backward(Tensor& dx, const Tensor& dy, const Tokens& in, Saved& saved) override {
+    auto& s = static_cast<MemorySaved&>(saved);
+    const DType dt = s.o.dtype();
+    const Device dev = s.o.device();
+    Tensor d_o = Tensor::empty(s.o.shape(), dt, dev);
+    core_.out_backward(d_o, dy, s.o);  // Wo's gradient: written
+    Tensor d_local = Tensor::empty(s.o.shape(), dt, dev), d_memory = Tensor::empty(s.o.shape(), dt, dev);
+    Tensor dz;  // the gate's logits
+    if (o_.fusion == MemoryFusion::gate) dz = Tensor::empty(s.gate.shape(), dt, dev);
+    fuse_backward(d_o, s.o_local, s.o_memory, s.gate, o_.fusion_ratio, d_local, d_memory, dz);
+
+    const QkvActs& a = s.qkv;
+    attn::FlashGrads gr = dist::ring_attention_backward(mesh_.ring(), layout_, a.q, a.k, a.v, s.o_local, s.lse_local,
+                                                        d_local, window_options(), dist::RingMode::ring,
+                                                        attn::OutputDType::f32);
+    const DType wd = gr.dq.dtype();
+    Tensor dmk, dmv;  // the memory tokens' K/V gradients from this rank's queries [B, M, Hkv, hd]
+    if (M() > 0) {
+      dmk = Tensor::zeros(s.mem_k.shape(), wd, dev);
+      dmv = Tensor::zeros(s.mem_k.shape(), wd, dev);
+      cross_attention_backward(a.q, {}, s.mem_k, s.mem_v, {}, s.o_memory, s.lse_memory, d_memory, cross_options(),
+                               {gr.dq, dmk, dmv});
+    }
+    compressed_backward(s, d_memory, gr);
+
+    Tensor dq = cast(gr.dq, dt), dk = cast(gr.dk, dt), dv = cast(gr.dv, dt);
+    core_.qkv_backward(dx, s.qkv, dq, dk, dv, in);  // Wqkv: written
+    if (M() > 0) {
+      const int64_t D = o_.core.shape.dim;
+      Tensor dq0 = Tensor::zeros(s.mem.q.shape(), dt, dev);
+      Tensor dk1 = sum_batch(dmk).to(dt), dv1 = sum_batch(dmv).to(dt);
+      Tensor de = Tensor::empty({1, M(), D}, dt, dev);
+      adding_grads(core_params_, [&] { core_.qkv_backward(de, s.mem, dq0, dk1, dv1, at_position_zero(e_.compute)); });
+      e_.grad.view({1, M(), D}).copy_from(de);
+    }
+    if (o_.fusion == MemoryFusion::gate) {
+      Tensor dxg = Tensor::empty(dx.shape(), dx.dtype(), dev);
+      ops::linear_backward(dxg, w_gate_.grad, gate_bias_.grad, dz, in.x, w_gate_.compute, GradMode::overwrite);
+      dx.add_from(dxg);
+    }
+  }
+
+  double flops_per_token(int64_t seq_len) const override {
+    const HeadShape& s = o_.core.shape;
+    const double w = static_cast<double>(std::min(o_.window, seq_len));
+    // Keys per query: the window, the memory tokens and on average half the compressed rows.
+    const double keys = w + static_cast<double>(M()) + 0.5 * static_cast<double>(seq_len / o_.block);
+    const double gate = o_.fusion == MemoryFusion::gate ? 6.0 * static_cast<double>(s.heads * s.dim) : 0.0;
+    return core_.flops_per_token() + gate + 6.0 * static_cast<double>(s.heads * s.head_dim) * keys;
+  }
+
+ private:
+  int64_t M() const { return o_.memory_tokens; }
+
+  // The window i - w < j <= i, fp32 partial output.
+  attn::FlashOptions window_options() const {
+    attn::FlashOptions f;
+    f.softmax_scale = static_cast<float>(o_.softmax_scale);
+    f.out_dtype = attn::OutputDType::f32;
+    f.mask = attn::Mask::causal;
+    f.window_left = o_.window - 1;
+    return f;
+  }
+  CrossAttentionOptions cross_options() const { return {.softmax_scale = static_cast<float>(o_.softmax_scale)}; }
+
+  // o_local, o_memory and their lse; the compressed rows.
+  void attend_forward(MemorySaved& s) {
+    const QkvActs& a = s.qkv;
+    const DType dt = a.q.dtype();
+    const attn::FlashOutput local =
+        dist::ring_attention_forward(mesh_.ring(), layout_, a.q, a.k, a.v, window_options());
+    s.o_local = cast(local.o, dt);
+    s.lse_local = local.lse;
+    compress(s);  // b <= S: at least one compressed row
+    attn::FlashOutput mem =
+        cross_attention_forward(a.q, q_positions_, s.comp_k, s.comp_v, block_positions_, cross_options());
+    if (M() > 0) {
+      const attn::FlashOutput t = cross_attention_forward(a.q, {}, s.mem_k, s.mem_v, {}, cross_options());
+      dist::merge_attention(mem.o, mem.lse, t.o, t.lse);
+    }
+    s.o_memory = cast(mem.o, dt);
+    s.lse_memory = mem.lse;
+  }
+
+  // The compressed rows: this rank's K/V rows summed into their blocks (times 1 / b), summed
+  // over the sp group: every rank holds all S / b rows.
+  void compress(MemorySaved& s) {
+    const QkvActs& a = s.qkv;
+    const int64_t B = a.k.size(0), Hk = a.k.size(2), hd = a.k.size(3);
+    const Tensor sums = Tensor::zeros({2, B, blocks_, Hk, hd}, wide_dtype(a.k.dtype()), a.k.device());
+    const double f = 1.0 / static_cast<double>(o_.block);
+    pool_rows(cast(a.k, sums.dtype()), dist::block_of(sums, 0), q_positions_, o_.block, f, Pool::to_blocks);
+    pool_rows(cast(a.v, sums.dtype()), dist::block_of(sums, 1), q_positions_, o_.block, f, Pool::to_blocks);
+    mesh_.sp().all_reduce(sums, dist::ReduceOp::sum);
+    s.comp_k = cast(dist::block_of(sums, 0), a.k.dtype());
+    s.comp_v = cast(dist::block_of(sums, 1), a.k.dtype());
+  }
+
+  // The compressed rows' part of the backward: dq into gr.dq; their gradients of every rank's
+  // queries summed over the group, 1 / b of each spread over the block's K/V rows this rank holds.
+  void compressed_backward(const MemorySaved& s, const Tensor& d_memory, attn::FlashGrads& gr) {
+    const Tensor& k = s.comp_k;
+    const Tensor dc = Tensor::zeros({2, k.size(0), k.size(1), k.size(2), k.size(3)}, gr.dq.dtype(), k.device());
+    cross_attention_backward(s.qkv.q, q_positions_, s.comp_k, s.comp_v, block_positions_, s.o_memory, s.lse_memory,
+                             d_memory, cross_options(), {gr.dq, dist::block_of(dc, 0), dist::block_of(dc, 1)});
+    mesh_.sp().all_reduce(dc, dist::ReduceOp::sum);
+    const double f = 1.0 / static_cast<double>(o_.block);
+    pool_rows(gr.dk, dist::block_of(dc, 0), q_positions_, o_.block, f, Pool::to_rows);
+    pool_rows(gr.dv, dist::block_of(dc, 1), q_positions_, o_.block, f, Pool::to_rows);
+  }
+
+  MemoryOptions o_;
+  AttentionCore core_;
+  dist::Mesh& mesh_;
+  const dist::Layout& layout_;
+  std::vector<Param> core_params_;
+  Param e_;                               // memory_tokens [M, D] (M > 0)
+  Param w_gate_, gate_bias_;              // fusion: gate
+  int64_t blocks_ = 0;                    // compressed rows: S / b
+  std::vector<int64_t> q_positions_;      // this rank's global positions, local order
+  std::vector<int64_t> block_positions_;  // (c + 1) b: the first query position that sees row c
+};
+
+}  // namespace
+
+std::unique_ptr<Mixer> make_memory_mixer(const MemoryOptions& o, dist::Mesh& mesh, const dist::Layout& layout) {
+  return std::make_unique<MemoryMixer>(o, mesh, layout);
+}
+
+}  // namespace lctx::mixers
