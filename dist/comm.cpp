@@ -69,7 +69,7 @@ void Comm::all_to_all(const Tensor& in, const Tensor& out, Stream s) {
   const Buffer bi = buffer("all_to_all", in), bo = buffer("all_to_all", out);
   LCTX_CHECK(bi.count % size_ == 0, "all_to_all: ", in.str(), " does not split into ", size_, " equal blocks");
   blocks("all_to_all", bo, Buffer{bi.data, bi.count / size_, bi.dtype, bi.device}, size_);
-  all_to_all_impl(bi, bo, s);
+  all_to_all_impl(collective(bi), bo, s);
 }
 
 namespace {

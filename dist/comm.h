@@ -93,56 +93,71 @@ class Comm {
   const CommOptions& options() const { return opts_; }
 
   // ---- point-to-point (tensors must be contiguous) ----
-  Request isend(const Tensor& t, int dst, Stream s = {}) { return isend_impl(buffer("isend", t), dst, s); }
+  Request isend(const Tensor& t, int dst, Stream s = {}) { return isend_impl(sent(buffer("isend", t)), dst, s); }
   Request irecv(const Tensor& t, int src, Stream s = {}) { return irecv_impl(buffer("irecv", t), src, s); }
   // Send `send` to send_to and receive `recv` from recv_from as one grouped operation.
   Request sendrecv(const Tensor& send, int send_to, const Tensor& recv, int recv_from, Stream s = {}) {
-    return sendrecv_impl(buffer("sendrecv", send), send_to, buffer("sendrecv", recv), recv_from, s);
+    return sendrecv_impl(sent(buffer("sendrecv", send)), send_to, buffer("sendrecv", recv), recv_from, s);
   }
   template <class T>
-  Request isend(std::span<const T> data, int dst) { return isend_impl(buffer(data), dst, {}); }
+  Request isend(std::span<const T> data, int dst) { return isend_impl(sent(buffer(data)), dst, {}); }
   template <class T>
   Request irecv(std::span<T> data, int src) { return irecv_impl(buffer(data), src, {}); }
   template <class T>
   Request sendrecv(std::span<const T> send, int send_to, std::span<T> recv, int recv_from) {
-    return sendrecv_impl(buffer(send), send_to, buffer(recv), recv_from, {});
+    return sendrecv_impl(sent(buffer(send)), send_to, buffer(recv), recv_from, {});
   }
 
   // ---- collectives (every rank, same order) ----
-  void all_reduce(const Tensor& t, ReduceOp op, Stream s = {}) { all_reduce_impl(buffer("all_reduce", t), op, s); }
+  void all_reduce(const Tensor& t, ReduceOp op, Stream s = {}) {
+    all_reduce_impl(collective(buffer("all_reduce", t)), op, s);
+  }
   // `out` holds size() blocks of in.numel() elements; block i comes from rank i (e.g. out is
   // [size, *in.shape] or [size * n, ...]).
   void all_gather(const Tensor& in, const Tensor& out, Stream s = {}) {
-    all_gather_impl(buffer("all_gather", in), blocks("all_gather", out, in, size_), s);
+    all_gather_impl(collective(buffer("all_gather", in)), blocks("all_gather", out, in, size_), s);
   }
   // `in` holds size() blocks of out.numel() elements; rank i receives the reduction of
   // block i over all ranks.
   void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op, Stream s = {}) {
-    reduce_scatter_impl(blocks("reduce_scatter", in, out, size_), buffer("reduce_scatter", out), op, s);
+    reduce_scatter_impl(collective(blocks("reduce_scatter", in, out, size_)), buffer("reduce_scatter", out), op, s);
   }
   // `in` and `out` hold size() equal blocks: block j of `in` goes to rank j, block i of
   // `out` comes from rank i.
   void all_to_all(const Tensor& in, const Tensor& out, Stream s = {});
-  void broadcast(const Tensor& t, int root, Stream s = {}) { broadcast_impl(buffer("broadcast", t), root, s); }
+  void broadcast(const Tensor& t, int root, Stream s = {}) {
+    broadcast_impl(rooted(buffer("broadcast", t), root), root, s);
+  }
   virtual void barrier() = 0;
 
   template <class T>
-  void all_reduce(std::span<T> data, ReduceOp op) { all_reduce_impl(buffer(data), op, {}); }
+  void all_reduce(std::span<T> data, ReduceOp op) { all_reduce_impl(collective(buffer(data)), op, {}); }
   template <class T>
   void all_gather(std::span<const T> in, std::span<T> out) {
-    all_gather_impl(buffer(in), blocks("all_gather", buffer(out), buffer(in), size_), {});
+    all_gather_impl(collective(buffer(in)), blocks("all_gather", buffer(out), buffer(in), size_), {});
   }
   template <class T>
   void reduce_scatter(std::span<const T> in, std::span<T> out, ReduceOp op) {
-    reduce_scatter_impl(blocks("reduce_scatter", buffer(in), buffer(out), size_), buffer(out), op, {});
+    reduce_scatter_impl(collective(blocks("reduce_scatter", buffer(in), buffer(out), size_)), buffer(out), op, {});
   }
   template <class T>
-  void all_to_all(std::span<const T> in, std::span<T> out) { all_to_all_impl(buffer(in), buffer(out), {}); }
+  void all_to_all(std::span<const T> in, std::span<T> out) { all_to_all_impl(collective(buffer(in)), buffer(out), {}); }
   template <class T>
-  void broadcast(std::span<T> data, int root) { broadcast_impl(buffer(data), root, {}); }
+  void broadcast(std::span<T> data, int root) { broadcast_impl(rooted(buffer(data), root), root, {}); }
 
   // Collective: ranks with the same color form a new communicator, ranked by (key, rank).
   virtual std::unique_ptr<Comm> split(int color, int key) = 0;
+
+  // Bytes this rank has handed to this communicator since it was made or reset_traffic():
+  // the payloads of its sends (isend, the send half of sendrecv) and its inputs to
+  // collectives (a broadcast counts at its root). What tests use to check how much a
+  // parallel algorithm communicates (a sliding window only with the ranks it reaches).
+  struct Traffic {
+    int64_t sent_bytes = 0;
+    int64_t collective_bytes = 0;
+  };
+  const Traffic& traffic() const { return traffic_; }
+  void reset_traffic() { traffic_ = {}; }
 
  protected:
   Comm(int rank, int size, CommOptions opts) : rank_(rank), size_(size), opts_(opts) {}
@@ -171,6 +186,19 @@ class Comm {
 
   int rank_ = 0, size_ = 1;
   CommOptions opts_;
+
+ private:
+  static int64_t bytes(const Buffer& b) { return b.count * static_cast<int64_t>(dtype_size(b.dtype)); }
+  const Buffer& sent(const Buffer& b) {
+    traffic_.sent_bytes += bytes(b);
+    return b;
+  }
+  const Buffer& collective(const Buffer& b) {
+    traffic_.collective_bytes += bytes(b);
+    return b;
+  }
+  const Buffer& rooted(const Buffer& b, int root) { return rank_ == root ? collective(b) : b; }
+  Traffic traffic_;
 };
 
 // Reduces `n` blocks of `count` elements of `dtype` (host memory) into `out`, in block order,

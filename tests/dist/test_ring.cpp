@@ -6,6 +6,8 @@
 // Under mpirun the MpiComm results must be bitwise identical to SimComm's of the same size.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <mutex>
 
 #include "attn/flash.h"
@@ -320,6 +322,48 @@ TEST(SeqParallel, RowsMaskedInEveryRemoteStepStayExact) {
   });
   LCTX_EXPECT_CLOSE(got.o, ref.o, 1e-12);
   LCTX_EXPECT_CLOSE(got.dk, ref.dk, 1e-12);
+}
+
+// A sliding window is served by the ranks it reaches: with the same tokens per rank, the
+// bytes a rank sends (Comm::traffic, forward and backward) are the same on a ring of 3, 4 or
+// 8 ranks, on both layouts, and far below causal attention's R - 1 hops.
+TEST(SeqParallel, WindowBytesDoNotGrowWithTheRing) {
+  LCTX_SIM_ONLY();
+  constexpr int64_t kPerRank = 16;
+  const auto most_sent = [&](LayoutKind kind, int R, int64_t window_left) {
+    Case c;
+    c.ring = R;
+    c.kind = kind;
+    c.S = kPerRank * R;
+    c.B = 1;
+    c.wl = window_left;
+    const Inputs in = make_inputs(c, 11);
+    std::mutex mu;
+    int64_t most = 0;
+    run_simulated(R, [&](Comm& world) {
+      Mesh mesh(world, {1, 1, R});
+      const Layout layout(kind, c.S, R, 1);
+      const int r = mesh.sp().rank();
+      const Tensor q = layout.shard(in.q, r), k = layout.shard(in.k, r), v = layout.shard(in.v, r);
+      const auto f = ring_attention_forward(mesh.ring(), layout, q, k, v, in.opts, RingMode::ring);
+      ring_attention_backward(mesh.ring(), layout, q, k, v, f.o, f.lse, layout.shard(in.dout, r), in.opts,
+                              RingMode::ring);
+      std::lock_guard lk(mu);
+      most = std::max(most, mesh.ring().traffic().sent_bytes);
+    });
+    return most;
+  };
+  for (LayoutKind kind : {LayoutKind::contiguous, LayoutKind::zigzag}) {
+    const int64_t w3 = most_sent(kind, 3, 3), w4 = most_sent(kind, 4, 3), w8 = most_sent(kind, 8, 3);
+    const int64_t causal8 = most_sent(kind, 8, -1);
+    std::printf("[ bytes ] %s: window 4 on 3/4/8 ranks %lld/%lld/%lld, causal on 8 ranks %lld\n",
+                kind == LayoutKind::zigzag ? "zigzag" : "contiguous", static_cast<long long>(w3),
+                static_cast<long long>(w4), static_cast<long long>(w8), static_cast<long long>(causal8));
+    EXPECT_GT(w3, 0);
+    EXPECT_EQ(w4, w3) << "window 4 on 4 ranks";
+    EXPECT_EQ(w8, w3) << "window 4 on 8 ranks";
+    EXPECT_LT(2 * w8, causal8) << "window 4 against causal attention on 8 ranks";
+  }
 }
 
 // Finite differences through the whole zigzag ring (2 ranks): gradients of
