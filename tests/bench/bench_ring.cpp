@@ -14,6 +14,10 @@
 // documents of S/D tokens (doc ids sharded by the layout, FlashOptions::documents: the ring
 // skips blocks and hops that share no document), "RESULT impl=lctx[-mode]-docs<D> ..." (no
 // exchanges-alone figure: the ring's messages depend on the documents).
+// Sliding window (issue 19; LCTX_BENCH_RING_WINDOW=W > 0): each mode and t1 again with a causal
+// window of W keys, "RESULT impl=lctx[-mode]-window<W> ...": tn against nocomm is what the ring
+// costs over the window's compute, and sent_mb the MB a rank sends per forward+backward
+// (Comm::traffic, max over ranks), which the window keeps independent of N.
 // Arguments: [comma-separated S list] [repetitions] [time budget in seconds]
 //            [comma-separated modes: zigzag (default), ring, ulysses, hybrid]
 //            [documents D per sequence, default 64; 0: none]; --help.
@@ -165,12 +169,21 @@ std::vector<std::string> split(const char* s) {
 
 // The benchmark's causal options, masked by `docs` when given with `ids` the doc ids of the
 // call's tokens (CPU, moved to `dev`).
-attn::FlashOptions causal_options(const std::shared_ptr<const attn::Documents>& docs, const Tensor& ids, Device dev) {
+attn::FlashOptions causal_options(const std::shared_ptr<const attn::Documents>& docs, const Tensor& ids, Device dev,
+                                  int64_t window) {
   attn::FlashOptions opts;
   opts.mask = attn::Mask::causal;
   if (docs) bench::set_documents(opts, docs, ids.to(dev));
+  if (window > 0) opts.window_left = window - 1;
   return opts;
 }
+
+// One masking of the benchmark: plain causal, causal inside documents, or a causal window.
+struct Variant {
+  std::shared_ptr<const attn::Documents> docs;
+  int64_t window = 0;
+  std::string suffix;
+};
 
 }  // namespace
 
@@ -180,7 +193,8 @@ int main(int argc, char** argv) {
                 "                             [modes=zigzag (also ring, ulysses, hybrid)] [documents=64]\n"
                 "Causal attention over N GPUs (one per rank, NCCL), B=1 H=%d D=%d bf16: 1 GPU vs N GPUs,\n"
                 "without communication and the exchanges alone; then the same inside `documents` equal\n"
-                "documents per sequence (0: not run). tests/bench/run_bench_ring.sh runs it next to PyTorch.\n",
+                "documents per sequence (0: not run); with LCTX_BENCH_RING_WINDOW=W also a causal window of W\n"
+                "keys. tests/bench/run_bench_ring.sh runs it next to PyTorch.\n",
                 kH, kD);
     return 0;
   }
@@ -191,6 +205,8 @@ int main(int argc, char** argv) {
   const double budget_s = static_cast<double>(parse_int(argc > 3 ? argv[3] : "240", "the budget"));
   const std::vector<std::string> modes = split(argc > 4 ? argv[4] : "zigzag");
   const int64_t n_docs = parse_int(argc > 5 ? argv[5] : "64", "documents");
+  const char* window_env = std::getenv("LCTX_BENCH_RING_WINDOW");
+  const int64_t window = window_env ? parse_int(window_env, "LCTX_BENCH_RING_WINDOW") : 0;
   for (int64_t S : seqs)
     if (n_docs > 0 && S % n_docs) {
       std::fprintf(stderr, "bench_ring: S=%lld is not a multiple of %lld documents\n", (long long)S, (long long)n_docs);
@@ -243,16 +259,19 @@ int main(int argc, char** argv) {
     const int r = S >= 262144 ? 1 : reps;  // the long sequences: one timed run (after warm-up at the short ones)
     const int warm = S >= 262144 ? 0 : 1;
     double total_ms = 0;
-    // Causal, then (n_docs > 0) causal inside n_docs equal documents.
-    std::vector<std::shared_ptr<const attn::Documents>> variants{nullptr};
-    if (n_docs > 0) variants.push_back(bench::one_row(S, bench::equal_starts(S, n_docs)));
-    for (const auto& docs : variants) {
-      const std::string suffix = docs ? "-docs" + std::to_string(n_docs) : "";
+    // Causal, then (n_docs > 0) causal inside n_docs equal documents, then (window > 0) a window.
+    std::vector<Variant> variants{{}};
+    if (n_docs > 0)
+      variants.push_back({bench::one_row(S, bench::equal_starts(S, n_docs)), 0, "-docs" + std::to_string(n_docs)});
+    if (window > 0) variants.push_back({nullptr, window, "-window" + std::to_string(window)});
+    for (const Variant& var : variants) {
+      const auto& docs = var.docs;
+      const std::string& suffix = var.suffix;
       const Tensor ids = docs ? bench::ids_tensor(*docs) : Tensor();  // CPU [1, S]
       // Single GPU: rank 0 computes the whole sequence, the others wait.
       Timing t1;
       {
-        const attn::FlashOptions opts = causal_options(docs, ids, dev);
+        const attn::FlashOptions opts = causal_options(docs, ids, dev, var.window);
         Tensor Q, K, V, DO;
         if (rank == 0) {
           Q = Tensor::empty({1, S, kH, kD}, DType::bf16, dev);
@@ -274,7 +293,7 @@ int main(int argc, char** argv) {
       for (const auto& m : runs) {
         const Layout layout(m->kind, S, m->shape.ring, m->shape.ulysses);
         const attn::FlashOptions opts =
-            causal_options(docs, docs ? layout.shard(ids, m->mesh->coords().sp) : Tensor(), dev);
+            causal_options(docs, docs ? layout.shard(ids, m->mesh->coords().sp) : Tensor(), dev, var.window);
         const int64_t L = layout.local_len();
         const Shape shape{1, L, kH, kD};
         Tensor q = Tensor::empty(shape, DType::bf16, dev), k = Tensor::empty(shape, DType::bf16, dev),
@@ -298,13 +317,18 @@ int main(int argc, char** argv) {
           };
         };
         if (warm) measure(warm, s, sp_run(m->mesh->ulysses(), m->mesh->ring()));
+        m->mesh->ulysses().reset_traffic();
+        m->mesh->ring().reset_traffic();
         const Timing tn = measure(r, s, sp_run(m->mesh->ulysses(), m->mesh->ring()));
+        const double sent_mb = max_over_ranks(static_cast<double>(m->mesh->ulysses().traffic().sent_bytes +
+                                                                  m->mesh->ring().traffic().sent_bytes) /
+                                              r / 1e6);
         const Timing tnc = measure(r, s, sp_run(*m->no_ulysses, *m->no_ring));
         // Ring modes without documents: the exchanges alone. Forward R-1 K/V hops; backward R-1
         // K/V hops and R-1 dK/dV hops (the last one returns them to their owner): fp32, or bf16
         // when that is one hop (2 ranks: one rank's gradient, see ring_attention.h).
         Timing tc;
-        if (m->shape.ulysses == 1 && !docs) {
+        if (m->shape.ulysses == 1 && !docs && var.window == 0) {
           Tensor kv = Tensor::empty({2, 1, L, kH, kD}, DType::bf16, dev), kv2 = Tensor::empty(kv.shape(), DType::bf16, dev);
           const DType gdt = N == 2 ? DType::bf16 : DType::f32;
           Tensor dkv = Tensor::empty(kv.shape(), gdt, dev), dkv2 = Tensor::empty(kv.shape(), gdt, dev);
@@ -322,10 +346,10 @@ int main(int argc, char** argv) {
         }
         if (rank == 0) {
           std::printf(
-              "RESULT impl=%s%s S=%lld N=%d docs=%lld t1_fwd=%.3f t1_fb=%.3f tn_fwd=%.3f tn_fb=%.3f nocomm_fwd=%.3f "
-              "nocomm_fb=%.3f comm_fwd=%.3f comm_fb=%.3f\n",
-              m->impl.c_str(), suffix.c_str(), (long long)S, N, docs ? (long long)n_docs : 0LL, t1.fwd, t1.fb, tn.fwd,
-              tn.fb, tnc.fwd, tnc.fb, tc.fwd, tc.fb);
+              "RESULT impl=%s%s S=%lld N=%d docs=%lld window=%lld t1_fwd=%.3f t1_fb=%.3f tn_fwd=%.3f tn_fb=%.3f "
+              "nocomm_fwd=%.3f nocomm_fb=%.3f comm_fwd=%.3f comm_fb=%.3f sent_mb=%.3f\n",
+              m->impl.c_str(), suffix.c_str(), (long long)S, N, docs ? (long long)n_docs : 0LL, (long long)var.window,
+              t1.fwd, t1.fb, tn.fwd, tn.fb, tnc.fwd, tnc.fb, tc.fwd, tc.fb, sent_mb);
           std::fflush(stdout);
         }
         total_ms += tn.fb + tnc.fb + tc.fb;

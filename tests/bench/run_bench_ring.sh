@@ -9,6 +9,8 @@
 # LCTX_BENCH_TORCH_BACKENDS: PyTorch SDPA backends under context_parallel (default cudnn,flash).
 # LCTX_BENCH_RING_MODES: lctx's modes (default zigzag; also ring, ulysses, hybrid: see bench_ring.cpp).
 # LCTX_BENCH_RING_DOCS: documents per sequence of the packed-document runs (default 64; 0: none).
+# LCTX_BENCH_RING_WINDOW: also a causal sliding window of this many keys (issue 19): the ring
+#   against the same layers without communication, and the MB a rank sends (default 0: not run).
 # LCTX_BENCH_ROUNDS: run lctx and PyTorch alternately this many times (default 1) and report the
 #   median of each figure over the rounds (GPU clocks drift by a few % between runs).
 set -euo pipefail
@@ -25,7 +27,7 @@ ROUNDS="${LCTX_BENCH_ROUNDS:-1}"
 : > "$LOG"
 for ((round = 1; round <= ROUNDS; ++round)); do
   (( ROUNDS > 1 )) && echo "== round $round of $ROUNDS"
-  mpirun -np "$N" --oversubscribe -x NCCL_NVLS_ENABLE "$BUILD/tests/bench/bench_ring" "$SEQS" "$REPS" "$BUDGET" \
+  mpirun -np "$N" --oversubscribe -x NCCL_NVLS_ENABLE -x LCTX_BENCH_RING_WINDOW "$BUILD/tests/bench/bench_ring" "$SEQS" "$REPS" "$BUDGET" \
     "${LCTX_BENCH_RING_MODES:-zigzag}" "${LCTX_BENCH_RING_DOCS:-64}" 2>&1 \
     | tee -a "$LOG" || true
   python3 -m torch.distributed.run --standalone --nproc_per_node "$N" "$HERE/bench_ring_torch.py" "$SEQS" "$REPS" \
@@ -46,7 +48,8 @@ if not runs:
 rows = [{k: (rs[0][k] if k == "impl" else statistics.median(r[k] for r in rs)) for k in rs[0]}
         for rs in runs.values()]
 doc_rows = [r for r in rows if r.get("docs", 0) > 0]
-rows = [r for r in rows if r.get("docs", 0) == 0]
+win_rows = [r for r in rows if r.get("window", 0) > 0]
+rows = [r for r in rows if r.get("docs", 0) == 0 and r.get("window", 0) == 0]
 n_rounds = max(len(rs) for rs in runs.values())
 H, D = 16, 128
 def tflops(r, key):  # per GPU, forward+backward = 3.5 x causal forward (FlashAttention convention)
@@ -79,6 +82,14 @@ for r in sorted((r for r in rows + doc_rows if "nocomm_fb" in r), key=lambda r: 
     extra = 100 * (r["tn_fb"] / r["nocomm_fb"] - 1)
     print(f"{r['impl']} S={int(r['S'])}: without communication fwd {r['nocomm_fwd']:.1f} ms, "
           f"f+b {r['nocomm_fb']:.1f} ms (with it: {extra:+.1f}%){alone}")
+if win_rows:
+    print()
+    print("Sliding window (causal, W keys): the ring against the same layers without communication (issue 19: "
+          "within 5%),\nand the MB one rank sends per forward+backward (max over ranks; independent of N for a window)")
+    for r in sorted(win_rows, key=lambda r: (r["S"], r["impl"])):
+        print(f"{r['impl']} S={int(r['S'])} N={int(r['N'])}: tN f+b {r['tn_fb']:.2f} ms, without communication "
+              f"{r['nocomm_fb']:.2f} ms ({100 * (r['tn_fb'] / r['nocomm_fb'] - 1):+.1f}%), t1 f+b {r['t1_fb']:.2f} ms, "
+              f"sent {r['sent_mb']:.1f} MB per rank")
 if doc_rows:
     print()
     print("Packed documents: causal inside D documents of S/D tokens (doc ids + FlashOptions::documents: the ring skips "
