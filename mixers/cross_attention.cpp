@@ -4,6 +4,8 @@
 #include <limits>
 #include <vector>
 
+#include "attn/flash_few_keys.h"
+
 namespace lctx::mixers {
 
 namespace {
@@ -72,9 +74,9 @@ void cross_attention_backward(const Tensor& q, std::span<const int64_t> q_positi
   const attn::FlashOptions f = flash_options(opts);
   for (const Run& r : visible_runs(q, q_positions, k, k_positions)) {
     const int64_t b = r.begin, e = r.end, n = r.keys;
-    attn::flash_backward(q.slice(1, b, e), k.slice(1, 0, n), v.slice(1, 0, n), o.slice(1, b, e), lse.slice(2, b, e),
-                         dout.slice(1, b, e), f, GradMode::accumulate,
-                         {into.dq.slice(1, b, e), into.dk.slice(1, 0, n), into.dv.slice(1, 0, n)}, s);
+    attn::flash_backward_few_keys(q.slice(1, b, e), k.slice(1, 0, n), v.slice(1, 0, n), o.slice(1, b, e),
+                                  lse.slice(2, b, e), dout.slice(1, b, e), f,
+                                  {into.dq.slice(1, b, e), into.dk.slice(1, 0, n), into.dv.slice(1, 0, n)}, s);
   }
 }
 

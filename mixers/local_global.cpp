@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "attn/flash.h"
+#include "attn/flash_few_keys.h"
 #include "core/rng.h"
 #include "dist/layout.h"
 #include "dist/mesh.h"
@@ -116,8 +117,7 @@ class LocalGlobalMixer final : public Mixer {
     if (g() > 0) {
       dgk = Tensor::zeros(s.glob_k.shape(), wd, s.o.device());
       dgv = Tensor::zeros(s.glob_k.shape(), wd, s.o.device());
-      attn::flash_backward(s.qkv.q, s.glob_k, s.glob_v, s.o, s.lse, d_o, plain_options(), GradMode::accumulate,
-                           {gr.dq, dgk, dgv});
+      attn::flash_backward_few_keys(s.qkv.q, s.glob_k, s.glob_v, s.o, s.lse, d_o, plain_options(), {gr.dq, dgk, dgv});
     }
     if (p() > 0) first_backward(s, d_o, gr);
 

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <limits>
 
+#include "attn/flash_few_keys.h"
+
 namespace lctx::attn {
 
 namespace {
@@ -129,53 +131,24 @@ void gather(const Tensor& lse, int64_t stride, int64_t front, Tensor& ls, Stream
   (void)s;
 }
 
-// The global keys' backward, accumulated into g. The kernels run one block per key tile and
-// head, so g <= 128 global keys seen by every query would be one long block per head (the
-// global part of a 64k window + 64 global tokens took ~12 ms of its fwd+bwd on an H200). The
-// queries at positions >= w + g - 1 see every global key: they run unmasked with their rows
-// folded into the batch (chunks of L rows, the global K/V repeated per chunk), enough blocks
-// to fill the GPU; the first rows keep the causal call.
+// The global keys' backward, accumulated into g: the queries at positions >= w + g - 1 see
+// every global key and go through flash_backward_few_keys (one block per key tile would leave
+// the GPU idle); the first rows keep the causal call.
 void global_backward(const Plan& p, const Tensor& qp, const Tensor& kp, const Tensor& vp, const Tensor& op,
                      const Tensor& lp, const Tensor& dop, FlashGrads& g, Stream s) {
   const auto rows = [](const Tensor& t, int64_t a, int64_t b) { return t.slice(1, a, b); };
   const Tensor kg = rows(kp, 0, p.g), vg = rows(vp, 0, p.g);
-  Tensor dkg = rows(g.dk, 0, p.g), dvg = rows(g.dv, 0, p.g);
-  const int64_t r0 = std::clamp(p.far.k_offset + p.g - 1 - p.q0p, int64_t{0}, p.Sqp), T = p.Sqp - r0;
+  const Tensor dkg = rows(g.dk, 0, p.g), dvg = rows(g.dv, 0, p.g);
+  const int64_t r0 = std::clamp(p.far.k_offset + p.g - 1 - p.q0p, int64_t{0}, p.Sqp);
   if (r0 > 0)
     flash_backward(rows(qp, 0, r0), kg, vg, rows(op, 0, r0), lp.slice(2, 0, r0), rows(dop, 0, r0), p.far,
                    GradMode::accumulate, FlashGrads{rows(g.dq, 0, r0), dkg, dvg}, s);
-  if (T == 0) return;
-  const int64_t Hkv = kp.size(2), kBlocks = 256;  // ~2 blocks per SM
-  const int64_t want = std::clamp((kBlocks + p.B * Hkv - 1) / (p.B * Hkv), int64_t{1}, (T + 63) / 64);
-  const int64_t L = ((T + want - 1) / want + 63) / 64 * 64, n = (T + L - 1) / L;
-  const Device dev = qp.device();
-  const auto fold = [&](const Tensor& t) {  // rows [r0, Sqp) as [B n, L, ., .], zero rows at the end
-    Tensor z = Tensor::zeros({p.B, n * L, t.size(2), t.size(3)}, t.dtype(), dev, s);
-    rows(z, 0, T).copy_from(rows(t, r0, p.Sqp), s);
-    return z.view({p.B * n, L, t.size(2), t.size(3)});
-  };
-  const Tensor qf = fold(qp), of = fold(op), dof = fold(dop);
-  Tensor lf = Tensor::full({p.B * n, p.H, L}, std::numeric_limits<double>::infinity(), lp.dtype(), dev, s);
-  Tensor kf = Tensor::empty({p.B * n, p.g, Hkv, p.D}, kp.dtype(), dev), vf = Tensor::empty(kf.shape(), vp.dtype(), dev);
-  for (int64_t b = 0; b < p.B; ++b)
-    for (int64_t c = 0; c < n; ++c) {
-      const int64_t i = b * n + c, a = r0 + c * L, e = std::min(a + L, p.Sqp);
-      lf.slice(0, i, i + 1).slice(2, 0, e - a).copy_from(lp.slice(0, b, b + 1).slice(2, a, e), s);
-      kf.slice(0, i, i + 1).copy_from(kg.slice(0, b, b + 1), s);
-      vf.slice(0, i, i + 1).copy_from(vg.slice(0, b, b + 1), s);
-    }
+  if (r0 == p.Sqp) return;
   FlashOptions all = p.far;
   all.mask = Mask::none;
   all.q_offset = all.k_offset = 0;
-  FlashGrads f{Tensor::empty(qf.shape(), g.dq.dtype(), dev), Tensor::empty(kf.shape(), g.dk.dtype(), dev),
-               Tensor::empty(kf.shape(), g.dv.dtype(), dev)};
-  flash_backward(qf, kf, vf, of, lf, dof, all, GradMode::overwrite, f, s);
-  rows(g.dq, r0, p.Sqp).add_from(rows(f.dq.view({p.B, n * L, p.H, p.D}), 0, T), s);
-  for (int64_t b = 0; b < p.B; ++b)
-    for (int64_t c = 0; c < n; ++c) {
-      dkg.slice(0, b, b + 1).add_from(f.dk.slice(0, b * n + c, b * n + c + 1), s);
-      dvg.slice(0, b, b + 1).add_from(f.dv.slice(0, b * n + c, b * n + c + 1), s);
-    }
+  flash_backward_few_keys(rows(qp, r0, p.Sqp), kg, vg, rows(op, r0, p.Sqp), lp.slice(2, r0, p.Sqp),
+                          rows(dop, r0, p.Sqp), all, FlashGrads{rows(g.dq, r0, p.Sqp), dkg, dvg}, s);
 }
 
 }  // namespace

@@ -26,8 +26,8 @@
 // position as q_offset. A rank of a sharded sequence calls this once per run of consecutive
 // positions it holds (mixers/strided.h gathers the keys).
 // Backward: each part's flash backward with the merged o and lse (the global softmax), summed
-// into fp32 gradients (the global part's queries that see every global key folded into the
-// batch: the kernels' one block per key tile would leave the GPU idle for g <= 128 keys).
+// into fp32 gradients (the global part's queries that see every global key through
+// flash_few_keys.h: the kernels' one block per key tile would leave the GPU idle).
 // Padded rows (front and back) have lse +inf and dout 0: P = 0, no gradient, on every backend;
 // the padded keys lie after every real query: never seen. Memory O(Sk) (fp32 partial outputs
 // and gradients).
