@@ -1,11 +1,11 @@
 // Flash backward of a call in which every query sees every key of a short key set (attention
 // sinks, global or memory tokens: a few dozen rows against a whole sequence of queries). The
 // kernels' backward runs one block per 128-key tile and KV head, so such a call is one long
-// block per head that walks every query tile while the rest of the GPU idles (the global part
-// of a 64k window + 64 global tokens: ~12 ms of its fwd+bwd on an H200). Here the query rows
-// are folded into the batch, chunks of L rows with K/V repeated per chunk (enough blocks to
-// fill the GPU), flash_backward runs once, and the chunks' dK/dV are summed. Exact: the same
-// pairs and the same sums in another order. Any device; on the CPU it is the same reference.
+// block per head that walks every query tile while the rest of the GPU idles. Here the query
+// rows are folded into the batch, chunks of L rows with K/V repeated per chunk (enough blocks
+// to fill the GPU), flash_backward runs once, and the chunks' dK/dV are summed. Exact: the
+// same pairs and the same sums in another order. Any device; on the CPU it is the same
+// reference. Not yet timed on its own on a GPU.
 #pragma once
 #include "attn/flash.h"
 
