@@ -42,4 +42,16 @@ void adding_grads(std::span<Param> params, const std::function<void()>& f) {
   for (size_t i = 0; i < before.size(); ++i) params[i].grad.add_from(before[i]);
 }
 
+void learned_kv_backward(AttentionCore& core, std::span<Param> core_params, QkvActs& acts, const Tensor& dk,
+                         const Tensor& dv, const Param& tokens) {
+  const DType dt = acts.q.dtype();
+  const Device dev = acts.q.device();
+  const int64_t n = tokens.compute.size(0), D = tokens.compute.size(1);
+  Tensor dq = Tensor::zeros(acts.q.shape(), dt, dev);  // used as keys only
+  Tensor dk1 = sum_batch(dk).to(dt), dv1 = sum_batch(dv).to(dt);
+  Tensor de = Tensor::empty({1, n, D}, dt, dev);
+  adding_grads(core_params, [&] { core.qkv_backward(de, acts, dq, dk1, dv1, at_position_zero(tokens.compute)); });
+  tokens.grad.view({1, n, D}).copy_from(de);
+}
+
 }  // namespace lctx::mixers

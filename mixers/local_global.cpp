@@ -124,14 +124,7 @@ class LocalGlobalMixer final : public Mixer {
     if (o_.form == LocalGlobalForm::causal) {
       Tensor dq = cast(gr.dq, dt), dk = cast(gr.dk, dt), dv = cast(gr.dv, dt);
       core_.qkv_backward(dx, s.qkv, dq, dk, dv, in);  // Wqkv: written
-      if (g() > 0) {
-        Tensor dq0 = Tensor::zeros(s.glob.q.shape(), dt, s.o.device());
-        Tensor dk1 = sum_batch(dgk).to(dt), dv1 = sum_batch(dgv).to(dt);
-        Tensor de = Tensor::empty({1, g(), o_.core.shape.dim}, dt, s.o.device());
-        adding_grads(core_params_,
-                     [&] { core_.qkv_backward(de, s.glob, dq0, dk1, dv1, at_position_zero(e_.compute)); });
-        e_.grad.view({1, g(), o_.core.shape.dim}).copy_from(de);
-      }
+      if (g() > 0) learned_kv_backward(core_, core_params_, s.glob, dgk, dgv, e_);
       return;
     }
     if (g() > 0) bidirectional_globals_backward(s, dgk, dgv, gr);

@@ -229,14 +229,7 @@ class MemoryMixer final : public Mixer {
 
     Tensor dq = cast(gr.dq, dt), dk = cast(gr.dk, dt), dv = cast(gr.dv, dt);
     core_.qkv_backward(dx, s.qkv, dq, dk, dv, in);  // Wqkv: written
-    if (M() > 0) {
-      const int64_t D = o_.core.shape.dim;
-      Tensor dq0 = Tensor::zeros(s.mem.q.shape(), dt, dev);
-      Tensor dk1 = sum_batch(dmk).to(dt), dv1 = sum_batch(dmv).to(dt);
-      Tensor de = Tensor::empty({1, M(), D}, dt, dev);
-      adding_grads(core_params_, [&] { core_.qkv_backward(de, s.mem, dq0, dk1, dv1, at_position_zero(e_.compute)); });
-      e_.grad.view({1, M(), D}).copy_from(de);
-    }
+    if (M() > 0) learned_kv_backward(core_, core_params_, s.mem, dmk, dmv, e_);
     if (o_.fusion == MemoryFusion::gate) {
       Tensor dxg = Tensor::empty(dx.shape(), dx.dtype(), dev);
       ops::linear_backward(dxg, w_gate_.grad, gate_bias_.grad, dz, in.x, w_gate_.compute, GradMode::overwrite);
