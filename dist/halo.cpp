@@ -138,12 +138,13 @@ void halo_backward(Comm& sp, const Layout& layout, std::span<const Tensor> dhalo
              dhalo[0].defined() ? dhalo[0].str() : "(undefined)", " must be [B, width, ...] like dx ", dx.str());
   Shape shape = dx.shape();
   shape[1] = dhalo[0].size(1);
-  LCTX_CHECK(dx.dtype() == DType::f32 || dx.dtype() == DType::f64, op, ": dx ", dx.str(),
-             " must be f32 or f64 (gradients accumulate into it)");
+  const DType wide = wide_dtype(dx.dtype());
+  LCTX_CHECK(dx.dtype() == wide || dx.device().is_cuda(), op, ": dx ", dx.str(),
+             " must be f32 or f64 on the CPU (gradients accumulate into it)");
   for (size_t k = 0; k < nseg; ++k) {
     const std::string name = lctx::detail::cat("dhalo[", k, "]");
     check_shape(op, name.c_str(), dhalo[k], shape);
-    check_dtype(op, name.c_str(), dhalo[k], dx.dtype());
+    check_dtype(op, name.c_str(), dhalo[k], wide);
     check_same_device(op, {&dhalo[k], &dx});
   }
   exchange(

@@ -23,8 +23,8 @@ namespace lctx::dist {
 std::vector<Tensor> halo_forward(Comm& sp, const Layout& layout, const Tensor& x, int64_t width, Stream s = {});
 
 // dhalo: per local segment, the gradient of its halo [B, width, ...] (width the same on every
-// rank, in dx's dtype); adds each row into the owner's dx [B, L, ...] (f32 or f64). Collective
-// over `sp`.
+// rank, in the wide dtype of dx); adds each row into the owner's dx [B, L, ...] (f32 or f64; on
+// CUDA also bf16/f16: each row summed in fp32 and rounded once). Collective over `sp`.
 void halo_backward(Comm& sp, const Layout& layout, std::span<const Tensor> dhalo, Tensor& dx, Stream s = {});
 
 }  // namespace lctx::dist

@@ -6,6 +6,7 @@
 
 #include "dist/ring_kernels.h"
 #include "dist/ring_schedule.h"
+#include "dist/window_attention.h"
 
 namespace lctx::dist {
 
@@ -35,7 +36,8 @@ struct RingCall {
   Stream s;
   int r = 0, R = 1;
   std::vector<RingStep> steps;
-  Tensor kdocs;  // i32 [R, B, L] or undefined
+  Tensor kdocs;        // i32 [R, B, L] or undefined
+  bool halo = false;   // a causal window served by halo exchange (window_attention.h), no steps
 
   RingCall(const char* op, Comm& c, const Layout& layout, const Tensor& q, const Tensor& k, const Tensor& v,
            const attn::FlashOptions& o, RingMode mode, Stream st)
@@ -55,7 +57,9 @@ struct RingCall {
                  ": documents describe ", o.documents->batch(), " rows of ", o.documents->seq_len(),
                  " tokens, the call has ", q.size(0), " rows of ", layout.seq_len());
     }
-    if (mode == RingMode::ring) {
+    if (mode == RingMode::ring && window_by_halo(layout, o)) {
+      halo = true;
+    } else if (mode == RingMode::ring) {
       steps = ring_schedule(layout, r, o);
     } else {  // every source, in the ring's order
       for (int d = 0; d < R; ++d) steps.push_back({1, d, mod(r - d, R), ring_blocks(layout, r, mod(r - d, R), o)});
@@ -114,6 +118,7 @@ Tensor cast(const Tensor& t, DType dt, Stream s) { return t.dtype() == dt ? t : 
 attn::FlashOutput ring_attention_forward(Comm& ring, const Layout& layout, const Tensor& q, const Tensor& k,
                                          const Tensor& v, const attn::FlashOptions& opts, RingMode mode, Stream s) {
   RingCall c("ring_attention_forward", ring, layout, q, k, v, opts, mode, s);
+  if (c.halo) return window_attention_forward(ring, layout, q, k, v, opts, s);
   const DType wd = wide_dtype(q.dtype());
   // The running result: the first block, when it covers every row, becomes it (no merge);
   // otherwise it starts empty (o 0, lse -inf).
@@ -166,6 +171,7 @@ attn::FlashGrads ring_attention_backward(Comm& ring, const Layout& layout, const
   check_shape(op, "o", o, q.shape());
   check_shape(op, "dout", dout, q.shape());
   check_shape(op, "lse", lse, {q.size(0), q.size(2), q.size(1)});
+  if (c.halo) return window_attention_backward(ring, layout, q, k, v, o, lse, dout, opts, grad_dtype, s);
   const DType wd = wide_dtype(q.dtype());
   Tensor dq = Tensor::zeros(q.shape(), wd, q.device(), s);
   auto compute = [&](std::span<const AttnBlock> blocks, int src, const Tensor& kv, const Tensor& dkv) {

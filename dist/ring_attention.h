@@ -10,6 +10,9 @@
 // phase of one hop, e.g. 2 ranks, sends one rank's gradient home in the input dtype: there is
 // no sum over ranks to keep in fp32); the local block runs last, into the owner's dK/dV,
 // overlapping that return; dQ stays local; every block uses the global o and lse.
+// A causal sliding window no longer than a segment (no document ids) is not a ring at all:
+// RingMode::ring serves it by halo exchange (window_attention.h), the K/V rows the window
+// reaches and no more.
 // RingMode::all_gather gathers all K/V once (and reduce-scatters dK/dV): more memory, fewer
 // latency-bound steps. Both modes give the same blocks in the same order.
 //

@@ -26,8 +26,9 @@ void flash_backward_few_keys(const Tensor& q, const Tensor& k, const Tensor& v, 
   const Device dev = q.device();
   const auto rows = [](const Tensor& t, int64_t a, int64_t b) { return t.slice(1, a, b); };
   const auto fold = [&](const Tensor& t) {  // [B n, L, ., .], zero rows at the end
-    Tensor z = Tensor::zeros({B, n * L, t.size(2), t.size(3)}, t.dtype(), dev, s);
+    Tensor z = Tensor::empty({B, n * L, t.size(2), t.size(3)}, t.dtype(), dev);
     rows(z, 0, Sq).copy_from(t, s);
+    if (n * L > Sq) rows(z, Sq, n * L).zero(s);
     return z.view({B * n, L, t.size(2), t.size(3)});
   };
   const Tensor qf = fold(q), of = fold(o), dof = fold(dout);
@@ -41,8 +42,10 @@ void flash_backward_few_keys(const Tensor& q, const Tensor& k, const Tensor& v, 
       kf.slice(0, i, i + 1).copy_from(k.slice(0, b, b + 1), s);
       vf.slice(0, i, i + 1).copy_from(v.slice(0, b, b + 1), s);
     }
-  FlashGrads f{Tensor::empty(qf.shape(), wide, dev), Tensor::empty(kf.shape(), wide, dev),
-               Tensor::empty(kf.shape(), wide, dev)};
+  // The folded gradients in the input dtype (what cuDNN writes: no fp32 copies of the queries'
+  // rows), each added once into the wide `into`.
+  FlashGrads f{Tensor::empty(qf.shape(), q.dtype(), dev), Tensor::empty(kf.shape(), q.dtype(), dev),
+               Tensor::empty(kf.shape(), q.dtype(), dev)};
   flash_backward(qf, kf, vf, of, lf, dof, opts, GradMode::overwrite, f, s);
   Tensor dq = into.dq;  // handles on the caller's storage
   dq.add_from(rows(f.dq.view({B, n * L, H, D}), 0, Sq), s);

@@ -48,8 +48,8 @@ Plan make_plan(const char* op, const Tensor& q, const Tensor& k, const Tensor& v
   w.window_left = opts.window - 1;
   w.q_offset = p.q0p;
   w.backend = opts.backend;
-  w.out_dtype = OutputDType::f32;
   p.far = w;
+  p.far.out_dtype = OutputDType::f32;
   p.far.window_left = -1;
   // strided: residue steps t - t' >= ceil(w / s); global: i - j >= w
   p.far.q_offset = p.q0p / p.s;
@@ -131,14 +131,16 @@ void gather(const Tensor& lse, int64_t stride, int64_t front, Tensor& ls, Stream
   (void)s;
 }
 
-// The global keys' backward, accumulated into g: the queries at positions >= w + g - 1 see
-// every global key and go through flash_backward_few_keys (one block per key tile would leave
-// the GPU idle); the first rows keep the causal call.
+// The global keys' backward, accumulated into g (dq [B, Sq, H, D], dk/dv of the g rows, wide):
+// the queries at positions >= w + g - 1 see every global key and go through
+// flash_backward_few_keys (one block per key tile would leave the GPU idle); the first rows
+// keep the causal call.
 void global_backward(const Plan& p, const Tensor& qp, const Tensor& kp, const Tensor& vp, const Tensor& op,
-                     const Tensor& lp, const Tensor& dop, FlashGrads& g, Stream s) {
+                     const Tensor& lp, const Tensor& dop, const FlashGrads& g, Stream s) {
   const auto rows = [](const Tensor& t, int64_t a, int64_t b) { return t.slice(1, a, b); };
   const Tensor kg = rows(kp, 0, p.g), vg = rows(vp, 0, p.g);
-  const Tensor dkg = rows(g.dk, 0, p.g), dvg = rows(g.dv, 0, p.g);
+  const Tensor& dkg = g.dk;
+  const Tensor& dvg = g.dv;
   const int64_t r0 = std::clamp(p.far.k_offset + p.g - 1 - p.q0p, int64_t{0}, p.Sqp);
   if (r0 > 0)
     flash_backward(rows(qp, 0, r0), kg, vg, rows(op, 0, r0), lp.slice(2, 0, r0), rows(dop, 0, r0), p.far,
@@ -174,9 +176,25 @@ FlashGrads strided_attention_backward(const Tensor& q, const Tensor& k, const Te
   check_bshd(op, "dout", dout, q.shape());
   check_shape(op, "lse", lse, {p.B, p.H, p.Sq});
   check_dtype(op, "lse", lse, wide_dtype(q.dtype()));
+  const Tensor lse_c = lse.contiguous(s);
+  const DType gd = wide_dtype(q.dtype());
+  const Device dev = q.device();
+  if (p.g > 0) {  // no padding (s = 1): the window part writes the result, the global part is added
+    FlashGrads out{Tensor::empty(q.shape(), q.dtype(), dev), Tensor::empty(k.shape(), q.dtype(), dev),
+                   Tensor::empty(k.shape(), q.dtype(), dev)};
+    flash_backward(q, k, v, o, lse_c, dout, p.window, GradMode::overwrite, out, s);
+    Shape gshape = k.shape();
+    gshape[1] = p.g;
+    const FlashGrads glob{Tensor::zeros(q.shape(), gd, dev, s), Tensor::zeros(gshape, gd, dev, s),
+                          Tensor::zeros(gshape, gd, dev, s)};
+    global_backward(p, q, k, v, o, lse_c, dout, glob, s);
+    out.dq.add_from(glob.dq, s);
+    out.dk.slice(1, 0, p.g).add_from(glob.dk, s);
+    out.dv.slice(1, 0, p.g).add_from(glob.dv, s);
+    return out;
+  }
   const Tensor qp = padded(q, p.front, p.Sqp, s), kp = padded(k, 0, p.Skp, s), vp = padded(v, 0, p.Skp, s);
   const Tensor op_ = padded(o, p.front, p.Sqp, s), dop = padded(dout, p.front, p.Sqp, s);
-  const Tensor lse_c = lse.contiguous(s);
   // [B, H, Sqp], +inf on padded rows: P = exp(s - lse) = 0 on every backend (cuDNN's backward
   // computes exp(s - lse) as is: -inf there, next to a visible key, gives dV = inf * 0 = NaN).
   Tensor lp = lse_c;
@@ -184,20 +202,13 @@ FlashGrads strided_attention_backward(const Tensor& q, const Tensor& k, const Te
     lp = Tensor::full({p.B, p.H, p.Sqp}, std::numeric_limits<double>::infinity(), lse.dtype(), lse.device(), s);
     lp.slice(2, p.front, p.front + p.Sq).copy_from(lse_c, s);
   }
-
-  const DType gd = wide_dtype(q.dtype());
-  FlashGrads g{Tensor::empty(qp.shape(), gd, q.device()), Tensor::empty(kp.shape(), gd, q.device()),
-               Tensor::empty(kp.shape(), gd, q.device())};
+  FlashGrads g{Tensor::empty(qp.shape(), gd, dev), Tensor::empty(kp.shape(), gd, dev), Tensor::empty(kp.shape(), gd, dev)};
   flash_backward(qp, kp, vp, op_, lp, dop, p.window, GradMode::overwrite, g, s);
-  if (p.g > 0) {
-    global_backward(p, qp, kp, vp, op_, lp, dop, g, s);
-  } else {
-    Tensor ls = Tensor::empty({p.B, p.s * p.H, p.Sqp / p.s}, lse.dtype(), lse.device());
-    gather(lse_c, p.s, p.front, ls, s);
-    flash_backward(residues(qp, p.s), residues(kp, p.s), residues(vp, p.s), residues(op_, p.s), ls,
-                   residues(dop, p.s), p.far, GradMode::accumulate,
-                   FlashGrads{residues(g.dq, p.s), residues(g.dk, p.s), residues(g.dv, p.s)}, s);
-  }
+  Tensor ls = Tensor::empty({p.B, p.s * p.H, p.Sqp / p.s}, lse.dtype(), lse.device());
+  gather(lse_c, p.s, p.front, ls, s);
+  flash_backward(residues(qp, p.s), residues(kp, p.s), residues(vp, p.s), residues(op_, p.s), ls, residues(dop, p.s),
+                 p.far, GradMode::accumulate, FlashGrads{residues(g.dq, p.s), residues(g.dk, p.s), residues(g.dv, p.s)},
+                 s);
   if (p.Sqp == p.Sq && p.Skp == p.Sk && gd == q.dtype()) return g;
   FlashGrads out{Tensor::empty(q.shape(), q.dtype(), q.device()), Tensor::empty(k.shape(), q.dtype(), q.device()),
                  Tensor::empty(k.shape(), q.dtype(), q.device())};

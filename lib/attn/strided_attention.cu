@@ -1,5 +1,5 @@
 // Strided attention's CUDA kernels (strided_attention.h): the fp32 log-sum-exp merge of the
-// window and strided parts (one warp per output row), and the backward's lse in the strided
+// window part (in the output dtype) and the strided part (fp32) (one warp per output row), and the backward's lse in the strided
 // part's residue-major head order. The CPU loops they mirror are in strided_attention.cpp.
 #include <cuda_runtime.h>
 
@@ -16,7 +16,7 @@ namespace lctx::attn {
 namespace {
 
 template <class T>
-__global__ void strided_merge_kernel(const float* ow, const float* lw, const float* os, const float* ls, int64_t B,
+__global__ void strided_merge_kernel(const T* ow, const float* lw, const float* os, const float* ls, int64_t B,
                                      int64_t S, int64_t Sp, int64_t H, int D, int64_t s, int64_t front, T* o,
                                      float* lse) {
   const int lane = threadIdx.x % 32;
@@ -28,13 +28,13 @@ __global__ void strided_merge_kernel(const float* ow, const float* lw, const flo
     const float m = fmaxf(a, c);
     const float ea = m == -CUDART_INF_F ? 0.f : expf(a - m), ec = m == -CUDART_INF_F ? 0.f : expf(c - m);
     const float sum = ea + ec, inv = sum > 0.f ? 1.f / sum : 0.f;
-    const float* x = ow + ((b * Sp + pp) * H + h) * D;
+    const T* x = ow + ((b * Sp + pp) * H + h) * D;
     const float* y = os + ((b * Sp + pp) * H + h) * D;
     T* out = o + row * D;
     for (int d = 2 * lane; d < D; d += 64) {
-      const float2 xv = *reinterpret_cast<const float2*>(x + d), yv = *reinterpret_cast<const float2*>(y + d);
-      out[d] = from_f32<T>((ea * xv.x + ec * yv.x) * inv);
-      out[d + 1] = from_f32<T>((ea * xv.y + ec * yv.y) * inv);
+      const float2 yv = *reinterpret_cast<const float2*>(y + d);
+      out[d] = from_f32<T>((ea * to_f32(x[d]) + ec * yv.x) * inv);
+      out[d + 1] = from_f32<T>((ea * to_f32(x[d + 1]) + ec * yv.y) * inv);
     }
     if (lane == 0) lse[(b * H + h) * S + pos] = sum > 0.f ? m + logf(sum) : -CUDART_INF_F;
   }
@@ -57,7 +57,8 @@ unsigned grid_for(int64_t threads) { return static_cast<unsigned>(std::min<int64
 void detail::strided_merge_cuda(const Tensor& ow, const Tensor& lw, const Tensor& os, const Tensor& ls, int64_t stride,
                                 int64_t front, Tensor& o, Tensor& lse, Stream s) {
   const char* op = "strided_attention_forward";
-  for (const Tensor* t : {&ow, &lw, &os, &ls}) check_dtype(op, "partial output", *t, DType::f32);
+  check_dtype(op, "window output", ow, o.dtype());
+  for (const Tensor* t : {&lw, &os, &ls}) check_dtype(op, "partial output", *t, DType::f32);
   check_dtype(op, "lse", lse, DType::f32);
   const int64_t B = o.size(0), S = o.size(1), H = o.size(2), D = o.size(3), Sp = ow.size(1);
   LCTX_CHECK(D % 2 == 0, op, ": head_dim ", D, " must be even");
@@ -65,10 +66,10 @@ void detail::strided_merge_cuda(const Tensor& ow, const Tensor& lw, const Tensor
   const cudaStream_t st = cuda_stream(s);
   if (B * S * H == 0) return;
   if (o.dtype() == DType::bf16)
-    strided_merge_kernel<__nv_bfloat16><<<grid, 256, 0, st>>>(ow.data<float>(), lw.data<float>(), os.data<float>(),
+    strided_merge_kernel<__nv_bfloat16><<<grid, 256, 0, st>>>(static_cast<const __nv_bfloat16*>(ow.raw()), lw.data<float>(), os.data<float>(),
         ls.data<float>(), B, S, Sp, H, static_cast<int>(D), stride, front, static_cast<__nv_bfloat16*>(o.raw()), lse.data<float>());
   else
-    strided_merge_kernel<__half><<<grid, 256, 0, st>>>(ow.data<float>(), lw.data<float>(), os.data<float>(),
+    strided_merge_kernel<__half><<<grid, 256, 0, st>>>(static_cast<const __half*>(ow.raw()), lw.data<float>(), os.data<float>(),
         ls.data<float>(), B, S, Sp, H, static_cast<int>(D), stride, front, static_cast<__half*>(o.raw()), lse.data<float>());
   LCTX_CUDA_CHECK_LAUNCH("strided_merge_kernel");
 }

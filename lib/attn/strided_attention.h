@@ -11,7 +11,9 @@
 //     In it query t sees keys t' <= t - c, c = ceil(w / s), exactly the strided keys the window
 //     does not cover (no pair counted twice): flash, causal, k_offset = c, over s H heads of
 //     S / s positions, ~S^2 / (2 s) pairs per head at dense tensor-core speed;
-//   merge: the two (o, lse) in fp32 by their log-sum-exp (strided_attention.cu / the CPU loop).
+//   merge: the two (o, lse) by their log-sum-exp in fp32 (strided_attention.cu / the CPU loop);
+//     the window part comes in the input dtype (cuDNN writes it so: no fp32 copy of the
+//     largest output), the far part in fp32.
 // The same split serves the causal local + global pattern (window plus the first g positions,
 // attention sinks; global_block_mask united with window_block_mask): n_global = g instead of
 // the stride, the far part is flash of every query over keys [0, g) with causal and
@@ -25,9 +27,11 @@
 // residue views of q and k line up, whatever q_offset is; both flash calls take the block's
 // position as q_offset. A rank of a sharded sequence calls this once per run of consecutive
 // positions it holds (mixers/strided.h gathers the keys).
-// Backward: each part's flash backward with the merged o and lse (the global softmax), summed
-// into fp32 gradients (the global part's queries that see every global key through
-// flash_few_keys.h: the kernels' one block per key tile would leave the GPU idle).
+// Backward: each part's flash backward with the merged o and lse (the global softmax). Strided:
+// both parts summed into fp32 gradients. Global: the window part writes the gradients directly
+// (input dtype, as cuDNN does), the global part's fp32 dQ (and dK/dV of the g rows) are added
+// in once (the queries that see every global key through flash_few_keys.h: the kernels' one
+// block per key tile would leave the GPU idle).
 // Padded rows (front and back) have lse +inf and dout 0: P = 0, no gradient, on every backend;
 // the padded keys lie after every real query: never seen. Memory O(Sk) (fp32 partial outputs
 // and gradients).
@@ -59,10 +63,10 @@ FlashGrads strided_attention_backward(const Tensor& q, const Tensor& k, const Te
 
 namespace detail {
 // CUDA side of the merge and of the backward's lse layout (the CPU loops are in
-// strided_attention.cpp). ow [B, S', H, D] with lw [B, H, S'] (window part) and os [B, S', H, D]
-// with ls [B, s H, S'/s] (strided part, residue-major heads), all fp32 and contiguous, merged
-// into o [B, S, H, D] (bf16/f16) and lse [B, H, S] f32: row i of o is padded row front + i
-// (front + S <= S').
+// strided_attention.cpp). ow [B, S', H, D] in o's dtype with lw [B, H, S'] (window part) and
+// os [B, S', H, D] with ls [B, s H, S'/s] (strided part, residue-major heads) in fp32, all
+// contiguous, merged into o [B, S, H, D] (bf16/f16) and lse [B, H, S] f32: row i of o is
+// padded row front + i (front + S <= S').
 #ifdef LCTX_HAVE_CUDA
 void strided_merge_cuda(const Tensor& ow, const Tensor& lw, const Tensor& os, const Tensor& ls, int64_t stride,
                         int64_t front, Tensor& o, Tensor& lse, Stream s);

@@ -279,10 +279,14 @@ void Tensor::fill(double value, Stream s) {
 void Tensor::add_from(const Tensor& src, Stream s) {
   LCTX_CHECK(src.shape_ == shape_, "add_from: shape mismatch, destination ", str(), " source ", src.str());
   LCTX_CHECK(device() == src.device(), "add_from: ", str(), " += ", src.str(), ": tensors on different devices");
-  LCTX_CHECK(dtype_ == DType::f32 || dtype_ == DType::f64, "add_from: destination ", str(), " must be f32 or f64");
+  const bool half = dtype_ == DType::bf16 || dtype_ == DType::f16;
+  LCTX_CHECK(dtype_ == DType::f32 || dtype_ == DType::f64 || (half && device().is_cuda()), "add_from: destination ",
+             str(), " must be f32 or f64 (or, on CUDA, bf16/f16)");
   const bool narrow = dtype_ == DType::f32 && (src.dtype() == DType::bf16 || src.dtype() == DType::f16);
-  LCTX_CHECK(src.dtype() == dtype_ || (narrow && device().is_cuda()), "add_from: ", str(), " += ", src.str(),
-             ": the source must be ", dtype_name(dtype_), device().is_cuda() && dtype_ == DType::f32 ? ", bf16 or f16" : "");
+  const bool into_half = half && src.dtype() == DType::f32;
+  LCTX_CHECK(src.dtype() == dtype_ || ((narrow || into_half) && device().is_cuda()), "add_from: ", str(), " += ",
+             src.str(), ": the source must be ", dtype_name(dtype_),
+             !device().is_cuda() ? "" : dtype_ == DType::f32 ? ", bf16 or f16" : half ? " or f32" : "");
   if (numel() == 0) return;
   if (device().is_cpu()) {
     if (dtype_ == DType::f64) cpu_add_typed<double>(*this, src);

@@ -98,9 +98,11 @@ void cuda_add(Tensor& out, const Tensor& a, const Tensor& b, Stream s) {
   const int64_t n = out.numel();
   if (n == 0) return;
   const DType d = out.dtype();
+  const bool half = d == DType::bf16 || d == DType::f16;
   const bool narrow = d == DType::f32 && (b.dtype() == DType::bf16 || b.dtype() == DType::f16);
-  LCTX_CHECK(a.dtype() == d && (b.dtype() == d || narrow), "add: ", out.str(), " = ", a.str(), " + ", b.str(),
-             " needs one dtype, or bf16/f16 added into f32");
+  const bool into_half = half && b.dtype() == DType::f32;
+  LCTX_CHECK(a.dtype() == d && (b.dtype() == d || narrow || into_half), "add: ", out.str(), " = ", a.str(), " + ",
+             b.str(), " needs one dtype, bf16/f16 added into f32, or f32 added into bf16/f16");
   LCTX_CHECK(a.strides() == out.strides() || (a.is_contiguous() && out.is_contiguous()), "add: ", out.str(), " = ",
              a.str(), " + ", b.str(), ": a must be laid out like out");
   set_device(out);
@@ -113,6 +115,8 @@ void cuda_add(Tensor& out, const Tensor& a, const Tensor& b, Stream s) {
   };
   if (d == DType::f64) {
     launch.template operator()<double, double>();
+  } else if (into_half) {
+    LCTX_DISPATCH_CUDA_FLOAT(d, "add", [&] { launch.template operator()<scalar_t, float>(); });
   } else if (b.dtype() == d) {
     LCTX_DISPATCH_CUDA_FLOAT(d, "add", [&] { launch.template operator()<scalar_t, scalar_t>(); });
   } else {

@@ -80,7 +80,8 @@ class Tensor {
   void fill(double value, Stream s = {});
   void zero(Stream s = {}) { fill(0.0, s); }
   // this += src: this f32 or f64 (accumulators), src of the same shape and device, in this
-  // dtype or, on CUDA, bf16/f16 (gradients added into fp32); any strides on both sides.
+  // dtype or, on CUDA, bf16/f16 (gradients added into fp32); on CUDA also bf16/f16 += f32 or
+  // the same dtype (summed in fp32, rounded once); any strides on both sides.
   void add_from(const Tensor& src, Stream s = {});
 
   // All elements as doubles in row-major order (copies to the host and synchronizes).

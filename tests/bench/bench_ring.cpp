@@ -18,6 +18,7 @@
 // window of W keys, "RESULT impl=lctx[-mode]-window<W> ...": tn against nocomm is what the ring
 // costs over the window's compute, and sent_mb the MB a rank sends per forward+backward
 // (Comm::traffic, max over ranks), which the window keeps independent of N.
+// LCTX_BENCH_RING_WINDOW_ONLY=1: the window variant alone (no causal and document runs).
 // Arguments: [comma-separated S list] [repetitions] [time budget in seconds]
 //            [comma-separated modes: zigzag (default), ring, ulysses, hybrid]
 //            [documents D per sequence, default 64; 0: none]; --help.
@@ -77,8 +78,11 @@ class NoComm final : public Comm {
   void broadcast_impl(const Buffer&, int, Stream) override {}
 
  private:
+  // What a self-exchange would move: the smaller of the two (halo messages differ in size).
   static void local_copy(const Buffer& from, const Buffer& to, Stream s) {
-    LCTX_CUDA_CHECK(cudaMemcpyAsync(to.data, from.data, to.count * dtype_size(to.dtype), cudaMemcpyDeviceToDevice,
+    const size_t n = std::min(from.count, to.count);
+    if (n == 0) return;
+    LCTX_CUDA_CHECK(cudaMemcpyAsync(to.data, from.data, n * dtype_size(to.dtype), cudaMemcpyDeviceToDevice,
                                     cuda_stream(s)));
   }
 };
@@ -207,6 +211,8 @@ int main(int argc, char** argv) {
   const int64_t n_docs = parse_int(argc > 5 ? argv[5] : "64", "documents");
   const char* window_env = std::getenv("LCTX_BENCH_RING_WINDOW");
   const int64_t window = window_env ? parse_int(window_env, "LCTX_BENCH_RING_WINDOW") : 0;
+  const char* window_only_env = std::getenv("LCTX_BENCH_RING_WINDOW_ONLY");
+  const bool window_only = window_only_env && std::string(window_only_env) == "1";
   for (int64_t S : seqs)
     if (n_docs > 0 && S % n_docs) {
       std::fprintf(stderr, "bench_ring: S=%lld is not a multiple of %lld documents\n", (long long)S, (long long)n_docs);
@@ -257,14 +263,18 @@ int main(int argc, char** argv) {
       }
     }
     const int r = S >= 262144 ? 1 : reps;  // the long sequences: one timed run (after warm-up at the short ones)
-    const int warm = S >= 262144 ? 0 : 1;
+    const int warm_causal = S >= 262144 ? 0 : 1;
     double total_ms = 0;
     // Causal, then (n_docs > 0) causal inside n_docs equal documents, then (window > 0) a window.
-    std::vector<Variant> variants{{}};
+    std::vector<Variant> variants;
+    if (!(window > 0 && window_only)) variants.push_back({});
     if (n_docs > 0)
       variants.push_back({bench::one_row(S, bench::equal_starts(S, n_docs)), 0, "-docs" + std::to_string(n_docs)});
     if (window > 0) variants.push_back({nullptr, window, "-window" + std::to_string(window)});
     for (const Variant& var : variants) {
+      // A window is cheap to run twice: always warmed up (cuDNN builds a plan per new shape,
+      // which would land in whichever of tn / nocomm runs first).
+      const int warm = var.window > 0 ? 1 : warm_causal;
       const auto& docs = var.docs;
       const std::string& suffix = var.suffix;
       const Tensor ids = docs ? bench::ids_tensor(*docs) : Tensor();  // CPU [1, S]

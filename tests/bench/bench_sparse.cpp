@@ -14,6 +14,7 @@
 // forward, 3.5x forward+backward; causal S^2/2 as bench_flash). bench_sparse_torch.py prints
 // FlexAttention's lines for the same cases; run_bench_sparse.sh tabulates both with ratios.
 // Arguments: [repetitions=10] [max S=65536] [min S=0]; S=64k runs at most 5 repetitions.
+// LCTX_BENCH_CASE=<text>: only the cases whose "<case> <impl>" contains it (e.g. to profile one).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -55,6 +56,8 @@ using Fwd = std::function<attn::FlashOutput()>;
 using Bwd = std::function<void(const attn::FlashOutput&)>;
 
 void report(const char* name, int64_t S, const char* impl, double pairs, const Fwd& fwd, const Bwd& bwd, int reps) {
+  const char* only = std::getenv("LCTX_BENCH_CASE");
+  if (only && (std::string(name) + " " + impl).find(only) == std::string::npos) return;
   const bool long_seq = S >= 65536;
   const int r = long_seq ? std::min(reps, 5) : reps, warmup = long_seq ? 1 : 2;
   const Device gpu = Device::cuda();

@@ -139,4 +139,13 @@ TEST(TensorGpu, AddFromMatchesCpu) {
     got.add_from(a.to(Device::cuda()).slice(1, 3, 6));
     EXPECT_EQ(got.to_vector(), want.to_vector()) << dtype_name(dt);
   }
+  // f32 added into bf16/f16 rows: summed in f32 and rounded once (the f32 sum, then to_dtype).
+  for (DType dt : {DType::bf16, DType::f16}) {
+    const Tensor narrow = acc.to(dt);
+    Tensor want = narrow.to(DType::f32);
+    want.slice(1, 2, 5).add_from(g);
+    Tensor got = narrow.to(Device::cuda());
+    got.slice(1, 2, 5).add_from(g.to(Device::cuda()));
+    EXPECT_EQ(got.to_vector(), want.to(dt).to_vector()) << dtype_name(dt);
+  }
 }

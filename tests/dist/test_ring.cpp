@@ -213,6 +213,15 @@ std::vector<Case> cases() {
     c.wl = 5;
     add(c, "contig_causal_window");
     c.kind = LayoutKind::zigzag;
+    // Halo exchange where the window fits a segment (48 / 2n positions), the ring schedule
+    // where it does not (8 ranks: segments of 3).
+    add(c, "zigzag_causal_window");
+    c.wl = 2;
+    c.alibi = true;
+    c.Hkv = 1;
+    add(c, "zigzag_causal_window_alibi_mqa");
+    c.alibi = false;
+    c.Hkv = 2;
     c.causal = false;
     c.wl = 4;
     c.wr = 3;
@@ -228,6 +237,8 @@ std::vector<Case> cases() {
     f.dtype = DType::f32;
     f.Hkv = 1;
     add(f, "f32_zigzag_causal_mqa");
+    f.wl = 3;
+    add(f, "f32_zigzag_causal_window_mqa");
   }
   for (auto [u, r] : {std::pair{2, 1}, {4, 1}, {2, 2}, {2, 4}, {4, 2}}) {
     Case c;
@@ -324,9 +335,9 @@ TEST(SeqParallel, RowsMaskedInEveryRemoteStepStayExact) {
   LCTX_EXPECT_CLOSE(got.dk, ref.dk, 1e-12);
 }
 
-// A sliding window is served by the ranks it reaches: with the same tokens per rank, the
-// bytes a rank sends (Comm::traffic, forward and backward) are the same on a ring of 3, 4 or
-// 8 ranks, on both layouts, and far below causal attention's R - 1 hops.
+// A sliding window is served by the rows it reaches: with the same tokens per rank, the bytes a
+// rank sends (Comm::traffic, forward and backward) are the same on a ring of 3, 4 or 8 ranks, on
+// both layouts, far below causal attention's R - 1 hops, and exactly the halo rows.
 TEST(SeqParallel, WindowBytesDoNotGrowWithTheRing) {
   LCTX_SIM_ONLY();
   constexpr int64_t kPerRank = 16;
@@ -363,6 +374,10 @@ TEST(SeqParallel, WindowBytesDoNotGrowWithTheRing) {
     EXPECT_EQ(w4, w3) << "window 4 on 4 ranks";
     EXPECT_EQ(w8, w3) << "window 4 on 8 ranks";
     EXPECT_LT(2 * w8, causal8) << "window 4 against causal attention on 8 ranks";
+    // Halo exchange: per segment fed by another rank, its 3 K rows and 3 V rows forward, again
+    // in the backward, and their gradients back (f64 rows of Hkv = 2 heads x D = 8: 128 bytes).
+    const int64_t segments = kind == LayoutKind::zigzag ? 2 : 1;
+    EXPECT_EQ(w3, segments * 6 * 3 * 128) << "window 4: the halo rows and no more";
   }
 }
 
