@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "attn/block_select.h"
 #include "attn/flash.h"
 #include "attn/flash_few_keys.h"
 #include "core/rng.h"
@@ -37,6 +38,13 @@ class LocalGlobalMixer final : public Mixer {
                mesh.shape().ulysses, "); use a ring");
     LCTX_CHECK(layout.size() == mesh.sp().size(), "local_global mixer: layout ", layout.str(), " for an sp group of ",
                mesh.sp().size());
+    LCTX_CHECK(o.random_blocks >= 0, "local_global mixer: mixer.local_global.random_blocks ", o.random_blocks,
+               " must be >= 0");
+    if (o.random_blocks > 0) {
+      const int64_t rb = o.random_block_size, bad = rb >= 1 ? local_global_misfit_segment(layout, rb) : 0;
+      LCTX_CHECK(rb >= 1 && rb <= S && bad == 0, "local_global mixer: mixer.local_global.random_block_size ", rb,
+                 " must be in [1, ", S, "] and divide the layout's segment length (", bad, " in ", layout.str(), ")");
+    }
     first_positions_.resize(static_cast<size_t>(o.first_tokens));
     std::iota(first_positions_.begin(), first_positions_.end(), int64_t{0});
   }
@@ -90,6 +98,7 @@ class LocalGlobalMixer final : public Mixer {
       s.glob_k = s.hkv.k;
       s.glob_v = s.hkv.v;
     }
+    if (fresh && o_.random_blocks > 0) random_gather(s, B);
     if (fresh) attend_forward(s);
     s.y = Tensor::empty({B, in.x.size(1), o_.core.shape.dim}, in.x.dtype(), in.x.device());
     core_.out_forward(s.y, s.o);
@@ -120,6 +129,7 @@ class LocalGlobalMixer final : public Mixer {
       attn::flash_backward_few_keys(s.qkv.q, s.glob_k, s.glob_v, s.o, s.lse, d_o, plain_options(), {gr.dq, dgk, dgv});
     }
     if (p() > 0) first_backward(s, d_o, gr);
+    if (!s.random_positions.empty()) random_backward(s, d_o, gr);
 
     if (o_.form == LocalGlobalForm::causal) {
       Tensor dq = cast(gr.dq, dt), dk = cast(gr.dk, dt), dv = cast(gr.dv, dt);
@@ -139,11 +149,14 @@ class LocalGlobalMixer final : public Mixer {
     const HeadShape& s = o_.core.shape;
     const double w = static_cast<double>(std::min(o_.window, seq_len));
     // Keys per query; the bidirectional form's global queries add g keys per token (stage 1).
-    const double keys = o_.form == LocalGlobalForm::causal
-                            ? w + static_cast<double>(g() + std::min(p(), seq_len))
-                            : std::min(2 * w - 1, static_cast<double>(seq_len)) + 2.0 * static_cast<double>(g());
+    const double keys = (o_.form == LocalGlobalForm::causal
+                             ? w + static_cast<double>(g() + std::min(p(), seq_len))
+                             : std::min(2 * w - 1, static_cast<double>(seq_len)) + 2.0 * static_cast<double>(g())) +
+                        static_cast<double>(o_.random_blocks * o_.random_block_size);
     return core_.flops_per_token() + 6.0 * static_cast<double>(s.heads * s.head_dim) * keys;
   }
+
+  void begin_step(int64_t step) override { step_ = step; }
 
  private:
   int64_t g() const { return o_.global_tokens; }
@@ -193,6 +206,11 @@ class LocalGlobalMixer final : public Mixer {
         const attn::FlashOutput r = attn::flash_forward(a.q.slice(1, b, e), s.first_k, s.first_v, first_options(seg));
         dist::merge_attention(acc.o.slice(1, b, e), acc.lse.slice(2, b, e), r.o, r.lse);
       }
+    if (!s.random_positions.empty()) {
+      const attn::FlashOutput r =
+          attn::block_select_forward(a.q, s.random_k, s.random_v, s.random_blocks, plain_options());
+      dist::merge_attention(acc.o, acc.lse, r.o, r.lse);
+    }
     s.o = cast(acc.o, a.q.dtype());
     s.lse = acc.lse;
   }
@@ -211,6 +229,47 @@ class LocalGlobalMixer final : public Mixer {
     }
     dist::row_gather_backward(mesh_.sp(), layout_, dfk, first_positions_, gr.dk);
     dist::row_gather_backward(mesh_.sp(), layout_, dfv, first_positions_, gr.dv);
+  }
+
+  // The random key blocks of this step: the K/V rows of the union of the blocks drawn for the
+  // whole sequence (ascending), and this rank's query blocks' slots in them.
+  void random_gather(LocalGlobalSaved& s, int64_t B) {
+    const int64_t r = o_.random_blocks, rb = o_.random_block_size;
+    const std::vector<int32_t> drawn = local_global_random_blocks(o_, layout_.seq_len(), step_);
+    std::vector<int32_t> slot(static_cast<size_t>(layout_.seq_len() / rb), -1);
+    for (const int32_t kb : drawn)
+      if (kb >= 0) slot[static_cast<size_t>(kb)] = 0;
+    s.random_positions.clear();
+    for (size_t kb = 0; kb < slot.size(); ++kb) {
+      if (slot[kb] < 0) continue;
+      slot[kb] = static_cast<int32_t>(s.random_positions.size() / static_cast<size_t>(rb));
+      for (int64_t i = 0; i < rb; ++i) s.random_positions.push_back(static_cast<int64_t>(kb) * rb + i);
+    }
+    if (s.random_positions.empty()) return;  // no query block has a candidate (the same on every rank)
+    std::vector<int32_t> mine;  // [L / rb][r]: local query blocks in order
+    for (const dist::Segment& seg : layout_.segments(mesh_.sp().rank()))
+      for (int64_t q = seg.global_begin / rb; q < (seg.global_begin + seg.length) / rb; ++q)
+        for (int64_t i = 0; i < r; ++i) {
+          const int32_t kb = drawn[static_cast<size_t>(q * r + i)];
+          mine.push_back(kb < 0 ? -1 : slot[static_cast<size_t>(kb)]);
+        }
+    const int64_t hkv = o_.core.shape.kv_heads;
+    s.random_blocks = {.q_block = rb, .k_block = rb, .per_query = r, .index = {}};
+    for (int64_t c = 0; c < B * hkv; ++c)
+      s.random_blocks.index.insert(s.random_blocks.index.end(), mine.begin(), mine.end());
+    s.random_k = dist::row_gather_forward(mesh_.sp(), layout_, s.qkv.k, s.random_positions);
+    s.random_v = dist::row_gather_forward(mesh_.sp(), layout_, s.qkv.v, s.random_positions);
+  }
+
+  // The random blocks' part of the backward: dq into gr.dq, their dK/dV summed into the owners'.
+  void random_backward(const LocalGlobalSaved& s, const Tensor& d_o, attn::FlashGrads& gr) {
+    const DType wd = gr.dq.dtype();
+    Tensor drk = Tensor::zeros(s.random_k.shape(), wd, s.o.device());
+    Tensor drv = Tensor::zeros(s.random_k.shape(), wd, s.o.device());
+    attn::block_select_backward(s.qkv.q, s.random_k, s.random_v, s.o, s.lse, d_o, s.random_blocks, plain_options(),
+                                GradMode::accumulate, {gr.dq, drk, drv});
+    dist::row_gather_backward(mesh_.sp(), layout_, drk, s.random_positions, gr.dk);
+    dist::row_gather_backward(mesh_.sp(), layout_, drv, s.random_positions, gr.dv);
   }
 
   // Stage 1 of the bidirectional form: the global queries over every token of the sp group and
@@ -275,9 +334,42 @@ class LocalGlobalMixer final : public Mixer {
   std::vector<Param> core_params_;
   Param e_;                               // global_tokens [g, D] (g > 0)
   std::vector<int64_t> first_positions_;  // 0 .. p - 1
+  int64_t step_ = 0;                      // the training step of the random blocks' draw (begin_step)
 };
 
 }  // namespace
+
+std::vector<int32_t> local_global_random_blocks(const LocalGlobalOptions& o, int64_t seq_len, int64_t step) {
+  const int64_t r = o.random_blocks, rb = o.random_block_size;
+  LCTX_CHECK(r >= 0 && (r == 0 || (rb >= 1 && seq_len % rb == 0)), "local_global_random_blocks: ", r,
+             " blocks of ", rb, " positions in a sequence of ", seq_len, " (rb must divide it)");
+  if (r == 0) return {};
+  const int64_t nb = seq_len / rb, w = o.window;
+  std::vector<int32_t> out(static_cast<size_t>(nb * r), -1);
+  const uint64_t seed = o.random_seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step);
+  for (int64_t q = 0; q < nb; ++q) {
+    // Left: blocks kb wholly before every query minus the window, (kb + 1) rb - 1 <= q rb - w,
+    // and (causal) wholly at or after the first p positions. Right (bidirectional): kb rb >=
+    // (q + 1) rb - 1 + w.
+    const int64_t left_lo = o.form == LocalGlobalForm::causal ? (o.first_tokens + rb - 1) / rb : 0;
+    const int64_t left_hi = std::max<int64_t>(0, (q * rb - w + 1) / rb);  // exclusive
+    const int64_t n_left = std::max<int64_t>(0, left_hi - left_lo);
+    const int64_t right_lo = ((q + 1) * rb - 1 + w + rb - 1) / rb;
+    const int64_t n_right = o.form == LocalGlobalForm::causal ? 0 : std::max<int64_t>(0, nb - right_lo);
+    const std::vector<int64_t> idx = attn::draw_distinct(seed, q, n_left + n_right, r);
+    for (size_t i = 0; i < idx.size(); ++i)
+      out[static_cast<size_t>(q * r) + i] =
+          static_cast<int32_t>(idx[i] < n_left ? left_lo + idx[i] : right_lo + idx[i] - n_left);
+  }
+  return out;
+}
+
+int64_t local_global_misfit_segment(const dist::Layout& layout, int64_t rb) {
+  for (int rank = 0; rank < layout.size(); ++rank)
+    for (const dist::Segment& seg : layout.segments(rank))
+      if (seg.length % rb != 0 || seg.global_begin % rb != 0) return seg.length;
+  return 0;
+}
 
 std::unique_ptr<Mixer> make_local_global_mixer(const LocalGlobalOptions& o, dist::Mesh& mesh,
                                                const dist::Layout& layout) {

@@ -35,14 +35,28 @@
 //            Backward: d(o_g) of each rank's queries summed over the group (one all-reduce); then
 //            each rank's tokens get their dK/dV from it, and rank 0 alone adds the global tokens'
 //            self part, so the trainer's sum counts it once.
-// Pass::checkpoint keeps o, lse and the small gathered first-p K/V and stage-1 (o_g, lse_g);
-// Pass::recompute redoes the projections without communicating.
-// Not here: BigBird random key blocks (attn::random_block_mask exists; not wired into this kind),
-// packed documents (the registry refuses data.documents), Ulysses.
+// BigBird random key blocks (random_blocks r > 0, both forms): the sequence is cut into blocks
+// of rb positions; each query block sees r key blocks drawn (attn::draw_distinct, the scheme of
+// attn::random_block_mask) among those no other part reaches for any of its queries, so the LSE
+// merge counts no pair twice: causal, blocks wholly at or after position p and wholly before
+// every query of the block minus the window (j <= i - w); bidirectional, blocks wholly outside
+// the window on either side (|i - j| >= w). Fewer candidates than r: all of them. The draw is
+// a function of random_seed and the training step (begin_step; step 0 until called), the same
+// on every rank, layer, batch row and head, so resume is exact. Computed by attn::block_select
+// (the query blocks folded into batched flash calls). Under sequence parallelism rb divides
+// the layout's segment length (a query block lies in one segment); the K/V rows of the union of
+// the blocks drawn for the whole sequence are gathered by dist::row_gather (their dK/dV summed
+// back by its reduce-scatter): for long sequences this union approaches the whole K/V on every
+// rank (a per-rank all-to-all would bring only each rank's own blocks; not done).
+// Pass::checkpoint keeps o, lse and the gathered first-p and random K/V and stage-1 (o_g,
+// lse_g); Pass::recompute redoes the projections without communicating.
+// Not here: packed documents (the registry refuses data.documents), Ulysses.
 // CPU (f32/f64) and CUDA (bf16/f16, attn::flash's head dims): every op has both paths.
 #pragma once
 #include <memory>
+#include <vector>
 
+#include "attn/block_select.h"
 #include "mixers/attention_core.h"
 
 namespace lctx::dist {
@@ -60,6 +74,9 @@ struct LocalGlobalOptions {
   int64_t window = 0;          // w in [1, seq_len]: causal i - w < j <= i, bidirectional |i - j| < w
   int64_t global_tokens = 0;   // g in [0, seq_len] learned tokens
   int64_t first_tokens = 0;    // p in [0, seq_len] (causal form only)
+  int64_t random_blocks = 0;   // r >= 0 random key blocks per query block (0: none)
+  int64_t random_block_size = 64;  // rb: positions per block; divides the layout's segment length
+  uint64_t random_seed = 0;    // with the step, the draw of the random blocks
   double softmax_scale = 0.0;  // 0: 1/sqrt(head_dim)
 };
 
@@ -69,11 +86,23 @@ struct LocalGlobalSaved final : Saved {
   Tensor glob_k, glob_v;      // [B, g, Hkv, hd]: the global K/V the sequence queries see (dropped)
   Tensor first_k, first_v;    // causal: K/V of positions [0, p), [B, p, Hkv, hd] (kept)
   Tensor go, glse;            // bidirectional: stage-1 output [B, g, H, hd] and lse [B, H, g] (kept)
+  std::vector<int64_t> random_positions;  // the gathered random key rows' global positions (kept)
+  attn::KeyBlocks random_blocks;          // this rank's query blocks' slots in them (kept)
+  Tensor random_k, random_v;  // [B, random_positions.size(), Hkv, hd] (kept)
   Tensor h;                   // bidirectional: global_tokens + o_g Wo^T [B, g, D] (dropped)
   QkvActs hkv;                // bidirectional: q/k/v of h (dropped)
   Tensor o, lse;              // the sequence's output [B, L, H, hd] and f32 lse [B, H, L] (kept)
   Tensor y;                   // [B, L, D]
 };
+
+// The random key blocks of every query block of the sequence at training step `step`:
+// [seq_len / rb][r] global key-block indices (key block kb = positions [kb rb, (kb + 1) rb)),
+// -1 for empty slots. What the mixer attends to (and the tests' references build).
+std::vector<int32_t> local_global_random_blocks(const LocalGlobalOptions& o, int64_t seq_len, int64_t step);
+
+// The first segment of `layout` (any rank) whose length or start is not a multiple of rb, as
+// its length, or 0 when every one is (random blocks need whole blocks per segment).
+int64_t local_global_misfit_segment(const dist::Layout& layout, int64_t rb);
 
 // The mesh (its sp group) and the layout must outlive the mixer.
 std::unique_ptr<Mixer> make_local_global_mixer(const LocalGlobalOptions& o, dist::Mesh& mesh,

@@ -507,6 +507,19 @@ void validate_local_global(const Config& c) {
              ") needs mixer.local_global.causal = true; the bidirectional form has learned global tokens only");
   LCTX_CHECK(c.parallel.ulysses == 1, "config: mixer kind local_global needs parallel.ulysses = 1 (got ",
              c.parallel.ulysses, "): its window is sharded over a ring");
+  const int64_t r = c.mixer_option<int64_t>("local_global", "random_blocks");
+  const int64_t rb = c.mixer_option<int64_t>("local_global", "random_block_size");
+  if (r == 0) return;
+  LCTX_CHECK(rb <= S, "config: mixer.local_global.random_block_size (", rb, ") is larger than the sequence ",
+             "(data.seq_len = ", S, ")");
+  const std::string kind = resolved_layout(c);
+  const int ring = static_cast<int>(c.parallel.sp);
+  if (ring < 1 || S % (kind == "zigzag" ? 2 * ring : ring) != 0) return;  // the layout's own check reports it
+  const dist::Layout layout(kind == "zigzag" ? dist::LayoutKind::zigzag : dist::LayoutKind::contiguous, S, ring);
+  const int64_t bad = mixers::local_global_misfit_segment(layout, rb);
+  LCTX_CHECK(bad == 0, "config: mixer.local_global.random_block_size (", rb, ") must divide the segment length of ",
+             "the ", kind, " layout over parallel.sp = ", ring, " ranks (a segment of ", bad,
+             " positions): a query block must lie in one segment");
 }
 
 std::unique_ptr<mixers::Mixer> make_local_global(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
@@ -517,6 +530,9 @@ std::unique_ptr<mixers::Mixer> make_local_global(const Config& c, dist::Mesh& me
   o.window = c.mixer_option<int64_t>("local_global", "window");
   o.global_tokens = c.mixer_option<int64_t>("local_global", "global_tokens");
   o.first_tokens = c.mixer_option<int64_t>("local_global", "first_tokens");
+  o.random_blocks = c.mixer_option<int64_t>("local_global", "random_blocks");
+  o.random_block_size = c.mixer_option<int64_t>("local_global", "random_block_size");
+  o.random_seed = static_cast<uint64_t>(c.mixer_option<int64_t>("local_global", "random_seed"));
   return mixers::make_local_global_mixer(o, mesh, layout);
 }
 
@@ -555,6 +571,27 @@ MixerKind local_global_kind() {
        .lo = 0,
        .hi = 1e15,
        .shapes_model = true},
+      {.name = "random_blocks",
+       .value = int64_t{0},
+       .doc = "r BigBird random key blocks per query block, drawn among the blocks no other part reaches (causal: "
+              "before the window and after the first p positions; bidirectional: outside the window); 0 = none",
+       .lo = 0,
+       .hi = 1 << 20,
+       .shapes_model = false},
+      {.name = "random_block_size",
+       .value = int64_t{64},
+       .doc = "rb positions per random block (query and key blocks); must divide the layout's segment length "
+              "(data.seq_len / parallel.sp, or half that zigzag)",
+       .lo = 1,
+       .hi = 1e15,
+       .shapes_model = false},
+      {.name = "random_seed",
+       .value = int64_t{0},
+       .doc = "seed of the random blocks, redrawn every step as a function of it and the step (the same on every "
+              "rank, layer and head; resume is exact)",
+       .lo = 0,
+       .hi = 1e15,
+       .shapes_model = false},
   };
   k.documents = false;
   k.cuda = true;
@@ -567,6 +604,12 @@ MixerKind local_global_kind() {
       {"mixer.local_global.causal=false"},
       {"mixer.local_global.causal=false", "mixer.local_global.window=20", "mixer.local_global.global_tokens=0",
        "model.position=none"},
+      // Random blocks of 1 position: every layout of the suite's 48 tokens fits (larger blocks in
+      // test_local_global).
+      {"mixer.local_global.window=5", "mixer.local_global.first_tokens=4", "mixer.local_global.random_blocks=3",
+       "mixer.local_global.random_block_size=1"},
+      {"mixer.local_global.causal=false", "mixer.local_global.window=6", "mixer.local_global.random_blocks=2",
+       "mixer.local_global.random_block_size=1", "mixer.local_global.random_seed=9"},
   };
   return k;
 }

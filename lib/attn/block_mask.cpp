@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "attn/block_select.h"
+
 namespace lctx::attn {
 
 namespace {
@@ -12,13 +14,6 @@ int64_t floor_div(int64_t a, int64_t d) { return a >= 0 ? a / d : -((-a + d - 1)
 
 // How one component of the pattern covers the pairs of a tile that the base rule allows.
 enum class Cover { none, some, all };
-
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 SparsePattern base_pattern(Mask mask) {
   SparsePattern p;
@@ -203,15 +198,8 @@ std::shared_ptr<const BlockMask> random_block_mask(int64_t seq_len, int64_t bloc
   std::vector<uint32_t> bits(static_cast<size_t>(nb * words), 0u);
   for (int64_t qb = 0; qb < nb; ++qb) {
     const int64_t n = p.causal ? qb + 1 : nb;  // candidate key blocks
-    uint64_t x = seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(qb + 1));
     uint32_t* row = &bits[static_cast<size_t>(qb * words)];
-    for (int64_t drawn = 0; drawn < std::min(per_row, n);) {
-      const int64_t kb = static_cast<int64_t>(splitmix64(x) % static_cast<uint64_t>(n));
-      if (!((row[kb / 32] >> (kb % 32)) & 1u)) {
-        row[kb / 32] |= 1u << (kb % 32);
-        ++drawn;
-      }
-    }
+    for (const int64_t kb : draw_distinct(seed, qb, n, per_row)) row[kb / 32] |= 1u << (kb % 32);
   }
   return std::make_shared<const BlockMask>(seq_len, p, std::move(bits));
 }

@@ -198,4 +198,38 @@ TEST(MixerErrors, MemoryOptions) {
   });
 }
 
+TEST(MixerErrors, LocalGlobalRandomBlocks) {
+  const std::string k = "model.mixers=local_global";
+  const std::string r = "mixer.local_global.random_blocks=2";
+  expect_config_error({k, "mixer.local_global.random_blocks=-1"}, {"mixer.local_global.random_blocks"});
+  expect_config_error({k, r, "mixer.local_global.random_block_size=0"}, {"mixer.local_global.random_block_size"});
+  expect_config_error({k, r, "data.seq_len=64", "mixer.local_global.window=8",
+                       "mixer.local_global.random_block_size=65"},
+                      {"mixer.local_global.random_block_size (65)", "data.seq_len = 64"});
+  // 96 tokens zigzag over 4 ranks: segments of 12, which 8 does not divide; contiguous (24) it does.
+  expect_config_error({k, r, "data.seq_len=96", "parallel.sp=4", "mixer.local_global.window=8",
+                       "mixer.local_global.random_block_size=8", "parallel.layout=zigzag"},
+                      {"mixer.local_global.random_block_size (8)", "segment", "12"});
+  EXPECT_NO_THROW(train::parse_config("", {k, r, "data.seq_len=96", "parallel.sp=4", "mixer.local_global.window=8",
+                                           "mixer.local_global.random_block_size=8", "parallel.layout=contiguous"}));
+  EXPECT_NO_THROW(train::parse_config("", {k, "data.seq_len=96", "parallel.sp=4", "mixer.local_global.window=8",
+                                           "mixer.local_global.random_block_size=7"}));  // no random blocks: unused
+  // Built directly: the same rule, named.
+  dist::run_simulated(1, [](dist::Comm& comm) {
+    dist::Mesh mesh(comm, {});
+    const dist::Layout layout(dist::LayoutKind::zigzag, 32, 1, 1);
+    mixers::LocalGlobalOptions o;
+    o.core.shape = {16, 4, 2, 4};
+    o.window = 4;
+    o.random_blocks = 1;
+    o.random_block_size = 5;
+    try {
+      mixers::make_local_global_mixer(o, mesh, layout);
+      ADD_FAILURE() << "accepted random_block_size 5 for 32 tokens";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("mixer.local_global.random_block_size 5"), std::string::npos) << e.what();
+    }
+  });
+}
+
 }  // namespace
