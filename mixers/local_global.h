@@ -23,8 +23,9 @@
 //   gradients of both stages reach global_tokens (and Wqkv, Wo through both uses).
 //
 // Sequence parallelism (any ring size, zigzag or contiguous; no Ulysses):
-//   window   ring attention with the window's schedule: only the ring ranks the window reaches
-//            exchange K/V (dist/ring_schedule.h), never the whole ring;
+//   window   ring attention: a causal window by halo exchange (dist/window_attention.h: the
+//            w - 1 K/V rows before each segment), a bidirectional one by the ring steps it
+//            reaches (dist/ring_schedule.h), never the whole ring;
 //   first    the K/V rows of positions [0, p) by dist::row_gather (one all-gather of just those
 //            rows); their dK/dV summed back into the owners by its reduce-scatter;
 //   sinks    replicated parameters: each rank's gradient is its own queries' part, summed over

@@ -11,6 +11,7 @@
 #include "dist/ring_attention.h"
 #include "dist/ring_kernels.h"
 #include "mixers/attention_parts.h"
+#include "mixers/block_means.h"
 #include "mixers/cross_attention.h"
 #include "ops/linear.h"
 
@@ -22,39 +23,6 @@ void check_cpu(const Tensor& t, const char* what) {
   LCTX_CHECK(t.device().is_cpu(), "memory mixer: ", what, " ", t.str(),
              " is on a GPU; the memory kind runs on the CPU only so far (no CUDA kernels for its block pooling and "
              "fusion)");
-}
-
-// Block pooling and its transpose on this rank's rows, CPU (f32/f64). rows [B, L, Hkv, hd] at
-// global positions pos (local order), blocks [B, N, Hkv, hd], both contiguous and of one dtype:
-//   to_blocks: blocks[:, c] += scale * rows[:, l]   for each local row l of block c = pos[l] / b < N
-//   to_rows:   rows[:, l]   += scale * blocks[:, c]
-enum class Pool { to_blocks, to_rows };
-
-void pool_rows(const Tensor& rows, const Tensor& blocks, std::span<const int64_t> pos, int64_t b, double scale,
-               Pool dir) {
-  check_cpu(rows, "pooled rows");
-  LCTX_CHECK(rows.is_contiguous() && blocks.is_contiguous() && rows.dtype() == blocks.dtype() &&
-                 rows.size(0) == blocks.size(0) && rows.numel() / rows.size(0) / rows.size(1) ==
-                                                       blocks.numel() / blocks.size(0) / blocks.size(1),
-             "memory mixer: block pooling of rows ", rows.str(), " into blocks ", blocks.str(),
-             " needs contiguous tensors of one dtype and row shape");
-  const int64_t B = rows.size(0), L = rows.size(1), N = blocks.size(1), R = rows.numel() / (B * L);
-  LCTX_DISPATCH_CPU_FLOAT(rows.dtype(), "memory block pooling", [&] {
-    scalar_t* x = rows.data<scalar_t>();
-    scalar_t* c = blocks.data<scalar_t>();
-    const auto f = static_cast<scalar_t>(scale);
-    for (int64_t bi = 0; bi < B; ++bi)
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t blk = pos[static_cast<size_t>(l)] / b;
-        if (blk >= N) continue;
-        scalar_t* xr = x + (bi * L + l) * R;
-        scalar_t* cr = c + (bi * N + blk) * R;
-        if (dir == Pool::to_blocks)
-          for (int64_t e = 0; e < R; ++e) cr[e] += f * xr[e];
-        else
-          for (int64_t e = 0; e < R; ++e) xr[e] += f * cr[e];
-      }
-  });
 }
 
 void check_fusion(std::initializer_list<const Tensor*> ts) {
@@ -282,15 +250,9 @@ class MemoryMixer final : public Mixer {
   // The compressed rows: this rank's K/V rows summed into their blocks (times 1 / b), summed
   // over the sp group: every rank holds all S / b rows.
   void compress(MemorySaved& s) {
-    const QkvActs& a = s.qkv;
-    const int64_t B = a.k.size(0), Hk = a.k.size(2), hd = a.k.size(3);
-    const Tensor sums = Tensor::zeros({2, B, blocks_, Hk, hd}, wide_dtype(a.k.dtype()), a.k.device());
-    const double f = 1.0 / static_cast<double>(o_.block);
-    pool_rows(cast(a.k, sums.dtype()), dist::block_of(sums, 0), q_positions_, o_.block, f, Pool::to_blocks);
-    pool_rows(cast(a.v, sums.dtype()), dist::block_of(sums, 1), q_positions_, o_.block, f, Pool::to_blocks);
-    mesh_.sp().all_reduce(sums, dist::ReduceOp::sum);
-    s.comp_k = cast(dist::block_of(sums, 0), a.k.dtype());
-    s.comp_v = cast(dist::block_of(sums, 1), a.k.dtype());
+    const BlockRows c = block_means_forward(mesh_.sp(), s.qkv.k, s.qkv.v, q_positions_, o_.block, blocks_);
+    s.comp_k = c.k;
+    s.comp_v = c.v;
   }
 
   // The compressed rows' part of the backward: dq into gr.dq; their gradients of every rank's
@@ -300,10 +262,7 @@ class MemoryMixer final : public Mixer {
     const Tensor dc = Tensor::zeros({2, k.size(0), k.size(1), k.size(2), k.size(3)}, gr.dq.dtype(), k.device());
     cross_attention_backward(s.qkv.q, q_positions_, s.comp_k, s.comp_v, block_positions_, s.o_memory, s.lse_memory,
                              d_memory, cross_options(), {gr.dq, dist::block_of(dc, 0), dist::block_of(dc, 1)});
-    mesh_.sp().all_reduce(dc, dist::ReduceOp::sum);
-    const double f = 1.0 / static_cast<double>(o_.block);
-    pool_rows(gr.dk, dist::block_of(dc, 0), q_positions_, o_.block, f, Pool::to_rows);
-    pool_rows(gr.dv, dist::block_of(dc, 1), q_positions_, o_.block, f, Pool::to_rows);
+    block_means_backward(mesh_.sp(), dc, q_positions_, o_.block, gr.dk, gr.dv);
   }
 
   MemoryOptions o_;

@@ -15,8 +15,8 @@
 // compressed rows at positions (c + 1) b, so that a block's queries see the blocks before it.
 //
 // Sequence parallelism (any ring size, zigzag or contiguous; no Ulysses):
-//   window      ring attention with the window's schedule: only the ranks the window reaches
-//               exchange K/V (dist/ring_schedule.h);
+//   window      ring attention: a window no longer than a segment by halo exchange
+//               (dist/window_attention.h: the w - 1 K/V rows before each segment);
 //   compressed  each rank sums the K/V rows it holds into their blocks' rows (a block may span
 //               segments and ranks: no condition on the layout), one all-reduce of the
 //               [2, B, S / b, Hkv, hd] sums gives every rank the same rows; backward: the

@@ -8,6 +8,7 @@
 #include "mixers/mamba.h"
 #include "mixers/mamba2.h"
 #include "mixers/memory.h"
+#include "mixers/nsa.h"
 #include "ssm/causal_conv1d.h"
 #include "ssm/selective_scan_params.h"
 #include "mixers/softmax.h"
@@ -697,12 +698,103 @@ MixerKind memory_kind() {
   return k;
 }
 
+// ---- nsa ------------------------------------------------------------------------------------
+
+void validate_nsa(const Config& c) {
+  const int64_t S = c.data.seq_len, w = c.mixer_option<int64_t>("nsa", "window");
+  const int64_t bc = c.mixer_option<int64_t>("nsa", "compress_block"), bs = c.mixer_option<int64_t>("nsa", "select_block");
+  const int64_t n = c.mixer_option<int64_t>("nsa", "top_n");
+  LCTX_CHECK(c.model.position != "alibi", "config: model.position = alibi is not supported by mixer kind nsa ",
+             "(a bias on distances; its compressed rows have none); use rope or none");
+  LCTX_CHECK(c.model.position != "rope" || c.model.head_size() % 2 == 0,
+             "config: RoPE needs an even head dim; model.head_dim is ", c.model.head_size());
+  LCTX_CHECK(c.parallel.ulysses == 1, "config: mixer kind nsa needs parallel.ulysses = 1 (got ", c.parallel.ulysses,
+             "): its window is sharded over a ring");
+  LCTX_CHECK(w <= S, "config: mixer.nsa.window (", w, ") is larger than the sequence (data.seq_len = ", S, ")");
+  LCTX_CHECK(bc <= S, "config: mixer.nsa.compress_block (", bc, ") is larger than the sequence (data.seq_len = ", S,
+             "): no block would be compressed");
+  const std::string layout = resolved_layout(c);
+  const int64_t ring = c.parallel.sp / c.parallel.ulysses, parts = layout == "zigzag" ? 2 * ring : ring;
+  LCTX_CHECK(S % parts == 0 && (S / parts) % bs == 0, "config: mixer.nsa.select_block (", bs,
+             ") must divide the layout's local segments (data.seq_len = ", S, " over ", ring, " ring ranks, ", layout,
+             ": ", parts, " segments of ", S / parts, " tokens) so that each query block lies on one rank");
+  LCTX_CHECK(n <= S / bs, "config: mixer.nsa.top_n (", n, ") is above the number of selection blocks (data.seq_len / ",
+             "mixer.nsa.select_block = ", S / bs, ")");
+}
+
+std::unique_ptr<mixers::Mixer> make_nsa(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
+  mixers::NsaOptions o;
+  o.core = core_options(c);
+  o.window = c.mixer_option<int64_t>("nsa", "window");
+  o.compress_block = c.mixer_option<int64_t>("nsa", "compress_block");
+  o.compress = mixers::NsaCompress::mean;  // the only choice the option accepts
+  o.select_block = c.mixer_option<int64_t>("nsa", "select_block");
+  o.top_n = c.mixer_option<int64_t>("nsa", "top_n");
+  return mixers::make_nsa_mixer(o, mesh, layout);
+}
+
+MixerKind nsa_kind() {
+  MixerKind k;
+  k.name = "nsa";
+  k.doc = "DeepSeek Native Sparse Attention, causal: a compressed branch over the mean-pooled blocks of the past, a "
+          "selected branch over the top-n key blocks the compressed scores pick per query block and GQA group (block "
+          "0 and the local block always), and a sliding window, mixed by learned sigmoid gates per head and token; "
+          "sequence parallel by the window's neighbours, one all-reduce of the compressed rows and a row gather of "
+          "the picked blocks; RoPE or no positions; CPU only so far";
+  k.options = {
+      {.name = "window",
+       .value = int64_t{128},
+       .doc = "w: the window branch sees the token itself and the w - 1 tokens before it (at most data.seq_len)",
+       .lo = 1,
+       .hi = 1e15,
+       .shapes_model = true},
+      {.name = "compress_block",
+       .value = int64_t{32},
+       .doc = "b_c: the compressed branch's blocks of b_c tokens, each one K/V row, seen by the queries at or after "
+              "the block's last token (at most data.seq_len)",
+       .lo = 1,
+       .hi = 1e15,
+       .shapes_model = true},
+      {.name = "compress",
+       .value = std::string("mean"),
+       .doc = "how a block is compressed: mean (the mean of its K and of its V rows; a learned MLP is not done yet)",
+       .choices = {"mean"},
+       .shapes_model = true},
+      {.name = "select_block",
+       .value = int64_t{64},
+       .doc = "b_s: query and key blocks of the selected branch (must divide the layout's local segments: "
+              "data.seq_len / (2 x ring ranks) under zigzag, data.seq_len / ring ranks contiguous)",
+       .lo = 1,
+       .hi = 1e15,
+       .shapes_model = true},
+      {.name = "top_n",
+       .value = int64_t{4},
+       .doc = "n: key blocks each query block attends to in the selected branch, block 0 and its own (causal) block "
+              "included (in [2, data.seq_len / mixer.nsa.select_block])",
+       .lo = 2,
+       .hi = 1e15,
+       .shapes_model = true},
+  };
+  k.documents = false;
+  k.cuda = false;
+  k.validate = validate_nsa;
+  k.make = make_nsa;
+  // select_block 1: the only size that divides the segments of every layout the suite runs
+  // (48 tokens on 1-8 ranks); tests/mixers/test_nsa.cpp runs larger blocks.
+  k.test_base = {"mixer.nsa.window=5", "mixer.nsa.compress_block=4", "mixer.nsa.select_block=1", "mixer.nsa.top_n=6"};
+  k.test_variants = {
+      {"mixer.nsa.compress_block=2", "mixer.nsa.top_n=3", "mixer.nsa.window=1", "model.position=none"},
+      {"mixer.nsa.compress_block=7", "mixer.nsa.top_n=10", "mixer.nsa.window=9"},
+  };
+  return k;
+}
+
 }  // namespace
 
 const std::vector<MixerKind>& mixer_kinds() {
   static const std::vector<MixerKind> kinds = {softmax_kind(),  linear_kind(), performer_kind(),
                                                linformer_kind(), mamba_kind(),  mamba2_kind(), strided_kind(),
-                                               local_global_kind(), memory_kind()};
+                                               local_global_kind(), memory_kind(), nsa_kind()};
   return kinds;
 }
 

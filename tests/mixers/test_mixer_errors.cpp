@@ -10,6 +10,7 @@
 #include "mixers/linformer.h"
 #include "mixers/local_global.h"
 #include "mixers/memory.h"
+#include "mixers/nsa.h"
 
 using namespace lctx;
 using namespace lctx::test;
@@ -228,6 +229,55 @@ TEST(MixerErrors, LocalGlobalRandomBlocks) {
       ADD_FAILURE() << "accepted random_block_size 5 for 32 tokens";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("mixer.local_global.random_block_size 5"), std::string::npos) << e.what();
+    }
+  });
+}
+
+TEST(MixerErrors, NsaOptions) {
+  const std::string k = "model.mixers=nsa";
+  EXPECT_NO_THROW(train::parse_config("", {k}));  // the defaults fit the default sequence (256)
+  expect_config_error({k, "data.seq_len=64", "mixer.nsa.window=65", "mixer.nsa.select_block=16"},
+                      {"mixer.nsa.window (65)", "data.seq_len = 64"});
+  expect_config_error({k, "data.seq_len=64", "mixer.nsa.window=8", "mixer.nsa.compress_block=80",
+                       "mixer.nsa.select_block=16"},
+                      {"mixer.nsa.compress_block (80)", "data.seq_len = 64"});
+  // select_block must divide the segments: 96 tokens on 8 ranks, zigzag: segments of 6.
+  expect_config_error({k, "data.seq_len=96", "parallel.sp=8", "mixer.nsa.select_block=4", "mixer.nsa.top_n=2",
+                       "mixer.nsa.window=8", "mixer.nsa.compress_block=8"},
+                      {"mixer.nsa.select_block (4)", "segments of 6 tokens", "zigzag"});
+  EXPECT_NO_THROW(train::parse_config("", {k, "data.seq_len=96", "parallel.sp=8", "parallel.layout=contiguous",
+                                           "mixer.nsa.select_block=4", "mixer.nsa.top_n=2", "mixer.nsa.window=8",
+                                           "mixer.nsa.compress_block=8"}));  // contiguous: segments of 12
+  expect_config_error({k, "mixer.nsa.top_n=5"}, {"mixer.nsa.top_n (5)", "number of selection blocks", "= 4"});
+  expect_config_error({k, "mixer.nsa.top_n=1"}, {"mixer.nsa.top_n"});
+  expect_config_error({k, "mixer.nsa.compress=mlp"}, {"mixer.nsa.compress", "mean"});
+  expect_config_error({k, "mixer.nsa.select_block=0"}, {"mixer.nsa.select_block"});
+  expect_config_error({k, "mixer.nsa.compress_block=0"}, {"mixer.nsa.compress_block"});
+  expect_config_error({k, "parallel.sp=2", "parallel.ulysses=2"}, {"parallel.ulysses", "nsa"});
+  expect_config_error({"model.mixers=[softmax, nsa]", "model.position=alibi"}, {"model.position", "nsa"});
+  expect_config_error({k, "data.documents=fixed", "data.document_len=64"}, {"data.documents", "nsa"});
+  expect_config_error({k, "train.device=cuda"}, {"nsa"});
+  // Built directly (tests and benchmarks skip the config): the same limits, named.
+  dist::run_simulated(2, [](dist::Comm& comm) {
+    dist::Mesh mesh(comm, {.ring = 2});
+    const dist::Layout layout(dist::LayoutKind::zigzag, 32, 2, 1);  // segments of 8
+    for (const auto& [window, cb, sb, n, needle] :
+         {std::tuple{33, 4, 4, 2, "window 33 must be in [1, 32]"}, std::tuple{8, 33, 4, 2, "compress_block 33"},
+          std::tuple{8, 4, 3, 2, "select_block 3 must divide the layout's segments"},
+          std::tuple{8, 4, 16, 2, "select_block 16 must divide"}, std::tuple{8, 4, 4, 9, "top_n 9 must be in [2, 8]"},
+          std::tuple{8, 4, 4, 1, "top_n 1 must be in [2, 8]"}}) {
+      mixers::NsaOptions o;
+      o.core.shape = {16, 4, 2, 4};
+      o.window = window;
+      o.compress_block = cb;
+      o.select_block = sb;
+      o.top_n = n;
+      try {
+        mixers::make_nsa_mixer(o, mesh, layout);
+        ADD_FAILURE() << "accepted: " << needle;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      }
     }
   });
 }

@@ -1,0 +1,402 @@
+#include "mixers/nsa.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "dist/layout.h"
+#include "dist/mesh.h"
+#include "dist/ring_attention.h"
+#include "dist/ring_kernels.h"
+#include "dist/row_gather.h"
+#include "mixers/attention_parts.h"
+#include "mixers/block_means.h"
+#include "mixers/cross_attention.h"
+#include "ops/linear.h"
+
+namespace lctx::mixers {
+
+namespace {
+
+constexpr int kBranches = 3;  // gate rows: compressed, selected, window
+
+void check_cpu(const Tensor& t, const char* what) {
+  LCTX_CHECK(t.device().is_cpu(), "nsa mixer: ", what, " ", t.str(),
+             " is on a GPU; the nsa kind runs on the CPU only so far (no CUDA kernels for its selection scores, "
+             "block pooling and gate)");
+}
+
+// What the selection scores need besides the tensors.
+struct Scoring {
+  int64_t compress_block, select_block;
+  float softmax_scale;  // 0: 1/sqrt(hd)
+};
+
+// The score of every key block j <= t of each local query block t, per (batch, KV head):
+// scores[(b Hkv + kh) T + t][j] = sum over the block's rows i, the group's heads h and the
+// compressed rows c that i sees of p_cmp(i, h, c) |block c ∩ block j| / b_c, from q [B, L, H, hd],
+// the compressed keys ck [B, Nc, Hkv, hd] and the compressed softmax's lse [B, H, L] (CPU; the
+// probabilities are recomputed in f64 from the scores and the lse, never stored).
+std::vector<std::vector<double>> selection_scores(const Tensor& q_in, const Tensor& ck_in, const Tensor& lse_in,
+                                                  std::span<const int64_t> pos, const Scoring& sc) {
+  check_cpu(q_in, "the queries");
+  const Tensor q = q_in.contiguous(), ck = cast(ck_in, q.dtype()).contiguous(),
+               lse = cast(lse_in, q.dtype()).contiguous();
+  const int64_t B = q.size(0), L = q.size(1), H = q.size(2), hd = q.size(3), Nc = ck.size(1), Hk = ck.size(2);
+  const int64_t bc = sc.compress_block, bs = sc.select_block, T = L / bs, G = H / Hk;
+  const double scale = sc.softmax_scale > 0 ? sc.softmax_scale : 1.0 / std::sqrt(static_cast<double>(hd));
+  // Compressed row c's share of each selection block it overlaps: (j, |c ∩ j| / b_c).
+  std::vector<std::vector<std::pair<int64_t, double>>> share(static_cast<size_t>(Nc));
+  for (int64_t c = 0; c < Nc; ++c)
+    for (int64_t j = c * bc / bs; j * bs < (c + 1) * bc; ++j) {
+      const int64_t overlap = std::min((c + 1) * bc, (j + 1) * bs) - std::max(c * bc, j * bs);
+      share[static_cast<size_t>(c)].push_back({j, static_cast<double>(overlap) / static_cast<double>(bc)});
+    }
+  std::vector<std::vector<double>> scores(static_cast<size_t>(B * Hk * T));
+  LCTX_DISPATCH_CPU_FLOAT(q.dtype(), "nsa selection scores", [&] {
+    const scalar_t* pq = q.data<scalar_t>();
+    const scalar_t* pk = ck.data<scalar_t>();
+    const scalar_t* pl = lse.data<scalar_t>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t qb = pos[static_cast<size_t>(t * bs)] / bs;
+        for (int64_t kh = 0; kh < Hk; ++kh) {
+          std::vector<double>& s = scores[static_cast<size_t>((b * Hk + kh) * T + t)];
+          s.assign(static_cast<size_t>(qb + 1), 0.0);
+          for (int64_t r = 0; r < bs; ++r) {
+            const int64_t l = t * bs + r, seen = std::min(Nc, (pos[static_cast<size_t>(l)] + 1) / bc);
+            for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
+              const double m = static_cast<double>(pl[(b * H + h) * L + l]);
+              const scalar_t* qr = pq + ((b * L + l) * H + h) * hd;
+              for (int64_t c = 0; c < seen; ++c) {
+                const scalar_t* kr = pk + ((b * Nc + c) * Hk + kh) * hd;
+                double dot = 0;
+                for (int64_t e = 0; e < hd; ++e) dot += static_cast<double>(qr[e]) * static_cast<double>(kr[e]);
+                const double p = std::exp(dot * scale - m);
+                for (const auto& [j, f] : share[static_cast<size_t>(c)]) s[static_cast<size_t>(j)] += p * f;
+              }
+            }
+          }
+        }
+      }
+  });
+  return scores;
+}
+
+// Block 0, the local block qb = scores.size() - 1, and the best of the rest (ties to the lower
+// index): min(n, qb + 1) blocks, ascending.
+std::vector<int64_t> pick_blocks(const std::vector<double>& scores, int64_t n) {
+  const int64_t qb = static_cast<int64_t>(scores.size()) - 1;
+  std::vector<int64_t> rest;
+  for (int64_t j = 1; j < qb; ++j) rest.push_back(j);
+  std::stable_sort(rest.begin(), rest.end(), [&](int64_t a, int64_t b) {
+    return scores[static_cast<size_t>(a)] > scores[static_cast<size_t>(b)];
+  });
+  std::vector<int64_t> picked = {0};
+  if (qb > 0) picked.push_back(qb);
+  const int64_t more = std::min(n, qb + 1) - static_cast<int64_t>(picked.size());
+  picked.insert(picked.end(), rest.begin(), rest.begin() + std::max<int64_t>(more, 0));
+  std::sort(picked.begin(), picked.end());
+  return picked;
+}
+
+// o = sum_t g_t o_t per (batch, token, head): gate [B, L, 3 H] (branch-major rows), the branch
+// outputs [B, L, H, hd]; all contiguous, one dtype.
+void gate_mix_forward(const Tensor& o, std::span<const Tensor> branch, const Tensor& gate) {
+  check_cpu(o, "the gated output");
+  const int64_t H = o.size(2), hd = o.size(3), BL = o.numel() / (H * hd);
+  LCTX_DISPATCH_CPU_FLOAT(o.dtype(), "nsa gate", [&] {
+    scalar_t* po = o.data<scalar_t>();
+    const scalar_t* pg = gate.data<scalar_t>();
+    std::fill(po, po + o.numel(), scalar_t(0));
+    for (int t = 0; t < kBranches; ++t) {
+      const scalar_t* pb = branch[static_cast<size_t>(t)].data<scalar_t>();
+      for (int64_t i = 0; i < BL; ++i)
+        for (int64_t h = 0; h < H; ++h) {
+          const scalar_t g = pg[(i * kBranches + t) * H + h];
+          for (int64_t e = 0; e < hd; ++e) po[(i * H + h) * hd + e] += g * pb[(i * H + h) * hd + e];
+        }
+    }
+  });
+}
+
+// The mix's backward: d_t = g_t do into dbranch[t], and the gate logits' gradient
+// dz_t = g_t (1 - g_t) sum_e do o_t into dz [B, L, 3 H].
+void gate_mix_backward(const Tensor& d_o, std::span<const Tensor> branch, const Tensor& gate,
+                       std::span<const Tensor> dbranch, const Tensor& dz) {
+  check_cpu(d_o, "the output gradient");
+  const int64_t H = d_o.size(2), hd = d_o.size(3), BL = d_o.numel() / (H * hd);
+  LCTX_DISPATCH_CPU_FLOAT(d_o.dtype(), "nsa gate backward", [&] {
+    const scalar_t* pd = d_o.data<scalar_t>();
+    const scalar_t* pg = gate.data<scalar_t>();
+    scalar_t* pz = dz.data<scalar_t>();
+    for (int t = 0; t < kBranches; ++t) {
+      const scalar_t* pb = branch[static_cast<size_t>(t)].data<scalar_t>();
+      scalar_t* qb = dbranch[static_cast<size_t>(t)].data<scalar_t>();
+      for (int64_t i = 0; i < BL; ++i)
+        for (int64_t h = 0; h < H; ++h) {
+          const scalar_t g = pg[(i * kBranches + t) * H + h];
+          scalar_t dg = 0;
+          for (int64_t e = 0; e < hd; ++e) {
+            const int64_t k = (i * H + h) * hd + e;
+            qb[k] = g * pd[k];
+            dg += pd[k] * pb[k];
+          }
+          pz[(i * kBranches + t) * H + h] = dg * g * (scalar_t(1) - g);
+        }
+    }
+  });
+}
+
+// In place: z -> sigmoid(z).
+void sigmoid_inplace(const Tensor& z) {
+  check_cpu(z, "the gate");
+  LCTX_DISPATCH_CPU_FLOAT(z.dtype(), "nsa gate", [&] {
+    scalar_t* p = z.data<scalar_t>();
+    for (int64_t i = 0; i < z.numel(); ++i) p[i] = scalar_t(1) / (scalar_t(1) + std::exp(-p[i]));
+  });
+}
+
+class NsaMixer final : public Mixer {
+ public:
+  NsaMixer(const NsaOptions& o, dist::Mesh& mesh, const dist::Layout& layout)
+      : o_(o), core_(o.core), mesh_(mesh), layout_(layout) {
+    const int64_t S = layout.seq_len();
+    LCTX_CHECK(mesh.shape().ulysses == 1, "nsa mixer: Ulysses is not supported (ulysses ", mesh.shape().ulysses,
+               "); use a ring");
+    LCTX_CHECK(layout.size() == mesh.sp().size(), "nsa mixer: layout ", layout.str(), " for an sp group of ",
+               mesh.sp().size());
+    LCTX_CHECK(o.core.position != Position::alibi, "nsa mixer: ALiBi is a bias on distances and the compressed ",
+               "rows have none; use rope or none");
+    LCTX_CHECK(o.window >= 1 && o.window <= S, "nsa mixer: window ", o.window, " must be in [1, ", S,
+               "] (the sequence length)");
+    LCTX_CHECK(o.compress_block >= 1 && o.compress_block <= S, "nsa mixer: compress_block ", o.compress_block,
+               " must be in [1, ", S, "] (the sequence length)");
+    LCTX_CHECK(o.select_block >= 1 && o.select_block <= S, "nsa mixer: select_block ", o.select_block,
+               " must be in [1, ", S, "] (the sequence length)");
+    for (int r = 0; r < layout.size(); ++r)
+      for (const dist::Segment& g : layout.segments(r))
+        LCTX_CHECK(g.length % o.select_block == 0, "nsa mixer: select_block ", o.select_block,
+                   " must divide the layout's segments (", layout.str(), " has segments of ", g.length,
+                   " tokens) so that each query block lies on one rank");
+    LCTX_CHECK(o.top_n >= 2 && o.top_n <= S / o.select_block, "nsa mixer: top_n ", o.top_n, " must be in [2, ",
+               S / o.select_block, "] (block 0, the local block and the best others of the ", S / o.select_block,
+               " selection blocks of ", o.select_block, " tokens)");
+    compressed_ = S / o.compress_block;
+    q_positions_ = layout.positions(mesh.sp().rank());
+    for (int64_t c = 0; c < compressed_; ++c) cmp_positions_.push_back((c + 1) * o.compress_block - 1);
+  }
+
+  std::vector<ParamSpec> param_specs() const override {
+    std::vector<ParamSpec> p = core_.param_specs();
+    const HeadShape& s = o_.core.shape;
+    p.push_back({.name = "w_gate", .shape = {kBranches * s.heads, s.dim}});
+    p.push_back({.name = "gate_bias", .shape = {kBranches * s.heads}, .decay = Decay::none, .init = Init::zeros});
+    return p;
+  }
+
+  void bind(std::span<const Param> p) override {
+    const size_t n = core_.param_specs().size(), want = param_specs().size();
+    LCTX_CHECK(p.size() == want, "nsa mixer: bind got ", p.size(), " parameters, expected ", want);
+    core_.bind(p.subspan(0, n));
+    w_gate_ = p[n];
+    gate_bias_ = p[n + 1];
+  }
+
+  Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
+    LCTX_CHECK(!in.doc_ids.defined(), "nsa mixer: packed documents (data.documents) are not supported");
+    check_cpu(in.x, "the input");
+    if (pass != Pass::recompute) saved = std::make_unique<NsaSaved>();
+    auto& s = static_cast<NsaSaved&>(*saved);
+    const int64_t B = in.x.size(0), L = in.x.size(1);
+    core_.qkv_forward(s.qkv, in);
+    if (pass != Pass::recompute) attend_forward(s);
+    s.gate = Tensor::empty({B, L, kBranches * o_.core.shape.heads}, in.x.dtype(), in.x.device());
+    ops::linear_forward(s.gate, in.x, w_gate_.compute, gate_bias_.compute);
+    sigmoid_inplace(s.gate);
+    s.o = Tensor::empty(s.o_win.shape(), s.o_win.dtype(), s.o_win.device());
+    gate_mix_forward(s.o, branches(s), s.gate);
+    s.y = Tensor::empty({B, L, o_.core.shape.dim}, in.x.dtype(), in.x.device());
+    core_.out_forward(s.y, s.o);
+    Tensor y = s.y;
+    if (pass == Pass::checkpoint) {  // keep the branches, their lse and what was communicated
+      s.qkv = {};
+      s.gate = s.o = s.y = {};
+    }
+    return y;
+  }
+
+  void backward(Tensor& dx, const Tensor& dy, const Tokens& in, Saved& saved) override {
+    auto& s = static_cast<NsaSaved&>(saved);
+    const DType dt = s.o.dtype();
+    const Device dev = s.o.device();
+    Tensor d_o = Tensor::empty(s.o.shape(), dt, dev);
+    core_.out_backward(d_o, dy, s.o);  // Wo's gradient: written
+    const std::array<Tensor, kBranches> d = {Tensor::empty(s.o.shape(), dt, dev), Tensor::empty(s.o.shape(), dt, dev),
+                                             Tensor::empty(s.o.shape(), dt, dev)};
+    Tensor dz = Tensor::empty(s.gate.shape(), dt, dev);
+    gate_mix_backward(d_o, branches(s), s.gate, d, dz);
+
+    const QkvActs& a = s.qkv;
+    attn::FlashGrads gr = dist::ring_attention_backward(mesh_.ring(), layout_, a.q, a.k, a.v, s.o_win, s.lse_win, d[2],
+                                                        window_options(), dist::RingMode::ring, attn::OutputDType::f32);
+    compressed_backward(s, d[0], gr);
+    selected_backward(s, d[1], gr);
+
+    Tensor dq = cast(gr.dq, dt), dk = cast(gr.dk, dt), dv = cast(gr.dv, dt);
+    core_.qkv_backward(dx, s.qkv, dq, dk, dv, in);  // Wqkv: written
+    Tensor dxg = Tensor::empty(dx.shape(), dx.dtype(), dev);
+    ops::linear_backward(dxg, w_gate_.grad, gate_bias_.grad, dz, in.x, w_gate_.compute, GradMode::overwrite);
+    dx.add_from(dxg);
+  }
+
+  double flops_per_token(int64_t seq_len) const override {
+    const HeadShape& s = o_.core.shape;
+    const double w = static_cast<double>(std::min(o_.window, seq_len));
+    const double cmp = 0.5 * static_cast<double>(seq_len / o_.compress_block);
+    // Keys per query: the window, on average half the compressed rows, n blocks of b_s; the
+    // selection scores are one more pass over the compressed keys (forward only: 2 per MAC).
+    const double keys = w + cmp + static_cast<double>(o_.top_n * o_.select_block);
+    const double heads = static_cast<double>(s.heads * s.head_dim);
+    return core_.flops_per_token() + 6.0 * static_cast<double>(kBranches * s.heads * s.dim) + 6.0 * heads * keys +
+           2.0 * heads * cmp;
+  }
+
+ private:
+  static std::array<Tensor, kBranches> branches(const NsaSaved& s) { return {s.o_cmp, s.o_sel, s.o_win}; }
+
+  attn::FlashOptions wide_options() const {
+    attn::FlashOptions f;
+    f.softmax_scale = static_cast<float>(o_.softmax_scale);
+    f.out_dtype = attn::OutputDType::f32;
+    return f;
+  }
+  // The window i - w < j <= i.
+  attn::FlashOptions window_options() const {
+    attn::FlashOptions f = wide_options();
+    f.mask = attn::Mask::causal;
+    f.window_left = o_.window - 1;
+    return f;
+  }
+  // Each query block over its own rows, causal: this rank's rows with the query block as the
+  // document (a block lies in one segment, so local order is global order inside it).
+  attn::FlashOptions local_options(int64_t B, Device dev) const {
+    attn::FlashOptions f = wide_options();
+    f.mask = attn::Mask::causal;
+    const int64_t L = static_cast<int64_t>(q_positions_.size());
+    std::vector<double> ids(static_cast<size_t>(B * L));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t l = 0; l < L; ++l)
+        ids[static_cast<size_t>(b * L + l)] =
+            static_cast<double>(q_positions_[static_cast<size_t>(l)] / o_.select_block);
+    f.q_doc_ids = f.k_doc_ids = Tensor::from_vector({B, L}, ids, DType::i32).to(dev);
+    return f;
+  }
+  CrossAttentionOptions cross_options() const { return {.softmax_scale = static_cast<float>(o_.softmax_scale)}; }
+
+  void attend_forward(NsaSaved& s) {
+    const QkvActs& a = s.qkv;
+    const DType dt = a.q.dtype();
+    const attn::FlashOutput win = dist::ring_attention_forward(mesh_.ring(), layout_, a.q, a.k, a.v, window_options());
+    s.o_win = cast(win.o, dt);
+    s.lse_win = win.lse;
+
+    const BlockRows c = block_means_forward(mesh_.sp(), a.k, a.v, q_positions_, o_.compress_block, compressed_);
+    s.comp_k = c.k;
+    s.comp_v = c.v;
+    const attn::FlashOutput cmp =
+        cross_attention_forward(a.q, q_positions_, s.comp_k, s.comp_v, cmp_positions_, cross_options());
+    s.o_cmp = cast(cmp.o, dt);
+    s.lse_cmp = cmp.lse;
+
+    select(s);
+    attn::FlashOutput sel = attn::flash_forward(a.q, a.k, a.v, local_options(a.q.size(0), a.q.device()));
+    if (!s.sel.gathered.empty()) {
+      s.sel_k = dist::row_gather_forward(mesh_.sp(), layout_, a.k, s.sel.positions);
+      s.sel_v = dist::row_gather_forward(mesh_.sp(), layout_, a.v, s.sel.positions);
+      const attn::FlashOutput far = attn::block_select_forward(a.q, s.sel_k, s.sel_v, s.sel.blocks, wide_options());
+      dist::merge_attention(sel.o, sel.lse, far.o, far.lse);
+    }
+    s.o_sel = cast(sel.o, dt);
+    s.lse_sel = sel.lse;
+  }
+
+  // The picks of this rank's query blocks; the union of every rank's picks (one all-reduce of a
+  // bitmap) is what row_gather fetches.
+  void select(NsaSaved& s) {
+    const QkvActs& a = s.qkv;
+    const int64_t B = a.q.size(0), Hk = a.k.size(2), bs = o_.select_block;
+    const int64_t T = static_cast<int64_t>(q_positions_.size()) / bs, blocks = layout_.seq_len() / bs;
+    const std::vector<std::vector<double>> scores = selection_scores(
+        a.q, s.comp_k, s.lse_cmp, q_positions_, {o_.compress_block, bs, static_cast<float>(o_.softmax_scale)});
+    std::vector<std::vector<int64_t>> far(scores.size());  // picks other than the local block
+    std::vector<int64_t> wanted(static_cast<size_t>(blocks), 0);
+    for (size_t e = 0; e < scores.size(); ++e) {
+      const int64_t qb = static_cast<int64_t>(scores[e].size()) - 1;
+      for (int64_t j : pick_blocks(scores[e], o_.top_n))
+        if (j != qb) {
+          far[e].push_back(j);
+          wanted[static_cast<size_t>(j)] = 1;
+        }
+    }
+    mesh_.sp().all_reduce(std::span<int64_t>(wanted), dist::ReduceOp::max);
+    NsaSelection& sel = s.sel;
+    sel = {};
+    std::vector<int32_t> slot(static_cast<size_t>(blocks), -1);
+    for (int64_t j = 0; j < blocks; ++j)
+      if (wanted[static_cast<size_t>(j)]) {
+        slot[static_cast<size_t>(j)] = static_cast<int32_t>(sel.gathered.size());
+        sel.gathered.push_back(j);
+        for (int64_t p = j * bs; p < (j + 1) * bs; ++p) sel.positions.push_back(p);
+      }
+    sel.blocks = {.q_block = bs, .k_block = bs, .per_query = o_.top_n - 1, .index = {}};
+    sel.blocks.index.assign(static_cast<size_t>(B * Hk * T * (o_.top_n - 1)), -1);
+    for (size_t e = 0; e < far.size(); ++e)
+      for (size_t i = 0; i < far[e].size(); ++i)
+        sel.blocks.index[e * static_cast<size_t>(o_.top_n - 1) + i] = slot[static_cast<size_t>(far[e][i])];
+  }
+
+  // dq into gr.dq; the compressed rows' gradients summed over the group and spread over the
+  // K/V rows of their blocks.
+  void compressed_backward(const NsaSaved& s, const Tensor& d_cmp, attn::FlashGrads& gr) {
+    const Tensor& k = s.comp_k;
+    const Tensor dc = Tensor::zeros({2, k.size(0), k.size(1), k.size(2), k.size(3)}, gr.dq.dtype(), k.device());
+    cross_attention_backward(s.qkv.q, q_positions_, s.comp_k, s.comp_v, cmp_positions_, s.o_cmp, s.lse_cmp, d_cmp,
+                             cross_options(), {gr.dq, dist::block_of(dc, 0), dist::block_of(dc, 1)});
+    block_means_backward(mesh_.sp(), dc, q_positions_, o_.compress_block, gr.dk, gr.dv);
+  }
+
+  // The local blocks' and the gathered blocks' parts; the gathered rows' gradients go back to
+  // their owners.
+  void selected_backward(const NsaSaved& s, const Tensor& d_sel, attn::FlashGrads& gr) {
+    const QkvActs& a = s.qkv;
+    attn::flash_backward(a.q, a.k, a.v, s.o_sel, s.lse_sel, d_sel, local_options(a.q.size(0), a.q.device()),
+                         GradMode::accumulate, gr);
+    if (s.sel.gathered.empty()) return;
+    const Tensor dk = Tensor::zeros(s.sel_k.shape(), gr.dq.dtype(), s.sel_k.device());
+    const Tensor dv = Tensor::zeros(s.sel_k.shape(), gr.dq.dtype(), s.sel_k.device());
+    attn::block_select_backward(a.q, s.sel_k, s.sel_v, s.o_sel, s.lse_sel, d_sel, s.sel.blocks, wide_options(),
+                                GradMode::accumulate, {gr.dq, dk, dv});
+    dist::row_gather_backward(mesh_.sp(), layout_, dk, s.sel.positions, gr.dk);
+    dist::row_gather_backward(mesh_.sp(), layout_, dv, s.sel.positions, gr.dv);
+  }
+
+  NsaOptions o_;
+  AttentionCore core_;
+  dist::Mesh& mesh_;
+  const dist::Layout& layout_;
+  Param w_gate_, gate_bias_;
+  int64_t compressed_ = 0;              // compressed rows: S / b_c
+  std::vector<int64_t> q_positions_;    // this rank's global positions, local order
+  std::vector<int64_t> cmp_positions_;  // (c + 1) b_c - 1: the first query position that sees row c
+};
+
+}  // namespace
+
+std::unique_ptr<Mixer> make_nsa_mixer(const NsaOptions& o, dist::Mesh& mesh, const dist::Layout& layout) {
+  return std::make_unique<NsaMixer>(o, mesh, layout);
+}
+
+}  // namespace lctx::mixers
