@@ -78,15 +78,6 @@ void fuse_backward(const Tensor& d_o, const Tensor& a, const Tensor& m, const Te
   });
 }
 
-// In place: z -> sigmoid(z).
-void sigmoid_inplace(const Tensor& z) {
-  check_cpu(z, "the gate");
-  LCTX_DISPATCH_CPU_FLOAT(z.dtype(), "memory gate", [&] {
-    scalar_t* p = z.data<scalar_t>();
-    for (int64_t i = 0; i < z.numel(); ++i) p[i] = scalar_t(1) / (scalar_t(1) + std::exp(-p[i]));
-  });
-}
-
 class MemoryMixer final : public Mixer {
  public:
   MemoryMixer(const MemoryOptions& o, dist::Mesh& mesh, const dist::Layout& layout)
@@ -155,7 +146,7 @@ class MemoryMixer final : public Mixer {
     if (o_.fusion == MemoryFusion::gate) {
       s.gate = Tensor::empty({B, in.x.size(1), o_.core.shape.heads}, in.x.dtype(), in.x.device());
       ops::linear_forward(s.gate, in.x, w_gate_.compute, gate_bias_.compute);
-      sigmoid_inplace(s.gate);
+      sigmoid_inplace_cpu(s.gate, "memory");
     }
     s.o = Tensor::empty(s.o_local.shape(), s.o_local.dtype(), s.o_local.device());
     fuse_forward(s.o, s.o_local, s.o_memory, s.gate, o_.fusion_ratio);

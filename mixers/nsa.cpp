@@ -150,15 +150,6 @@ void gate_mix_backward(const Tensor& d_o, std::span<const Tensor> branch, const 
   });
 }
 
-// In place: z -> sigmoid(z).
-void sigmoid_inplace(const Tensor& z) {
-  check_cpu(z, "the gate");
-  LCTX_DISPATCH_CPU_FLOAT(z.dtype(), "nsa gate", [&] {
-    scalar_t* p = z.data<scalar_t>();
-    for (int64_t i = 0; i < z.numel(); ++i) p[i] = scalar_t(1) / (scalar_t(1) + std::exp(-p[i]));
-  });
-}
-
 class NsaMixer final : public Mixer {
  public:
   NsaMixer(const NsaOptions& o, dist::Mesh& mesh, const dist::Layout& layout)
@@ -215,7 +206,7 @@ class NsaMixer final : public Mixer {
     if (pass != Pass::recompute) attend_forward(s);
     s.gate = Tensor::empty({B, L, kBranches * o_.core.shape.heads}, in.x.dtype(), in.x.device());
     ops::linear_forward(s.gate, in.x, w_gate_.compute, gate_bias_.compute);
-    sigmoid_inplace(s.gate);
+    sigmoid_inplace_cpu(s.gate, "nsa");
     s.o = Tensor::empty(s.o_win.shape(), s.o_win.dtype(), s.o_win.device());
     gate_mix_forward(s.o, branches(s), s.gate);
     s.y = Tensor::empty({B, L, o_.core.shape.dim}, in.x.dtype(), in.x.device());
