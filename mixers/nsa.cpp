@@ -13,6 +13,7 @@
 #include "dist/row_gather.h"
 #include "mixers/attention_parts.h"
 #include "mixers/block_means.h"
+#include "mixers/block_mlp.h"
 #include "mixers/cross_attention.h"
 #include "ops/linear.h"
 
@@ -172,6 +173,14 @@ class NsaMixer final : public Mixer {
         LCTX_CHECK(g.length % o.select_block == 0, "nsa mixer: select_block ", o.select_block,
                    " must divide the layout's segments (", layout.str(), " has segments of ", g.length,
                    " tokens) so that each query block lies on one rank");
+    if (o.compress == NsaCompress::mlp) {
+      LCTX_CHECK(o.compress_hidden >= 1, "nsa mixer: compress_hidden ", o.compress_hidden, " must be >= 1");
+      for (int r = 0; r < layout.size(); ++r)
+        for (const dist::Segment& g : layout.segments(r))
+          LCTX_CHECK(g.length % o.compress_block == 0, "nsa mixer: compress_block ", o.compress_block,
+                     " must divide the layout's segments with compress: mlp (", layout.str(), " has segments of ",
+                     g.length, " tokens) so that each compressed block lies on one rank");
+    }
     LCTX_CHECK(o.top_n >= 2 && o.top_n <= S / o.select_block, "nsa mixer: top_n ", o.top_n, " must be in [2, ",
                S / o.select_block, "] (block 0, the local block and the best others of the ", S / o.select_block,
                " selection blocks of ", o.select_block, " tokens)");
@@ -185,6 +194,11 @@ class NsaMixer final : public Mixer {
     const HeadShape& s = o_.core.shape;
     p.push_back({.name = "w_gate", .shape = {kBranches * s.heads, s.dim}});
     p.push_back({.name = "gate_bias", .shape = {kBranches * s.heads}, .decay = Decay::none, .init = Init::zeros});
+    if (o_.compress == NsaCompress::mlp) {
+      const std::vector<ParamSpec> mlp =
+          block_mlp_param_specs("cmp_", o_.compress_block, s.head_dim, o_.compress_hidden);
+      p.insert(p.end(), mlp.begin(), mlp.end());
+    }
     return p;
   }
 
@@ -194,6 +208,7 @@ class NsaMixer final : public Mixer {
     core_.bind(p.subspan(0, n));
     w_gate_ = p[n];
     gate_bias_ = p[n + 1];
+    mlp_.assign(p.begin() + static_cast<std::ptrdiff_t>(n + 2), p.end());
   }
 
   Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
@@ -251,8 +266,14 @@ class NsaMixer final : public Mixer {
     // selection scores are one more pass over the compressed keys (forward only: 2 per MAC).
     const double keys = w + cmp + static_cast<double>(o_.top_n * o_.select_block);
     const double heads = static_cast<double>(s.heads * s.head_dim);
+    // mlp: per KV head and block two compressors of (b_c + 1) hd hidden MACs, fwd + bwd.
+    const double mlp = o_.compress == NsaCompress::mlp
+                           ? 6.0 * 2.0 * static_cast<double>(s.kv_heads * (o_.compress_block + 1) * s.head_dim *
+                                                             o_.compress_hidden) /
+                                 static_cast<double>(o_.compress_block)
+                           : 0.0;
     return core_.flops_per_token() + 6.0 * static_cast<double>(kBranches * s.heads * s.dim) + 6.0 * heads * keys +
-           2.0 * heads * cmp;
+           2.0 * heads * cmp + mlp;
   }
 
  private:
@@ -294,7 +315,11 @@ class NsaMixer final : public Mixer {
     s.o_win = cast(win.o, dt);
     s.lse_win = win.lse;
 
-    const BlockRows c = block_means_forward(mesh_.sp(), a.k, a.v, q_positions_, o_.compress_block, compressed_);
+    const BlockRows c =
+        o_.compress == NsaCompress::mlp
+            ? block_mlp_forward(mesh_.sp(), a.k, a.v, q_positions_, o_.compress_block, compressed_,
+                                block_mlp_view(mlp_, ParamPart::compute))
+            : block_means_forward(mesh_.sp(), a.k, a.v, q_positions_, o_.compress_block, compressed_);
     s.comp_k = c.k;
     s.comp_v = c.v;
     const attn::FlashOutput cmp =
@@ -350,13 +375,18 @@ class NsaMixer final : public Mixer {
   }
 
   // dq into gr.dq; the compressed rows' gradients summed over the group and spread over the
-  // K/V rows of their blocks.
+  // K/V rows of their blocks (mean), or back-propagated through this rank's blocks' MLP (mlp).
   void compressed_backward(const NsaSaved& s, const Tensor& d_cmp, attn::FlashGrads& gr) {
     const Tensor& k = s.comp_k;
     const Tensor dc = Tensor::zeros({2, k.size(0), k.size(1), k.size(2), k.size(3)}, gr.dq.dtype(), k.device());
     cross_attention_backward(s.qkv.q, q_positions_, s.comp_k, s.comp_v, cmp_positions_, s.o_cmp, s.lse_cmp, d_cmp,
                              cross_options(), {gr.dq, dist::block_of(dc, 0), dist::block_of(dc, 1)});
-    block_means_backward(mesh_.sp(), dc, q_positions_, o_.compress_block, gr.dk, gr.dv);
+    if (o_.compress == NsaCompress::mlp)
+      block_mlp_backward(mesh_.sp(), dc, s.qkv.k, s.qkv.v, q_positions_, o_.compress_block,
+                         block_mlp_view(mlp_, ParamPart::compute), block_mlp_view(mlp_, ParamPart::grad), gr.dk,
+                         gr.dv);
+    else
+      block_means_backward(mesh_.sp(), dc, q_positions_, o_.compress_block, gr.dk, gr.dv);
   }
 
   // The local blocks' and the gathered blocks' parts; the gathered rows' gradients go back to
@@ -379,6 +409,7 @@ class NsaMixer final : public Mixer {
   dist::Mesh& mesh_;
   const dist::Layout& layout_;
   Param w_gate_, gate_bias_;
+  std::vector<Param> mlp_;  // compress: mlp: the compression MLP's parameters (block_mlp_param_specs)
   int64_t compressed_ = 0;              // compressed rows: S / b_c
   std::vector<int64_t> q_positions_;    // this rank's global positions, local order
   std::vector<int64_t> cmp_positions_;  // (c + 1) b_c - 1: the first query position that sees row c

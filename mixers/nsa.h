@@ -1,8 +1,10 @@
 // DeepSeek Native Sparse Attention as a mixer (kind `nsa`, issue 20), causal, on top of the
 // AttentionCore (q/k/v and output projections, RoPE, GQA). Per query i and head h, three exact
 // softmax branches over the same q/k/v, mixed by learned sigmoid gates:
-//   compressed  the mean-pooled K/V rows of the complete blocks of b_c tokens that end at or
-//               before i (block c = positions [c b_c, (c + 1) b_c), visible when (c + 1) b_c - 1 <= i);
+//   compressed  one K/V row per complete block of b_c tokens that ends at or before i (block c =
+//               positions [c b_c, (c + 1) b_c), visible when (c + 1) b_c - 1 <= i): the block's mean
+//               (`compress: mean`) or NSA's learned MLP over its rows (`compress: mlp`,
+//               mixers/block_mlp.h: parameters cmp_{k,v}_{pos,w1,b1,w2,b2} after the gate's);
 //   selected    the key blocks of b_s tokens that the query's block picked (below), every key of a
 //               picked block visible except in the query's own (local) block, which is causal;
 //   window      the keys i - w < j <= i;
@@ -26,13 +28,15 @@
 // segments so that each query block, and its selection, lies on one rank:
 //   window      ring attention (no longer than a segment: halo exchange, dist/window_attention.h);
 //   compressed  mixers/block_means.h: one all-reduce of the S / b_c block sums, backward the same;
+//               mlp (block_mlp.h): b_c must also divide the segments; each rank compresses its own
+//               blocks, one all-reduce of the rows, backward the same;
 //   selected    the union over the ranks of the picked blocks (a bitmap all-reduce) gathered by
 //               dist::row_gather, gradients back to their owners by row_gather_backward;
 //   gate        replicated parameters: each rank's gradient is its own tokens', summed by the trainer.
 // Pass::checkpoint keeps the three branch outputs with their lse, the compressed rows, the
 // selection and the gathered blocks (everything that communicates); Pass::recompute redoes the
 // projections, the gate and the mix.
-// Not here: a learned compression (compress: mean only), overlapping compression blocks
+// Not here: overlapping compression blocks
 // (stride < b_c), packed documents, ALiBi, Ulysses. CPU only so far (f32/f64): the selection
 // scores and the pooling have no CUDA kernels; every attention part is a flash call.
 #pragma once
@@ -49,13 +53,14 @@ class Layout;
 
 namespace lctx::mixers {
 
-enum class NsaCompress { mean };
+enum class NsaCompress { mean, mlp };
 
 struct NsaOptions {
   AttentionCoreOptions core;
   int64_t window = 0;          // w in [1, seq_len]
   int64_t compress_block = 0;  // b_c in [1, seq_len]
   NsaCompress compress = NsaCompress::mean;
+  int64_t compress_hidden = 64;  // mlp: the compression MLP's hidden width (>= 1)
   int64_t select_block = 0;    // b_s: divides every segment of the layout
   int64_t top_n = 0;           // n in [2, seq_len / b_s]: picked blocks per query block, 0 and local included
   double softmax_scale = 0.0;  // 0: 1/sqrt(head_dim)

@@ -720,6 +720,10 @@ void validate_nsa(const Config& c) {
              ": ", parts, " segments of ", S / parts, " tokens) so that each query block lies on one rank");
   LCTX_CHECK(n <= S / bs, "config: mixer.nsa.top_n (", n, ") is above the number of selection blocks (data.seq_len / ",
              "mixer.nsa.select_block = ", S / bs, ")");
+  LCTX_CHECK(c.mixer_option<std::string>("nsa", "compress") != "mlp" || (S % parts == 0 && (S / parts) % bc == 0),
+             "config: mixer.nsa.compress_block (", bc, ") must divide the layout's local segments with ",
+             "mixer.nsa.compress = mlp (data.seq_len = ", S, " over ", ring, " ring ranks, ", layout, ": ", parts,
+             " segments of ", S / parts, " tokens) so that each compressed block lies on one rank");
 }
 
 std::unique_ptr<mixers::Mixer> make_nsa(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
@@ -727,7 +731,9 @@ std::unique_ptr<mixers::Mixer> make_nsa(const Config& c, dist::Mesh& mesh, const
   o.core = core_options(c);
   o.window = c.mixer_option<int64_t>("nsa", "window");
   o.compress_block = c.mixer_option<int64_t>("nsa", "compress_block");
-  o.compress = mixers::NsaCompress::mean;  // the only choice the option accepts
+  o.compress = c.mixer_option<std::string>("nsa", "compress") == "mlp" ? mixers::NsaCompress::mlp
+                                                                       : mixers::NsaCompress::mean;
+  o.compress_hidden = c.mixer_option<int64_t>("nsa", "compress_hidden");
   o.select_block = c.mixer_option<int64_t>("nsa", "select_block");
   o.top_n = c.mixer_option<int64_t>("nsa", "top_n");
   return mixers::make_nsa_mixer(o, mesh, layout);
@@ -736,9 +742,10 @@ std::unique_ptr<mixers::Mixer> make_nsa(const Config& c, dist::Mesh& mesh, const
 MixerKind nsa_kind() {
   MixerKind k;
   k.name = "nsa";
-  k.doc = "DeepSeek Native Sparse Attention, causal: a compressed branch over the mean-pooled blocks of the past, a "
-          "selected branch over the top-n key blocks the compressed scores pick per query block and GQA group (block "
-          "0 and the local block always), and a sliding window, mixed by learned sigmoid gates per head and token; "
+  k.doc = "DeepSeek Native Sparse Attention, causal: a compressed branch over the blocks of the past (mean-pooled "
+          "or a learned MLP), a selected branch over the top-n key blocks the compressed scores pick per query block "
+          "and GQA group (block 0 and the local block always), and a sliding window, mixed by learned sigmoid gates "
+          "per head and token; "
           "sequence parallel by the window's neighbours, one all-reduce of the compressed rows and a row gather of "
           "the picked blocks; RoPE or no positions; CPU only so far";
   k.options = {
@@ -757,8 +764,17 @@ MixerKind nsa_kind() {
        .shapes_model = true},
       {.name = "compress",
        .value = std::string("mean"),
-       .doc = "how a block is compressed: mean (the mean of its K and of its V rows; a learned MLP is not done yet)",
-       .choices = {"mean"},
+       .doc = "how a block is compressed: mean (the mean of its K and of its V rows) or mlp (NSA's learned MLP, "
+              "separately for K and V: W2 gelu(W1 concat(rows + a learned position embedding) + b1) + b2, shared by "
+              "the KV heads; mixer.nsa.compress_block must then divide the layout's local segments)",
+       .choices = {"mean", "mlp"},
+       .shapes_model = true},
+      {.name = "compress_hidden",
+       .value = int64_t{64},
+       .doc = "hidden width of the compression MLP (mixer.nsa.compress = mlp; parameters per layer: 2 x (hidden x "
+              "(compress_block + 1) x head_dim + compress_block x head_dim + hidden + head_dim))",
+       .lo = 1,
+       .hi = 1 << 20,
        .shapes_model = true},
       {.name = "select_block",
        .value = int64_t{64},
@@ -785,6 +801,8 @@ MixerKind nsa_kind() {
   k.test_variants = {
       {"mixer.nsa.compress_block=2", "mixer.nsa.top_n=3", "mixer.nsa.window=1", "model.position=none"},
       {"mixer.nsa.compress_block=7", "mixer.nsa.top_n=10", "mixer.nsa.window=9"},
+      // The learned compression: blocks of 1 position, the only size that divides every segment.
+      {"mixer.nsa.compress=mlp", "mixer.nsa.compress_block=1", "mixer.nsa.compress_hidden=5", "mixer.nsa.top_n=4"},
   };
   return k;
 }

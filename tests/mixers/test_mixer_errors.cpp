@@ -250,7 +250,12 @@ TEST(MixerErrors, NsaOptions) {
                                            "mixer.nsa.compress_block=8"}));  // contiguous: segments of 12
   expect_config_error({k, "mixer.nsa.top_n=5"}, {"mixer.nsa.top_n (5)", "number of selection blocks", "= 4"});
   expect_config_error({k, "mixer.nsa.top_n=1"}, {"mixer.nsa.top_n"});
-  expect_config_error({k, "mixer.nsa.compress=mlp"}, {"mixer.nsa.compress", "mean"});
+  expect_config_error({k, "mixer.nsa.compress=max"}, {"mixer.nsa.compress", "mean, mlp"});
+  // compress: mlp: compress_block must divide the segments too (96 tokens, 8 ranks zigzag: 6).
+  expect_config_error({k, "data.seq_len=96", "parallel.sp=8", "mixer.nsa.select_block=3", "mixer.nsa.top_n=2",
+                       "mixer.nsa.window=8", "mixer.nsa.compress_block=4", "mixer.nsa.compress=mlp"},
+                      {"mixer.nsa.compress_block (4)", "mixer.nsa.compress = mlp", "segments of 6 tokens"});
+  expect_config_error({k, "mixer.nsa.compress=mlp", "mixer.nsa.compress_hidden=0"}, {"mixer.nsa.compress_hidden"});
   expect_config_error({k, "mixer.nsa.select_block=0"}, {"mixer.nsa.select_block"});
   expect_config_error({k, "mixer.nsa.compress_block=0"}, {"mixer.nsa.compress_block"});
   expect_config_error({k, "parallel.sp=2", "parallel.ulysses=2"}, {"parallel.ulysses", "nsa"});

@@ -12,14 +12,21 @@
 // of its layouts): sequences of 96 and 144 tokens whose segments b_s divides on 1, 2, 3, 4 and 8
 // simulated ranks, zigzag and contiguous, each equal to the reference (y) and to one rank (y, dx,
 // parameter gradients). The backward against central differences with the selection frozen: the
-// reference's selection is checked unchanged at both perturbed points.
+// reference's selection is checked unchanged at both perturbed points. `compress: mlp` cases: the
+// compressed rows are NSA's learned MLP written out here (W2 gelu(W1 concat(rows + pos) + b1) + b2
+// per block, KV head, K and V) with non-zero biases, b_c dividing every segment of the sweep.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
 
 #include "common/check.h"
+#include "common/expect_error.h"
 #include "dist/dist_test.h"
 #include "mixers/conformance.h"
 #include "mixers/dense_attention.h"
@@ -35,6 +42,7 @@ struct NsaCase {
   std::string name;
   int64_t seq = 0, window = 1, compress = 1, select = 1, top_n = 2;
   bool rope = true;
+  int64_t mlp_hidden = 0;  // > 0: compress: mlp with this hidden width
 };
 
 void PrintTo(const NsaCase& c, std::ostream* os) { *os << c.name; }
@@ -43,8 +51,15 @@ struct Dims {
   int64_t S, D, H, Hk, hd;
 };
 
+// The parameters by name, in table order (wqkv, wo, w_gate, gate_bias, then with compress: mlp
+// cmp_{k,v}_{pos, w1, b1, w2, b2}).
 struct Weights {
-  Vec wqkv, wo, w_gate, gate_bias;
+  std::vector<std::pair<std::string, Vec>> p;
+  const Vec& operator[](const std::string& name) const {
+    for (const auto& [n, v] : p)
+      if (n == name) return v;
+    throw std::runtime_error("no parameter " + name);
+  }
 };
 
 // Block means of rows [S, Hk, hd]: [S / b, Hk, hd].
@@ -55,6 +70,31 @@ Vec block_means(const Vec& rows, int64_t b, const Dims& d) {
     for (int64_t t = 0; t < b; ++t)
       for (int64_t e = 0; e < R; ++e) m[c * R + e] += rows[(c * b + t) * R + e] / static_cast<double>(b);
   return m;
+}
+
+// NSA's compressed rows of rows [S, Hk, hd] by the MLP cmp_<kv>_*: [S / b, Hk, hd].
+Vec block_mlp(const Vec& rows, int64_t b, const Dims& d, const Weights& w, const std::string& kv) {
+  const Vec &pos = w["cmp_" + kv + "_pos"], &w1 = w["cmp_" + kv + "_w1"], &b1 = w["cmp_" + kv + "_b1"],
+            &w2 = w["cmp_" + kv + "_w2"], &b2 = w["cmp_" + kv + "_b2"];
+  const int64_t n = d.S / b, hidden = static_cast<int64_t>(b1.size());
+  Vec out(static_cast<size_t>(n * d.Hk * d.hd));
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t kh = 0; kh < d.Hk; ++kh) {
+      Vec h(static_cast<size_t>(hidden));
+      for (int64_t u = 0; u < hidden; ++u) {
+        double z = b1[u];
+        for (int64_t t = 0; t < b; ++t)
+          for (int64_t e = 0; e < d.hd; ++e)
+            z += w1[(u * b + t) * d.hd + e] * (rows[((c * b + t) * d.Hk + kh) * d.hd + e] + pos[t * d.hd + e]);
+        h[u] = 0.5 * z * (1 + std::tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)));
+      }
+      for (int64_t e = 0; e < d.hd; ++e) {
+        double y = b2[e];
+        for (int64_t u = 0; u < hidden; ++u) y += w2[e * hidden + u] * h[u];
+        out[(c * d.Hk + kh) * d.hd + e] = y;
+      }
+    }
+  return out;
 }
 
 // The scaled score of query row i, head h against key row j of h's KV head.
@@ -99,12 +139,13 @@ Reference dense_reference(const NsaCase& c, const Dims& d, int64_t B, const Vec&
   Reference ref;
   for (int64_t bi = 0; bi < B; ++bi) {
     const Vec xb(x.begin() + bi * d.S * d.D, x.begin() + (bi + 1) * d.S * d.D);
-    Qkv s = project(xb, d.S, w.wqkv, d);
+    Qkv s = project(xb, d.S, w["wqkv"], d);
     if (c.rope) {
       s.q = rope(s.q, d.S, d.H, d.hd);
       s.k = rope(s.k, d.S, d.Hk, d.hd);
     }
-    const Vec ck = block_means(s.k, bc, d), cv = block_means(s.v, bc, d);
+    const Vec ck = c.mlp_hidden > 0 ? block_mlp(s.k, bc, d, w, "k") : block_means(s.k, bc, d);
+    const Vec cv = c.mlp_hidden > 0 ? block_mlp(s.v, bc, d, w, "v") : block_means(s.v, bc, d);
     const auto cmp_visible = [&](int64_t i, int64_t c0) { return (c0 + 1) * bc - 1 <= i; };
     // The compressed probabilities p(i, h, c), then the scores of each query block's key blocks.
     for (int64_t kh = 0; kh < d.Hk; ++kh)
@@ -151,34 +192,40 @@ Reference dense_reference(const NsaCase& c, const Dims& d, int64_t B, const Vec&
                                  [&](int64_t i, int64_t h, int64_t j) { return j <= i && picks(i, h, j); });
     const Vec o_w =
         attend(s.q, s.k, s.v, d.S, d.S, d, [&](int64_t i, int64_t j) { return j <= i && i - j < c.window; });
-    const Vec logits = matmul_t(xb, w.w_gate, d.S, d.D, 3 * d.H);
+    const Vec logits = matmul_t(xb, w["w_gate"], d.S, d.D, 3 * d.H);
     Vec o(o_w.size());
     for (int64_t i = 0; i < d.S; ++i)
       for (int64_t h = 0; h < d.H; ++h) {
         double g[3];
         for (int t = 0; t < 3; ++t)
-          g[t] = 1.0 / (1.0 + std::exp(-(logits[i * 3 * d.H + t * d.H + h] + w.gate_bias[t * d.H + h])));
+          g[t] = 1.0 / (1.0 + std::exp(-(logits[i * 3 * d.H + t * d.H + h] + w["gate_bias"][t * d.H + h])));
         for (int64_t e = 0; e < d.hd; ++e) {
           const int64_t k = (i * d.H + h) * d.hd + e;
           o[k] = g[0] * o_c[k] + g[1] * o_s[k] + g[2] * o_w[k];
         }
       }
-    const Vec yb = matmul_t(o, w.wo, d.S, d.H * d.hd, d.D);
+    const Vec yb = matmul_t(o, w["wo"], d.S, d.H * d.hd, d.D);
     ref.y.insert(ref.y.end(), yb.begin(), yb.end());
   }
   return ref;
 }
 
 KindCase kind_case(const NsaCase& c) {
-  return {c.name,
-          "nsa",
-          {"mixer.nsa.window=" + std::to_string(c.window), "mixer.nsa.compress_block=" + std::to_string(c.compress),
-           "mixer.nsa.select_block=" + std::to_string(c.select), "mixer.nsa.top_n=" + std::to_string(c.top_n),
-           std::string("model.position=") + (c.rope ? "rope" : "none")}};
+  KindCase k{c.name,
+             "nsa",
+             {"mixer.nsa.window=" + std::to_string(c.window), "mixer.nsa.compress_block=" + std::to_string(c.compress),
+              "mixer.nsa.select_block=" + std::to_string(c.select), "mixer.nsa.top_n=" + std::to_string(c.top_n),
+              std::string("model.position=") + (c.rope ? "rope" : "none")}};
+  if (c.mlp_hidden > 0) {
+    k.overrides.push_back("mixer.nsa.compress=mlp");
+    k.overrides.push_back("mixer.nsa.compress_hidden=" + std::to_string(c.mlp_hidden));
+  }
+  return k;
 }
 
-// The parameters every run starts from (ParamTable's seeded init) with a non-zero gate bias (it
-// starts at 0) so that the test sees it: the flat table and the reference's weights.
+// The parameters every run starts from (ParamTable's seeded init) with non-zero biases (the gate's
+// and the compression MLP's start at 0) so that the test sees them: the flat table and the
+// reference's weights.
 std::pair<Tensor, Weights> initial(const train::Config& one, int64_t seq) {
   Weights w;
   Tensor params;
@@ -188,13 +235,10 @@ std::pair<Tensor, Weights> initial(const train::Config& one, int64_t seq) {
     auto b = build(one, mesh, layout, Device::cpu(), DType::f64, DType::f64);
     for (const mixers::Param& p : b->table.params()) {
       Tensor m = p.master;
-      if (p.name == "gate_bias")
+      const bool bias = p.name == "gate_bias" || p.name.ends_with("_b1") || p.name.ends_with("_b2");
+      if (bias)
         for (int64_t h = 0; h < m.numel(); ++h) m.slice(0, h, h + 1).fill(0.4 * static_cast<double>(h % 5) - 0.8);
-      const Vec v = m.to_vector();
-      if (p.name == "wqkv") w.wqkv = v;
-      if (p.name == "wo") w.wo = v;
-      if (p.name == "w_gate") w.w_gate = v;
-      if (p.name == "gate_bias") w.gate_bias = v;
+      w.p.push_back({p.name, m.to_vector()});
     }
     params = b->table.flat_params().clone();
   });
@@ -284,16 +328,15 @@ TEST_P(NsaDense, BackwardMatchesFiniteDifferencesWithSelectionFrozen) {
         return Tensor::from_vector(t.shape(), a, DType::f64);
       };
       const Tensor xs = add(x, dxd), ps = add(p0, dpd);
-      // The reference's weights at the shifted parameters (table order: wqkv, wo, w_gate, gate_bias).
+      // The reference's weights at the shifted parameters (the flat table in w0's order).
       Weights ws;
       const Vec pv = ps.to_vector();
       auto at = pv.begin();
-      for (const auto& [to, from] : {std::pair{&ws.wqkv, &w0.wqkv}, std::pair{&ws.wo, &w0.wo},
-                                     std::pair{&ws.w_gate, &w0.w_gate}, std::pair{&ws.gate_bias, &w0.gate_bias}}) {
-        to->assign(at, at + static_cast<std::ptrdiff_t>(from->size()));
-        at += static_cast<std::ptrdiff_t>(from->size());
+      for (const auto& [name, v] : w0.p) {
+        ws.p.push_back({name, Vec(at, at + static_cast<std::ptrdiff_t>(v.size()))});
+        at += static_cast<std::ptrdiff_t>(v.size());
       }
-      EXPECT_TRUE(at == pv.end()) << "the parameter table is not wqkv, wo, w_gate, gate_bias";
+      EXPECT_TRUE(at == pv.end()) << "the parameter table is not the initial weights' list";
       EXPECT_TRUE(dense_reference(c, d, s.batch, xs.to_vector(), ws).sel == sel0)
           << c.name << ": the perturbation flips the selection";
       return dot(on_ranks(one, 1, xs, wy, ps).y, wy);
@@ -301,6 +344,28 @@ TEST_P(NsaDense, BackwardMatchesFiniteDifferencesWithSelectionFrozen) {
     const double numeric = (shifted(1) - shifted(-1)) / (2 * eps);
     EXPECT_NEAR(numeric, analytic, 1e-6 * std::max(1.0, std::abs(analytic))) << c.name << " direction " << dir;
   }
+}
+
+// compress: mlp built directly: compress_block must divide the segments, the hidden width be >= 1.
+TEST(NsaMlp, BadOptionsAreNamed) {
+  LCTX_SIM_ONLY();
+  dist::run_simulated(2, [](dist::Comm& comm) {
+    dist::Mesh mesh(comm, {.ring = 2});
+    const dist::Layout layout(dist::LayoutKind::zigzag, 32, 2, 1);  // segments of 8
+    for (const auto& [cb, hidden, needle] :
+         {std::tuple{3, 8, "compress_block 3 must divide the layout's segments with compress: mlp"},
+          std::tuple{4, 0, "compress_hidden 0 must be >= 1"}}) {
+      mixers::NsaOptions o;
+      o.core.shape = {16, 4, 2, 4};
+      o.window = 8;
+      o.compress_block = cb;
+      o.compress = mixers::NsaCompress::mlp;
+      o.compress_hidden = hidden;
+      o.select_block = 4;
+      o.top_n = 2;
+      expect_error([&] { mixers::make_nsa_mixer(o, mesh, layout); }, {needle});
+    }
+  });
 }
 
 // seq 144: segments of 9 (zigzag, 8 ranks), 24 (zigzag, 3), 18, 36, 48, 72: b_s = 3 divides all;
@@ -311,7 +376,11 @@ INSTANTIATE_TEST_SUITE_P(
                       NsaCase{"cmp6_sel2", 96, 3, 6, 2, 7, false},       // b_c = 3 b_s: one probability, three blocks
                       NsaCase{"cmp1_sel3", 144, 1, 1, 3, 4, true},       // b_s = 3 b_c: a block sums three rows
                       NsaCase{"cmp3_sel3_n2", 144, 144, 3, 3, 2, true},  // block 0 and the local block only
-                      NsaCase{"cmp9_sel3_n20", 144, 2, 9, 3, 20, false}),
+                      NsaCase{"cmp9_sel3_n20", 144, 2, 9, 3, 20, false},
+                      // compress: mlp; b_c divides every segment (3 of 144, 2 of 96 tokens)
+                      NsaCase{"mlp3_sel3", 144, 5, 3, 3, 5, true, 6},
+                      NsaCase{"mlp2_sel2_n3", 96, 4, 2, 2, 3, false, 8},
+                      NsaCase{"mlp1_sel3", 144, 1, 1, 3, 5, true, 4}),
     [](const auto& info) { return info.param.name; });
 
 }  // namespace
