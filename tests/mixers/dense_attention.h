@@ -56,6 +56,17 @@ inline Vec rope(const Vec& t, int64_t N, int64_t heads, int64_t hd) {
   return out.to_vector();
 }
 
+// Block means of rows [S, Hk, hd]: [S / b, Hk, hd] (memory's and nsa's compressed rows).
+template <class Dims>
+Vec block_means(const Vec& rows, int64_t b, const Dims& d) {
+  const int64_t n = d.S / b, R = d.Hk * d.hd;
+  Vec m(static_cast<size_t>(n * R), 0.0);
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t t = 0; t < b; ++t)
+      for (int64_t e = 0; e < R; ++e) m[c * R + e] += rows[(c * b + t) * R + e] / static_cast<double>(b);
+  return m;
+}
+
 // Softmax attention of queries [Nq, H, hd] over keys/values [Nk, Hk, hd] where visible(i, j);
 // 0 for a query that sees none.
 template <class Dims>

@@ -62,16 +62,6 @@ struct Weights {
   }
 };
 
-// Block means of rows [S, Hk, hd]: [S / b, Hk, hd].
-Vec block_means(const Vec& rows, int64_t b, const Dims& d) {
-  const int64_t n = d.S / b, R = d.Hk * d.hd;
-  Vec m(static_cast<size_t>(n * R), 0.0);
-  for (int64_t c = 0; c < n; ++c)
-    for (int64_t t = 0; t < b; ++t)
-      for (int64_t e = 0; e < R; ++e) m[c * R + e] += rows[(c * b + t) * R + e] / static_cast<double>(b);
-  return m;
-}
-
 // NSA's compressed rows of rows [S, Hk, hd] by the MLP cmp_<kv>_*: [S / b, Hk, hd].
 Vec block_mlp(const Vec& rows, int64_t b, const Dims& d, const Weights& w, const std::string& kv) {
   const Vec &pos = w["cmp_" + kv + "_pos"], &w1 = w["cmp_" + kv + "_w1"], &b1 = w["cmp_" + kv + "_b1"],
