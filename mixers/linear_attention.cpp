@@ -53,10 +53,10 @@ class LinearAttentionMixer final : public Mixer {
     kernel_.decay = o.decay;
     kernel_.normalize = o.normalize;
     kernel_.chunk = o.chunk;
-    // FAVOR+ features are positive, so the normaliser is too; with eps = 0 the output does not
-    // depend on the key stabiliser (it scales numerator and normaliser alike), which is what
-    // makes holding it constant in the backward exact.
-    if (o.feature == la::FeatureKind::favor) kernel_.eps = 0.0;
+    // FAVOR+ keeps the normaliser's eps: keys whose features underflow in fp32 (exponents far
+    // below the stabiliser) leave a query with a zero normaliser, and eps turns 0/0 into 0.
+    // The key stabiliser is an integer (piecewise constant), so its being held constant in the
+    // backward stays exact.
   }
 
   std::vector<ParamSpec> param_specs() const override {

@@ -111,7 +111,7 @@ Tensor SegmentConv::backward(const Tensor& x, std::span<const Tensor> halo, cons
     rows(dx, segs[i]).add_from(g.dx);
     dw.add_from(g.dweight);
     db.add_from(g.dbias);
-    d_halo.push_back(g.d_history);
+    d_halo.push_back(wide(g.d_history));  // halo_backward takes dx's wide dtype (bf16 on CUDA)
   }
   dist::halo_backward(sp_, layout_, d_halo, dx);
   return dx.to(x.dtype());

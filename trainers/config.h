@@ -106,6 +106,7 @@ struct TrainConfig {
 struct EvalConfig {
   int64_t every = 50;   // 0: only at the end
   int64_t batches = 4;  // eval batches (of data.batch_size sequences)
+  int64_t seq_len = 0;  // eval sequences' length (length extrapolation); 0: data.seq_len
 };
 
 struct CheckpointConfig {
@@ -153,6 +154,9 @@ Config parse_stored_config(const std::string& yaml_text);
 
 // Cross-field checks (sizes, layout, kinds); parse_config calls it.
 void validate(const Config& c);
+// The config an evaluation at eval.seq_len runs: c with data.seq_len = eval.seq_len (and
+// eval.seq_len 0); validate() checks it when eval.seq_len is set.
+Config eval_length_config(const Config& c);
 // Checks that a runtime world size fits the config (dp*sp); called once the world is known.
 // The GPU-only rules (bf16 compute, head dim 64 or 128); validate() applies them when
 // train.device is cuda, and the trainer when train.device = auto resolves to a GPU.

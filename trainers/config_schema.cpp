@@ -155,6 +155,9 @@ const std::vector<Option>& options() {
     // eval
     add("eval.every", Kind::integer, LCTX_FIELD(eval.every), "evaluate every this many steps; 0 = only at the end", 0, 1ll << 40);
     add("eval.batches", Kind::integer, LCTX_FIELD(eval.batches), "held-out batches per evaluation", 0, 1 << 20);
+    add("eval.seq_len", Kind::integer, LCTX_FIELD(eval.seq_len),
+        "length of the eval sequences (length extrapolation: the trained model on longer or shorter sequences of the "
+        "same task); 0 = data.seq_len", 0, 1ll << 34);
     // checkpoint
     add("checkpoint.every", Kind::integer, LCTX_FIELD(checkpoint.every), "save every this many steps; 0 = only at the end / on a signal", 0, 1ll << 40);
     add("checkpoint.keep", Kind::integer, LCTX_FIELD(checkpoint.keep), "keep the newest this many checkpoints", 1, 1 << 20);

@@ -136,15 +136,39 @@ void validate(const Config& c) {
   LCTX_CHECK(!(p.backend == "nccl" && c.train.device == "cpu"), "config: parallel.backend = nccl needs train.device cuda or auto");
   LCTX_CHECK(!c.checkpoint.resume.empty(), "config: checkpoint.resume must be none, auto or a file path");
   if (c.train.device == "cuda") validate_for_gpu(c);
+
+  // eval.seq_len: the same model on sequences of another length; every rule on data.seq_len
+  // (layout, the task's length, each kind's blocks and windows) must hold for it too.
+  if (c.eval.seq_len > 0 && c.eval.seq_len != d.seq_len) {
+    for (const MixerKind* k : used)
+      LCTX_CHECK(!k->fixed_length, "config: eval.seq_len (", c.eval.seq_len, ") differs from data.seq_len (", d.seq_len,
+                 "), but mixer kind ", k->name, " (model.mixers) has parameters shaped by data.seq_len; set ",
+                 "eval.seq_len: 0");
+    try {
+      validate(eval_length_config(c));
+    } catch (const Error& e) {
+      LCTX_FAIL("config: eval.seq_len = ", c.eval.seq_len, " (the eval sequences' length) fails a rule on data.seq_len: ",
+                e.what());
+    }
+  }
+}
+
+Config eval_length_config(const Config& c) {
+  Config e = c;
+  if (c.eval.seq_len > 0) e.data.seq_len = c.eval.seq_len;
+  e.eval.seq_len = 0;
+  return e;
 }
 
 void validate_for_gpu(const Config& c) {
   const ModelConfig& m = c.model;
   LCTX_CHECK(m.dtype != "f32", "config: model.dtype = f32 is CPU-only; on a GPU use bf16 (or auto), ",
              "master weights stay f32");
-  LCTX_CHECK(m.head_size() == 64 || m.head_size() == 128, "config: on a GPU the head dim (model.head_dim, or model.dim / ",
-             "model.n_heads = ", m.dim, " / ", m.n_heads, ") is ", m.head_size(),
-             " but must be 64 or 128 (the CUDA attention kernels' head dims)");
+  bool attention = false;
+  for (const std::string& kind : m.mixers) attention = attention || mixer_kind(kind).attention_heads;
+  LCTX_CHECK(!attention || m.head_size() == 64 || m.head_size() == 128,
+             "config: on a GPU the head dim (model.head_dim, or model.dim / ", "model.n_heads = ", m.dim, " / ",
+             m.n_heads, ") is ", m.head_size(), " but must be 64 or 128 (the CUDA attention kernels' head dims)");
 }
 
 void validate_world(const Config& c, int64_t world_size) {

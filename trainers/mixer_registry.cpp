@@ -235,7 +235,7 @@ MixerKind performer_kind() {
   MixerKind k;
   k.name = "performer";
   k.doc = "causal Performer: linear attention on FAVOR+ positive orthogonal random features (softmax kernel "
-          "estimate, normalised), the same features on every rank, redrawn in lockstep; CPU only so far";
+          "estimate, normalised), the same features on every rank, redrawn in lockstep";
   k.options = {
       {.name = "features",
        .value = int64_t{linear_attn::kFavorFeatures},
@@ -259,7 +259,7 @@ MixerKind performer_kind() {
       chunk_option(),
   };
   k.documents = false;
-  k.cuda = false;
+  k.cuda = true;
   k.validate = [](const Config& c) { validate_linear_common(c, "performer"); };
   k.make = make_performer;
   k.test_variants = {
@@ -305,6 +305,7 @@ MixerKind linformer_kind() {
   };
   k.documents = false;
   k.cuda = true;
+  k.fixed_length = true;  // E, F are [k, data.seq_len]
   k.validate = validate_linformer;
   k.make = make_linformer;
   k.test_base = {"mixer.linformer.bidirectional=true"};
@@ -339,7 +340,7 @@ MixerKind mamba_kind() {
   k.name = "mamba";
   k.doc = "Mamba-1 selective state-space layer (in_proj, causal depthwise conv + SiLU, input-dependent dt, B, C, "
           "selective scan with D skip and SiLU(z) gate, out_proj; sequence parallel through a conv halo and a state "
-          "scan on any layout); CPU only so far";
+          "scan on any layout)";
   k.options = {
       {.name = "d_state",
        .value = int64_t{16},
@@ -357,7 +358,8 @@ MixerKind mamba_kind() {
        .shapes_model = true},
   };
   k.documents = false;
-  k.cuda = false;
+  k.cuda = true;
+  k.attention_heads = false;
   k.validate = [](const Config&) {};
   k.make = make_mamba;
   k.test_variants = {
@@ -396,7 +398,7 @@ MixerKind mamba2_kind() {
   k.name = "mamba2";
   k.doc = "Mamba-2 (SSD) layer: in_proj to z, x, B, C (G groups), dt per head; causal depthwise conv + SiLU over "
           "x, B, C; SSD with a scalar decay per head and D skip (chunked linear attention); gated RMSNorm per "
-          "group of d_inner / groups channels; out_proj; sequence parallel as mamba; CPU only so far";
+          "group of d_inner / groups channels; out_proj; sequence parallel as mamba";
   k.options = {
       {.name = "d_state",
        .value = int64_t{128},
@@ -422,7 +424,8 @@ MixerKind mamba2_kind() {
       chunk_option(),
   };
   k.documents = false;
-  k.cuda = false;
+  k.cuda = true;
+  k.attention_heads = false;  // mixer.mamba2.head_dim is its own
   k.validate = validate_mamba2;
   k.make = make_mamba2;
   k.test_base = {"mixer.mamba2.head_dim=8", "mixer.mamba2.d_state=8"};

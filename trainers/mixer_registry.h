@@ -39,6 +39,11 @@ struct MixerKind {
   // Has CUDA kernels. false: validation refuses train.device = cuda with this kind, and the GPU
   // conformance suite skips it.
   bool cuda = true;
+  // Parameters shaped by data.seq_len: validation refuses eval.seq_len other than data.seq_len.
+  bool fixed_length = false;
+  // Its layers split model.dim into model.n_heads attention heads: on a GPU the head dim must
+  // then be one of the CUDA attention kernels' (64, 128). false: heads of its own (mamba).
+  bool attention_heads = true;
   // Checks `c` for a model with this kind in some layer; errors name the keys.
   std::function<void(const Config& c)> validate;
   // The mixer of one layer, on the mesh's groups and the layout (both outlive it).

@@ -37,6 +37,16 @@ Trainer::Trainer(const Config& cfg, dist::Comm& world, dist::Comm& ctrl, RunResu
   m_ = Tensor::zeros({model_->num_params()}, DType::f32, device_);
   v_ = Tensor::zeros({model_->num_params()}, DType::f32, device_);
   data_ = make_dataset(cfg_.data, cfg_.model.vocab_size, DataChecks{.eval_batches = cfg_.eval.batches});
+  if (cfg_.eval.batches > 0 && cfg_.eval.seq_len > 0 && cfg_.eval.seq_len != cfg_.data.seq_len) {
+    eval_length_ = std::make_unique<EvalLength>();
+    EvalLength& e = *eval_length_;
+    e.cfg = eval_length_config(cfg_);
+    e.layout = std::make_unique<dist::Layout>(config_layout(e.cfg));
+    e.shard = shard_;
+    e.shard.positions = e.layout->positions(mesh_->coords().sp);
+    e.model = std::make_unique<Model>(e.cfg, device_, *mesh_, *e.layout);
+    e.data = make_dataset(e.cfg.data, e.cfg.model.vocab_size, DataChecks{.eval_batches = cfg_.eval.batches});
+  }
   out_dir_ = cfg_.logging.out_dir;
   ckpt_dir_ = (fs::path(out_dir_) / "checkpoints").string();
 }
@@ -157,11 +167,11 @@ void Trainer::run() {
   }
 }
 
-Batch Trainer::next_batch(Split split, int64_t first) {
+Batch Trainer::next_batch(Split split, int64_t first, const EvalLength* at) {
   Batch b;
   std::string err;
   try {
-    b = make_batch(*data_, cfg_.data, split, first, shard_);
+    b = at ? make_batch(*at->data, at->cfg.data, split, first, at->shard) : make_batch(*data_, cfg_.data, split, first, shard_);
   } catch (const Error& e) {
     err = e.what();
   }
@@ -216,6 +226,10 @@ void Trainer::banner() {
             << "lctx-train: " << world_.size() << " rank(s) [" << world_.backend() << "] dp " << cfg_.parallel.dp
             << " sp " << cfg_.parallel.sp << " (" << resolved_layout(cfg_) << "); data: " << data_->describe() << ", seq_len " << cfg_.data.seq_len
             << ", batch " << cfg_.data.batch_size << "; " << cfg_.train.steps << " steps -> " << out_dir_ << "\n";
+  if (eval_length_)
+    std::cout << "lctx-train: evaluation at eval.seq_len " << eval_length_->cfg.data.seq_len << " ("
+              << static_cast<double>(eval_length_->cfg.data.seq_len) / static_cast<double>(cfg_.data.seq_len)
+              << "x the training length)\n";
   if (step_ > 0) std::cout << "lctx-train: resumed from " << result_.resumed_from << " at step " << step_ << "\n";
   std::cout.flush();
 }
@@ -250,11 +264,17 @@ void Trainer::apply_adamw(double lr) {
 }
 
 void Trainer::evaluate() {
-  model_->begin_step(step_);
+  Model* model = model_.get();
+  if (eval_length_) {  // the trained weights into the model built at eval.seq_len
+    model = eval_length_->model.get();
+    model->flat_params().copy_from(model_->flat_params());
+    model->sync_compute_weights();
+  }
+  model->begin_step(step_);
   StepStats tot;
   for (int64_t i = 0; i < cfg_.eval.batches; ++i) {
-    Batch b = next_batch(Split::eval, i * cfg_.data.batch_size);
-    const StepStats s = model_->evaluate(b);
+    Batch b = next_batch(Split::eval, i * cfg_.data.batch_size, eval_length_.get());
+    const StepStats s = model->evaluate(b);
     tot.loss_sum += s.loss_sum, tot.correct += s.correct, tot.scored += s.scored;
   }
   double sums[3] = {tot.loss_sum, tot.correct, tot.scored};

@@ -69,9 +69,19 @@ class Trainer {
   double mfu(double tok_s, double attention_span) const;
   void apply_adamw(double lr);
   void evaluate();
-  // make_batch on every rank; a data error on any rank (a file changed under the run, an id
-  // outside the vocabulary) saves a checkpoint of the last completed step, then fails every rank.
-  Batch next_batch(Split split, int64_t first);
+  // eval.seq_len other than data.seq_len: the same model built at that length, its layout and
+  // data; evaluate() copies the trained weights into it.
+  struct EvalLength {
+    Config cfg;  // eval_length_config
+    std::unique_ptr<dist::Layout> layout;
+    Shard shard;
+    std::unique_ptr<Model> model;
+    std::unique_ptr<Dataset> data;
+  };
+  // make_batch on every rank (from `at`'s data and shards when given); a data error on any rank
+  // (a file changed under the run, an id outside the vocabulary) saves a checkpoint of the last
+  // completed step, then fails every rank.
+  Batch next_batch(Split split, int64_t first, const EvalLength* at = nullptr);
   // trainer_checkpoint.cpp
   std::pair<uint64_t, uint64_t> rng_state() const;
   void save();
@@ -93,6 +103,7 @@ class Trainer {
   int64_t profile_steps_ = 0;
   Tensor m_, v_;
   std::unique_ptr<Dataset> data_;
+  std::unique_ptr<EvalLength> eval_length_;  // eval.seq_len differs from data.seq_len
   std::string out_dir_, ckpt_dir_;
   MetricsLog metrics_;
   int64_t step_ = 0, adam_step_ = 0, consumed_ = 0, skipped_ = 0;

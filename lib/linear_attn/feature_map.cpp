@@ -166,7 +166,7 @@ void backward(const Tensor& x, const Tensor& dphi, const FeatureMap& fm, const T
   }
 }
 
-// out[b, h] = the max over positions and features of the exponents of k's rows.
+// out[b, h] = the max over positions and features of the exponents of k's rows, rounded up.
 template <class T>
 void key_stabiliser(const Tensor& k, const FeatureMap& fm, double scale, Tensor& out) {
   const int64_t S = k.size(1), H = k.size(2), D = k.size(3), m = fm.projection.size(0);
@@ -184,7 +184,7 @@ void key_stabiliser(const Tensor& k, const FeatureMap& fm, double scale, Tensor&
         favor_exponents(u.data(), kp + bh / H * st[0] + t * st[1] + bh % H * st[2], w, m, D, static_cast<T>(scale));
         mx = std::max(mx, *std::max_element(u.begin(), u.end()));
       }
-      o[bh] = mx;
+      o[bh] = std::ceil(mx);
     }
   }
 }

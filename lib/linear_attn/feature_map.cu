@@ -128,14 +128,14 @@ __global__ void favor_row_max_kernel(float* __restrict__ rowmax, const float* __
   }
 }
 
-// out[b, h] = max over s of rowmax[(b S + s) H + h]: one block per (b, h).
+// out[b, h] = max over s of rowmax[(b S + s) H + h], rounded up: one block per (b, h).
 __global__ void favor_seq_max_kernel(float* __restrict__ out, const float* __restrict__ rowmax, int64_t S, int64_t H) {
   __shared__ float scratch[32];
   const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
   float mx = -INFINITY;
   for (int64_t s = threadIdx.x; s < S; s += blockDim.x) mx = fmaxf(mx, rowmax[(b * S + s) * H + h]);
   mx = block_max(mx, scratch);
-  if (threadIdx.x == 0) out[bh] = mx;
+  if (threadIdx.x == 0) out[bh] = ceilf(mx);
 }
 
 // x as a contiguous f32 [rows, D] matrix (one copy at most).

@@ -12,9 +12,12 @@
 // features (a redraw is a new seed). The stabiliser c keeps exp in range. Queries (no
 // stabiliser tensor): c is the row's max exponent, part of the map (the backward includes it);
 // it scales o's numerator and normaliser alike. Keys: c is one constant per (batch, head) for
-// the whole sequence, passed in (favor_key_stabiliser) and held constant by the backward, so
-// all keys share one scale. Every piece of one sequence must use the same c: chained calls
-// pass one c, and sequence parallelism will all-reduce(MAX) each rank's favor_key_stabiliser.
+// the whole sequence, passed in (favor_key_stabiliser: the max exponent rounded up to an
+// integer) and held constant by the backward, so all keys share one scale. Rounded, c is
+// piecewise constant in k, so holding it is exact (almost everywhere) even where the output
+// depends on it (a normaliser eps, or keys far below the max that underflow in fp32). Every
+// piece of one sequence must use the same c: chained calls pass one c, and sequence
+// parallelism all-reduces (MAX) each rank's favor_key_stabiliser.
 // Devices: CPU f32/f64, CUDA f32/bf16/f16 with fp32 math (feature_map.cu); W and c in the wide
 // dtype of x on x's device; x needs a contiguous last dimension.
 #pragma once
@@ -44,7 +47,8 @@ Tensor favor_projection(int64_t head_dim, uint64_t seed, int64_t features = kFav
 int64_t feature_dim(const FeatureMap& fm, int64_t head_dim);
 
 // The FAVOR+ key stabiliser of k [B, S, H, D]: [B, H], the max over the sequence and the
-// features of w_i . k~ - |k~|^2 / 2 (wide dtype). Combine over pieces of a sequence with max.
+// features of w_i . k~ - |k~|^2 / 2, rounded up to an integer (wide dtype). Combine over
+// pieces of a sequence with max.
 Tensor favor_key_stabiliser(const Tensor& k, const FeatureMap& fm, Stream s = {});
 
 // phi(x) [B, S, H, feature_dim], contiguous in x's dtype. `stabiliser` (favor only): [B, H]

@@ -10,6 +10,13 @@
 // The exp count is one per (token, channel, state): with d_state 16 the SFU, not HBM, bounds
 // the forward. The kernels use their own chunk length (ScanOptions::chunk shapes the CPU
 // implementation only; the recurrence is the same).
+// Segments: a block walks one segment of the sequence (blockIdx.z; enough segments for ~16
+// blocks per SM), so long sequences fill the GPU with few channels. With several segments a
+// summary pass runs each segment from zeros (its final state and sum dt), segment_scan_kernel
+// combines them into the state entering each segment (dist/state_scan.h's affine scan: a =
+// exp(A sum dt)), and the pass proper starts there; the backward mirrors it for the state
+// gradient (a reverse summary from zero gradients, the reverse segment scan ending in
+// d_state0). The decays are then computed twice per pass, for parallelism over the sequence.
 // Backward: a checkpoint pass (the forward kernel writing each chunk's entry state, f32, the
 // only thing kept) and a reverse pass that walks the chunks from the last: it recomputes the
 // chunk's states from its entry state (kept in registers with their decays), forms y before the
@@ -18,14 +25,16 @@
 // per state (selective_scan_reference.cpp has the same equations). dB and dC sum over the
 // channels of a group: each warp transposes its 32 channels' terms through shared memory,
 // sums them per group and adds them to an fp32 {dB, dC} buffer with one vector atomic per
-// (token, group, state) and block; dA, dD and d_dt_bias go through per-batch fp32 partials
-// summed in batch order by a second small kernel; a third converts dB and dC to the I/O dtype.
+// (token, group, state) and block; dA, dD and d_dt_bias go through per-(batch, segment) fp32 partials
+// summed in (batch, segment) order by a second small kernel; a third converts dB and dC to
+// the I/O dtype.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "core/allocator.h"
+#include "core/cuda/affine_scan.cuh"
 #include "core/cuda/fast_math.cuh"
 #include "core/cuda/launch.cuh"
 #include "core/cuda_check.h"
@@ -49,12 +58,27 @@ constexpr int kItems = kCL / kThreads;    // cells per thread: tokens w + 8 m of
 struct ScanArgs {
   ScanParams p;
   int64_t chunks = 0;       // ceil(S / kChunk)
+  int64_t seg_chunks = 0;   // chunks per segment (blockIdx.z): the last may be shorter
+  int64_t nseg = 1;         // segments: ceil(chunks / seg_chunks)
   bool pair_loads = false;  // B and C rows may be read two states at a time (aligned, N even)
+  // With nseg > 1: [B, nseg, D, N] each segment's summary from zeros (its final state; in the
+  // backward its entry gradient), replaced in place by segment_scan_kernel with the state
+  // entering (gradient leaving) each segment; seg_dt [B, nseg, D] the sum of dt over each.
+  float* seg_h = nullptr;
+  float* seg_g = nullptr;
+  float* seg_dt = nullptr;
   float* ckpt = nullptr;    // [B, chunks, D, N]: the state entering each chunk
   float2* dBC = nullptr;    // [B, S, G, N] fp32 sums {dB, dC}
-  float* dA = nullptr;     // [B, D, N] per-batch partials
-  float* dD = nullptr;     // [B, D]
-  float* dbias = nullptr;  // [B, D]
+  float* dA = nullptr;     // [B, nseg, D, N] per-(batch, segment) partials
+  float* dD = nullptr;     // [B, nseg, D]
+  float* dbias = nullptr;  // [B, nseg, D]
+};
+
+// The chunks [k0, k1) of a block's segment.
+struct SegChunks {
+  int64_t k0, k1;
+  __device__ explicit SegChunks(const ScanArgs& a)
+      : k0(blockIdx.z * a.seg_chunks), k1(min(a.chunks, (blockIdx.z + 1) * a.seg_chunks)) {}
 };
 
 // The scalar maps of ssm_math.h with the exponential on the SFU (fp32 kernels).
@@ -109,6 +133,11 @@ struct Place {
     return ((b * p.seqlen + t) * p.groups + g) * p.dstate;
   }
   __device__ int64_t state_at(const ScanParams& p) const { return (b * p.dim + d) * p.dstate; }
+  // Row d of this block's (batch, segment) in a [B, nseg, D, N] buffer, and in a [B, nseg, D] one.
+  __device__ int64_t seg_state_at(const ScanParams& p, int64_t nseg) const {
+    return ((b * nseg + blockIdx.z) * p.dim + d) * p.dstate;
+  }
+  __device__ int64_t seg_at(const ScanParams& p, int64_t nseg) const { return (b * nseg + blockIdx.z) * p.dim + d; }
 };
 
 // A thread's cells of one chunk as read from memory (zeros past S or D): loaded a chunk ahead
@@ -222,6 +251,28 @@ __device__ void form_chunk(const ScanParams& p, const Place& pl, int64_t t0, con
   }
 }
 
+// Starts reading chunk t0's cells (with dy when `grad`) and B/C stage elements.
+template <class T>
+__device__ __forceinline__ void read_ahead(const ScanParams& p, const Place& pl, int64_t t0, bool grad, Cells& next,
+                                           BCAhead& bc_next) {
+  load_cells<T>(p, pl, t0, grad, next);
+  bc_next.load<T>(p, pl, t0);
+}
+
+// Forms chunk t0 in shared memory from `next` (its cells, read a chunk ahead) and, when `more`,
+// starts reading chunk t_next into next (with dy when `grad`), so the loads overlap the scan
+// of t0; returns t0's cells.
+template <class T, bool kSig>
+__device__ __forceinline__ Cells stage_chunk(const ScanParams& p, const Place& pl, int64_t t0, float bias,
+                                             const ChunkSmem& s, Cells& next, BCAhead& bc_next, bool more,
+                                             int64_t t_next, bool grad, float (&sig)[kItems]) {
+  const Cells cur = next;
+  form_chunk<kSig>(p, pl, t0, cur, bias, s, sig);
+  fill_bc<T>(p, pl, t0, bc_next, s.bc);
+  if (more) read_ahead<T>(p, pl, t_next, grad, next, bc_next);
+  return cur;
+}
+
 // B and C of states n, n + 1 at token t0 + tt (zeros past S or N).
 template <class T>
 __device__ __forceinline__ void bc_pairs(const ScanArgs& a, const Place& pl, const ChunkSmem& s, int64_t t0, int tt,
@@ -290,57 +341,68 @@ __device__ __forceinline__ void store_state(const ScanParams& p, const Place& pl
 template <int SPT>
 constexpr int kUnrollSlices = SPT <= 2 ? SPT : 1;
 
-// Forward (y, final_state) or, with kCkpt, the backward's checkpoint pass (the state entering
-// every chunk into a.ckpt; no y).
-template <class T, int SPT, bool kCkpt>
-__global__ void __launch_bounds__(kThreads) scan_forward_kernel(const ScanArgs a) {
+// What a forward pass over a segment produces:
+//   output   y (and final_state when the sequence is one segment), from the entering state;
+//   ckpt     the backward's checkpoints: the state entering every chunk (no y);
+//   summary  the segment run from zeros: its final state into seg_h and sum dt into seg_dt.
+enum class Pass { output, ckpt, summary };
+
+template <class T, int SPT, Pass kPass>
+__global__ void __launch_bounds__(kThreads, 4) scan_forward_kernel(const ScanArgs a) {
   const ScanParams& p = a.p;
+  constexpr bool kY = kPass == Pass::output;
   __shared__ float2 s_dtu[kCL];
   __shared__ float s_y[kWarps][kCL];
   extern __shared__ float4 s_bc[];  // bc_stage_floats(N) floats
   const Place pl(p);
+  const SegChunks seg(a);
   const ChunkSmem s{s_dtu, nullptr, bc_staged(p, pl.d0) ? s_bc : nullptr};
   const float bias = pl.on && p.dt_bias ? static_cast<const float*>(p.dt_bias)[pl.d] : 0.0f;
   const float skip = pl.on && p.D ? static_cast<const float*>(p.D)[pl.d] : 0.0f;
   float A[SPT][2], h[SPT][2];
-  const float* s0 = p.state0 ? static_cast<const float*>(p.state0) + pl.state_at(p) : nullptr;
+  // The state entering the segment: state0 for a single segment, else segment_scan_kernel's.
+  const float* entry = kPass == Pass::summary ? nullptr
+                       : a.seg_h                ? a.seg_h + pl.seg_state_at(p, a.nseg)
+                       : p.state0               ? static_cast<const float*>(p.state0) + pl.state_at(p)
+                                                : nullptr;
 #pragma unroll
   for (int j = 0; j < SPT; ++j) {
     slice_A(p, pl, pl.state(j), A[j]);
-    slice_state(p, pl, s0, pl.state(j), h[j]);
+    slice_state(p, pl, entry, pl.state(j), h[j]);
   }
+  float dt_sum = 0.0f;  // summary: warp 0's sum of dt over the segment for channel `lane`
   Cells next;
   BCAhead bc_next(p, pl);
-  load_cells<T>(p, pl, 0, false, next);
-  bc_next.load<T>(p, pl, 0);
-  for (int64_t k = 0; k < a.chunks; ++k) {
+  read_ahead<T>(p, pl, seg.k0 * kChunk, false, next, bc_next);
+  for (int64_t k = seg.k0; k < seg.k1; ++k) {
     const int64_t t0 = k * kChunk;
-    if constexpr (kCkpt) {
+    if constexpr (kPass == Pass::ckpt) {
       float* row = a.ckpt + ((pl.b * a.chunks + k) * p.dim + pl.d) * p.dstate;
 #pragma unroll kUnrollSlices<SPT>
       for (int j = 0; j < SPT; ++j) store_state(p, pl, row, pl.state(j), h[j]);
     }
-    const Cells cur = next;
     float sig[kItems];
-    form_chunk<false>(p, pl, t0, cur, bias, s, sig);
-    fill_bc<T>(p, pl, t0, bc_next, s.bc);
-    if (k + 1 < a.chunks) {
-      load_cells<T>(p, pl, t0 + kChunk, false, next);
-      bc_next.load<T>(p, pl, t0 + kChunk);
-    }
+    const Cells cur =
+        stage_chunk<T, false>(p, pl, t0, bias, s, next, bc_next, k + 1 < seg.k1, t0 + kChunk, false, sig);
     __syncthreads();
+    if constexpr (kPass == Pass::summary) {
+      if (pl.w == 0) {
+#pragma unroll
+        for (int tt = 0; tt < kChunk; ++tt) dt_sum += s.dtu[tt * kLanes + pl.lane].x;
+      }
+    }
     float y[kChunk] = {};
 #pragma unroll kUnrollSlices<SPT>
     for (int j = 0; j < SPT; ++j)
       run_slice<T>(a, pl, t0, s, pl.state(j), A[j], h[j], [&](int tt, const float(&)[2], const float(&hh)[2], float2 cv) {
-        if constexpr (!kCkpt) y[tt] += cv.x * hh[0] + cv.y * hh[1];
+        if constexpr (kY) y[tt] += cv.x * hh[0] + cv.y * hh[1];
       });
-    if constexpr (!kCkpt) {
+    if constexpr (kY) {
 #pragma unroll
       for (int tt = 0; tt < kChunk; ++tt) s_y[pl.w][tt * kLanes + pl.lane] = y[tt];
     }
     __syncthreads();
-    if constexpr (!kCkpt) {
+    if constexpr (kY) {
 #pragma unroll
       for (int m = 0; m < kItems; ++m) {
         const int64_t t = t0 + pl.w + kWarps * m;
@@ -354,10 +416,37 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(const ScanArgs a
       }
     }
   }
-  if constexpr (!kCkpt) {
-    float* fin = static_cast<float*>(p.final_state) + pl.state_at(p);
+  float* out = nullptr;
+  if constexpr (kPass == Pass::summary) {
+    out = a.seg_h + pl.seg_state_at(p, a.nseg);
+    if (pl.w == 0 && pl.on) a.seg_dt[pl.seg_at(p, a.nseg)] = dt_sum;
+  } else if constexpr (kY) {
+    if (a.nseg == 1) out = static_cast<float*>(p.final_state) + pl.state_at(p);
+  }
+  if (out) {
 #pragma unroll kUnrollSlices<SPT>
-    for (int j = 0; j < SPT; ++j) store_state(p, pl, fin, pl.state(j), h[j]);
+    for (int j = 0; j < SPT; ++j) store_state(p, pl, out, pl.state(j), h[j]);
+  }
+}
+
+// The affine scan over segments for each (b, d, n), in place in seg (dist/state_scan.h's
+// combine): forward, seg[k] holds a segment's final state from zeros and leaves holding the
+// state entering it, x_{k+1} = exp(A sum dt_k) x_k + seg[k] from x_0 = init; reverse, seg[k]
+// holds the gradient a segment sends to its entry from its own tokens and leaves holding the
+// gradient at its exit, walked from the last segment with the same decays. out: x after the
+// last (final_state, d_state0).
+__global__ void segment_scan_kernel(float* __restrict__ seg, const float* __restrict__ seg_dt,
+                                    const float* __restrict__ A, const float* __restrict__ init, float* __restrict__ out,
+                                    int64_t batch, int64_t nseg, int dim, int dstate, bool reverse) {
+  const int64_t per = static_cast<int64_t>(dim) * dstate;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < batch * per;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = e / per, dn = e % per, d = dn / dstate;
+    const float a = A[dn];
+    const float x = affine_scan_in_place(
+        init ? init[e] : 0.0f, nseg, reverse, [&](int64_t k) -> float& { return seg[(b * nseg + k) * per + dn]; },
+        [&](int64_t k) { return expf(a * seg_dt[(b * nseg + k) * dim + d]); });
+    if (out) out[e] = x;
   }
 }
 
@@ -407,7 +496,7 @@ __device__ void flush_bc(const ScanArgs& a, const Place& pl, int64_t t0, int n, 
 }
 
 template <class T, int SPT>
-__global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs a) {
+__global__ void __launch_bounds__(kThreads, 2) scan_backward_kernel(const ScanArgs a) {
   const ScanParams& p = a.p;
   extern __shared__ float smem[];
   const Place pl(p);
@@ -420,7 +509,11 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs 
   const float bias = pl.on && p.dt_bias ? static_cast<const float*>(p.dt_bias)[pl.d] : 0.0f;
   const float skip = pl.on && p.D ? static_cast<const float*>(p.D)[pl.d] : 0.0f;
   float A[SPT][2], dh[SPT][2], dA[SPT][2];
-  const float* dfin = p.d_final_state ? static_cast<const float*>(p.d_final_state) + pl.state_at(p) : nullptr;
+  const SegChunks seg(a);
+  // The gradient leaving the segment: d_final_state for a single segment, else segment_scan_kernel's.
+  const float* dfin = a.seg_g           ? a.seg_g + pl.seg_state_at(p, a.nseg)
+                      : p.d_final_state ? static_cast<const float*>(p.d_final_state) + pl.state_at(p)
+                                        : nullptr;
 #pragma unroll
   for (int j = 0; j < SPT; ++j) {
     slice_A(p, pl, pl.state(j), A[j]);
@@ -432,19 +525,13 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs 
   float hs[kChunk][2], as[kChunk][2], h0[2];
   Cells next;
   BCAhead bc_next(p, pl);
-  load_cells<T>(p, pl, (a.chunks - 1) * kChunk, true, next);
-  bc_next.load<T>(p, pl, (a.chunks - 1) * kChunk);
-  for (int64_t k = a.chunks - 1; k >= 0; --k) {
+  read_ahead<T>(p, pl, (seg.k1 - 1) * kChunk, true, next, bc_next);
+  for (int64_t k = seg.k1 - 1; k >= seg.k0; --k) {
     const int64_t t0 = k * kChunk;
     const float* entry = a.ckpt + ((pl.b * a.chunks + k) * p.dim + pl.d) * p.dstate;
-    const Cells cur = next;
     float sig[kItems];
-    form_chunk<true>(p, pl, t0, cur, bias, s, sig);
-    fill_bc<T>(p, pl, t0, bc_next, s.bc);
-    if (k > 0) {
-      load_cells<T>(p, pl, t0 - kChunk, true, next);
-      bc_next.load<T>(p, pl, t0 - kChunk);
-    }
+    const Cells cur =
+        stage_chunk<T, true>(p, pl, t0, bias, s, next, bc_next, k > seg.k0, t0 - kChunk, true, sig);
     __syncthreads();
     // y before the gate, recomputed.
     float y[kChunk] = {};
@@ -542,11 +629,12 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs 
       dbias += draw;
     }
   }
-  float* ds0 = static_cast<float*>(p.d_state0) + pl.state_at(p);
-  float* dA_row = a.dA + pl.state_at(p);
+  // d_state0 comes from segment_scan_kernel when there are several segments.
+  float* ds0 = a.nseg == 1 ? static_cast<float*>(p.d_state0) + pl.state_at(p) : nullptr;
+  float* dA_row = a.dA + pl.seg_state_at(p, a.nseg);
 #pragma unroll kUnrollSlices<SPT>
   for (int j = 0; j < SPT; ++j) {
-    store_state(p, pl, ds0, pl.state(j), dh[j]);
+    if (ds0) store_state(p, pl, ds0, pl.state(j), dh[j]);
     store_state(p, pl, dA_row, pl.state(j), dA[j]);
   }
   // dD and d_dt_bias of the block's channels: the warps' shares summed in warp order.
@@ -557,16 +645,69 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs 
   if (pl.w == 0 && pl.on) {
     float sd = 0.0f, sb = 0.0f;
     for (int w = 0; w < kWarps; ++w) sd += s_p1[w * kLanes + pl.lane], sb += s_p2[w * kLanes + pl.lane];
-    a.dD[pl.b * p.dim + pl.d] = sd;
-    a.dbias[pl.b * p.dim + pl.d] = sb;
+    a.dD[pl.seg_at(p, a.nseg)] = sd;
+    a.dbias[pl.seg_at(p, a.nseg)] = sb;
   }
 }
 
-// out[i] = sum over b of part[b * n + i], in batch order.
-__global__ void sum_batches_kernel(float* out, const float* part, int64_t n, int64_t batch) {
+// The backward's segment summaries (several segments only): each segment's chunks walked in
+// reverse from a zero gradient, dh_{t-1} = a_t (dh_t + C_t gy_t), gy = dy * silu(z) (the
+// gradient of y before the gate); the gradient reaching the segment's entry into seg_g.
+template <class T, int SPT>
+__global__ void __launch_bounds__(kThreads, 3) scan_grad_summary_kernel(const ScanArgs a) {
+  const ScanParams& p = a.p;
+  __shared__ float2 s_dtu[kCL];
+  __shared__ float s_gy[kCL];
+  extern __shared__ float4 s_bc[];  // bc_stage_floats(N) floats
+  const Place pl(p);
+  const SegChunks seg(a);
+  const ChunkSmem s{s_dtu, nullptr, bc_staged(p, pl.d0) ? s_bc : nullptr};
+  const float bias = pl.on && p.dt_bias ? static_cast<const float*>(p.dt_bias)[pl.d] : 0.0f;
+  float A[SPT][2], dh[SPT][2];
+#pragma unroll
+  for (int j = 0; j < SPT; ++j) {
+    slice_A(p, pl, pl.state(j), A[j]);
+    dh[j][0] = dh[j][1] = 0.0f;
+  }
+  Cells next;
+  BCAhead bc_next(p, pl);
+  read_ahead<T>(p, pl, (seg.k1 - 1) * kChunk, true, next, bc_next);
+  for (int64_t k = seg.k1 - 1; k >= seg.k0; --k) {
+    const int64_t t0 = k * kChunk;
+    float sig[kItems];
+    const Cells cur =
+        stage_chunk<T, false>(p, pl, t0, bias, s, next, bc_next, k > seg.k0, t0 - kChunk, true, sig);
+#pragma unroll
+    for (int m = 0; m < kItems; ++m) s_gy[pl.cell(m)] = p.z ? cur.dy[m] * silu_f(cur.z[m]) : cur.dy[m];
+    __syncthreads();
+#pragma unroll kUnrollSlices<SPT>
+    for (int j = 0; j < SPT; ++j) {
+      const int n = pl.state(j);
+      float dec[kChunk][2], h[2] = {0.0f, 0.0f};
+      run_slice<T>(a, pl, t0, s, n, A[j], h, [&](int tt, const float(&dd)[2], const float(&)[2], float2) {
+        dec[tt][0] = dd[0], dec[tt][1] = dd[1];
+      });
+#pragma unroll
+      for (int tt = kChunk - 1; tt >= 0; --tt) {
+        float2 bv, cv;
+        bc_pairs<T>(a, pl, s, t0, tt, n, bv, cv);
+        const float g_y = s_gy[tt * kLanes + pl.lane];
+        dh[j][0] = (dh[j][0] + cv.x * g_y) * dec[tt][0];
+        dh[j][1] = (dh[j][1] + cv.y * g_y) * dec[tt][1];
+      }
+    }
+    __syncthreads();
+  }
+  float* out = a.seg_g + pl.seg_state_at(p, a.nseg);
+#pragma unroll kUnrollSlices<SPT>
+  for (int j = 0; j < SPT; ++j) store_state(p, pl, out, pl.state(j), dh[j]);
+}
+
+// out[i] = sum over k < count of part[k * n + i], in order (the (batch, segment) partials).
+__global__ void sum_batches_kernel(float* out, const float* part, int64_t n, int64_t count) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float v = 0.0f;
-    for (int64_t b = 0; b < batch; ++b) v += part[b * n + i];
+    for (int64_t k = 0; k < count; ++k) v += part[k * n + i];
     out[i] = v;
   }
 }
@@ -603,6 +744,16 @@ void dispatch(const ScanParams& p, int spt, F&& f) {
   LCTX_DISPATCH_CUDA_FLOAT(p.dtype, "selective_scan", [&] { return with_spt.template operator()<scalar_t>(); });
 }
 
+int current_device() {
+  int dev = 0;
+  LCTX_CUDA_CHECK(cudaGetDevice(&dev));
+  return dev;
+}
+
+// Segments: enough (batch, channel block, segment) blocks for ~16 per SM, each segment at
+// least kMinSegChunks chunks (its summary pass and the segment scan cost a segment's setup).
+constexpr int kBlocksPerSm = 16, kMinSegChunks = 4;
+
 ScanArgs make_args(const ScanParams& p) {
   ScanArgs a;
   a.p = p;
@@ -610,29 +761,68 @@ ScanArgs make_args(const ScanParams& p) {
   const size_t pair = 2 * dtype_size(p.dtype);
   a.pair_loads = p.dstate % 2 == 0 && reinterpret_cast<uintptr_t>(p.B) % pair == 0 &&
                  reinterpret_cast<uintptr_t>(p.C) % pair == 0;
+  int sms = 0;
+  LCTX_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, current_device()));
+  const int64_t blocks = std::max<int64_t>(p.batch * ((p.dim + kLanes - 1) / kLanes), 1);
+  const int64_t want = std::max<int64_t>((int64_t(kBlocksPerSm) * sms + blocks - 1) / blocks, 1);
+  a.seg_chunks = std::max<int64_t>((a.chunks + want - 1) / want, kMinSegChunks);
+  a.nseg = std::max<int64_t>((a.chunks + a.seg_chunks - 1) / a.seg_chunks, 1);
   return a;
 }
 
-dim3 grid_of(const ScanParams& p) { return dim3((p.dim + kLanes - 1) / kLanes, static_cast<unsigned>(p.batch)); }
+dim3 grid_of(const ScanArgs& a) {
+  return dim3((a.p.dim + kLanes - 1) / kLanes, static_cast<unsigned>(a.p.batch), static_cast<unsigned>(a.nseg));
+}
 
-int current_device() {
-  int dev = 0;
-  LCTX_CUDA_CHECK(cudaGetDevice(&dev));
-  return dev;
+template <class K>
+void launch(K kernel, const ScanArgs& a, int smem, cudaStream_t st, const char* what) {
+  LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  // The most shared memory per SM: two backward blocks (~113 KB each) fit only so.
+  LCTX_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  kernel<<<grid_of(a), kThreads, smem, st>>>(a);
+  LCTX_CUDA_CHECK_LAUNCH(what);
+}
+
+// seg_h (forward) or seg_g (reverse) through segment_scan_kernel.
+void scan_segments(const ScanArgs& a, float* seg, const void* init, void* out, bool reverse, cudaStream_t st) {
+  const ScanParams& p = a.p;
+  const int64_t n = p.batch * p.dim * p.dstate;
+  segment_scan_kernel<<<grid_size(n, kThreads), kThreads, 0, st>>>(
+      seg, a.seg_dt, static_cast<const float*>(p.A), static_cast<const float*>(init), static_cast<float*>(out),
+      p.batch, a.nseg, p.dim, p.dstate, reverse);
+  LCTX_CUDA_CHECK_LAUNCH("selective_scan segment_scan_kernel");
+}
+
+// With several segments: their summaries and the forward segment scan, leaving the state
+// entering each segment in a.seg_h (and the final state in final_state when given).
+template <class T, int SPT>
+void enter_segments(const ScanArgs& a, void* final_state, cudaStream_t st) {
+  if (a.nseg == 1) return;
+  launch(scan_forward_kernel<T, SPT, Pass::summary>, a, bc_stage_floats(a.p.dstate) * sizeof(float), st,
+         "selective_scan summary");
+  scan_segments(a, a.seg_h, a.p.state0, final_state, false, st);
 }
 
 }  // namespace
 
 void selective_scan_forward_cuda(const ScanParams& p, Stream s) {
   if (p.batch == 0 || p.dim == 0) return;
-  const ScanArgs a = make_args(p);
+  const Device dev = Device::cuda(current_device());
+  ScanArgs a = make_args(p);
+  const int64_t nseg_states = a.nseg > 1 ? p.batch * a.nseg * p.dim * (p.dstate + 1) : 0;
+  float* scratch = nseg_states ? static_cast<float*>(allocate_async(nseg_states * sizeof(float), dev, s)) : nullptr;
+  if (scratch) {
+    a.seg_h = scratch;
+    a.seg_dt = scratch + p.batch * a.nseg * p.dim * p.dstate;
+  }
+  const cudaStream_t st = cuda_stream(s);
   dispatch(p, slices_per_warp(p.dstate), [&]<class T, int SPT>() {
-    const int smem = bc_stage_floats(p.dstate) * sizeof(float);
-    LCTX_CUDA_CHECK(cudaFuncSetAttribute(scan_forward_kernel<T, SPT, false>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    scan_forward_kernel<T, SPT, false><<<grid_of(p), kThreads, smem, cuda_stream(s)>>>(a);
-    LCTX_CUDA_CHECK_LAUNCH("selective_scan_forward");
+    enter_segments<T, SPT>(a, p.final_state, st);
+    launch(scan_forward_kernel<T, SPT, Pass::output>, a, bc_stage_floats(p.dstate) * sizeof(float), st,
+           "selective_scan_forward");
   });
+  if (scratch) deallocate_async(scratch, dev, s);
 }
 
 void selective_scan_backward_cuda(const ScanParams& p, Stream s) {
@@ -640,32 +830,37 @@ void selective_scan_backward_cuda(const ScanParams& p, Stream s) {
   const cudaStream_t st = cuda_stream(s);
   ScanArgs a = make_args(p);
   const int64_t bc = p.batch * p.seqlen * p.groups * p.dstate, states = p.batch * p.dim * p.dstate;
-  const int64_t ckpt = p.batch * a.chunks * p.dim * p.dstate;
-  const int64_t floats = ckpt + 1 + 2 * bc + states + 2 * p.batch * p.dim;
+  const int64_t ckpt = p.batch * a.chunks * p.dim * p.dstate, nseg = a.nseg;
+  const int64_t seg_bufs = nseg > 1 ? 2 * nseg * states + nseg * p.batch * p.dim : 0;
+  const int64_t floats = ckpt + 1 + 2 * bc + nseg * (states + 2 * p.batch * p.dim) + seg_bufs;
   float* scratch = static_cast<float*>(allocate_async(std::max<int64_t>(floats, 1) * sizeof(float), dev, s));
   a.ckpt = scratch;
   a.dBC = reinterpret_cast<float2*>(a.ckpt + ckpt + ckpt % 2);  // 8-byte aligned
   a.dA = reinterpret_cast<float*>(a.dBC + bc);
-  a.dD = a.dA + states;
-  a.dbias = a.dD + p.batch * p.dim;
+  a.dD = a.dA + nseg * states;
+  a.dbias = a.dD + nseg * p.batch * p.dim;
+  if (nseg > 1) {
+    a.seg_h = a.dbias + nseg * p.batch * p.dim;
+    a.seg_g = a.seg_h + nseg * states;
+    a.seg_dt = a.seg_g + nseg * states;
+  }
   if (bc > 0) LCTX_CUDA_CHECK(cudaMemsetAsync(a.dBC, 0, bc * sizeof(float2), st));
   if (p.batch > 0 && p.dim > 0) {
     dispatch(p, slices_per_warp(p.dstate), [&]<class T, int SPT>() {
       const int bc_smem = bc_stage_floats(p.dstate) * sizeof(float);
-      LCTX_CUDA_CHECK(cudaFuncSetAttribute(scan_forward_kernel<T, SPT, true>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, bc_smem));
-      scan_forward_kernel<T, SPT, true><<<grid_of(p), kThreads, bc_smem, st>>>(a);
-      LCTX_CUDA_CHECK_LAUNCH("selective_scan_backward (checkpoints)");
-      const int smem = kBackwardSmemFloats * sizeof(float) + bc_smem;
-      LCTX_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<T, SPT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           smem));
-      scan_backward_kernel<T, SPT><<<grid_of(p), kThreads, smem, st>>>(a);
-      LCTX_CUDA_CHECK_LAUNCH("selective_scan_backward");
+      enter_segments<T, SPT>(a, nullptr, st);
+      launch(scan_forward_kernel<T, SPT, Pass::ckpt>, a, bc_smem, st, "selective_scan_backward (checkpoints)");
+      if (nseg > 1) {
+        launch(scan_grad_summary_kernel<T, SPT>, a, bc_smem, st, "selective_scan_backward (summary)");
+        scan_segments(a, a.seg_g, p.d_final_state, p.d_state0, true, st);
+      }
+      launch(scan_backward_kernel<T, SPT>, a, kBackwardSmemFloats * sizeof(float) + bc_smem, st,
+             "selective_scan_backward");
     });
   }
   auto sum = [&](void* out, const float* part, int64_t n) {
     if (!out || n == 0) return;
-    sum_batches_kernel<<<grid_size(n, kThreads), kThreads, 0, st>>>(static_cast<float*>(out), part, n, p.batch);
+    sum_batches_kernel<<<grid_size(n, kThreads), kThreads, 0, st>>>(static_cast<float*>(out), part, n, p.batch * nseg);
     LCTX_CUDA_CHECK_LAUNCH("selective_scan_backward (batch sums)");
   };
   sum(p.dA, a.dA, static_cast<int64_t>(p.dim) * p.dstate);

@@ -1,7 +1,10 @@
-// SSD's elementwise maps on CUDA (ssd.h), fp32 math: the inputs of linear_attn (one thread per
-// element of x), the D skip, and the gradient map: a warp per (b, t, h) row for the sums over
-// the head dim, then one block per head for the sums over rows (dA, dD, d_dt_bias) in a fixed
-// order (deterministic).
+// SSD's elementwise maps on CUDA (ssd.h), fp32 math: the inputs of linear_attn and the D skip
+// (a thread per pack of 8 elements, 16-byte loads for bf16), and the gradient map: a group of
+// lanes per (b, t, h) row for the sums over the head dim, then one block per head for the sums
+// over rows (dA, dD, d_dt_bias) in a fixed order (deterministic).
+#include <cstdint>
+#include <initializer_list>
+
 #include "core/cuda/launch.cuh"
 #include "core/cuda/reduce.cuh"
 #include "core/cuda_types.cuh"
@@ -12,56 +15,114 @@ namespace lctx::ssm::detail {
 
 namespace {
 
-constexpr int kThreads = 256, kWarps = kThreads / 32;
+constexpr int kThreads = 256;
 
 const float* ptr_or_null(const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; }
 
+// Whether rows of P elements of these tensors can be read in packs of 8.
 template <class T>
+bool vec_ok(int P, std::initializer_list<const Tensor*> ts) {
+  if (P % 8 != 0) return false;
+  for (const Tensor* t : ts)
+    if (reinterpret_cast<uintptr_t>(t->raw()) % (8 * sizeof(T)) != 0) return false;
+  return true;
+}
+// f.template operator()<kVec>() with packs of 8 where vec_ok allows, else of 1.
+template <class T, class F>
+void with_vec(int P, std::initializer_list<const Tensor*> ts, F&& f) {
+  if (vec_ok<T>(P, ts)) f.template operator()<8>();
+  else f.template operator()<1>();
+}
+
+// kVec consecutive elements of one row, loaded and stored as one vector (16 bytes for bf16
+// with kVec = 8); kVec = 1 serves head dims or pointers the vector path cannot.
+template <class T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+template <class T, int kVec>
+__device__ __forceinline__ Pack<T, kVec> load_pack(const T* p, int64_t i) {
+  return *reinterpret_cast<const Pack<T, kVec>*>(p + i);
+}
+template <class T, int kVec>
+__device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T, kVec>& v) {
+  *reinterpret_cast<Pack<T, kVec>*>(p + i) = v;
+}
+
+// A thread per pack of kVec elements (P % kVec == 0: a pack lies in one row r = (b, t, h)).
+template <class T, int kVec>
 __global__ void map_inputs_kernel(float* __restrict__ dt, float* __restrict__ raw, T* __restrict__ v,
                                   float* __restrict__ log_decay, const T* __restrict__ dt_in, const T* __restrict__ x,
                                   const float* __restrict__ A, const float* __restrict__ bias, int64_t n, int heads,
                                   int P, bool softplus) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / P;
+  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < n / kVec; g += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = g * kVec, r = i / P;
     const int h = static_cast<int>(r % heads);
     const float rw = to_f32(dt_in[r]) + (bias ? bias[h] : 0.0f);
     const float d = softplus ? detail::softplus(rw) : rw;
-    v[i] = from_f32<T>(d * to_f32(x[i]));
+    const Pack<T, kVec> px = load_pack<T, kVec>(x, i);
+    Pack<T, kVec> pv;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) pv.v[k] = from_f32<T>(d * to_f32(px.v[k]));
+    store_pack<T, kVec>(v, i, pv);
     if (i % P == 0) raw[r] = rw, dt[r] = d, log_decay[r] = d * A[h];
   }
 }
 
-template <class T>
+template <class T, int kVec>
 __global__ void add_skip_kernel(T* __restrict__ y, const T* __restrict__ x, const float* __restrict__ D, int64_t n,
                                 int heads, int P) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = from_f32<T>(to_f32(y[i]) + D[i / P % heads] * to_f32(x[i]));
+  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < n / kVec; g += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = g * kVec;
+    const float skip = D[i / P % heads];
+    const Pack<T, kVec> px = load_pack<T, kVec>(x, i);
+    Pack<T, kVec> py = load_pack<T, kVec>(y, i);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) py.v[k] = from_f32<T>(to_f32(py.v[k]) + skip * to_f32(px.v[k]));
+    store_pack<T, kVec>(y, i, py);
+  }
 }
 
 // Per row r: dx, d_dt, and the row's terms of the per-head sums: pA = dlog dt, pD = dy . x,
-// pB = d_dt (fp32, before rounding to dt's dtype).
-template <class T>
+// pB = d_dt (fp32, before rounding to dt's dtype). A group of kLanes lanes per row (kLanes
+// divides 32), each lane walking packs of kVec elements.
+template <class T, int kVec, int kLanes>
 __global__ void row_grads_kernel(T* __restrict__ dx, T* __restrict__ d_dt, float* __restrict__ pA,
                                  float* __restrict__ pD, float* __restrict__ pB, const T* __restrict__ x,
                                  const T* __restrict__ dy, const T* __restrict__ dv, const float* __restrict__ dlog,
                                  const float* __restrict__ dt, const float* __restrict__ raw,
                                  const float* __restrict__ A, const float* __restrict__ D, int64_t rows, int heads,
                                  int P, bool softplus) {
-  const int lane = threadIdx.x & 31;
-  for (int64_t r = blockIdx.x * int64_t(kWarps) + threadIdx.x / 32; r < rows; r += int64_t(gridDim.x) * kWarps) {
+  constexpr int kRowsPerWarp = 32 / kLanes;
+  const int lane = threadIdx.x % kLanes;
+  const int64_t first = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kLanes;
+  const int64_t step = int64_t(gridDim.x) * blockDim.x / kLanes;
+  // Every lane of a warp runs the same number of iterations (the shuffles need them all).
+  const int64_t warp_rows = (rows + kRowsPerWarp - 1) / kRowsPerWarp * kRowsPerWarp;
+  for (int64_t r = first; r < warp_rows; r += step) {
+    const bool live = r < rows;
     const int h = static_cast<int>(r % heads);
-    const float d = dt[r], skip = D ? D[h] : 0.0f;
+    const float d = live ? dt[r] : 0.0f, skip = D && live ? D[h] : 0.0f;
     float sv = 0.0f, sd = 0.0f;
-    for (int p = lane; p < P; p += 32) {
+    for (int p = lane * kVec; live && p < P; p += kLanes * kVec) {
       const int64_t i = r * P + p;
-      const float xv = to_f32(x[i]), g = to_f32(dy[i]), dvv = to_f32(dv[i]);
-      sv += dvv * xv;
-      sd += g * xv;
-      dx[i] = from_f32<T>(dvv * d + skip * g);
+      const Pack<T, kVec> px = load_pack<T, kVec>(x, i), pg = load_pack<T, kVec>(dy, i), pv = load_pack<T, kVec>(dv, i);
+      Pack<T, kVec> pd;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const float xv = to_f32(px.v[k]), g = to_f32(pg.v[k]), dvv = to_f32(pv.v[k]);
+        sv += dvv * xv;
+        sd += g * xv;
+        pd.v[k] = from_f32<T>(dvv * d + skip * g);
+      }
+      store_pack<T, kVec>(dx, i, pd);
     }
-    sv = warp_sum(sv);
-    sd = warp_sum(sd);
-    if (lane == 0) {
+#pragma unroll
+    for (int o = kLanes / 2; o > 0; o >>= 1) {
+      sv += __shfl_xor_sync(0xffffffffu, sv, o);
+      sd += __shfl_xor_sync(0xffffffffu, sd, o);
+    }
+    if (lane == 0 && live) {
       const float ddt = dlog[r] * A[h] + sv;
       const float out = softplus ? ddt * detail::sigmoid(raw[r]) : ddt;
       d_dt[r] = from_f32<T>(out);
@@ -100,10 +161,12 @@ void ssd_map_inputs_cuda(Tensor& dt, Tensor& raw, Tensor& v, Tensor& log_decay, 
   set_device(in.x);
   const int heads = static_cast<int>(in.x.size(2)), P = static_cast<int>(in.x.size(3));
   LCTX_DISPATCH_CUDA_FLOAT(in.x.dtype(), "ssd_map_inputs", [&] {
-    map_inputs_kernel<<<grid_size(n, kThreads), kThreads, 0, cuda_stream(s)>>>(
-        dt.data<float>(), raw.data<float>(), static_cast<scalar_t*>(v.raw()), log_decay.data<float>(),
-        static_cast<const scalar_t*>(in.dt.raw()), static_cast<const scalar_t*>(in.x.raw()), in.A.data<float>(),
-        ptr_or_null(in.dt_bias), n, heads, P, sp == Softplus::on);
+    with_vec<scalar_t>(P, {&in.x, &v}, [&]<int kVec>() {
+      map_inputs_kernel<scalar_t, kVec><<<grid_size(n / kVec, kThreads), kThreads, 0, cuda_stream(s)>>>(
+          dt.data<float>(), raw.data<float>(), static_cast<scalar_t*>(v.raw()), log_decay.data<float>(),
+          static_cast<const scalar_t*>(in.dt.raw()), static_cast<const scalar_t*>(in.x.raw()), in.A.data<float>(),
+          ptr_or_null(in.dt_bias), n, heads, P, sp == Softplus::on);
+    });
   });
   LCTX_CUDA_CHECK_LAUNCH("ssd map_inputs_kernel");
 }
@@ -112,10 +175,13 @@ void ssd_add_skip_cuda(Tensor& y, const Tensor& x, const Tensor& D, Stream s) {
   const int64_t n = x.numel();
   if (n == 0) return;
   set_device(x);
+  const int P = static_cast<int>(x.size(3));
   LCTX_DISPATCH_CUDA_FLOAT(x.dtype(), "ssd_add_skip", [&] {
-    add_skip_kernel<<<grid_size(n, kThreads), kThreads, 0, cuda_stream(s)>>>(
-        static_cast<scalar_t*>(y.raw()), static_cast<const scalar_t*>(x.raw()), D.data<float>(), n,
-        static_cast<int>(x.size(2)), static_cast<int>(x.size(3)));
+    with_vec<scalar_t>(P, {&x, &y}, [&]<int kVec>() {
+      add_skip_kernel<scalar_t, kVec><<<grid_size(n / kVec, kThreads), kThreads, 0, cuda_stream(s)>>>(
+          static_cast<scalar_t*>(y.raw()), static_cast<const scalar_t*>(x.raw()), D.data<float>(), n,
+          static_cast<int>(x.size(2)), P);
+    });
   });
   LCTX_CUDA_CHECK_LAUNCH("ssd add_skip_kernel");
 }
@@ -130,11 +196,17 @@ void ssd_map_grads_cuda(SsdGrads& g, const SsdInputs& in, const Tensor& dy, cons
   Tensor parts = Tensor::empty({3, rows}, DType::f32, x.device());
   float* pA = parts.data<float>();
   LCTX_DISPATCH_CUDA_FLOAT(x.dtype(), "ssd_map_grads", [&] {
-    row_grads_kernel<<<grid_size(rows, kWarps), kThreads, 0, cuda_stream(s)>>>(
-        static_cast<scalar_t*>(g.dx.raw()), static_cast<scalar_t*>(g.d_dt.raw()), pA, pA + rows, pA + 2 * rows,
-        static_cast<const scalar_t*>(x.raw()), static_cast<const scalar_t*>(dy.raw()),
-        static_cast<const scalar_t*>(dv.raw()), d_log_decay.data<float>(), dt.data<float>(), raw.data<float>(),
-        in.A.data<float>(), ptr_or_null(in.D), rows, heads, P, sp == Softplus::on);
+    auto launch = [&]<int kVec, int kLanes>() {
+      row_grads_kernel<scalar_t, kVec, kLanes><<<grid_size(rows * kLanes, kThreads), kThreads, 0, cuda_stream(s)>>>(
+          static_cast<scalar_t*>(g.dx.raw()), static_cast<scalar_t*>(g.d_dt.raw()), pA, pA + rows, pA + 2 * rows,
+          static_cast<const scalar_t*>(x.raw()), static_cast<const scalar_t*>(dy.raw()),
+          static_cast<const scalar_t*>(dv.raw()), d_log_decay.data<float>(), dt.data<float>(), raw.data<float>(),
+          in.A.data<float>(), ptr_or_null(in.D), rows, heads, P, sp == Softplus::on);
+    };
+    // Eight lanes of eight elements per row for head dims that are multiples of 64 (Mamba-2's
+    // 64 and 128); a warp per row otherwise.
+    if (vec_ok<scalar_t>(P, {&x, &dy, &dv, &g.dx}) && P % 64 == 0) launch.template operator()<8, 8>();
+    else launch.template operator()<1, 32>();
   });
   LCTX_CUDA_CHECK_LAUNCH("ssd row_grads_kernel");
   head_sums_kernel<<<heads, kThreads, 0, cuda_stream(s)>>>(

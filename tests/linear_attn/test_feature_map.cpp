@@ -104,10 +104,19 @@ TEST_P(FeatureMapTest, MatchesFormulaF64AndF32) {
     const auto want = naive_map(c, make_map(c, D), x, stab.defined() ? stab.to(DType::f64) : Tensor());
     EXPECT_LE(rel_error(phi, Tensor::from_vector(phi.shape(), want, DType::f64)), dt == DType::f64 ? 1e-14 : 1e-6)
         << dtype_name(dt);
-    if (c.kind == FeatureKind::favor) {  // the stabiliser makes the largest feature exactly 1/sqrt(m)
+    if (c.kind == FeatureKind::favor) {
+      // The per-row stabiliser makes each row's largest feature exactly 1/sqrt(m); the key
+      // stabiliser is the max exponent rounded up to an integer, so the largest key feature
+      // lies in (e^-1, 1] / sqrt(m).
       double mx = 0;
       for (double v : phi.to_vector()) mx = std::max(mx, v);
-      EXPECT_NEAR(mx * std::sqrt(static_cast<double>(c.features)), 1.0, 1e-6);
+      const double top = mx * std::sqrt(static_cast<double>(c.features));
+      if (!c.key) EXPECT_NEAR(top, 1.0, 1e-6);
+      if (c.key) {
+        EXPECT_GT(top, std::exp(-1.0) - 1e-6);
+        EXPECT_LE(top, 1.0 + 1e-6);
+        for (double v : stab.to_vector()) EXPECT_EQ(v, std::ceil(v));
+      }
     }
   }
 }

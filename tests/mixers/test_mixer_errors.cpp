@@ -45,13 +45,11 @@ TEST(MixerErrors, LinearOptions) {
   expect_config_error({"model.mixers=linear", "mixer.linear.feature_map=identity"},
                       {"mixer.linear.normalize", "identity"});
   expect_config_error({"model.mixers=linear", "model.position=alibi"}, {"model.position", "linear"});
-  expect_config_error({"model.mixers=performer", "train.device=cuda"}, {"train.device", "performer"});
 }
 
 TEST(MixerErrors, MambaOptions) {
   expect_config_error({"model.mixers=mamba", "mixer.mamba.d_conv=1"}, {"mixer.mamba.d_conv"});
   expect_config_error({"model.mixers=mamba", "mixer.mamba.d_state=300"}, {"mixer.mamba.d_state"});
-  expect_config_error({"model.mixers=[softmax, mamba]", "train.device=cuda"}, {"train.device", "mamba"});
   expect_config_error({"model.mixers=mamba2", "model.dim=16", "mixer.mamba2.head_dim=12"},
                       {"mixer.mamba2.head_dim", "d_inner = mixer.mamba2.expand x model.dim = 32"});
   expect_config_error({"model.mixers=mamba2", "model.dim=16", "mixer.mamba2.head_dim=8", "mixer.mamba2.groups=3"},

@@ -3,7 +3,9 @@
 // against the f64 result on the same rounded inputs is at most twice the error that rounding the
 // inputs (and parameters) to the 16-bit type once causes in the f64 result. Cases sweep the options, groups,
 // d_state 1..256 (every slice split of the kernels), sequences not a multiple of the kernel's
-// chunk, B = 2, state0 and its gradient. f32 against f64 by a fixed tolerance; two halves
+// chunk, B = 2, state0 and its gradient; one segment (S <= 64) and several (the summary
+// passes and segment scans, with 2 and with more state slices per warp). f32 against f64 by a
+// fixed tolerance; two halves
 // chained through final_state / d_state0 on the GPU equal one call; bad input errors.
 #include <gtest/gtest.h>
 
@@ -73,8 +75,8 @@ std::vector<GpuCase> gpu_cases() {
       {.name = "softplus_off", .B = 1, .S = 45, .D = 32, .N = 16, .opt = {.softplus = Softplus::off}},
       {.name = "odd_state", .B = 2, .S = 19, .D = 20, .N = 5},
       {.name = "state1", .B = 1, .S = 17, .D = 8, .N = 1},
-      {.name = "state64", .B = 1, .S = 40, .D = 36, .N = 64, .G = 2},
-      {.name = "state128", .B = 2, .S = 35, .D = 8, .N = 128},
+      {.name = "state64", .B = 1, .S = 200, .D = 36, .N = 64, .G = 2},
+      {.name = "state128", .B = 2, .S = 150, .D = 8, .N = 128},
       {.name = "state256", .B = 1, .S = 21, .D = 8, .N = 256},
       {.name = "len1", .B = 2, .S = 1, .D = 32, .N = 16},
       {.name = "len1000", .B = 1, .S = 1000, .D = 64, .N = 16},

@@ -1,6 +1,7 @@
 // The training loop end to end on tiny models with simulated ranks: bit-exact resume, resume
 // on a different dp/sp layout, a signal stopping every rank cleanly with a checkpoint, NaN
-// steps skipped, corrupt checkpoints, mismatched model shapes, and the metrics JSONL schema.
+// steps skipped, corrupt checkpoints, mismatched model shapes, the metrics JSONL schema, and
+// evaluation at another length (eval.seq_len).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -93,6 +94,42 @@ std::vector<double> losses(const RunResult& r) {
 }
 
 TEST_F(Training, ExactResumeIsBitwise) { expect_exact_resume({}); }
+
+std::vector<double> eval_losses(const RunResult& r) {
+  std::vector<double> l;
+  for (const auto& s : r.eval) l.push_back(s.loss);
+  return l;
+}
+
+// eval.seq_len: evaluating at 2x the training length is bitwise the evaluation of a run whose
+// data.seq_len is that length when the weights are the same (lr 0: the initial ones), it sees
+// the trained weights otherwise, and it leaves training untouched.
+TEST_F(Training, EvalAtAnotherLength) {
+  const std::vector<std::string> frozen = {"optimizer.lr=0", "optimizer.min_lr=0"};
+  auto with = [](std::vector<std::string> a, const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  const RunResult at64 = run(config("a", with(frozen, {"data.seq_len=64"})));
+  const RunResult longer = run(config("b", with(frozen, {"eval.seq_len=64"})));
+  ASSERT_EQ(longer.eval.size(), 2u);
+  EXPECT_EQ(eval_losses(longer), eval_losses(at64));
+  const RunResult trained = run(config("c", {"eval.seq_len=64"}));
+  const RunResult plain = run(config("d"));
+  EXPECT_EQ(losses(trained), losses(plain));
+  ASSERT_EQ(trained.eval.size(), 2u);
+  EXPECT_NE(trained.eval[1].loss, longer.eval[1].loss);  // the weights moved
+  EXPECT_NE(trained.eval[1].loss, plain.eval[1].loss);   // another length
+  // A kind whose parameters are shaped by data.seq_len cannot, and the length must suit the layout.
+  EXPECT_THROW(config("e", {"model.mixers=linformer", "mixer.linformer.bidirectional=true", "eval.seq_len=64"}), Error);
+  try {
+    config("f", {"eval.seq_len=36"});
+    ADD_FAILURE() << "eval.seq_len 36 accepted with zigzag over 4 ranks";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("eval.seq_len = 36"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("divisible by 2 * parallel.sp = 8"), std::string::npos) << e.what();
+  }
+}
 
 // Performer features redrawn every 2 steps (at 2, 4, 6): the resumed run draws the same ones.
 TEST_F(Training, ExactResumeRedrawsPerformerFeatures) {
