@@ -8,7 +8,9 @@ namespace lctx::mixers {
 
 using ops::GradMode;
 
-AttentionCore::AttentionCore(const AttentionCoreOptions& o) : o_(o) {
+namespace {
+
+void check_shape(const AttentionCoreOptions& o) {
   const HeadShape& s = o.shape;
   LCTX_CHECK(s.dim > 0 && s.heads > 0 && s.kv_heads > 0 && s.head_dim > 0 && s.heads % s.kv_heads == 0,
              "AttentionCore: need positive sizes and heads (", s.heads, ") divisible by kv_heads (", s.kv_heads, ")");
@@ -16,16 +18,35 @@ AttentionCore::AttentionCore(const AttentionCoreOptions& o) : o_(o) {
              s.head_dim);
 }
 
+}  // namespace
+
+AttentionCore::AttentionCore(const AttentionCoreOptions& o) : o_(o) {
+  check_shape(o);
+  LCTX_CHECK(o.short_conv == 0, "AttentionCore: a short conv (width ", o.short_conv,
+             ") needs the sequence-parallel group and layout (the other constructor)");
+}
+
+AttentionCore::AttentionCore(const AttentionCoreOptions& o, dist::Comm& sp, const dist::Layout& layout) : o_(o) {
+  check_shape(o);
+  if (o.short_conv > 0) conv_.emplace(sp, layout, o.short_conv);
+}
+
+int64_t AttentionCore::qkv_channels() const {
+  return (o_.shape.heads + 2 * o_.shape.kv_heads) * o_.shape.head_dim;
+}
+
 std::vector<ParamSpec> AttentionCore::param_specs() const {
   const HeadShape& s = o_.shape;
   std::vector<ParamSpec> p = {
-      {.name = "wqkv", .shape = {(s.heads + 2 * s.kv_heads) * s.head_dim, s.dim}},
+      {.name = "wqkv", .shape = {qkv_channels(), s.dim}},
       {.name = "wo", .shape = {s.dim, s.heads * s.head_dim}, .init = Init::normal_residual},
   };
   if (o_.qk_norm == QkNorm::rms) {
     p.push_back({.name = "q_norm", .shape = {s.head_dim}, .decay = Decay::none, .init = Init::ones});
     p.push_back({.name = "k_norm", .shape = {s.head_dim}, .decay = Decay::none, .init = Init::ones});
   }
+  if (conv_)
+    for (ParamSpec& c : conv_->param_specs(qkv_channels())) p.push_back(std::move(c));
   return p;
 }
 
@@ -33,7 +54,9 @@ void AttentionCore::bind(std::span<const Param> p) {
   LCTX_CHECK(p.size() == param_specs().size(), "AttentionCore::bind: ", p.size(), " parameters, expected ",
              param_specs().size());
   wqkv_ = p[0], wo_ = p[1];
-  if (o_.qk_norm == QkNorm::rms) q_norm_ = p[2], k_norm_ = p[3];
+  size_t i = 2;
+  if (o_.qk_norm == QkNorm::rms) q_norm_ = p[i], k_norm_ = p[i + 1], i += 2;
+  if (conv_) conv_w_ = p[i], conv_b_ = p[i + 1];
 }
 
 void AttentionCore::qkv_forward(QkvActs& a, const Tokens& in) const {
@@ -42,8 +65,15 @@ void AttentionCore::qkv_forward(QkvActs& a, const Tokens& in) const {
   const int64_t B = x.size(0), L = x.size(1), H = s.heads, Hk = s.kv_heads, hd = s.head_dim;
   const DType dt = x.dtype();
   const Device dev = x.device();
-  if (!a.qkv.defined()) a.qkv = Tensor::empty({B, L, (H + 2 * Hk) * hd}, dt, dev);
-  ops::linear_forward(a.qkv, x, wqkv_.compute, Tensor());
+  if (!a.qkv.defined()) a.qkv = Tensor::empty({B, L, qkv_channels()}, dt, dev);
+  if (conv_) {
+    a.qkv_in = Tensor::empty({B, L, qkv_channels()}, dt, dev);
+    ops::linear_forward(a.qkv_in, x, wqkv_.compute, Tensor());
+    a.conv_halo = conv_->halo(a.qkv_in);
+    a.qkv.copy_from(conv_->forward(a.qkv_in, a.conv_halo, conv_w_, conv_b_));
+  } else {
+    ops::linear_forward(a.qkv, x, wqkv_.compute, Tensor());
+  }
   const Tensor heads = a.qkv.view({B, L, H + 2 * Hk, hd});
   a.q = Tensor::empty({B, L, H, hd}, dt, dev);
   a.k = Tensor::empty({B, L, Hk, hd}, dt, dev);
@@ -90,8 +120,9 @@ void AttentionCore::qkv_backward(Tensor& dx, QkvActs& a, Tensor& dq, Tensor& dk,
     dk_raw.copy_from(dk);
   }
   dheads.slice(2, H + Hk, H + 2 * Hk).copy_from(dv);
+  const Tensor d_proj = conv_ ? conv_->backward(a.qkv_in, a.conv_halo, a.qkv, conv_w_, conv_b_) : a.qkv;
   Tensor none;
-  ops::linear_backward(dx, wqkv_.grad, none, a.qkv, in.x, wqkv_.compute, GradMode::overwrite);
+  ops::linear_backward(dx, wqkv_.grad, none, d_proj, in.x, wqkv_.compute, GradMode::overwrite);
 }
 
 void AttentionCore::out_forward(Tensor& y, const Tensor& o) const {

@@ -44,7 +44,7 @@ void init_retention_logits(Tensor& master) {
 class LinearAttentionMixer final : public Mixer {
  public:
   LinearAttentionMixer(const LinearAttentionOptions& o, dist::Mesh& mesh, const dist::Layout& layout)
-      : o_(o), core_(o.core), mesh_(mesh), layout_(layout) {
+      : o_(o), core_(o.core, mesh.sp(), layout), mesh_(mesh), layout_(layout) {
     LCTX_CHECK(o.core.position != Position::alibi, "linear attention mixer: ALiBi is a softmax bias; use rope or none");
     LCTX_CHECK(o.chunk >= 1, "linear attention mixer: chunk must be >= 1, got ", o.chunk);
     LCTX_CHECK(o.feature != la::FeatureKind::favor || o.features >= 1, "linear attention mixer: features must be >= 1, got ",

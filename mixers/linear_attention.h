@@ -1,5 +1,6 @@
-// Linear attention as a mixer (kinds `linear` and `performer`): the AttentionCore's q/k/v and
-// output projection around a feature map phi and the causal recurrence of lib/linear_attn
+// Linear attention as a mixer (kinds `linear` and `performer`): the AttentionCore's q/k/v (with
+// an optional short conv, core.short_conv) and output projection around a feature map phi and
+// the causal recurrence of lib/linear_attn
 //   S_t = lambda_t S_{t-1} + phi(k_t) v_t^T,  o_t = phi(q_t)^T S_t  (/ phi(q_t)^T z_t normalised)
 // with a decay lambda that is none, a fixed per-head retention schedule 1 - 2^(-5-h), a
 // learned per-head sigmoid, or a per-token gate sigmoid(x W_g^T + b_g) (log-sigmoid into the

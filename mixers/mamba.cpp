@@ -4,7 +4,7 @@
 
 #include "dist/mesh.h"
 #include "mixers/mamba_parts.h"
-#include "ssm/causal_conv1d.h"  // kMaxConvWidth
+#include "mixers/segment_conv.h"
 #include "ssm/selective_scan.h"
 #include "ssm/selective_scan_params.h"  // kMaxStateCpu
 
@@ -32,19 +32,17 @@ class MambaMixer final : public Mixer {
     LCTX_CHECK(o.dim >= 1 && o.expand >= 1, "mamba mixer: dim (", o.dim, ") and expand (", o.expand, ") must be >= 1");
     LCTX_CHECK(o.d_state >= 1 && o.d_state <= ssm::kMaxStateCpu, "mamba mixer: d_state must be in 1..",
                ssm::kMaxStateCpu, ", got ", o.d_state);
-    LCTX_CHECK(o.d_conv >= 2 && o.d_conv <= ssm::kMaxConvWidth, "mamba mixer: d_conv must be in 2..",
-               ssm::kMaxConvWidth, ", got ", o.d_conv);
     LCTX_CHECK(o.chunk >= 1, "mamba mixer: chunk must be >= 1, got ", o.chunk);
     scan_opts_.chunk = o.chunk;
   }
 
   std::vector<ParamSpec> param_specs() const override {
-    const int64_t N = o_.d_state, W = o_.d_conv;
-    const double conv_bound = 1.0 / std::sqrt(static_cast<double>(W));
+    const int64_t N = o_.d_state;
+    const std::vector<ParamSpec> conv = conv_.param_specs(di_);
     return {
         {.name = "in_proj", .shape = {2 * di_, o_.dim}},
-        uniform_spec("conv_weight", {di_, W}, conv_bound, Decay::weight),
-        uniform_spec("conv_bias", {di_}, conv_bound, Decay::none),
+        conv[0],
+        conv[1],
         {.name = "x_proj", .shape = {rank_ + 2 * N, di_}},
         uniform_spec("dt_proj", {di_, rank_}, 1.0 / std::sqrt(static_cast<double>(rank_)), Decay::weight),
         {.name = "dt_bias", .shape = {di_}, .decay = Decay::none, .init = Init::custom, .custom = init_dt_bias},

@@ -5,9 +5,9 @@
 #include "core/rng.h"
 #include "dist/mesh.h"
 #include "mixers/mamba_parts.h"
+#include "mixers/segment_conv.h"
 #include "ops/rmsnorm.h"
 #include "ops/swiglu.h"
-#include "ssm/causal_conv1d.h"  // kMaxConvWidth
 #include "ssm/ssd.h"
 
 namespace lctx::mixers {
@@ -37,20 +37,17 @@ class Mamba2Mixer final : public Mixer {
     heads_ = di_ / o.head_dim;
     LCTX_CHECK(o.groups >= 1 && heads_ % o.groups == 0, "mamba2 mixer: groups (", o.groups,
                ") must divide the heads d_inner / head_dim = ", heads_);
-    LCTX_CHECK(o.d_conv >= 2 && o.d_conv <= ssm::kMaxConvWidth, "mamba2 mixer: d_conv must be in 2..",
-               ssm::kMaxConvWidth, ", got ", o.d_conv);
     LCTX_CHECK(o.chunk >= 1, "mamba2 mixer: chunk must be >= 1, got ", o.chunk);
     gn_ = o.groups * o.d_state;
     ssd_opts_.chunk = o.chunk;
   }
 
   std::vector<ParamSpec> param_specs() const override {
-    const int64_t conv_ch = di_ + 2 * gn_;
-    const double conv_bound = 1.0 / std::sqrt(static_cast<double>(o_.d_conv));
+    const std::vector<ParamSpec> conv = conv_.param_specs(di_ + 2 * gn_);
     return {
         {.name = "in_proj", .shape = {2 * di_ + 2 * gn_ + heads_, o_.dim}},
-        uniform_spec("conv_weight", {conv_ch, o_.d_conv}, conv_bound, Decay::weight),
-        uniform_spec("conv_bias", {conv_ch}, conv_bound, Decay::none),
+        conv[0],
+        conv[1],
         {.name = "dt_bias", .shape = {heads_}, .decay = Decay::none, .init = Init::custom, .custom = init_dt_bias},
         {.name = "A_log", .shape = {heads_}, .decay = Decay::none, .init = Init::custom, .custom = init_a_log},
         {.name = "D", .shape = {heads_}, .decay = Decay::none, .init = Init::ones},

@@ -4,10 +4,8 @@
 #include <cmath>
 
 #include "core/rng.h"
-#include "dist/halo.h"
 #include "ops/linear.h"
 #include "ops/negative_exp.h"
-#include "ssm/causal_conv1d.h"
 #include "ssm/segment_decay.h"
 
 namespace lctx::mixers::mamba {
@@ -27,14 +25,6 @@ void init_dt_bias(Tensor& master, const InitContext& ctx) {
     x = dt + std::log(-std::expm1(-dt));
   }
   master.copy_from(Tensor::from_vector(master.shape(), v, master.dtype()));
-}
-
-ParamSpec uniform_spec(std::string name, Shape shape, double bound, Decay decay) {
-  return {.name = std::move(name),
-          .shape = std::move(shape),
-          .decay = decay,
-          .init = Init::custom,
-          .custom = [bound](Tensor& m, const InitContext& c) { rng_uniform(m, c.seed, c.offset, -bound, bound); }};
 }
 
 Tensor project(const Tensor& x, const Param& w, int64_t begin, int64_t n) {
@@ -74,47 +64,6 @@ Tensor wide(const Tensor& t) { return t.defined() ? t.to(wide_dtype(t.dtype())) 
 
 Tensor segment_decay(const Tensor& dt_raw, const Tensor& dt_bias, const Tensor& A, const dist::Segment& seg) {
   return ssm::segment_decay(rows(dt_raw, seg), dt_bias, A, ssm::Softplus::on);
-}
-
-std::vector<Tensor> SegmentConv::halo(const Tensor& x) const { return dist::halo_forward(sp_, layout_, x, width_ - 1); }
-
-namespace {
-
-ssm::ConvInputs conv_inputs(const Tensor& x, const Tensor& halo, const Param& weight, const Param& bias,
-                            const dist::Segment& seg) {
-  return {.x = rows(x, seg).contiguous(), .weight = wide(weight.compute), .bias = wide(bias.compute), .history = halo};
-}
-
-const ssm::ConvOptions kSilu{.activation = ssm::Activation::silu};
-
-}  // namespace
-
-Tensor SegmentConv::forward(const Tensor& x, std::span<const Tensor> halo, const Param& weight, const Param& bias) const {
-  Tensor u = Tensor::empty(x.shape(), x.dtype(), x.device());
-  const std::vector<dist::Segment> segs = layout_.segments(sp_.rank());
-  for (size_t i = 0; i < segs.size(); ++i)
-    rows(u, segs[i]).copy_from(ssm::causal_conv1d_forward(conv_inputs(x, halo[i], weight, bias, segs[i]), kSilu));
-  return u;
-}
-
-Tensor SegmentConv::backward(const Tensor& x, std::span<const Tensor> halo, const Tensor& du, const Param& weight,
-                             const Param& bias) const {
-  Tensor dx = wide_zeros_like(x);
-  Tensor dw = weight.grad, db = bias.grad;
-  dw.zero();
-  db.zero();
-  const std::vector<dist::Segment> segs = layout_.segments(sp_.rank());
-  std::vector<Tensor> d_halo;
-  for (size_t i = 0; i < segs.size(); ++i) {
-    const ssm::ConvGrads g = ssm::causal_conv1d_backward(conv_inputs(x, halo[i], weight, bias, segs[i]),
-                                                         rows(du, segs[i]).contiguous(), kSilu);
-    rows(dx, segs[i]).add_from(g.dx);
-    dw.add_from(g.dweight);
-    db.add_from(g.dbias);
-    d_halo.push_back(wide(g.d_history));  // halo_backward takes dx's wide dtype (bf16 on CUDA)
-  }
-  dist::halo_backward(sp_, layout_, d_halo, dx);
-  return dx.to(x.dtype());
 }
 
 }  // namespace lctx::mixers::mamba

@@ -1,7 +1,7 @@
 // The pieces the Mamba kinds (`mamba`, `mamba2`) share, so each kind's forward and backward read
 // as the layer's math: the Mamba-paper inits, projections onto row blocks of one weight (the
-// parts of in_proj / x_proj), the causal depthwise conv over this rank's segments with its
-// history halo (dist/halo.h), and a segment's decay product for dist/recurrent_sp.h.
+// parts of in_proj / x_proj) and a segment's decay product for dist/recurrent_sp.h. Their conv
+// is mixers/segment_conv.h.
 #pragma once
 #include <cstdint>
 #include <span>
@@ -19,9 +19,6 @@ namespace lctx::mixers::mamba {
 
 // dt = exp(U(log 1e-3, log 1e-1)) (at least 1e-4), stored as its inverse softplus (dt_bias).
 void init_dt_bias(Tensor& master, const InitContext& ctx);
-
-// A parameter drawn from U(-bound, bound) (PyTorch's conv default, Mamba's dt_proj).
-ParamSpec uniform_spec(std::string name, Shape shape, double bound, Decay decay);
 
 // x W[rows]^T for W's rows [begin, begin + n).
 Tensor project(const Tensor& x, const Param& w, int64_t begin, int64_t n);
@@ -72,24 +69,5 @@ struct ScanGradSums {
 // Zeros of t's shape in wide_dtype(t) on its device, an accumulator for add_from (undefined
 // where t is).
 Tensor wide_zeros_like(const Tensor& t);
-
-// Causal depthwise conv + SiLU over this rank's segments, each from the width - 1 rows before
-// it, wherever they live. x [B, L, C] on x's device.
-class SegmentConv {
- public:
-  SegmentConv(dist::Comm& sp, const dist::Layout& layout, int64_t width) : sp_(sp), layout_(layout), width_(width) {}
-  // Per local segment, the rows before it (collective over sp).
-  std::vector<Tensor> halo(const Tensor& x) const;
-  Tensor forward(const Tensor& x, std::span<const Tensor> halo, const Param& weight, const Param& bias) const;
-  // dL/dx (x's dtype) from dL/du (x's dtype); overwrites the gradients of weight and bias.
-  // Collective over sp (the history rows' gradients go back to their owners).
-  Tensor backward(const Tensor& x, std::span<const Tensor> halo, const Tensor& du, const Param& weight,
-                  const Param& bias) const;
-
- private:
-  dist::Comm& sp_;
-  const dist::Layout& layout_;
-  int64_t width_;
-};
 
 }  // namespace lctx::mixers::mamba

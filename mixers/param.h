@@ -53,4 +53,7 @@ struct Param {
 // Fills `master` as `spec` declares.
 void init_param(Tensor& master, const ParamSpec& spec, const InitContext& ctx);
 
+// A parameter drawn from U(-bound, bound) (PyTorch's conv default, Mamba's dt_proj).
+ParamSpec uniform_spec(std::string name, Shape shape, double bound, Decay decay);
+
 }  // namespace lctx::mixers

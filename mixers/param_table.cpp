@@ -21,6 +21,14 @@ void init_param(Tensor& master, const ParamSpec& spec, const InitContext& ctx) {
   }
 }
 
+ParamSpec uniform_spec(std::string name, Shape shape, double bound, Decay decay) {
+  return {.name = std::move(name),
+          .shape = std::move(shape),
+          .decay = decay,
+          .init = Init::custom,
+          .custom = [bound](Tensor& m, const InitContext& c) { rng_uniform(m, c.seed, c.offset, -bound, bound); }};
+}
+
 size_t ParamTable::add(const std::string& prefix, std::span<const ParamSpec> specs) {
   LCTX_CHECK(!flat_params_.defined(), "ParamTable::add after allocate()");
   const size_t first = specs_.size();

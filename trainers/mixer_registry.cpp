@@ -139,7 +139,7 @@ MixerKind softmax_kind() {
 
 // ---- linear, performer ----------------------------------------------------------------------
 
-// What the linear kinds check besides their options: RoPE or no positions, and the CPU.
+// What the linear kinds check besides their options: RoPE or no positions.
 void validate_linear_common(const Config& c, const std::string& kind) {
   LCTX_CHECK(c.model.position != "alibi", "config: model.position = alibi is a softmax bias; mixer kind ", kind,
              " needs rope or none");
@@ -147,8 +147,26 @@ void validate_linear_common(const Config& c, const std::string& kind) {
              "config: RoPE needs an even head dim; model.head_dim is ", c.model.head_size());
 }
 
+// linear, performer: a short conv of width 0 (none) or 2..kMaxConvWidth.
+void validate_short_conv(const Config& c, const std::string& kind) {
+  const int64_t w = c.mixer_option<int64_t>(kind, "short_conv");
+  LCTX_CHECK(w != 1, "config: mixer.", kind, ".short_conv = 1 is a per-channel scale, not a conv; use 0 (none) or 2..",
+             ssm::kMaxConvWidth);
+}
+
+MixerOption short_conv_option() {
+  return {.name = "short_conv",
+          .value = int64_t{0},
+          .doc = "width of a causal depthwise conv + SiLU over the projected q, k, v (fla's short convolution; lets "
+                 "a layer see the previous tokens, as recall tasks need); 0 = none",
+          .lo = 0,
+          .hi = ssm::kMaxConvWidth,
+          .shapes_model = true};
+}
+
 void validate_linear(const Config& c) {
   validate_linear_common(c, "linear");
+  validate_short_conv(c, "linear");
   LCTX_CHECK(!(c.mixer_option<std::string>("linear", "feature_map") == "identity" &&
                c.mixer_option<bool>("linear", "normalize")),
              "config: mixer.linear.normalize = true with mixer.linear.feature_map = identity: the normaliser ",
@@ -172,6 +190,7 @@ std::unique_ptr<mixers::Mixer> make_linear(const Config& c, dist::Mesh& mesh, co
   o.decay = linear_decay(c.mixer_option<std::string>("linear", "decay"));
   o.normalize = c.mixer_option<bool>("linear", "normalize") ? linear_attn::Normalize::on : linear_attn::Normalize::off;
   o.chunk = c.mixer_option<int64_t>("linear", "chunk");
+  o.core.short_conv = c.mixer_option<int64_t>("linear", "short_conv");
   return mixers::make_linear_attention_mixer(o, mesh, layout);
 }
 
@@ -206,6 +225,7 @@ MixerKind linear_kind() {
        .doc = "divide each output by phi(q) . z, z the decayed sum of phi(k)",
        .shapes_model = true},
       chunk_option(),
+      short_conv_option(),
   };
   k.documents = false;
   k.cuda = true;
@@ -215,7 +235,7 @@ MixerKind linear_kind() {
       {"mixer.linear.feature_map=relu", "mixer.linear.decay=fixed", "mixer.linear.normalize=false"},
       {"mixer.linear.feature_map=identity", "mixer.linear.decay=learned", "mixer.linear.normalize=false",
        "model.position=none", "mixer.linear.chunk=5"},
-      {"mixer.linear.decay=data", "mixer.linear.chunk=7"},
+      {"mixer.linear.decay=data", "mixer.linear.chunk=7", "mixer.linear.short_conv=4"},
   };
   return k;
 }
@@ -228,6 +248,7 @@ std::unique_ptr<mixers::Mixer> make_performer(const Config& c, dist::Mesh& mesh,
   o.redraw_every = c.mixer_option<int64_t>("performer", "redraw_every");
   o.seed = static_cast<uint64_t>(c.mixer_option<int64_t>("performer", "seed"));
   o.chunk = c.mixer_option<int64_t>("performer", "chunk");
+  o.core.short_conv = c.mixer_option<int64_t>("performer", "short_conv");
   return mixers::make_linear_attention_mixer(o, mesh, layout);
 }
 
@@ -257,13 +278,18 @@ MixerKind performer_kind() {
        .hi = 1e15,
        .shapes_model = true},
       chunk_option(),
+      short_conv_option(),
   };
   k.documents = false;
   k.cuda = true;
-  k.validate = [](const Config& c) { validate_linear_common(c, "performer"); };
+  k.validate = [](const Config& c) {
+    validate_linear_common(c, "performer");
+    validate_short_conv(c, "performer");
+  };
   k.make = make_performer;
   k.test_variants = {
       {"mixer.performer.features=24", "model.position=none", "mixer.performer.chunk=5"},
+      {"mixer.performer.features=16", "mixer.performer.short_conv=3"},
   };
   return k;
 }

@@ -45,6 +45,8 @@ TEST(MixerErrors, LinearOptions) {
   expect_config_error({"model.mixers=linear", "mixer.linear.feature_map=identity"},
                       {"mixer.linear.normalize", "identity"});
   expect_config_error({"model.mixers=linear", "model.position=alibi"}, {"model.position", "linear"});
+  expect_config_error({"model.mixers=linear", "mixer.linear.short_conv=1"}, {"mixer.linear.short_conv = 1", "2..8"});
+  expect_config_error({"model.mixers=performer", "mixer.performer.short_conv=9"}, {"mixer.performer.short_conv"});
 }
 
 TEST(MixerErrors, MambaOptions) {
