@@ -1154,9 +1154,9 @@ Work make_work(const LinearAttnParams& p) {
   w.normalize = p.normalize;
   w.nchunks = (p.seqlen + Tiles<DK>::C - 1) / Tiles<DK>::C;
   w.ntiles = (w.cols + kCols - 1) / kCols;
-  int dev = 0, sms = 0;
+  int dev = 0;
   LCTX_CUDA_CHECK(cudaGetDevice(&dev));
-  LCTX_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = sm_count(dev);
   const int64_t per_split = static_cast<int64_t>(w.ntiles) * p.batch * p.heads;
   const int64_t want = std::clamp<int64_t>((4 * sms + per_split - 1) / per_split, 1, std::max<int64_t>(w.nchunks, 1));
   w.split_chunks = static_cast<int>(std::max<int64_t>((w.nchunks + want - 1) / want, 1));

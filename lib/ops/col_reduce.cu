@@ -56,8 +56,7 @@ void col_reduce(Tensor& out, ColReduce kind, const Tensor& dy, const Tensor& x, 
                 const Tensor& rstd, int64_t rows, int64_t cols, GradMode mode, Stream s) {
   if (cols == 0) return;
   set_device(dy);
-  int sms = 0;
-  LCTX_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dy.device().index));
+  const int sms = sm_count(dy.device().index);
   const int64_t gx = (cols + kColsPerBlock - 1) / kColsPerBlock;
   const int64_t want = std::max<int64_t>(1, 4 * int64_t(sms) / gx);
   const int splits = static_cast<int>(

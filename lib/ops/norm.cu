@@ -7,6 +7,7 @@
 // RMSNorm (norm.h) runs the same kernels on rows of one group (each reading its slice of w); its
 // weight gradient, whose statistics change along a row, has a two-pass column reduction here.
 #include "core/cuda/launch.cuh"
+#include "core/cuda/pack.cuh"
 #include "core/cuda/reduce.cuh"
 #include "core/cuda_types.cuh"
 #include "ops/cuda_ops.h"
@@ -14,26 +15,6 @@
 namespace lctx::ops::cuda {
 
 namespace {
-
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-template <int N, class T>
-__device__ __forceinline__ void load(const T* p, float (&f)[N]) {
-  const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
-#pragma unroll
-  for (int j = 0; j < N; ++j) f[j] = to_f32(pk.v[j]);
-}
-
-template <int N, class T>
-__device__ __forceinline__ void store(T* p, const float (&f)[N]) {
-  Pack<T, N> pk;
-#pragma unroll
-  for (int j = 0; j < N; ++j) pk.v[j] = from_f32<T>(f[j]);
-  *reinterpret_cast<Pack<T, N>*>(p) = pk;
-}
 
 struct NormParams {
   bool layer;
@@ -67,7 +48,7 @@ __global__ void norm_forward_kernel(T* __restrict__ out, const T* __restrict__ x
 #pragma unroll
       for (int k = 0; k < kCached; ++k) {
         const int64_t i = threadIdx.x * N + k * stride;
-        if (i < c) load<N>(xr + i, v[k]);
+        if (i < c) load_f32<N>(xr + i, v[k]);
       }
     }
     // Calls f(f32 values of the pack at column i) for each of this thread's packs.
@@ -81,7 +62,7 @@ __global__ void norm_forward_kernel(T* __restrict__ out, const T* __restrict__ x
       } else {
         for (int64_t i = threadIdx.x * N; i < c; i += stride) {
           float f32[N];
-          load<N>(xr + i, f32);
+          load_f32<N>(xr + i, f32);
           f(i, f32);
         }
       }
@@ -104,11 +85,11 @@ __global__ void norm_forward_kernel(T* __restrict__ out, const T* __restrict__ x
     T* orow = out + r * c;
     for_packs([&](int64_t i, const float(&f)[N]) {
       float y[N], wf[N], bf[N] = {};
-      load<N>(wr + i, wf);
-      if (b) load<N>(b + i, bf);
+      load_f32<N>(wr + i, wf);
+      if (b) load_f32<N>(b + i, bf);
 #pragma unroll
       for (int j = 0; j < N; ++j) y[j] = (f[j] - mu) * rs * wf[j] + bf[j];
-      store<N>(orow + i, y);
+      store_f32<N>(orow + i, y);
     });
     if (threadIdx.x == 0) {
       if (p.mean) p.mean[r] = mu;
@@ -131,9 +112,9 @@ __global__ void norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ d
     float sg = 0.0f, sgx = 0.0f;
     for (int64_t i = threadIdx.x * N; i < c; i += blockDim.x * N) {
       float f[N], g[N], wf[N];
-      load<N>(xr + i, f);
-      load<N>(gr + i, g);
-      load<N>(wr + i, wf);
+      load_f32<N>(xr + i, f);
+      load_f32<N>(gr + i, g);
+      load_f32<N>(wr + i, wf);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         const float gw = g[j] * wf[j];
@@ -145,12 +126,12 @@ __global__ void norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ d
     sgx = block_sum(sgx, scratch) * inv_c;
     for (int64_t i = threadIdx.x * N; i < c; i += blockDim.x * N) {
       float f[N], g[N], wf[N];
-      load<N>(xr + i, f);
-      load<N>(gr + i, g);
-      load<N>(wr + i, wf);
+      load_f32<N>(xr + i, f);
+      load_f32<N>(gr + i, g);
+      load_f32<N>(wr + i, wf);
 #pragma unroll
       for (int j = 0; j < N; ++j) f[j] = rs * (g[j] * wf[j] - sg - (f[j] - mu) * rs * sgx);
-      store<N>(dx + r * c + i, f);
+      store_f32<N>(dx + r * c + i, f);
     }
   }
 }

@@ -704,7 +704,7 @@ __global__ void __launch_bounds__(kThreads, 3) scan_grad_summary_kernel(const Sc
 }
 
 // out[i] = sum over k < count of part[k * n + i], in order (the (batch, segment) partials).
-__global__ void sum_batches_kernel(float* out, const float* part, int64_t n, int64_t count) {
+__global__ void sum_partials_kernel(float* out, const float* part, int64_t n, int64_t count) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float v = 0.0f;
     for (int64_t k = 0; k < count; ++k) v += part[k * n + i];
@@ -761,8 +761,7 @@ ScanArgs make_args(const ScanParams& p) {
   const size_t pair = 2 * dtype_size(p.dtype);
   a.pair_loads = p.dstate % 2 == 0 && reinterpret_cast<uintptr_t>(p.B) % pair == 0 &&
                  reinterpret_cast<uintptr_t>(p.C) % pair == 0;
-  int sms = 0;
-  LCTX_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, current_device()));
+  const int sms = sm_count(current_device());
   const int64_t blocks = std::max<int64_t>(p.batch * ((p.dim + kLanes - 1) / kLanes), 1);
   const int64_t want = std::max<int64_t>((int64_t(kBlocksPerSm) * sms + blocks - 1) / blocks, 1);
   a.seg_chunks = std::max<int64_t>((a.chunks + want - 1) / want, kMinSegChunks);
@@ -860,7 +859,7 @@ void selective_scan_backward_cuda(const ScanParams& p, Stream s) {
   }
   auto sum = [&](void* out, const float* part, int64_t n) {
     if (!out || n == 0) return;
-    sum_batches_kernel<<<grid_size(n, kThreads), kThreads, 0, st>>>(static_cast<float*>(out), part, n, p.batch * nseg);
+    sum_partials_kernel<<<grid_size(n, kThreads), kThreads, 0, st>>>(static_cast<float*>(out), part, n, p.batch * nseg);
     LCTX_CUDA_CHECK_LAUNCH("selective_scan_backward (batch sums)");
   };
   sum(p.dA, a.dA, static_cast<int64_t>(p.dim) * p.dstate);

@@ -6,6 +6,7 @@
 #include <initializer_list>
 
 #include "core/cuda/launch.cuh"
+#include "core/cuda/pack.cuh"
 #include "core/cuda/reduce.cuh"
 #include "core/cuda_types.cuh"
 #include "ssm/ssd.h"
@@ -34,21 +35,6 @@ void with_vec(int P, std::initializer_list<const Tensor*> ts, F&& f) {
   else f.template operator()<1>();
 }
 
-// kVec consecutive elements of one row, loaded and stored as one vector (16 bytes for bf16
-// with kVec = 8); kVec = 1 serves head dims or pointers the vector path cannot.
-template <class T, int kVec>
-struct alignas(sizeof(T) * kVec) Pack {
-  T v[kVec];
-};
-template <class T, int kVec>
-__device__ __forceinline__ Pack<T, kVec> load_pack(const T* p, int64_t i) {
-  return *reinterpret_cast<const Pack<T, kVec>*>(p + i);
-}
-template <class T, int kVec>
-__device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T, kVec>& v) {
-  *reinterpret_cast<Pack<T, kVec>*>(p + i) = v;
-}
-
 // A thread per pack of kVec elements (P % kVec == 0: a pack lies in one row r = (b, t, h)).
 template <class T, int kVec>
 __global__ void map_inputs_kernel(float* __restrict__ dt, float* __restrict__ raw, T* __restrict__ v,
@@ -60,11 +46,11 @@ __global__ void map_inputs_kernel(float* __restrict__ dt, float* __restrict__ ra
     const int h = static_cast<int>(r % heads);
     const float rw = to_f32(dt_in[r]) + (bias ? bias[h] : 0.0f);
     const float d = softplus ? detail::softplus(rw) : rw;
-    const Pack<T, kVec> px = load_pack<T, kVec>(x, i);
+    const Pack<T, kVec> px = load_pack<T, kVec>(x + i);
     Pack<T, kVec> pv;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) pv.v[k] = from_f32<T>(d * to_f32(px.v[k]));
-    store_pack<T, kVec>(v, i, pv);
+    store_pack<T, kVec>(v + i, pv);
     if (i % P == 0) raw[r] = rw, dt[r] = d, log_decay[r] = d * A[h];
   }
 }
@@ -75,11 +61,11 @@ __global__ void add_skip_kernel(T* __restrict__ y, const T* __restrict__ x, cons
   for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < n / kVec; g += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = g * kVec;
     const float skip = D[i / P % heads];
-    const Pack<T, kVec> px = load_pack<T, kVec>(x, i);
-    Pack<T, kVec> py = load_pack<T, kVec>(y, i);
+    const Pack<T, kVec> px = load_pack<T, kVec>(x + i);
+    Pack<T, kVec> py = load_pack<T, kVec>(y + i);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) py.v[k] = from_f32<T>(to_f32(py.v[k]) + skip * to_f32(px.v[k]));
-    store_pack<T, kVec>(y, i, py);
+    store_pack<T, kVec>(y + i, py);
   }
 }
 
@@ -106,7 +92,7 @@ __global__ void row_grads_kernel(T* __restrict__ dx, T* __restrict__ d_dt, float
     float sv = 0.0f, sd = 0.0f;
     for (int p = lane * kVec; live && p < P; p += kLanes * kVec) {
       const int64_t i = r * P + p;
-      const Pack<T, kVec> px = load_pack<T, kVec>(x, i), pg = load_pack<T, kVec>(dy, i), pv = load_pack<T, kVec>(dv, i);
+      const Pack<T, kVec> px = load_pack<T, kVec>(x + i), pg = load_pack<T, kVec>(dy + i), pv = load_pack<T, kVec>(dv + i);
       Pack<T, kVec> pd;
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
@@ -115,7 +101,7 @@ __global__ void row_grads_kernel(T* __restrict__ dx, T* __restrict__ d_dt, float
         sd += g * xv;
         pd.v[k] = from_f32<T>(dvv * d + skip * g);
       }
-      store_pack<T, kVec>(dx, i, pd);
+      store_pack<T, kVec>(dx + i, pd);
     }
 #pragma unroll
     for (int o = kLanes / 2; o > 0; o >>= 1) {

@@ -1,10 +1,12 @@
 // Host-side launch helpers shared by lctx's kernels: the grid of a grid-stride loop, the block
-// of a row kernel, and making a tensor's device current before a launch. One policy for every
+// of a row kernel, making a tensor's device current before a launch, and the SM count. One policy for every
 // area (core, ops, attn). Namespace lctx like the rest of core/cuda/; included only from .cu files.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 
 #include "core/cuda_check.h"
@@ -29,5 +31,19 @@ inline int row_threads(int64_t cols, int max = 1024) {
 }
 
 inline void set_device(const Tensor& t) { LCTX_CUDA_CHECK(cudaSetDevice(t.device().index)); }
+
+// Streaming multiprocessors of `device` (kernels size split-K / segment grids by it), queried
+// once per device and cached.
+inline int sm_count(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::array<std::atomic<int>, kMaxDevices> cache{};
+  LCTX_CHECK(device >= 0 && device < kMaxDevices, "sm_count: device ", device, " out of range");
+  int n = cache[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    LCTX_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    cache[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
 
 }  // namespace lctx
