@@ -6,6 +6,7 @@
 #include "ops/linear.h"
 #include "ops/log_sigmoid.h"
 #include "ops/residual.h"
+#include "ops/rmsnorm.h"
 #include "ssm/segment_decay.h"
 
 namespace lctx::mixers {
@@ -69,6 +70,8 @@ class LinearAttentionMixer final : public Mixer {
       p.push_back({.name = "w_gate", .shape = {s.heads, s.dim}});
       p.push_back({.name = "gate_bias", .shape = {s.heads}, .decay = Decay::none, .init = Init::custom, .custom = retention});
     }
+    if (o_.output_norm == OutputNorm::rms)
+      p.push_back({.name = "o_norm", .shape = {s.heads * s.head_dim}, .decay = Decay::none, .init = Init::ones});
     return p;
   }
 
@@ -77,8 +80,10 @@ class LinearAttentionMixer final : public Mixer {
     LCTX_CHECK(p.size() == param_specs().size(), "linear attention mixer: bind got ", p.size(), " parameters, expected ",
                param_specs().size());
     core_.bind(p.subspan(0, n));
-    if (o_.decay == la::Decay::learned) decay_logit_ = p[n];
-    if (o_.decay == la::Decay::data) w_gate_ = p[n], gate_bias_ = p[n + 1];
+    size_t i = n;
+    if (o_.decay == la::Decay::learned) decay_logit_ = p[i++];
+    if (o_.decay == la::Decay::data) w_gate_ = p[i], gate_bias_ = p[i + 1], i += 2;
+    if (o_.output_norm == OutputNorm::rms) o_norm_ = p[i];
   }
 
   void begin_step(int64_t step) override { draw_ = o_.redraw_every > 0 ? step / o_.redraw_every : 0; }
@@ -99,11 +104,11 @@ class LinearAttentionMixer final : public Mixer {
       s.scan = dist::recurrent_forward(mesh_.sp(), layout_, segment_kernel(s, nullptr));
     }
     s.y = Tensor::empty({in.x.size(0), in.x.size(1), o_.core.shape.dim}, in.x.dtype(), in.x.device());
-    core_.out_forward(s.y, s.o);
+    core_.out_forward(s.y, output_norm_forward(s));
     Tensor y = s.y;
     if (pass == Pass::checkpoint) {  // keep o, the scan and the key stabiliser
       s.qkv = {};
-      s.fq = s.fk = s.gate = s.log_decay = s.y = Tensor();
+      s.fq = s.fk = s.gate = s.log_decay = s.o_normed = s.o_rstd = s.y = Tensor();
     }
     return y;
   }
@@ -111,7 +116,15 @@ class LinearAttentionMixer final : public Mixer {
   void backward(Tensor& dx, const Tensor& dy, const Tokens& in, Saved& saved) override {
     auto& s = static_cast<LinearAttentionSaved&>(saved);
     Tensor d_o = Tensor::empty(s.o.shape(), s.o.dtype(), s.o.device());
-    core_.out_backward(d_o, dy, s.o);
+    if (o_.output_norm == OutputNorm::rms) {
+      Tensor d_normed = Tensor::empty(s.o.shape(), s.o.dtype(), s.o.device());
+      core_.out_backward(d_normed, dy, s.o_normed);
+      Tensor d_in = channels(d_o);
+      ops::rmsnorm_backward(d_in, o_norm_.grad, channels(d_normed), channels(s.o), o_norm_.compute, s.o_rstd,
+                            GradMode::overwrite, o_.core.shape.heads);
+    } else {
+      core_.out_backward(d_o, dy, s.o);
+    }
     // Wide accumulators (Tensor::add_from's destinations are f32/f64), narrowed once summed.
     const auto zeros = [](const Tensor& t) { return Tensor::zeros(t.shape(), wide_dtype(t.dtype()), t.device()); };
     Grads g{zeros(s.fq), zeros(s.fk), zeros(s.qkv.v), s.log_decay.defined() ? zeros(s.log_decay) : Tensor(), d_o};
@@ -143,6 +156,19 @@ class LinearAttentionMixer final : public Mixer {
     Tensor dfq, dfk, dv, d_log_decay;
     Tensor d_o;  // the outputs' gradient they read
   };
+
+  // What the output projection reads: o, or o normalised per head (s.o_normed, s.o_rstd).
+  const Tensor& output_norm_forward(LinearAttentionSaved& s) const {
+    if (o_.output_norm == OutputNorm::off) return s.o;
+    s.o_normed = Tensor::empty(s.o.shape(), s.o.dtype(), s.o.device());
+    s.o_rstd = Tensor::empty({s.o.numel() / o_.core.shape.head_dim}, wide_dtype(s.o.dtype()), s.o.device());
+    Tensor out = channels(s.o_normed);
+    ops::rmsnorm_forward(out, s.o_rstd, channels(s.o), o_norm_.compute, static_cast<float>(o_.core.norm_eps),
+                         o_.core.shape.heads);
+    return s.o_normed;
+  }
+  // [B, L, H, hd] as [B, L, H hd] (the norm's channels, one group per head).
+  static Tensor channels(const Tensor& t) { return t.view({t.size(0), t.size(1), t.size(2) * t.size(3)}); }
 
   // The map for q or k `x` (FAVOR+: W of the current draw in x's wide dtype, on x's device).
   la::FeatureMap feature_map(const Tensor& x) {
@@ -265,7 +291,7 @@ class LinearAttentionMixer final : public Mixer {
   dist::Mesh& mesh_;
   const dist::Layout& layout_;
   la::LinearAttnOptions kernel_;
-  Param decay_logit_, w_gate_, gate_bias_;
+  Param decay_logit_, w_gate_, gate_bias_, o_norm_;
   int64_t draw_ = 0;             // FAVOR+ draw number (begin_step)
   Tensor projection_;            // FAVOR+ W of draw projection_draw_
   int64_t projection_draw_ = -1;

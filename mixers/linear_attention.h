@@ -4,7 +4,8 @@
 //   S_t = lambda_t S_{t-1} + phi(k_t) v_t^T,  o_t = phi(q_t)^T S_t  (/ phi(q_t)^T z_t normalised)
 // with a decay lambda that is none, a fixed per-head retention schedule 1 - 2^(-5-h), a
 // learned per-head sigmoid, or a per-token gate sigmoid(x W_g^T + b_g) (log-sigmoid into the
-// kernel). The Performer is this mixer with FAVOR+ features: every rank draws the same random
+// kernel), and optionally an RMSNorm of each head's output (output_norm: the normaliser of
+// TransNormer / GLA / fla's layers, bounded where the phi(q) . z denominator is not). The Performer is this mixer with FAVOR+ features: every rank draws the same random
 // projection from `seed` and the draw number step / redraw_every (begin_step), so the features
 // are a function of the config and the step, both stored in every checkpoint: resume is exact.
 // Its key stabiliser is all-reduced (max) over the sequence-parallel group.
@@ -29,12 +30,15 @@ class Mesh;
 
 namespace lctx::mixers {
 
+enum class OutputNorm { off, rms };
+
 struct LinearAttentionOptions {
   AttentionCoreOptions core;  // position: rope or none
   linear_attn::FeatureKind feature = linear_attn::FeatureKind::elu_plus_one;
   linear_attn::Decay decay = linear_attn::Decay::none;
   linear_attn::Normalize normalize = linear_attn::Normalize::on;
   int64_t chunk = 64;
+  OutputNorm output_norm = OutputNorm::off;  // RMSNorm per head (eps core.norm_eps), weight [H hd]
   // FAVOR+ (feature = favor): m random features drawn from `seed`, redrawn every
   // `redraw_every` steps (0: drawn once).
   int64_t features = linear_attn::kFavorFeatures;
@@ -50,6 +54,7 @@ struct LinearAttentionSaved final : Saved {
   Tensor key_stabiliser;     // favor: [B, Hkv], max over the sp group (kept)
   dist::RecurrentScan scan;  // the state entering each local segment (kept)
   Tensor o;                  // [B, L, H, hd] (kept)
+  Tensor o_normed, o_rstd;   // output_norm: o normalised per head, and its 1/rms [B L H] (dropped, rebuilt)
   Tensor y;                  // [B, L, D]
 };
 

@@ -191,6 +191,7 @@ std::unique_ptr<mixers::Mixer> make_linear(const Config& c, dist::Mesh& mesh, co
   o.normalize = c.mixer_option<bool>("linear", "normalize") ? linear_attn::Normalize::on : linear_attn::Normalize::off;
   o.chunk = c.mixer_option<int64_t>("linear", "chunk");
   o.core.short_conv = c.mixer_option<int64_t>("linear", "short_conv");
+  o.output_norm = c.mixer_option<bool>("linear", "output_norm") ? mixers::OutputNorm::rms : mixers::OutputNorm::off;
   return mixers::make_linear_attention_mixer(o, mesh, layout);
 }
 
@@ -224,6 +225,10 @@ MixerKind linear_kind() {
        .value = true,
        .doc = "divide each output by phi(q) . z, z the decayed sum of phi(k)",
        .shapes_model = true},
+      {.name = "output_norm",
+       .value = false,
+       .doc = "RMSNorm of each head's output with a learned weight (TransNormer, GLA; usually with normalize: false)",
+       .shapes_model = true},
       chunk_option(),
       short_conv_option(),
   };
@@ -236,6 +241,7 @@ MixerKind linear_kind() {
       {"mixer.linear.feature_map=identity", "mixer.linear.decay=learned", "mixer.linear.normalize=false",
        "model.position=none", "mixer.linear.chunk=5"},
       {"mixer.linear.decay=data", "mixer.linear.chunk=7", "mixer.linear.short_conv=4"},
+      {"mixer.linear.normalize=false", "mixer.linear.output_norm=true"},
   };
   return k;
 }
