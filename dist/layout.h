@@ -32,6 +32,9 @@ struct Segment {  // a run of consecutive global positions held by a rank
   int64_t global_begin = 0, local_begin = 0, length = 0;
 };
 
+// The local rows of `seg` in t [B, L, ...] (a view along dim 1).
+inline Tensor rows(const Tensor& t, const Segment& seg) { return t.slice(1, seg.local_begin, seg.local_begin + seg.length); }
+
 struct Owner {  // where a global position lives: sp rank and row in that rank's local order
   int sp_rank = 0;
   int64_t local_index = 0;

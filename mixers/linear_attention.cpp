@@ -228,10 +228,7 @@ class LinearAttentionMixer final : public Mixer {
   // The kernel on one segment (rows [local_begin, +length) of this rank's tokens). With `g`,
   // its backward adds into g; states are [B, H, Dk, Dv (+1)] viewed as the scan's [B, H, m].
   dist::SegmentKernel segment_kernel(LinearAttentionSaved& s, Grads* g) const {
-    const auto rows = [](const Tensor& t, const dist::Segment& seg) {
-      return t.slice(1, seg.local_begin, seg.local_begin + seg.length);
-    };
-    const auto inputs = [&s, rows, this](const dist::Segment& seg, const Tensor& state0) {
+    const auto inputs = [&s, this](const dist::Segment& seg, const Tensor& state0) {
       la::LinearAttnInputs in;
       in.q = rows(s.fq, seg), in.k = rows(s.fk, seg), in.v = rows(s.qkv.v, seg);
       if (s.log_decay.defined()) in.log_decay = o_.decay == la::Decay::data ? rows(s.log_decay, seg) : s.log_decay;
@@ -240,13 +237,13 @@ class LinearAttentionMixer final : public Mixer {
     };
     const auto flat = [](const Tensor& state) { return state.view({state.size(0), state.size(1), -1}); };
     dist::SegmentKernel k;
-    k.forward = [&s, inputs, rows, flat, this](const dist::Segment& seg, const Tensor& state0) {
+    k.forward = [&s, inputs, flat, this](const dist::Segment& seg, const Tensor& state0) {
       const la::LinearAttnOutput r = la::linear_attn_forward(inputs(seg, state0), kernel_);
       rows(s.o, seg).copy_from(r.o);
       return flat(r.final_state);
     };
     k.decay = [&s, this](const dist::Segment& seg) { return segment_decay(s, seg); };
-    k.backward = [&s, g, inputs, rows, flat, this](const dist::Segment& seg, const Tensor& state0, const Tensor& d_final,
+    k.backward = [&s, g, inputs, flat, this](const dist::Segment& seg, const Tensor& state0, const Tensor& d_final,
                                                bool outputs) {
       const la::LinearAttnInputs in = inputs(seg, state0);
       const Tensor dout =
@@ -280,7 +277,7 @@ class LinearAttentionMixer final : public Mixer {
         return ssm::segment_decay(Tensor::full({B, 1, H}, static_cast<double>(seg.length), dt, dev), Tensor(),
                                   s.log_decay, ssm::Softplus::off);
       case la::Decay::data:
-        return ssm::segment_decay(s.log_decay.slice(1, seg.local_begin, seg.local_begin + seg.length), Tensor(),
+        return ssm::segment_decay(rows(s.log_decay, seg), Tensor(),
                                   Tensor::full({H}, 1.0, dt, dev), ssm::Softplus::off);
     }
     LCTX_FAIL("linear attention mixer: unknown decay");

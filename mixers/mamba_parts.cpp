@@ -42,7 +42,6 @@ void project_backward(Tensor& dx, const Param& w, int64_t begin, int64_t n, cons
   dx.add_from(dxp);
 }
 
-Tensor rows(const Tensor& t, const dist::Segment& seg) { return t.slice(1, seg.local_begin, seg.local_begin + seg.length); }
 
 Tensor wide_zeros_like(const Tensor& t) {
   return t.defined() ? Tensor::zeros(t.shape(), wide_dtype(t.dtype()), t.device()) : Tensor();

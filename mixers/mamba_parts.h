@@ -26,8 +26,7 @@ Tensor project(const Tensor& x, const Param& w, int64_t begin, int64_t n);
 // accumulator (wide_zeros_like(x): Tensor::add_from's destinations are f32/f64); dy in x's dtype.
 void project_backward(Tensor& dx, const Param& w, int64_t begin, int64_t n, const Tensor& dy, const Tensor& x);
 
-// The rows of t [B, L, ...] of one segment (a strided view).
-Tensor rows(const Tensor& t, const dist::Segment& seg);
+using dist::rows;  // the rows of t [B, L, ...] of one segment (a strided view)
 
 // A = -exp(A_log) in wide_dtype(A_log), and dL/dA_log = dL/dA * A in `grad_dtype`
 // (ops/negative_exp.h).

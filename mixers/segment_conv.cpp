@@ -9,7 +9,6 @@ namespace lctx::mixers {
 
 namespace {
 
-Tensor rows(const Tensor& t, const dist::Segment& seg) { return t.slice(1, seg.local_begin, seg.local_begin + seg.length); }
 Tensor wide(const Tensor& t) { return t.to(wide_dtype(t.dtype())); }
 
 ssm::ConvInputs conv_inputs(const Tensor& x, const Tensor& halo, const Param& weight, const Param& bias,
