@@ -59,8 +59,6 @@ Tensor a_log_grad(const Tensor& dA, const Tensor& A, DType grad_dtype) {
   return g;
 }
 
-Tensor wide(const Tensor& t) { return t.defined() ? t.to(wide_dtype(t.dtype())) : Tensor(); }
-
 Tensor segment_decay(const Tensor& dt_raw, const Tensor& dt_bias, const Tensor& A, const dist::Segment& seg) {
   return ssm::segment_decay(rows(dt_raw, seg), dt_bias, A, ssm::Softplus::on);
 }

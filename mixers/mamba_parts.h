@@ -33,10 +33,6 @@ using dist::rows;  // the rows of t [B, L, ...] of one segment (a strided view)
 Tensor negative_exp(const Tensor& a_log);
 Tensor a_log_grad(const Tensor& dA, const Tensor& A, DType grad_dtype);
 
-// t in wide_dtype(t) (the scans take A, D, dt_bias wide; the compute copy of a parameter is
-// bf16 on GPUs); undefined stays undefined.
-Tensor wide(const Tensor& t);
-
 // a [B, K * M] of one segment for A [K, M] (or [K]: M = 1) and dt_raw [B, L, K]:
 // a[b, k, m] = exp(A[k, m] * sum over the segment's tokens of softplus(dt_raw + dt_bias[k])),
 // in wide_dtype(dt_raw); dt_bias and A in that dtype (ssm/segment_decay.h).

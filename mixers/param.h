@@ -56,4 +56,8 @@ void init_param(Tensor& master, const ParamSpec& spec, const InitContext& ctx);
 // A parameter drawn from U(-bound, bound) (PyTorch's conv default, Mamba's dt_proj).
 ParamSpec uniform_spec(std::string name, Shape shape, double bound, Decay decay);
 
+// t in wide_dtype(t): the scans and convolutions take their parameters wide, and a
+// parameter's compute copy is bf16 on GPUs; undefined stays undefined.
+Tensor wide(const Tensor& t);
+
 }  // namespace lctx::mixers

@@ -29,6 +29,8 @@ ParamSpec uniform_spec(std::string name, Shape shape, double bound, Decay decay)
           .custom = [bound](Tensor& m, const InitContext& c) { rng_uniform(m, c.seed, c.offset, -bound, bound); }};
 }
 
+Tensor wide(const Tensor& t) { return t.defined() ? t.to(wide_dtype(t.dtype())) : Tensor(); }
+
 size_t ParamTable::add(const std::string& prefix, std::span<const ParamSpec> specs) {
   LCTX_CHECK(!flat_params_.defined(), "ParamTable::add after allocate()");
   const size_t first = specs_.size();

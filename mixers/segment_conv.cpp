@@ -9,8 +9,6 @@ namespace lctx::mixers {
 
 namespace {
 
-Tensor wide(const Tensor& t) { return t.to(wide_dtype(t.dtype())); }
-
 ssm::ConvInputs conv_inputs(const Tensor& x, const Tensor& halo, const Param& weight, const Param& bias,
                             const dist::Segment& seg) {
   return {.x = rows(x, seg).contiguous(), .weight = wide(weight.compute), .bias = wide(bias.compute), .history = halo};

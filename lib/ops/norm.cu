@@ -136,17 +136,6 @@ __global__ void norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ d
   }
 }
 
-bool aligned16(const Tensor& t) { return !t.defined() || reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
-
-// Vector width usable for rows of `cols` elements of `t`'s dtype given the tensors' addresses.
-template <class T>
-bool use_vectors(int64_t cols, std::initializer_list<const Tensor*> ts) {
-  if (cols % (16 / sizeof(T)) != 0) return false;
-  for (const Tensor* t : ts)
-    if (!aligned16(*t)) return false;
-  return true;
-}
-
 // One block per row, at most 2^20 blocks (the kernels loop over the rest).
 int norm_grid(int64_t rows) { return grid_size(rows, 1, 1 << 20); }
 
@@ -162,7 +151,7 @@ void launch_forward(const NormParams& p, Tensor& out, const Tensor& x, const Ten
   const int64_t cols = p.cols;
   LCTX_DISPATCH_CUDA_FLOAT(x.dtype(), "norm_forward", [&] {
     constexpr int V = 16 / sizeof(scalar_t);
-    const bool vec = use_vectors<scalar_t>(cols, {&out, &x, &w, &b});
+    const bool vec = packs_fit<scalar_t, V>(cols, {&out, &x, &w, &b});
     const int64_t packs = vec ? cols / V : cols;
     // The row in registers up to 1024 * kCached packs; grouped rows are short (and their
     // kernel may need more than 64 registers a thread): at most 256 threads.
@@ -188,7 +177,7 @@ void launch_backward(const NormParams& p, Tensor& dx, const Tensor& dout, const 
   const int64_t cols = p.cols;
   LCTX_DISPATCH_CUDA_FLOAT(x.dtype(), "norm_backward", [&] {
     constexpr int V = 16 / sizeof(scalar_t);
-    const bool vec = use_vectors<scalar_t>(cols, {&dx, &dout, &x, &w});
+    const bool vec = packs_fit<scalar_t, V>(cols, {&dx, &dout, &x, &w});
     const int threads = row_threads(vec ? cols / V : cols, 256);
     auto launch = [&](auto kernel) {
       kernel<<<norm_grid(p.rows), threads, 0, cuda_stream(s)>>>(static_cast<scalar_t*>(dx.raw()), ptr<scalar_t>(dout),

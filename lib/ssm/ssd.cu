@@ -20,18 +20,10 @@ constexpr int kThreads = 256;
 
 const float* ptr_or_null(const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; }
 
-// Whether rows of P elements of these tensors can be read in packs of 8.
-template <class T>
-bool vec_ok(int P, std::initializer_list<const Tensor*> ts) {
-  if (P % 8 != 0) return false;
-  for (const Tensor* t : ts)
-    if (reinterpret_cast<uintptr_t>(t->raw()) % (8 * sizeof(T)) != 0) return false;
-  return true;
-}
-// f.template operator()<kVec>() with packs of 8 where vec_ok allows, else of 1.
+// f.template operator()<kVec>() with packs of 8 where rows of P elements allow them, else of 1.
 template <class T, class F>
 void with_vec(int P, std::initializer_list<const Tensor*> ts, F&& f) {
-  if (vec_ok<T>(P, ts)) f.template operator()<8>();
+  if (packs_fit<T, 8>(P, ts)) f.template operator()<8>();
   else f.template operator()<1>();
 }
 
@@ -191,7 +183,7 @@ void ssd_map_grads_cuda(SsdGrads& g, const SsdInputs& in, const Tensor& dy, cons
     };
     // Eight lanes of eight elements per row for head dims that are multiples of 64 (Mamba-2's
     // 64 and 128); a warp per row otherwise.
-    if (vec_ok<scalar_t>(P, {&x, &dy, &dv, &g.dx}) && P % 64 == 0) launch.template operator()<8, 8>();
+    if (packs_fit<scalar_t, 8>(P, {&x, &dy, &dv, &g.dx}) && P % 64 == 0) launch.template operator()<8, 8>();
     else launch.template operator()<1, 32>();
   });
   LCTX_CUDA_CHECK_LAUNCH("ssd row_grads_kernel");

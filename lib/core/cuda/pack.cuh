@@ -3,7 +3,11 @@
 // and offset multiples of N elements); N = 1 is the scalar fallback. Namespace lctx like the
 // rest of core/cuda/; included only from .cu files.
 #pragma once
+#include <cstdint>
+#include <initializer_list>
+
 #include "core/cuda_types.cuh"
+#include "core/tensor.h"
 
 namespace lctx {
 
@@ -34,6 +38,16 @@ __device__ __forceinline__ void store_f32(T* p, const float (&f)[N]) {
 #pragma unroll
   for (int j = 0; j < N; ++j) pk.v[j] = from_f32<T>(f[j]);
   store_pack<T, N>(p, pk);
+}
+
+// Host side: whether rows of `cols` elements of these tensors (of T) can be accessed in packs
+// of N: the row length a multiple of N and every defined tensor's address aligned to a pack.
+template <class T, int N>
+bool packs_fit(int64_t cols, std::initializer_list<const Tensor*> ts) {
+  if (cols % N != 0) return false;
+  for (const Tensor* t : ts)
+    if (t->defined() && reinterpret_cast<uintptr_t>(t->raw()) % (N * sizeof(T)) != 0) return false;
+  return true;
 }
 
 }  // namespace lctx
