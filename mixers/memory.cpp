@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 #include <vector>
 
 #include "core/rng.h"
@@ -13,70 +12,12 @@
 #include "mixers/attention_parts.h"
 #include "mixers/block_means.h"
 #include "mixers/cross_attention.h"
+#include "ops/blend.h"
 #include "ops/linear.h"
 
 namespace lctx::mixers {
 
 namespace {
-
-void check_cpu(const Tensor& t, const char* what) {
-  LCTX_CHECK(t.device().is_cpu(), "memory mixer: ", what, " ", t.str(),
-             " is on a GPU; the memory kind runs on the CPU only so far (no CUDA kernels for its block pooling and "
-             "fusion)");
-}
-
-void check_fusion(std::initializer_list<const Tensor*> ts) {
-  for (const Tensor* t : ts)
-    LCTX_CHECK(!t->defined() || (t->is_contiguous() && t->dtype() == (*ts.begin())->dtype()),
-               "memory mixer: fusion operand ", t->str(), " must be contiguous and of the output's dtype");
-}
-
-// o = (1 - r) a + r m per (batch, token, head): r = ratio, or gate [B, L, H] when defined.
-// All [B, L, H, hd] contiguous, one dtype.
-void fuse_forward(const Tensor& o, const Tensor& a, const Tensor& m, const Tensor& gate, double ratio) {
-  check_cpu(o, "the fused output");
-  check_fusion({&o, &a, &m, &gate});
-  const int64_t BLH = o.numel() / o.size(-1), hd = o.size(-1);
-  LCTX_DISPATCH_CPU_FLOAT(o.dtype(), "memory fusion", [&] {
-    scalar_t* po = o.data<scalar_t>();
-    const scalar_t* pa = a.data<scalar_t>();
-    const scalar_t* pm = m.data<scalar_t>();
-    const scalar_t* pr = gate.defined() ? gate.data<scalar_t>() : nullptr;
-    for (int64_t i = 0; i < BLH; ++i) {
-      const scalar_t r = pr ? pr[i] : static_cast<scalar_t>(ratio), r1 = scalar_t(1) - r;
-      for (int64_t e = 0; e < hd; ++e) po[i * hd + e] = r1 * pa[i * hd + e] + r * pm[i * hd + e];
-    }
-  });
-}
-
-// The fusion's backward: da = (1 - r) do, dm = r do and, with a gate r = sigmoid(z), the logit's
-// gradient dz = r (1 - r) sum_e do (m - a) into dz [B, L, H].
-void fuse_backward(const Tensor& d_o, const Tensor& a, const Tensor& m, const Tensor& gate, double ratio,
-                   const Tensor& da, const Tensor& dm, const Tensor& dz) {
-  check_cpu(d_o, "the output gradient");
-  check_fusion({&d_o, &a, &m, &gate, &da, &dm, &dz});
-  const int64_t BLH = d_o.numel() / d_o.size(-1), hd = d_o.size(-1);
-  LCTX_DISPATCH_CPU_FLOAT(d_o.dtype(), "memory fusion backward", [&] {
-    const scalar_t* pd = d_o.data<scalar_t>();
-    const scalar_t* pa = a.data<scalar_t>();
-    const scalar_t* pm = m.data<scalar_t>();
-    const scalar_t* pr = gate.defined() ? gate.data<scalar_t>() : nullptr;
-    scalar_t* qa = da.data<scalar_t>();
-    scalar_t* qm = dm.data<scalar_t>();
-    scalar_t* qz = dz.defined() ? dz.data<scalar_t>() : nullptr;
-    for (int64_t i = 0; i < BLH; ++i) {
-      const scalar_t r = pr ? pr[i] : static_cast<scalar_t>(ratio), r1 = scalar_t(1) - r;
-      scalar_t dr = 0;
-      for (int64_t e = 0; e < hd; ++e) {
-        const int64_t k = i * hd + e;
-        qa[k] = r1 * pd[k];
-        qm[k] = r * pd[k];
-        dr += pd[k] * (pm[k] - pa[k]);
-      }
-      if (qz) qz[i] = dr * r * r1;
-    }
-  });
-}
 
 class MemoryMixer final : public Mixer {
  public:
@@ -132,7 +73,6 @@ class MemoryMixer final : public Mixer {
 
   Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
     LCTX_CHECK(!in.doc_ids.defined(), "memory mixer: packed documents (data.documents) are not supported");
-    check_cpu(in.x, "the input");
     if (pass != Pass::recompute) saved = std::make_unique<MemorySaved>();
     auto& s = static_cast<MemorySaved&>(*saved);
     const int64_t B = in.x.size(0);
@@ -146,10 +86,9 @@ class MemoryMixer final : public Mixer {
     if (o_.fusion == MemoryFusion::gate) {
       s.gate = Tensor::empty({B, in.x.size(1), o_.core.shape.heads}, in.x.dtype(), in.x.device());
       ops::linear_forward(s.gate, in.x, w_gate_.compute, gate_bias_.compute);
-      sigmoid_inplace_cpu(s.gate, "memory");
     }
     s.o = Tensor::empty(s.o_local.shape(), s.o_local.dtype(), s.o_local.device());
-    fuse_forward(s.o, s.o_local, s.o_memory, s.gate, o_.fusion_ratio);
+    ops::blend_forward(s.o, s.o_local, s.o_memory, fusion(s));
     s.y = Tensor::empty({B, in.x.size(1), o_.core.shape.dim}, in.x.dtype(), in.x.device());
     core_.out_forward(s.y, s.o);
     Tensor y = s.y;
@@ -167,10 +106,10 @@ class MemoryMixer final : public Mixer {
     const Device dev = s.o.device();
     Tensor d_o = Tensor::empty(s.o.shape(), dt, dev);
     core_.out_backward(d_o, dy, s.o);  // Wo's gradient: written
-    Tensor d_local = Tensor::empty(s.o.shape(), dt, dev), d_memory = Tensor::empty(s.o.shape(), dt, dev);
-    Tensor dz;  // the gate's logits
-    if (o_.fusion == MemoryFusion::gate) dz = Tensor::empty(s.gate.shape(), dt, dev);
-    fuse_backward(d_o, s.o_local, s.o_memory, s.gate, o_.fusion_ratio, d_local, d_memory, dz);
+    ops::BlendGrads fg{Tensor::empty(s.o.shape(), dt, dev), Tensor::empty(s.o.shape(), dt, dev), Tensor()};
+    if (o_.fusion == MemoryFusion::gate) fg.dz = Tensor::empty(s.gate.shape(), dt, dev);  // the gate's logits
+    ops::blend_backward(fg, d_o, s.o_local, s.o_memory, fusion(s));
+    const Tensor &d_local = fg.da, &d_memory = fg.db;
 
     const QkvActs& a = s.qkv;
     attn::FlashGrads gr = dist::ring_attention_backward(mesh_.ring(), layout_, a.q, a.k, a.v, s.o_local, s.lse_local,
@@ -191,7 +130,7 @@ class MemoryMixer final : public Mixer {
     if (M() > 0) learned_kv_backward(core_, core_params_, s.mem, dmk, dmv, e_);
     if (o_.fusion == MemoryFusion::gate) {
       Tensor dxg = Tensor::empty(dx.shape(), dx.dtype(), dev);
-      ops::linear_backward(dxg, w_gate_.grad, gate_bias_.grad, dz, in.x, w_gate_.compute, GradMode::overwrite);
+      ops::linear_backward(dxg, w_gate_.grad, gate_bias_.grad, fg.dz, in.x, w_gate_.compute, GradMode::overwrite);
       dx.add_from(dxg);
     }
   }
@@ -207,6 +146,8 @@ class MemoryMixer final : public Mixer {
 
  private:
   int64_t M() const { return o_.memory_tokens; }
+  // r of o = (1 - r) o_local + r o_memory: sigmoid of the gate's logits, or fusion_ratio.
+  ops::BlendWeight fusion(const MemorySaved& s) const { return {.logits = s.gate, .ratio = o_.fusion_ratio}; }
 
   // The window i - w < j <= i, fp32 partial output.
   attn::FlashOptions window_options() const {
@@ -241,7 +182,7 @@ class MemoryMixer final : public Mixer {
   // The compressed rows: this rank's K/V rows summed into their blocks (times 1 / b), summed
   // over the sp group: every rank holds all S / b rows.
   void compress(MemorySaved& s) {
-    const BlockRows c = block_means_forward(mesh_.sp(), s.qkv.k, s.qkv.v, q_positions_, o_.block, blocks_);
+    const BlockRows c = block_means_forward(mesh_.sp(), s.qkv.k, s.qkv.v, block_index(s.qkv.k.device()), o_.block);
     s.comp_k = c.k;
     s.comp_v = c.v;
   }
@@ -253,7 +194,14 @@ class MemoryMixer final : public Mixer {
     const Tensor dc = Tensor::zeros({2, k.size(0), k.size(1), k.size(2), k.size(3)}, gr.dq.dtype(), k.device());
     cross_attention_backward(s.qkv.q, q_positions_, s.comp_k, s.comp_v, block_positions_, s.o_memory, s.lse_memory,
                              d_memory, cross_options(), {gr.dq, dist::block_of(dc, 0), dist::block_of(dc, 1)});
-    block_means_backward(mesh_.sp(), dc, q_positions_, o_.block, gr.dk, gr.dv);
+    block_means_backward(mesh_.sp(), dc, block_index(k.device()), o_.block, gr.dk, gr.dv);
+  }
+
+  // This rank's rows by block (built on first use on each device).
+  const ops::RowBuckets& block_index(Device dev) {
+    if (!block_ix_.bucket.defined() || block_ix_.bucket.device() != dev)
+      block_ix_ = block_rows_index(q_positions_, o_.block, blocks_, dev);
+    return block_ix_;
   }
 
   MemoryOptions o_;
@@ -266,6 +214,7 @@ class MemoryMixer final : public Mixer {
   int64_t blocks_ = 0;                    // compressed rows: S / b
   std::vector<int64_t> q_positions_;      // this rank's global positions, local order
   std::vector<int64_t> block_positions_;  // (c + 1) b: the first query position that sees row c
+  ops::RowBuckets block_ix_;              // block_index's cache
 };
 
 }  // namespace

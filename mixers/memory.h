@@ -29,8 +29,8 @@
 // communicating.
 // Not here: a learned compression MLP (NSA), packed documents (the registry refuses
 // data.documents), ALiBi (a bias on distances; memory tokens have none), Ulysses.
-// CPU only so far (f32/f64): the block pooling and the fusion have no CUDA kernels yet; the
-// attention parts (ring, flash, cross-attention) all have CUDA paths.
+// Devices: CPU (f32/f64) and CUDA: the block pooling is ops::row_pool, the fusion ops::blend,
+// the attention parts ring, flash and cross-attention.
 #pragma once
 #include <memory>
 
@@ -62,7 +62,7 @@ struct MemorySaved final : Saved {
   Tensor comp_k, comp_v;          // [B, S / b, Hkv, hd]: the compressed rows (kept)
   Tensor o_local, lse_local;      // [B, L, H, hd], wide [B, H, L] (kept)
   Tensor o_memory, lse_memory;    // the same for the memory softmax (kept)
-  Tensor gate;                    // fusion: gate, r [B, L, H] (dropped)
+  Tensor gate;                    // fusion: gate, the logits of r [B, L, H] (dropped)
   Tensor o;                       // the fused output [B, L, H, hd] (dropped)
   Tensor y;                       // [B, L, D]
 };

@@ -319,7 +319,7 @@ class NsaMixer final : public Mixer {
         o_.compress == NsaCompress::mlp
             ? block_mlp_forward(mesh_.sp(), a.k, a.v, q_positions_, o_.compress_block, compressed_,
                                 block_mlp_view(mlp_, ParamPart::compute))
-            : block_means_forward(mesh_.sp(), a.k, a.v, q_positions_, o_.compress_block, compressed_);
+            : block_means_forward(mesh_.sp(), a.k, a.v, block_index(a.k.device()), o_.compress_block);
     s.comp_k = c.k;
     s.comp_v = c.v;
     const attn::FlashOutput cmp =
@@ -386,7 +386,7 @@ class NsaMixer final : public Mixer {
                          block_mlp_view(mlp_, ParamPart::compute), block_mlp_view(mlp_, ParamPart::grad), gr.dk,
                          gr.dv);
     else
-      block_means_backward(mesh_.sp(), dc, q_positions_, o_.compress_block, gr.dk, gr.dv);
+      block_means_backward(mesh_.sp(), dc, block_index(k.device()), o_.compress_block, gr.dk, gr.dv);
   }
 
   // The local blocks' and the gathered blocks' parts; the gathered rows' gradients go back to
@@ -404,6 +404,13 @@ class NsaMixer final : public Mixer {
     dist::row_gather_backward(mesh_.sp(), layout_, dv, s.sel.positions, gr.dv);
   }
 
+  // This rank's rows by compression block (built on first use on each device).
+  const ops::RowBuckets& block_index(Device dev) {
+    if (!block_ix_.bucket.defined() || block_ix_.bucket.device() != dev)
+      block_ix_ = block_rows_index(q_positions_, o_.compress_block, compressed_, dev);
+    return block_ix_;
+  }
+
   NsaOptions o_;
   AttentionCore core_;
   dist::Mesh& mesh_;
@@ -413,6 +420,7 @@ class NsaMixer final : public Mixer {
   int64_t compressed_ = 0;              // compressed rows: S / b_c
   std::vector<int64_t> q_positions_;    // this rank's global positions, local order
   std::vector<int64_t> cmp_positions_;  // (c + 1) b_c - 1: the first query position that sees row c
+  ops::RowBuckets block_ix_;            // block_index's cache
 };
 
 }  // namespace

@@ -12,10 +12,12 @@
 #include <span>
 
 #include "core/tensor.h"
+#include "ops/blend.h"
 #include "ops/common.h"
 #include "ops/cross_entropy.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
+#include "ops/row_pool.h"
 
 #ifdef LCTX_HAVE_CUDA
 #define LCTX_OPS_CUDA(op, t, call) (call)
@@ -71,6 +73,11 @@ void broadcast_rows(Tensor& y, const Tensor& bias, int64_t rows, int64_t cols, S
 
 void matmul(Tensor& c, const Tensor& a, const Tensor& b, const detail::GemmArgs& g, Stream s);
 
+// blend.h: o = (1 - r) a + r b per row, r = sigmoid(logit) or a ratio; and its backward.
+void blend_forward(Tensor& o, const Tensor& a, const Tensor& b, const BlendWeight& w, Stream s);
+void blend_backward(BlendGrads& g, const Tensor& d_o, const Tensor& a, const Tensor& b, const BlendWeight& w,
+                    Stream s);
+
 // negative_exp.h: y = -exp(x) in wide_dtype(x); dx = dy * y.
 void negative_exp_forward(Tensor& y, const Tensor& x, Stream s);
 void negative_exp_backward(Tensor& dx, const Tensor& dy, const Tensor& y, Stream s);
@@ -79,6 +86,10 @@ void norm_forward(detail::NormKind kind, Tensor& out, Tensor& mean, Tensor& rstd
                   const Tensor& b, float eps, Stream s);
 void norm_backward(detail::NormKind kind, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
                    const Tensor& w, const Tensor& mean, const Tensor& rstd, GradMode mode, Stream s);
+
+// row_pool.h: rows summed into buckets (f32), and the transpose.
+void row_pool_forward(Tensor& buckets, const Tensor& rows, const RowBuckets& ix, double scale, Stream s);
+void row_pool_backward(Tensor& rows, const Tensor& buckets, const RowBuckets& ix, double scale, Stream s);
 
 // sign = +1 forward, -1 backward.
 void rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta, int sign, Stream s);

@@ -4,10 +4,13 @@
 // normalisation x mask, head dims 64/128 (and 256, odd dims), GQA and Mamba-2 groups, S not a
 // multiple of the chunk, B = 2, and enough heads that splits hold several chunks: o,
 // final_state, dq, dk, dv, d_state0 and d_log_decay. f16 and f32 inputs; chaining two halves of a
-// sequence on the GPU (forward and backward) equals the whole; bad input.
+// sequence on the GPU (forward and backward) equals the whole; at T = 2^20 in f32 the error
+// stays bounded and does not grow with the number of sequence-parallel ranks; bad input.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
+#include <vector>
 
 #include "common/check.h"
 #include "common/expect_error.h"
@@ -213,6 +216,70 @@ TEST(LinearAttnGpuChain, TwoHalvesEqualWhole) {
   dg.slice(1, 0, cut).copy_from(cpu(g1.d_log_decay));
   dg.slice(1, cut, c.S).copy_from(cpu(g2.d_log_decay));
   LCTX_EXPECT_CLOSE(dg, cpu(whole_g.d_log_decay), 1e-3);
+}
+
+// Long sequences in f32: at T = 2^20 the GPU's error against the f64 CPU implementation on the
+// same (f32) values stays within 1e-4 (relative L2; the figures are printed) and does not grow
+// with the number of sequence-parallel ranks. R ranks are emulated as dist/state_scan.h runs
+// them: each rank's piece from zeros gives its final state e_r and decay a_r = exp(sum of its
+// log-decays); x_{r+1} = a_r x_r + e_r in f32 from x_0 = state0; each piece again from x_r.
+TEST(LinearAttnGpuLong, MillionTokensF32BoundedOverRanks) {
+  LCTX_REQUIRE_GPU();
+  const Device gpu = Device::cuda();
+  for (Decay decay : {Decay::none, Decay::data}) {
+    const LinearAttnCase c{.name = decay == Decay::none ? "1M_none" : "1M_data", .B = 1, .S = int64_t(1) << 20,
+                           .Hq = 2, .Hk = 2, .Hv = 2, .Dk = 64, .Dv = 64, .decay = decay, .chunk = 64,
+                           .decay_lo = -1e-2, .decay_hi = -1e-5};
+    const LinearAttnInputs drawn = make_la_inputs(c, 41);
+    auto f32 = [](const Tensor& t) { return t.defined() ? t.to(DType::f32).to(DType::f64) : Tensor(); };
+    const LinearAttnInputs in{f32(drawn.q), f32(drawn.k), f32(drawn.v), f32(drawn.log_decay), f32(drawn.state0)};
+    const auto opts = c.opts();
+    const LinearAttnOutput ref = linear_attn::linear_attn_forward(in, opts);
+    const LinearAttnInputs in_g = place(in, DType::f32, gpu);
+    auto cpu = [](const Tensor& t) { return t.to(Device::cpu()).to(DType::f64); };
+    const std::vector<double> log_decay = in.log_decay.defined() ? in.log_decay.to_vector() : std::vector<double>();
+
+    const LinearAttnOutput whole = linear_attn::linear_attn_forward(in_g, opts);
+    const double err1 = rel_error(cpu(whole.o), ref.o), err1_state = rel_error(cpu(whole.final_state), ref.final_state);
+    std::printf("[ %s ] 1 rank: o error %.3e, final_state error %.3e\n", c.name.c_str(), err1, err1_state);
+    EXPECT_LE(err1, 1e-4) << c.name;
+    EXPECT_LE(err1_state, 1e-4) << c.name;
+
+    for (int R : {2, 4, 8}) {
+      const int64_t len = c.S / R;
+      auto piece = [&](const Tensor& t, int r) { return t.defined() ? t.slice(1, r * len, (r + 1) * len) : t; };
+      const std::vector<double> x0 = in.state0.to_vector();  // [B=1, H, Dk, Dv], f32 values
+      std::vector<float> x(x0.begin(), x0.end());
+      const int64_t per_head = int64_t(c.Dk) * c.Dv;
+      std::vector<Tensor> entering;
+      for (int r = 0; r < R; ++r) {
+        entering.push_back(Tensor::from_vector(in.state0.shape(), std::vector<double>(x.begin(), x.end()), DType::f32));
+        const LinearAttnInputs from_zero{piece(in_g.q, r), piece(in_g.k, r), piece(in_g.v, r),
+                                         piece(in_g.log_decay, r), Tensor()};
+        const std::vector<double> e =
+            linear_attn::linear_attn_forward(from_zero, opts).final_state.to(Device::cpu()).to_vector();
+        for (int h = 0; h < c.H(); ++h) {
+          double log_a = 0;
+          if (decay == Decay::data)
+            for (int64_t t = r * len; t < (r + 1) * len; ++t) log_a += log_decay[static_cast<size_t>(t * c.H() + h)];
+          const float a = static_cast<float>(std::exp(log_a));
+          for (int64_t i = h * per_head; i < (h + 1) * per_head; ++i)
+            x[static_cast<size_t>(i)] = a * x[static_cast<size_t>(i)] + static_cast<float>(e[static_cast<size_t>(i)]);
+        }
+      }
+      Tensor o = Tensor::empty(ref.o.shape(), DType::f64);
+      for (int r = 0; r < R; ++r) {
+        const LinearAttnInputs mine{piece(in_g.q, r), piece(in_g.k, r), piece(in_g.v, r), piece(in_g.log_decay, r),
+                                    entering[static_cast<size_t>(r)].to(gpu)};
+        piece(o, r).copy_from(cpu(linear_attn::linear_attn_forward(mine, opts).o));
+      }
+      const Tensor fin = Tensor::from_vector(in.state0.shape(), std::vector<double>(x.begin(), x.end()), DType::f64);
+      const double err = rel_error(o, ref.o), err_state = rel_error(fin, ref.final_state);
+      std::printf("[ %s ] %d ranks: o error %.3e, final_state error %.3e\n", c.name.c_str(), R, err, err_state);
+      EXPECT_LE(err, 2 * err1 + 1e-6) << c.name << " on " << R << " ranks";
+      EXPECT_LE(err_state, 2 * err1_state + 1e-6) << c.name << " on " << R << " ranks";
+    }
+  }
 }
 
 TEST(LinearAttnGpuErrors, BadInput) {
