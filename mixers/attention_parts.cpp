@@ -1,6 +1,5 @@
 #include "mixers/attention_parts.h"
 
-#include <cmath>
 #include <vector>
 
 namespace lctx::mixers {
@@ -53,15 +52,6 @@ void learned_kv_backward(AttentionCore& core, std::span<Param> core_params, QkvA
   Tensor de = Tensor::empty({1, n, D}, dt, dev);
   adding_grads(core_params, [&] { core.qkv_backward(de, acts, dq, dk1, dv1, at_position_zero(tokens.compute)); });
   tokens.grad.view({1, n, D}).copy_from(de);
-}
-
-void sigmoid_inplace_cpu(const Tensor& z, const char* kind) {
-  LCTX_CHECK(z.device().is_cpu(), kind, " mixer: the gate ", z.str(),
-             " is on a GPU; its gate and mixing run on the CPU only so far");
-  LCTX_DISPATCH_CPU_FLOAT(z.dtype(), "sigmoid gate", [&] {
-    scalar_t* p = z.data<scalar_t>();
-    for (int64_t i = 0; i < z.numel(); ++i) p[i] = scalar_t(1) / (scalar_t(1) + std::exp(-p[i]));
-  });
 }
 
 }  // namespace lctx::mixers

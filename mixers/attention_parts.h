@@ -38,8 +38,4 @@ void adding_grads(std::span<Param> params, const std::function<void()>& f);
 void learned_kv_backward(AttentionCore& core, std::span<Param> core_params, QkvActs& acts, const Tensor& dk,
                          const Tensor& dv, const Param& tokens);
 
-// In place z -> sigmoid(z) on the CPU (f32/f64): the learned gates of memory and nsa, whose
-// mixing has no CUDA kernels yet; `kind` names the mixer in the error for a GPU tensor.
-void sigmoid_inplace_cpu(const Tensor& z, const char* kind);
-
 }  // namespace lctx::mixers

@@ -1,8 +1,12 @@
 #include "mixers/block_mlp.h"
 
+#include <limits>
+#include <vector>
+
 #include "dist/comm.h"
 #include "dist/ring_kernels.h"  // block_of
 #include "mixers/attention_parts.h"
+#include "ops/embedding.h"
 #include "ops/gelu.h"
 #include "ops/linear.h"
 
@@ -38,31 +42,28 @@ std::vector<LocalBlock> local_blocks(std::span<const int64_t> pos, int64_t b, in
   return out;
 }
 
-enum class Move { pack, unpack };
+// Where the packed rows come from: entry ((bi n + j) Hkv + kh) b + t of x viewed as
+// [B n Hkv b, hd] is row ((bi L + row_j + t) Hkv + kh) of rows [B L Hkv, hd] plus row t of pos
+// (i32 indices on the rows' device, for ops::embedding's gather and scatter-add).
+struct PackIndex {
+  Tensor row, pos;
+};
 
-// pack:   packed[b, j, kh, t hd + e] = rows[b, row_j + t, kh, e] + pos[t, e]
-// unpack: rows[b, row_j + t, kh, e] += packed[b, j, kh, t hd + e]
-// rows [B, L, Hkv, hd], packed [B, n, Hkv, b hd], pos [b, hd] (pack only); contiguous, one dtype.
-void move_blocks(const Tensor& rows, const Tensor& packed, const Tensor& pos, std::span<const LocalBlock> blocks,
-                 int64_t b, Move dir) {
-  const int64_t B = rows.size(0), L = rows.size(1), Hk = rows.size(2), hd = rows.size(3);
-  const int64_t n = static_cast<int64_t>(blocks.size());
-  LCTX_DISPATCH_CPU_FLOAT(rows.dtype(), "block mlp packing", [&] {
-    scalar_t* x = rows.data<scalar_t>();
-    scalar_t* c = packed.data<scalar_t>();
-    const scalar_t* pe = dir == Move::pack ? pos.data<scalar_t>() : nullptr;
-    for (int64_t bi = 0; bi < B; ++bi)
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t t = 0; t < b; ++t)
-          for (int64_t kh = 0; kh < Hk; ++kh) {
-            scalar_t* xr = x + ((bi * L + blocks[static_cast<size_t>(j)].row + t) * Hk + kh) * hd;
-            scalar_t* cr = c + ((bi * n + j) * Hk + kh) * b * hd + t * hd;
-            if (dir == Move::pack)
-              for (int64_t e = 0; e < hd; ++e) cr[e] = xr[e] + pe[t * hd + e];
-            else
-              for (int64_t e = 0; e < hd; ++e) xr[e] += cr[e];
-          }
-  });
+PackIndex pack_index(const Tensor& rows, std::span<const LocalBlock> blocks, int64_t b) {
+  const int64_t B = rows.size(0), L = rows.size(1), Hk = rows.size(2);
+  LCTX_CHECK(B * L * Hk <= std::numeric_limits<int32_t>::max(), "block mlp: rows ", rows.str(),
+             " hold 2^31 rows of head_dim or more");
+  std::vector<double> row, pos;
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (const LocalBlock& blk : blocks)
+      for (int64_t kh = 0; kh < Hk; ++kh)
+        for (int64_t t = 0; t < b; ++t) {
+          row.push_back(static_cast<double>((bi * L + blk.row + t) * Hk + kh));
+          pos.push_back(static_cast<double>(t));
+        }
+  const int64_t n = static_cast<int64_t>(row.size());
+  return {Tensor::from_vector({n}, row, DType::i32).to(rows.device()),
+          Tensor::from_vector({n}, pos, DType::i32).to(rows.device())};
 }
 
 // to[:, c_j] = from[:, j] (to_global) or to[:, j] = from[:, c_j] (to_local), c_j the global index
@@ -84,11 +85,9 @@ struct Acts {
   Tensor x, h_pre, h;
 };
 
-Acts mlp_hidden(const Tensor& rows, std::span<const LocalBlock> blocks, int64_t b, const BlockMlp& w) {
-  LCTX_CHECK(rows.device().is_cpu(), "block mlp: rows ", rows.str(),
-             " are on a GPU; the learned block compression runs on the CPU only so far");
-  const int64_t B = rows.size(0), Hk = rows.size(2), hd = rows.size(3), n = static_cast<int64_t>(blocks.size());
-  const int64_t hidden = w.w1.size(0);
+Acts mlp_hidden(const Tensor& rows, const PackIndex& ix, int64_t n, int64_t b, const BlockMlp& w) {
+  const int64_t B = rows.size(0), Hk = rows.size(2), hd = rows.size(3), hidden = w.w1.size(0);
+  const Device dev = rows.device();
   LCTX_CHECK(w.pos.dim() == 2 && w.pos.size(0) == b && w.pos.size(1) == hd && w.w1.dim() == 2 &&
                  w.w1.size(1) == b * hd && w.w2.dim() == 2 && w.w2.size(0) == hd && w.w2.size(1) == hidden &&
                  w.pos.dtype() == rows.dtype() && w.w1.dtype() == rows.dtype() && w.w2.dtype() == rows.dtype(),
@@ -96,57 +95,56 @@ Acts mlp_hidden(const Tensor& rows, std::span<const LocalBlock> blocks, int64_t 
              rows.str(), " in blocks of ", b, " (expected pos [", b, ", ", hd, "], w1 [hidden, ", b * hd,
              "], w2 [", hd, ", hidden], the rows' dtype)");
   Acts a;
-  a.x = Tensor::empty({B, n, Hk, b * hd}, rows.dtype());
-  move_blocks(rows.contiguous(), a.x, w.pos.contiguous(), blocks, b, Move::pack);
-  a.h_pre = Tensor::empty({B, n, Hk, hidden}, rows.dtype());
+  Tensor x = Tensor::empty({ix.row.numel(), hd}, rows.dtype(), dev), p = Tensor::empty(x.shape(), rows.dtype(), dev);
+  ops::embedding_forward(x, ix.row, rows.contiguous().view({-1, hd}));
+  ops::embedding_forward(p, ix.pos, w.pos.contiguous());
+  x.add_from(p);
+  a.x = x.view({B, n, Hk, b * hd});
+  a.h_pre = Tensor::empty({B, n, Hk, hidden}, rows.dtype(), dev);
   ops::linear_forward(a.h_pre, a.x, w.w1, w.b1);
-  a.h = Tensor::empty(a.h_pre.shape(), rows.dtype());
+  a.h = Tensor::empty(a.h_pre.shape(), rows.dtype(), dev);
   ops::gelu_forward(a.h, a.h_pre);
   return a;
 }
 
 // This rank's compressed rows of one compressor into out [B, N, Hkv, hd] (wide, zero elsewhere).
-void compress(const Tensor& out, const Tensor& rows, std::span<const LocalBlock> blocks, int64_t b,
-              const BlockMlp& w) {
+void compress(const Tensor& out, const Tensor& rows, std::span<const LocalBlock> blocks, const PackIndex& ix,
+              int64_t b, const BlockMlp& w) {
   if (blocks.empty()) return;
-  const Acts a = mlp_hidden(rows, blocks, b, w);
-  Tensor y = Tensor::empty({rows.size(0), a.x.size(1), rows.size(2), rows.size(3)}, rows.dtype());
+  const int64_t n = static_cast<int64_t>(blocks.size());
+  const Acts a = mlp_hidden(rows, ix, n, b, w);
+  Tensor y = Tensor::empty({rows.size(0), n, rows.size(2), rows.size(3)}, rows.dtype(), rows.device());
   ops::linear_forward(y, a.h, w.w2, w.b2);
   copy_rows(out, cast(y, out.dtype()), blocks, Rows::to_global);
 }
 
 // One compressor's backward on this rank's blocks: dc [B, N, Hkv, hd] (wide, summed), the
-// parameter gradients overwritten, the rows' gradients added into d_rows (wide).
-void compress_backward(const Tensor& dc, const Tensor& rows, std::span<const LocalBlock> blocks, int64_t b,
-                       const BlockMlp& w, const BlockMlp& g, const Tensor& d_rows) {
+// parameter gradients overwritten, the rows' gradients added into d_rows (wide, contiguous).
+void compress_backward(const Tensor& dc, const Tensor& rows, std::span<const LocalBlock> blocks, const PackIndex& ix,
+                       int64_t b, const BlockMlp& w, const BlockMlp& g, const Tensor& d_rows) {
   if (blocks.empty()) {
     for (Tensor t : {g.pos, g.w1, g.b1, g.w2, g.b2}) t.zero();
     return;
   }
-  const Acts a = mlp_hidden(rows, blocks, b, w);
+  const int64_t n = static_cast<int64_t>(blocks.size()), hd = rows.size(3);
+  const Acts a = mlp_hidden(rows, ix, n, b, w);
   const DType dt = rows.dtype();
-  const Tensor dy_wide = Tensor::empty({rows.size(0), a.x.size(1), rows.size(2), rows.size(3)}, dc.dtype());
+  const Device dev = rows.device();
+  const Tensor dy_wide = Tensor::empty({rows.size(0), n, rows.size(2), hd}, dc.dtype(), dev);
   copy_rows(dy_wide, dc, blocks, Rows::to_local);
   const Tensor dy = cast(dy_wide, dt);
-  Tensor dh = Tensor::empty(a.h.shape(), dt), dh_pre = Tensor::empty(a.h.shape(), dt);
-  Tensor dx = Tensor::empty(a.x.shape(), dt);
+  Tensor dh = Tensor::empty(a.h.shape(), dt, dev), dh_pre = Tensor::empty(a.h.shape(), dt, dev);
+  Tensor dx = Tensor::empty(a.x.shape(), dt, dev);
   Tensor gw2 = g.w2, gb2 = g.b2, gw1 = g.w1, gb1 = g.b1;
   ops::linear_backward(dh, gw2, gb2, dy, a.h, w.w2, GradMode::overwrite);
   ops::gelu_backward(dh_pre, dh, a.h_pre);
   ops::linear_backward(dx, gw1, gb1, dh_pre, a.x, w.w1, GradMode::overwrite);
-  // pos's gradient: dx summed over (batch, block, KV head), in the gradients' dtype.
-  const Tensor dxw = cast(dx, g.pos.dtype()).contiguous();
-  const Tensor dpos = Tensor::zeros(g.pos.shape(), g.pos.dtype());
-  const int64_t R = dpos.numel(), rowsn = dxw.numel() / R;
-  LCTX_DISPATCH_CPU_FLOAT(dpos.dtype(), "block mlp position gradient", [&] {
-    const scalar_t* src = dxw.data<scalar_t>();
-    scalar_t* dst = dpos.data<scalar_t>();
-    for (int64_t r = 0; r < rowsn; ++r)
-      for (int64_t e = 0; e < R; ++e) dst[e] += src[r * R + e];
-  });
-  Tensor gpos = g.pos;
-  gpos.copy_from(dpos);
-  move_blocks(d_rows, cast(dx, d_rows.dtype()).contiguous(), Tensor(), blocks, b, Move::unpack);
+  // The packed rows' gradients: pos's summed over (batch, block, KV head) into its gradient, the
+  // rows' added into d_rows (both in the wide dtype).
+  const Tensor dx_rows = dx.view({-1, hd});
+  Tensor gpos = g.pos, d_flat = d_rows.view({-1, hd});
+  ops::embedding_backward(gpos, ix.pos, dx_rows, GradMode::overwrite);
+  ops::embedding_backward(d_flat, ix.row, dx_rows, GradMode::accumulate);
 }
 
 }  // namespace
@@ -179,8 +177,9 @@ BlockRows block_mlp_forward(dist::Comm& sp, const Tensor& k, const Tensor& v, st
   const std::vector<LocalBlock> mine = local_blocks(positions, block, blocks);
   const int64_t B = k.size(0), Hk = k.size(2), hd = k.size(3);
   const Tensor rows = Tensor::zeros({2, B, blocks, Hk, hd}, wide_dtype(k.dtype()), k.device());
-  compress(dist::block_of(rows, 0), k, mine, block, w.k);
-  compress(dist::block_of(rows, 1), v, mine, block, w.v);
+  const PackIndex ix = pack_index(k, mine, block);
+  compress(dist::block_of(rows, 0), k, mine, ix, block, w.k);
+  compress(dist::block_of(rows, 1), v, mine, ix, block, w.v);
   sp.all_reduce(rows, dist::ReduceOp::sum);
   return {cast(dist::block_of(rows, 0), k.dtype()), cast(dist::block_of(rows, 1), k.dtype())};
 }
@@ -192,8 +191,9 @@ void block_mlp_backward(dist::Comm& sp, const Tensor& dc, const Tensor& k, const
              " must be a contiguous [2, B, N, Hkv, hd]");
   sp.all_reduce(dc, dist::ReduceOp::sum);
   const std::vector<LocalBlock> mine = local_blocks(positions, block, dc.size(2));
-  compress_backward(dist::block_of(dc, 0), k, mine, block, w.k, grads.k, dk);
-  compress_backward(dist::block_of(dc, 1), v, mine, block, w.v, grads.v, dv);
+  const PackIndex ix = pack_index(k, mine, block);
+  compress_backward(dist::block_of(dc, 0), k, mine, ix, block, w.k, grads.k, dk);
+  compress_backward(dist::block_of(dc, 1), v, mine, ix, block, w.v, grads.v, dv);
 }
 
 }  // namespace lctx::mixers

@@ -12,7 +12,10 @@
 // gather it from), the N = S / b rows are few, and it is the one collective of block_means.h.
 // Backward: the rows' gradients of every rank's queries are summed the same way, then each rank
 // back-propagates its own blocks only: its parameter gradients are its blocks' share, and the
-// trainer's sum over the ranks counts each block once. CPU only (f32/f64) so far.
+// trainer's sum over the ranks counts each block once. Any device: the blocks are packed by
+// ops::embedding (a gather by row index, and its scatter-add backward), the MLP is ops::linear
+// and ops::gelu (CPU f32/f64, CUDA bf16/f16; on CUDA the position embedding's gradient is summed
+// by fp32 atomics, so its last bits may vary from run to run).
 #pragma once
 #include <cstdint>
 #include <span>

@@ -2,8 +2,7 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
-#include <numeric>
+#include <span>
 #include <vector>
 
 #include "dist/layout.h"
@@ -15,6 +14,8 @@
 #include "mixers/block_means.h"
 #include "mixers/block_mlp.h"
 #include "mixers/cross_attention.h"
+#include "mixers/nsa_scores.h"
+#include "ops/gate_mix.h"
 #include "ops/linear.h"
 
 namespace lctx::mixers {
@@ -23,72 +24,9 @@ namespace {
 
 constexpr int kBranches = 3;  // gate rows: compressed, selected, window
 
-void check_cpu(const Tensor& t, const char* what) {
-  LCTX_CHECK(t.device().is_cpu(), "nsa mixer: ", what, " ", t.str(),
-             " is on a GPU; the nsa kind runs on the CPU only so far (no CUDA kernels for its selection scores, "
-             "block pooling and gate)");
-}
-
-// What the selection scores need besides the tensors.
-struct Scoring {
-  int64_t compress_block, select_block;
-  float softmax_scale;  // 0: 1/sqrt(hd)
-};
-
-// The score of every key block j <= t of each local query block t, per (batch, KV head):
-// scores[(b Hkv + kh) T + t][j] = sum over the block's rows i, the group's heads h and the
-// compressed rows c that i sees of p_cmp(i, h, c) |block c ∩ block j| / b_c, from q [B, L, H, hd],
-// the compressed keys ck [B, Nc, Hkv, hd] and the compressed softmax's lse [B, H, L] (CPU; the
-// probabilities are recomputed in f64 from the scores and the lse, never stored).
-std::vector<std::vector<double>> selection_scores(const Tensor& q_in, const Tensor& ck_in, const Tensor& lse_in,
-                                                  std::span<const int64_t> pos, const Scoring& sc) {
-  check_cpu(q_in, "the queries");
-  const Tensor q = q_in.contiguous(), ck = cast(ck_in, q.dtype()).contiguous(),
-               lse = cast(lse_in, q.dtype()).contiguous();
-  const int64_t B = q.size(0), L = q.size(1), H = q.size(2), hd = q.size(3), Nc = ck.size(1), Hk = ck.size(2);
-  const int64_t bc = sc.compress_block, bs = sc.select_block, T = L / bs, G = H / Hk;
-  const double scale = sc.softmax_scale > 0 ? sc.softmax_scale : 1.0 / std::sqrt(static_cast<double>(hd));
-  // Compressed row c's share of each selection block it overlaps: (j, |c ∩ j| / b_c).
-  std::vector<std::vector<std::pair<int64_t, double>>> share(static_cast<size_t>(Nc));
-  for (int64_t c = 0; c < Nc; ++c)
-    for (int64_t j = c * bc / bs; j * bs < (c + 1) * bc; ++j) {
-      const int64_t overlap = std::min((c + 1) * bc, (j + 1) * bs) - std::max(c * bc, j * bs);
-      share[static_cast<size_t>(c)].push_back({j, static_cast<double>(overlap) / static_cast<double>(bc)});
-    }
-  std::vector<std::vector<double>> scores(static_cast<size_t>(B * Hk * T));
-  LCTX_DISPATCH_CPU_FLOAT(q.dtype(), "nsa selection scores", [&] {
-    const scalar_t* pq = q.data<scalar_t>();
-    const scalar_t* pk = ck.data<scalar_t>();
-    const scalar_t* pl = lse.data<scalar_t>();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t qb = pos[static_cast<size_t>(t * bs)] / bs;
-        for (int64_t kh = 0; kh < Hk; ++kh) {
-          std::vector<double>& s = scores[static_cast<size_t>((b * Hk + kh) * T + t)];
-          s.assign(static_cast<size_t>(qb + 1), 0.0);
-          for (int64_t r = 0; r < bs; ++r) {
-            const int64_t l = t * bs + r, seen = std::min(Nc, (pos[static_cast<size_t>(l)] + 1) / bc);
-            for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
-              const double m = static_cast<double>(pl[(b * H + h) * L + l]);
-              const scalar_t* qr = pq + ((b * L + l) * H + h) * hd;
-              for (int64_t c = 0; c < seen; ++c) {
-                const scalar_t* kr = pk + ((b * Nc + c) * Hk + kh) * hd;
-                double dot = 0;
-                for (int64_t e = 0; e < hd; ++e) dot += static_cast<double>(qr[e]) * static_cast<double>(kr[e]);
-                const double p = std::exp(dot * scale - m);
-                for (const auto& [j, f] : share[static_cast<size_t>(c)]) s[static_cast<size_t>(j)] += p * f;
-              }
-            }
-          }
-        }
-      }
-  });
-  return scores;
-}
-
 // Block 0, the local block qb = scores.size() - 1, and the best of the rest (ties to the lower
 // index): min(n, qb + 1) blocks, ascending.
-std::vector<int64_t> pick_blocks(const std::vector<double>& scores, int64_t n) {
+std::vector<int64_t> pick_blocks(std::span<const double> scores, int64_t n) {
   const int64_t qb = static_cast<int64_t>(scores.size()) - 1;
   std::vector<int64_t> rest;
   for (int64_t j = 1; j < qb; ++j) rest.push_back(j);
@@ -101,54 +39,6 @@ std::vector<int64_t> pick_blocks(const std::vector<double>& scores, int64_t n) {
   picked.insert(picked.end(), rest.begin(), rest.begin() + std::max<int64_t>(more, 0));
   std::sort(picked.begin(), picked.end());
   return picked;
-}
-
-// o = sum_t g_t o_t per (batch, token, head): gate [B, L, 3 H] (branch-major rows), the branch
-// outputs [B, L, H, hd]; all contiguous, one dtype.
-void gate_mix_forward(const Tensor& o, std::span<const Tensor> branch, const Tensor& gate) {
-  check_cpu(o, "the gated output");
-  const int64_t H = o.size(2), hd = o.size(3), BL = o.numel() / (H * hd);
-  LCTX_DISPATCH_CPU_FLOAT(o.dtype(), "nsa gate", [&] {
-    scalar_t* po = o.data<scalar_t>();
-    const scalar_t* pg = gate.data<scalar_t>();
-    std::fill(po, po + o.numel(), scalar_t(0));
-    for (int t = 0; t < kBranches; ++t) {
-      const scalar_t* pb = branch[static_cast<size_t>(t)].data<scalar_t>();
-      for (int64_t i = 0; i < BL; ++i)
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t g = pg[(i * kBranches + t) * H + h];
-          for (int64_t e = 0; e < hd; ++e) po[(i * H + h) * hd + e] += g * pb[(i * H + h) * hd + e];
-        }
-    }
-  });
-}
-
-// The mix's backward: d_t = g_t do into dbranch[t], and the gate logits' gradient
-// dz_t = g_t (1 - g_t) sum_e do o_t into dz [B, L, 3 H].
-void gate_mix_backward(const Tensor& d_o, std::span<const Tensor> branch, const Tensor& gate,
-                       std::span<const Tensor> dbranch, const Tensor& dz) {
-  check_cpu(d_o, "the output gradient");
-  const int64_t H = d_o.size(2), hd = d_o.size(3), BL = d_o.numel() / (H * hd);
-  LCTX_DISPATCH_CPU_FLOAT(d_o.dtype(), "nsa gate backward", [&] {
-    const scalar_t* pd = d_o.data<scalar_t>();
-    const scalar_t* pg = gate.data<scalar_t>();
-    scalar_t* pz = dz.data<scalar_t>();
-    for (int t = 0; t < kBranches; ++t) {
-      const scalar_t* pb = branch[static_cast<size_t>(t)].data<scalar_t>();
-      scalar_t* qb = dbranch[static_cast<size_t>(t)].data<scalar_t>();
-      for (int64_t i = 0; i < BL; ++i)
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t g = pg[(i * kBranches + t) * H + h];
-          scalar_t dg = 0;
-          for (int64_t e = 0; e < hd; ++e) {
-            const int64_t k = (i * H + h) * hd + e;
-            qb[k] = g * pd[k];
-            dg += pd[k] * pb[k];
-          }
-          pz[(i * kBranches + t) * H + h] = dg * g * (scalar_t(1) - g);
-        }
-    }
-  });
 }
 
 class NsaMixer final : public Mixer {
@@ -213,7 +103,6 @@ class NsaMixer final : public Mixer {
 
   Tensor forward(const Tokens& in, std::unique_ptr<Saved>& saved, Pass pass) override {
     LCTX_CHECK(!in.doc_ids.defined(), "nsa mixer: packed documents (data.documents) are not supported");
-    check_cpu(in.x, "the input");
     if (pass != Pass::recompute) saved = std::make_unique<NsaSaved>();
     auto& s = static_cast<NsaSaved&>(*saved);
     const int64_t B = in.x.size(0), L = in.x.size(1);
@@ -221,9 +110,8 @@ class NsaMixer final : public Mixer {
     if (pass != Pass::recompute) attend_forward(s);
     s.gate = Tensor::empty({B, L, kBranches * o_.core.shape.heads}, in.x.dtype(), in.x.device());
     ops::linear_forward(s.gate, in.x, w_gate_.compute, gate_bias_.compute);
-    sigmoid_inplace_cpu(s.gate, "nsa");
     s.o = Tensor::empty(s.o_win.shape(), s.o_win.dtype(), s.o_win.device());
-    gate_mix_forward(s.o, branches(s), s.gate);
+    ops::gate_mix_forward(s.o, branches(s), s.gate);
     s.y = Tensor::empty({B, L, o_.core.shape.dim}, in.x.dtype(), in.x.device());
     core_.out_forward(s.y, s.o);
     Tensor y = s.y;
@@ -243,7 +131,7 @@ class NsaMixer final : public Mixer {
     const std::array<Tensor, kBranches> d = {Tensor::empty(s.o.shape(), dt, dev), Tensor::empty(s.o.shape(), dt, dev),
                                              Tensor::empty(s.o.shape(), dt, dev)};
     Tensor dz = Tensor::empty(s.gate.shape(), dt, dev);
-    gate_mix_backward(d_o, branches(s), s.gate, d, dz);
+    ops::gate_mix_backward(d, dz, d_o, branches(s), s.gate);
 
     const QkvActs& a = s.qkv;
     attn::FlashGrads gr = dist::ring_attention_backward(mesh_.ring(), layout_, a.q, a.k, a.v, s.o_win, s.lse_win, d[2],
@@ -345,13 +233,17 @@ class NsaMixer final : public Mixer {
     const QkvActs& a = s.qkv;
     const int64_t B = a.q.size(0), Hk = a.k.size(2), bs = o_.select_block;
     const int64_t T = static_cast<int64_t>(q_positions_.size()) / bs, blocks = layout_.seq_len() / bs;
-    const std::vector<std::vector<double>> scores = selection_scores(
-        a.q, s.comp_k, s.lse_cmp, q_positions_, {o_.compress_block, bs, static_cast<float>(o_.softmax_scale)});
-    std::vector<std::vector<int64_t>> far(scores.size());  // picks other than the local block
+    const NsaScoring sc{.compress_block = o_.compress_block,
+                        .select_block = bs,
+                        .blocks = blocks,
+                        .softmax_scale = static_cast<float>(o_.softmax_scale)};
+    const std::vector<double> scores = nsa_selection_scores(a.q, s.comp_k, s.lse_cmp, q_positions_, sc).to_vector();
+    std::vector<std::vector<int64_t>> far(static_cast<size_t>(B * Hk * T));  // picks other than the local block
     std::vector<int64_t> wanted(static_cast<size_t>(blocks), 0);
-    for (size_t e = 0; e < scores.size(); ++e) {
-      const int64_t qb = static_cast<int64_t>(scores[e].size()) - 1;
-      for (int64_t j : pick_blocks(scores[e], o_.top_n))
+    for (size_t e = 0; e < far.size(); ++e) {
+      const int64_t t = static_cast<int64_t>(e) % T, qb = q_positions_[static_cast<size_t>(t * bs)] / bs;
+      const std::span<const double> row(scores.data() + e * static_cast<size_t>(blocks), static_cast<size_t>(qb + 1));
+      for (int64_t j : pick_blocks(row, o_.top_n))
         if (j != qb) {
           far[e].push_back(j);
           wanted[static_cast<size_t>(j)] = 1;

@@ -36,9 +36,10 @@
 // Pass::checkpoint keeps the three branch outputs with their lse, the compressed rows, the
 // selection and the gathered blocks (everything that communicates); Pass::recompute redoes the
 // projections, the gate and the mix.
-// Not here: overlapping compression blocks
-// (stride < b_c), packed documents, ALiBi, Ulysses. CPU only so far (f32/f64): the selection
-// scores and the pooling have no CUDA kernels; every attention part is a flash call.
+// Devices: CPU (f32/f64) and CUDA (bf16/f16 compute at flash's head dims): every attention part
+// is a flash call, the selection scores are mixers/nsa_scores.h, the gated mix ops/gate_mix.h,
+// the mean pooling ops/row_pool.h, the learned compression mixers/block_mlp.h.
+// Not here: overlapping compression blocks (stride < b_c), packed documents, ALiBi, Ulysses.
 #pragma once
 #include <memory>
 #include <vector>
@@ -83,7 +84,7 @@ struct NsaSaved final : Saved {
   Tensor o_cmp, lse_cmp;  // [B, L, H, hd], wide [B, H, L] per branch (kept)
   Tensor o_sel, lse_sel;
   Tensor o_win, lse_win;
-  Tensor gate;  // [B, L, 3 H] after the sigmoid (dropped)
+  Tensor gate;  // [B, L, 3 H]: the gate logits, before the sigmoid (ops::gate_mix) (dropped)
   Tensor o;     // the gated output [B, L, H, hd] (dropped)
   Tensor y;     // [B, L, D]
 };

@@ -54,6 +54,11 @@ struct MixerKind {
   // Overrides every conformance case of this kind starts from (a kind whose defaults are
   // refused in a causal LM: linformer needs mixer.linformer.bidirectional=true).
   std::vector<std::string> test_base = {};
+  // Overrides the GPU conformance suite adds to each case of this kind, given the case's config
+  // (none when empty): a kind with a discrete choice made from computed scores (nsa's top-n
+  // blocks) is compared with the choice left no freedom, since bf16 rounding flips near-tied
+  // picks; the scores then have a GPU test of their own.
+  std::function<std::vector<std::string>(const Config& c)> test_gpu;
 };
 
 const std::vector<MixerKind>& mixer_kinds();

@@ -15,6 +15,7 @@
 #include "ops/blend.h"
 #include "ops/common.h"
 #include "ops/cross_entropy.h"
+#include "ops/gate_mix.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/row_pool.h"
@@ -57,6 +58,11 @@ void cross_entropy(Tensor& losses, Tensor& mean_loss, Tensor& dlogits, const Ten
 
 void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& w, Stream s);
 void embedding_backward(Tensor& dw, const Tensor& ids, const Tensor& dout, GradMode mode, Stream s);
+
+// gate_mix.h: o = sum_t sigmoid(z_t) o_t per row and head; and its backward.
+void gate_mix_forward(Tensor& o, std::span<const Tensor> branches, const Tensor& logits, Stream s);
+void gate_mix_backward(std::span<const Tensor> d_branches, Tensor& d_logits, const Tensor& d_o,
+                       std::span<const Tensor> branches, const Tensor& logits, Stream s);
 
 void gelu_forward(Tensor& out, const Tensor& x, Stream s);
 void gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, Stream s);
