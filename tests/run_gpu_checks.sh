@@ -4,7 +4,7 @@
 # lctx-train run of configs/gpu-2-ring.yaml under mpirun. Logs go to $1 (default gpu-logs/).
 #   bash tests/run_gpu_checks.sh "$OUT"              # all of it
 #   LCTX_GPU_CHECKS="tests bench_ops bench_flash" bash tests/run_gpu_checks.sh logs
-#   (also bench_linear_attn, bench_ssm, bench_sparse)
+#   (also bench_linear_attn, bench_ssm, bench_sparse, and with 2+ GPUs sp_families)
 set -uo pipefail
 LOGS="${1:-gpu-logs}"
 CHECKS="${LCTX_GPU_CHECKS:-tests bench_ring train_2gpu}"
@@ -43,6 +43,11 @@ done
 if want bench_ring && [ "$NGPU" -ge 2 ]; then
   bash tests/bench/run_bench_ring.sh "$BUILD" 2 131072,524288 3 200 > "$LOGS/bench_ring.log" 2>&1
   tail -14 "$LOGS/bench_ring.log"
+fi
+# Issues 17, 18, 20: the linear-time and sparse kinds trained on 2 GPUs (SP efficiency, 4x length).
+if want sp_families && [ "$NGPU" -ge 2 ]; then
+  bash tests/bench/run_sp_families.sh "$BUILD" > "$LOGS/sp_families.log" 2>&1
+  tail -16 "$LOGS/sp_families.log"
 fi
 if want train_2gpu && [ "$NGPU" -ge 2 ]; then
   timeout 240 mpirun -np 2 --bind-to none -x NCCL_NVLS_ENABLE "$BUILD/trainers/lctx-train" configs/gpu-2-ring.yaml \

@@ -70,7 +70,7 @@ void MetricsLog::train(const StepRecord& r, const TrainRecordInfo& in) {
        << ", \"grad_norm\": " << json_num(r.grad_norm) << ", \"tokens_per_s\": " << json_num(in.tokens_per_s)
        << ", \"mfu\": " << json_num(in.mfu) << ", \"tokens\": " << in.tokens
        << ", \"skipped\": " << (r.skipped ? "true" : "false") << ", \"skipped_total\": " << in.skipped_total
-       << ", \"mem_peak_bytes\": " << in.memory.peak_bytes;
+       << ", \"mem_peak_bytes\": " << in.memory.peak_bytes << ", \"sp_bytes\": " << json_num(in.sp_bytes);
   const bool profiled = in.profile_ms && in.profile_steps > 0;
   if (profiled) {  // milliseconds per step, averaged since the last record
     out_ << ", \"profile_ms\": {";
@@ -84,11 +84,13 @@ void MetricsLog::train(const StepRecord& r, const TrainRecordInfo& in) {
   if (!print_) return;
   char mfu_buf[32] = "";
   if (in.mfu > 0) std::snprintf(mfu_buf, sizeof mfu_buf, " | MFU %.3f", in.mfu);
-  char buf[320];
-  std::snprintf(buf, sizeof buf, "step %6lld/%lld | loss %.4f | acc %5.1f%% | lr %.2e | gnorm %.3f | %s tok/s%s | ETA %s | mem %s%s",
+  char sp_buf[48] = "";
+  if (in.sp_bytes > 0) std::snprintf(sp_buf, sizeof sp_buf, " | sp %s/step", human_bytes(in.sp_bytes).c_str());
+  char buf[368];
+  std::snprintf(buf, sizeof buf, "step %6lld/%lld | loss %.4f | acc %5.1f%% | lr %.2e | gnorm %.3f | %s tok/s%s | ETA %s | mem %s%s%s",
                 static_cast<long long>(r.step), static_cast<long long>(total_steps_), r.loss, 100.0 * r.accuracy, r.lr,
                 r.grad_norm, human_rate(in.tokens_per_s).c_str(), mfu_buf, human_time(in.eta_s).c_str(),
-                human_bytes(static_cast<double>(in.memory.peak_bytes)).c_str(),
+                human_bytes(static_cast<double>(in.memory.peak_bytes)).c_str(), sp_buf,
                 r.skipped ? " | SKIPPED (non-finite grad)" : "");
   std::cout << buf << std::endl;
   if (!profiled) return;

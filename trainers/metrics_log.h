@@ -20,6 +20,9 @@ struct TrainRecordInfo {
   double tokens_per_s = 0, mfu = 0, eta_s = 0;
   int64_t tokens = 0;  // tokens consumed so far
   int64_t skipped_total = 0;
+  // Bytes this rank handed to its sequence-parallel groups (sp, Ulysses, ring: sends and
+  // collective inputs) per training step, forward + backward, averaged since the last record.
+  double sp_bytes = 0;
   MemoryStats memory;
   const std::array<double, kPhases>* profile_ms = nullptr;  // summed over profile_steps steps
   int64_t profile_steps = 0;

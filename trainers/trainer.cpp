@@ -14,6 +14,17 @@ namespace fs = std::filesystem;
 
 namespace lctx::train {
 
+namespace {
+
+// Bytes this rank has handed to its sequence-parallel groups so far (dist::Comm::Traffic).
+int64_t sp_traffic(const dist::Mesh& m) {
+  int64_t b = 0;
+  for (const dist::Comm* c : {&m.sp(), &m.ulysses(), &m.ring()}) b += c->traffic().sent_bytes + c->traffic().collective_bytes;
+  return b;
+}
+
+}  // namespace
+
 Trainer::Trainer(const Config& cfg, dist::Comm& world, dist::Comm& ctrl, RunResult& result, const RunHooks& hooks)
     : cfg_(cfg),
       world_(world),
@@ -63,7 +74,7 @@ void Trainer::run() {
   const char* nan_env = std::getenv(kInjectNanEnv);
   const int64_t inject_nan_at = nan_env ? std::atoll(nan_env) : -1;
   auto log_t = Clock::now();
-  int64_t log_tokens = 0;
+  int64_t log_tokens = 0, log_sp_bytes = 0;
   double log_span = 0;  // sum over the logged steps of their attention span (MFU)
   int64_t log_step = step_;
   const auto run_t0 = Clock::now();
@@ -76,7 +87,9 @@ void Trainer::run() {
     ctrl_.all_reduce(std::span<int64_t>(&scored_global, 1), dist::ReduceOp::sum);
     model_->begin_step(step_);
     if (profile_) profile_->start(Phase::forward);
+    const int64_t sp_before = sp_traffic(*mesh_);
     StepStats st = model_->forward_backward(batch, 1.0 / static_cast<double>(std::max<int64_t>(1, scored_global)));
+    log_sp_bytes += sp_traffic(*mesh_) - sp_before;
     if (profile_) profile_->enter(Phase::grad_sync);
     if (step_ + 1 == inject_nan_at && world_.rank() == 0) {
       Tensor g = model_->flat_grads().slice(0, 0, 1);
@@ -128,6 +141,7 @@ void Trainer::run() {
         info.eta_s = per_step * static_cast<double>(total - step_);
         info.tokens = consumed_ * cfg_.data.seq_len;
         info.skipped_total = skipped_;
+        info.sp_bytes = static_cast<double>(log_sp_bytes) / static_cast<double>(step_ - log_step);
         info.memory = memory_stats(device_);
         info.profile_ms = &profile_ms_;
         info.profile_steps = profile_steps_;
@@ -136,6 +150,7 @@ void Trainer::run() {
         profile_steps_ = 0;
         log_t = Clock::now();
         log_tokens = 0;
+        log_sp_bytes = 0;
         log_span = 0;
         log_step = step_;
       }

@@ -239,7 +239,7 @@ TEST_F(Training, MetricsJsonlSchema) {
   std::ifstream in(dir_ + "/a/metrics.jsonl");
   ASSERT_TRUE(in.good());
   const std::vector<std::string> train_keys = {"split", "step", "loss", "accuracy", "lr", "grad_norm", "tokens_per_s", "mfu",
-                                               "tokens", "skipped", "skipped_total", "mem_peak_bytes"};
+                                               "tokens", "skipped", "skipped_total", "mem_peak_bytes", "sp_bytes"};
   const std::vector<std::string> eval_keys = {"split", "step", "loss", "accuracy", "tokens"};
   int train = 0, eval = 0;
   int64_t last_step = 0;
@@ -264,6 +264,34 @@ TEST_F(Training, MetricsJsonlSchema) {
   EXPECT_EQ(eval, 2);  // steps 3 and 6
   EXPECT_TRUE(fs::exists(dir_ + "/a/config.yaml"));
   EXPECT_NO_THROW(load_config(dir_ + "/a/config.yaml"));
+}
+
+// sp_bytes: the sequence-parallel traffic of a training step; a ring passes the same blocks
+// in every layer and every step (evaluations between steps not counted), and none on 1 rank.
+TEST_F(Training, SpBytesPerStep) {
+  const auto sp_bytes = [&](const std::string& run) {
+    std::ifstream in(dir_ + "/" + run + "/metrics.jsonl");
+    std::vector<double> v;
+    std::smatch m;
+    for (std::string line; std::getline(in, line);)
+      if (line.find("\"split\": \"train\"") != std::string::npos &&
+          std::regex_search(line, m, std::regex(R"("sp_bytes": ([0-9.eE+-]+))")))
+        v.push_back(std::stod(m[1]));
+    return v;
+  };
+  run(config("a"));
+  run(config("b", {"model.n_layers=4"}));
+  run(config("c", {"parallel.sp=1", "parallel.simulate=1"}));
+  const std::vector<double> a = sp_bytes("a"), b = sp_bytes("b"), c = sp_bytes("c");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  ASSERT_EQ(c.size(), 6u);
+  EXPECT_GT(a[0], 0.0);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i], a[0]) << "step " << i + 1;
+    EXPECT_EQ(b[i], 2 * a[0]) << "step " << i + 1;
+    EXPECT_EQ(c[i], 0.0) << "step " << i + 1;
+  }
 }
 
 TEST(LearningRate, WarmupThenCosine) {
