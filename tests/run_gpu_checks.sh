@@ -4,7 +4,7 @@
 # lctx-train run of configs/gpu-2-ring.yaml under mpirun. Logs go to $1 (default gpu-logs/).
 #   bash tests/run_gpu_checks.sh "$OUT"              # all of it
 #   LCTX_GPU_CHECKS="tests bench_ops bench_flash" bash tests/run_gpu_checks.sh logs
-#   (also bench_linear_attn, bench_ssm, bench_sparse, and with 2+ GPUs sp_families)
+#   (also bench_linear_attn, bench_ssm, bench_sparse, bench_memory, and with 2+ GPUs sp_families)
 set -uo pipefail
 LOGS="${1:-gpu-logs}"
 CHECKS="${LCTX_GPU_CHECKS:-tests bench_ring train_2gpu}"
@@ -33,8 +33,8 @@ if want bench_flash; then
   bash tests/bench/run_bench_flash.sh "$BUILD" > "$LOGS/bench_flash.log" 2>&1
   tail -16 "$LOGS/bench_flash.log"
 fi
-# Issues 17-19: lctx vs fla / mamba_ssm / FlexAttention (the peers' packages must be importable).
-for b in linear_attn ssm sparse; do
+# Issues 17-20: lctx vs fla / mamba_ssm / FlexAttention (the peers' packages must be importable).
+for b in linear_attn ssm sparse memory; do
   if want bench_$b; then
     bash tests/bench/run_bench_$b.sh "$BUILD" > "$LOGS/bench_$b.log" 2>&1
     tail -24 "$LOGS/bench_$b.log"

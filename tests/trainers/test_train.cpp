@@ -282,15 +282,18 @@ TEST_F(Training, SpBytesPerStep) {
   run(config("a"));
   run(config("b", {"model.n_layers=4"}));
   run(config("c", {"parallel.sp=1", "parallel.simulate=1"}));
-  const std::vector<double> a = sp_bytes("a"), b = sp_bytes("b"), c = sp_bytes("c");
+  run(config("d", {"parallel.sp=1", "parallel.simulate=1", "model.mixers=mamba"}));  // a state scan of 1 rank
+  const std::vector<double> a = sp_bytes("a"), b = sp_bytes("b"), c = sp_bytes("c"), d = sp_bytes("d");
   ASSERT_EQ(a.size(), 6u);
   ASSERT_EQ(b.size(), 6u);
   ASSERT_EQ(c.size(), 6u);
+  ASSERT_EQ(d.size(), 6u);
   EXPECT_GT(a[0], 0.0);
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(a[i], a[0]) << "step " << i + 1;
     EXPECT_EQ(b[i], 2 * a[0]) << "step " << i + 1;
     EXPECT_EQ(c[i], 0.0) << "step " << i + 1;
+    EXPECT_EQ(d[i], 0.0) << "step " << i + 1;
   }
 }
 
