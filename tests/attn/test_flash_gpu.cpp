@@ -67,6 +67,10 @@ std::vector<GpuCase> gpu_cases() {
   add({.name = "len4097", .B = 1, .Sq = 4097, .Sk = 4097, .Hq = 1, .Hkv = 1, .causal = true});
   add({.name = "sq17_sk300", .B = 1, .Sq = 17, .Sk = 300, .Hq = 2, .Hkv = 2, .causal = true, .qoff = 283});
   add({.name = "sq300_sk17", .B = 1, .Sq = 300, .Sk = 17, .Hq = 2, .Hkv = 2});
+  // One or two queries over more than a 128-key tile, GQA (cross-attention's runs over many
+  // compressed rows: nsa with compress_block 1 gave NaN gradients on the GPU).
+  add({.name = "sq1_sk150", .B = 2, .Sq = 1, .Sk = 150, .Hq = 4, .Hkv = 2});
+  add({.name = "sq2_sk190", .B = 2, .Sq = 2, .Sk = 190, .Hq = 4, .Hkv = 2});
   add({.name = "everything", .B = 2, .Sq = 177, .Sk = 230, .Hq = 4, .Hkv = 2, .causal = true, .wl = 120, .wr = 3,
        .qoff = 60, .alibi = true, .docs = Docs::regular});
   std::vector<GpuCase> v;

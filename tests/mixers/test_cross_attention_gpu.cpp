@@ -1,8 +1,9 @@
 // mixers/cross_attention.h on CUDA in bf16 against the f64 CPU run on the same bf16-rounded
 // inputs, by the 2x bf16 baseline rule (tests/common/bf16_baseline.h): queries over block-
 // compressed rows at the blocks' last positions (runs of b queries that see the same prefix,
-// b = 1, 2, 4, 7: nsa's and memory's compressed branches, down to one query per flash call) and
-// over position-free memory rows (one call); o, lse, dq, dk, dv.
+// b = 1, 2, 4, 7: nsa's and memory's compressed branches, down to one query per flash call; with
+// 200 and 300 queries, runs over more than a 128-key tile) and over position-free memory rows
+// (one call); o, lse, dq, dk, dv.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -18,7 +19,7 @@ using namespace lctx::test;
 
 namespace {
 
-constexpr int64_t kB = 2, kL = 48, kH = 4, kHk = 2, kHd = 64;
+constexpr int64_t kB = 2, kH = 4, kHk = 2, kHd = 64;
 
 Tensor random(const Shape& shape, uint64_t seed) {
   Tensor t = Tensor::empty(shape, DType::f64);
@@ -45,21 +46,28 @@ Result run(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout
   return {back(f.o), back(f.lse), back(g.dq), back(g.dk), back(g.dv)};
 }
 
-class CrossAttentionGpu : public ::testing::TestWithParam<int64_t> {};  // the block b; 0: no key positions
+struct CrossCase {
+  int64_t block;  // b; 0: no key positions (3 memory rows)
+  int64_t queries;
+};
+
+void PrintTo(const CrossCase& c, std::ostream* os) { *os << "b" << c.block << "_L" << c.queries; }
+
+class CrossAttentionGpu : public ::testing::TestWithParam<CrossCase> {};
 
 TEST_P(CrossAttentionGpu, Bf16WithinTwiceBaseline) {
   LCTX_REQUIRE_GPU();
-  const int64_t b = GetParam(), N = b > 0 ? kL / b : 3;
+  const int64_t b = GetParam().block, L = GetParam().queries, N = b > 0 ? L / b : 3;
   std::vector<int64_t> qpos, kpos;
-  for (int64_t i = 0; i < kL; ++i) qpos.push_back(i);
+  for (int64_t i = 0; i < L; ++i) qpos.push_back(i);
   for (int64_t c = 0; b > 0 && c < N; ++c) kpos.push_back((c + 1) * b - 1);  // a block's last token
   if (b == 0) qpos.clear();
-  const Tensor q = random({kB, kL, kH, kHd}, 1), k = random({kB, N, kHk, kHd}, 2), v = random({kB, N, kHk, kHd}, 3),
-               dout = random({kB, kL, kH, kHd}, 4);
+  const Tensor q = random({kB, L, kH, kHd}, 1), k = random({kB, N, kHk, kHd}, 2), v = random({kB, N, kHk, kHd}, 3),
+               dout = random({kB, L, kH, kHd}, 4);
   const Result exact = run(q, k, v, dout, qpos, kpos, Device::cpu());
   const Result ref = run(round_bf16(q), round_bf16(k), round_bf16(v), round_bf16(dout), qpos, kpos, Device::cpu());
   const Result got = run(round_bf16(q), round_bf16(k), round_bf16(v), round_bf16(dout), qpos, kpos, Device::cuda());
-  const std::string at = " b=" + std::to_string(b);
+  const std::string at = " b=" + std::to_string(b) + " L=" + std::to_string(L);
   expect_within_bf16_baseline("o" + at, got.o, ref.o, exact.o);
   // Queries before the first block's end see nothing (lse -inf): compared where finite.
   const std::vector<double> gl = got.lse.to_vector(), rl = ref.lse.to_vector();
@@ -71,7 +79,11 @@ TEST_P(CrossAttentionGpu, Bf16WithinTwiceBaseline) {
   expect_within_bf16_baseline("dv" + at, got.dv, ref.dv, exact.dv);
 }
 
-INSTANTIATE_TEST_SUITE_P(Blocks, CrossAttentionGpu, ::testing::Values(0, 1, 2, 4, 7),
-                         [](const auto& info) { return "b" + std::to_string(info.param); });
+INSTANTIATE_TEST_SUITE_P(Blocks, CrossAttentionGpu,
+                         ::testing::Values(CrossCase{0, 48}, CrossCase{1, 48}, CrossCase{2, 48}, CrossCase{4, 48},
+                                           CrossCase{7, 48}, CrossCase{1, 200}, CrossCase{2, 300}),
+                         [](const auto& info) {
+                           return "b" + std::to_string(info.param.block) + "_L" + std::to_string(info.param.queries);
+                         });
 
 }  // namespace
