@@ -150,8 +150,9 @@ class Comm {
 
   // Bytes this rank has handed to this communicator since it was made or reset_traffic():
   // the payloads of its sends (isend, the send half of sendrecv) and its inputs to
-  // collectives (a broadcast counts at its root). What tests use to check how much a
-  // parallel algorithm communicates (a sliding window only with the ranks it reaches).
+  // collectives (a broadcast counts at its root; a communicator of one rank moves nothing, so
+  // its collectives count nothing). What tests use to check how much a parallel algorithm
+  // communicates (a sliding window only with the ranks it reaches), and lctx-train's sp_bytes.
   struct Traffic {
     int64_t sent_bytes = 0;
     int64_t collective_bytes = 0;
@@ -194,7 +195,7 @@ class Comm {
     return b;
   }
   const Buffer& collective(const Buffer& b) {
-    traffic_.collective_bytes += bytes(b);
+    if (size_ > 1) traffic_.collective_bytes += bytes(b);
     return b;
   }
   const Buffer& rooted(const Buffer& b, int root) { return rank_ == root ? collective(b) : b; }

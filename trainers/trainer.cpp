@@ -16,12 +16,10 @@ namespace lctx::train {
 
 namespace {
 
-// Bytes this rank has handed to its sequence-parallel groups so far (dist::Comm::Traffic); a
-// group of one rank moves nothing (its collectives still count their inputs).
+// Bytes this rank has handed to its sequence-parallel groups so far (dist::Comm::Traffic).
 int64_t sp_traffic(const dist::Mesh& m) {
   int64_t b = 0;
-  for (const dist::Comm* c : {&m.sp(), &m.ulysses(), &m.ring()})
-    if (c->size() > 1) b += c->traffic().sent_bytes + c->traffic().collective_bytes;
+  for (const dist::Comm* c : {&m.sp(), &m.ulysses(), &m.ring()}) b += c->traffic().sent_bytes + c->traffic().collective_bytes;
   return b;
 }
 
