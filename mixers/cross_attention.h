@@ -6,11 +6,13 @@
 // Memory rows may have positions: query row i (at q_positions[i]) sees memory row j (at
 // k_positions[j]) iff k_positions[j] <= q_positions[i]; without key positions every query sees
 // every row. Key positions are non-decreasing, so each query sees a prefix of the rows: the
-// queries are cut into runs of consecutive rows that see the same prefix (e.g. the b queries
-// of one block over the compressed rows of the blocks before it) and each run is one unmasked
-// attn::flash call over its prefix. It therefore runs wherever flash runs (CPU f32/f64, CUDA
-// bf16/f16 at flash's head dims) with no kernel of its own and no dense mask; the price is one
-// call per run (about L / b for block-compressed memory).
+// queries are cut into runs of consecutive rows that see the same prefix and each run is one
+// unmasked attn::flash call over its prefix (about 2 L / b calls for block-compressed memory).
+// Block memory itself (row c at position (c + 1) b - 1) over queries in whole blocks at
+// consecutive rows takes fewer calls: the queries at offset t of their blocks, a stepped slice
+// of the rows, attend causally in block units, one call per t and segment. Either way it runs
+// wherever flash runs (CPU f32/f64, CUDA bf16/f16 at flash's head dims) with no kernel of its
+// own and no dense mask.
 //
 // The forward returns a partial result to merge with other parts (dist::merge_attention):
 // o [B, L, H, hd] and lse [B, H, L] in the wide dtype (f32; f64 for f64 inputs); a query that

@@ -193,15 +193,17 @@ Tensor Tensor::view(const Shape& shape) const {
   return t;
 }
 
-Tensor Tensor::slice(int d, int64_t start, int64_t end) const {
+Tensor Tensor::slice(int d, int64_t start, int64_t end, int64_t step) const {
   const int nd = dim();
   if (d < 0) d += nd;
   LCTX_CHECK(d >= 0 && d < nd, "Tensor::slice: dim ", d, " out of range for ", str());
   LCTX_CHECK(0 <= start && start <= end && end <= shape_[d], "Tensor::slice: range [", start, ", ", end,
              ") out of bounds for dim ", d, " of ", str());
+  LCTX_CHECK(step >= 1, "Tensor::slice: step ", step, " must be >= 1");
   Tensor t = *this;
   t.offset_ += static_cast<size_t>(start * strides_[d]);
-  t.shape_[d] = end - start;
+  t.shape_[d] = (end - start + step - 1) / step;
+  t.strides_[d] *= step;
   return t;
 }
 

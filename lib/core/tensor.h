@@ -68,8 +68,8 @@ class Tensor {
 
   // Same memory, new shape (contiguous tensors only; one dim may be -1).
   Tensor view(const Shape& shape) const;
-  // Elements [start, end) along `dim`; shares memory.
-  Tensor slice(int dim, int64_t start, int64_t end) const;
+  // Elements start, start + step, ... below end along `dim` (step >= 1); shares memory.
+  Tensor slice(int dim, int64_t start, int64_t end, int64_t step = 1) const;
 
   // Copies src into this tensor (same shape; any dtypes, strides; CPU<->GPU staged if needed).
   void copy_from(const Tensor& src, Stream s = {});

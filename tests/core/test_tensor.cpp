@@ -44,6 +44,21 @@ TEST(Tensor, SliceIsAViewAndContiguousCopies) {
   EXPECT_THROW(t.slice(1, 2, 4), Error);
 }
 
+TEST(Tensor, SteppedSliceSharesMemory) {
+  Tensor t = Tensor::from_vector({2, 7, 2}, iota(28), DType::f64);
+  const Tensor s = t.slice(1, 1, 7, 3);  // rows 1 and 4
+  ASSERT_EQ(s.shape(), Shape({2, 2, 2}));
+  EXPECT_EQ(s.to_vector(), (std::vector<double>{2, 3, 8, 9, 16, 17, 22, 23}));
+  EXPECT_EQ(t.slice(1, 2, 7, 5).size(1), 1);
+  EXPECT_EQ(t.slice(1, 3, 3, 2).size(1), 0);
+  s.slice(1, 1, 2).fill(-1.0);  // row 4 of both batch rows, through the view
+  const std::vector<double> v = t.to_vector();
+  EXPECT_EQ(v[8], -1.0);
+  EXPECT_EQ(v[14 + 9], -1.0);
+  EXPECT_EQ(v[6], 6.0);
+  EXPECT_THROW(t.slice(1, 0, 7, 0), Error);
+}
+
 TEST(Tensor, AddFromAccumulatesThroughStrides) {
   for (DType dt : {DType::f32, DType::f64}) {
     Tensor acc = Tensor::from_vector({2, 3, 4}, iota(24), dt);
