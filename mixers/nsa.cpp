@@ -5,6 +5,7 @@
 #include <span>
 #include <vector>
 
+#include "core/phase_log.h"
 #include "dist/layout.h"
 #include "dist/mesh.h"
 #include "dist/ring_attention.h"
@@ -138,10 +139,14 @@ class NsaMixer final : public Mixer {
     ops::gate_mix_backward(d, dz, d_o, branches(s), s.gate);
 
     const QkvActs& a = s.qkv;
+    PhaseLog log("nsa backward", dev);
     attn::FlashGrads gr = dist::ring_attention_backward(mesh_.ring(), layout_, a.q, a.k, a.v, s.o_win, s.lse_win, d[2],
                                                         window_options(), dist::RingMode::ring, attn::OutputDType::f32);
+    log.mark("window");
     compressed_backward(s, d[0], gr);
-    selected_backward(s, d[1], gr);
+    log.mark("compressed");
+    selected_backward(s, d[1], gr, log);
+    log.mark("selected_blocks");
 
     Tensor dq = cast(gr.dq, dt), dk = cast(gr.dk, dt), dv = cast(gr.dv, dt);
     core_.qkv_backward(dx, s.qkv, dq, dk, dv, in);  // Wqkv: written
@@ -203,9 +208,11 @@ class NsaMixer final : public Mixer {
   void attend_forward(NsaSaved& s) {
     const QkvActs& a = s.qkv;
     const DType dt = a.q.dtype();
+    PhaseLog log("nsa forward", a.q.device());
     const attn::FlashOutput win = dist::ring_attention_forward(mesh_.ring(), layout_, a.q, a.k, a.v, window_options());
     s.o_win = cast(win.o, dt);
     s.lse_win = win.lse;
+    log.mark("window");
 
     const BlockRows c =
         o_.compress == NsaCompress::mlp
@@ -214,18 +221,23 @@ class NsaMixer final : public Mixer {
             : block_means_forward(mesh_.sp(), a.k, a.v, block_index(a.k.device()), o_.compress_block);
     s.comp_k = c.k;
     s.comp_v = c.v;
+    log.mark("compress");
     const attn::FlashOutput cmp =
         cross_attention_forward(a.q, q_positions_, s.comp_k, s.comp_v, cmp_positions_, cross_options());
     s.o_cmp = cast(cmp.o, dt);
     s.lse_cmp = cmp.lse;
-
+    log.mark("compressed_attn");
     select(s);
+    log.mark("select");
     attn::FlashOutput sel = attn::flash_forward(a.q, a.k, a.v, local_options(a.q.size(0), a.q.device()));
+    log.mark("local_blocks");
     if (!s.sel.gathered.empty()) {
       s.sel_k = dist::row_gather_forward(mesh_.sp(), layout_, a.k, s.sel.positions);
       s.sel_v = dist::row_gather_forward(mesh_.sp(), layout_, a.v, s.sel.positions);
+      log.mark("gather");
       const attn::FlashOutput far = attn::block_select_forward(a.q, s.sel_k, s.sel_v, s.sel.blocks, wide_options());
       dist::merge_attention(sel.o, sel.lse, far.o, far.lse);
+      log.mark("selected_blocks");
     }
     s.o_sel = cast(sel.o, dt);
     s.lse_sel = sel.lse;
@@ -241,7 +253,11 @@ class NsaMixer final : public Mixer {
                         .select_block = bs,
                         .blocks = blocks,
                         .softmax_scale = static_cast<float>(o_.softmax_scale)};
-    const std::vector<double> scores = nsa_selection_scores(a.q, s.comp_k, s.lse_cmp, q_positions_, sc).to_vector();
+    PhaseLog log("nsa select", a.q.device());
+    const Tensor on_device = nsa_selection_scores(a.q, s.comp_k, s.lse_cmp, q_positions_, sc);
+    log.mark("scores");
+    const std::vector<double> scores = on_device.to_vector();
+    log.mark("to_host");
     std::vector<std::vector<int64_t>> far(static_cast<size_t>(B * Hk * T));  // picks other than the local block
     std::vector<int64_t> wanted(static_cast<size_t>(blocks), 0);
     for (size_t e = 0; e < far.size(); ++e) {
@@ -253,6 +269,7 @@ class NsaMixer final : public Mixer {
           wanted[static_cast<size_t>(j)] = 1;
         }
     }
+    log.mark("pick");
     mesh_.sp().all_reduce(std::span<int64_t>(wanted), dist::ReduceOp::max);
     NsaSelection& sel = s.sel;
     sel = {};
@@ -287,10 +304,11 @@ class NsaMixer final : public Mixer {
 
   // The local blocks' and the gathered blocks' parts; the gathered rows' gradients go back to
   // their owners.
-  void selected_backward(const NsaSaved& s, const Tensor& d_sel, attn::FlashGrads& gr) {
+  void selected_backward(const NsaSaved& s, const Tensor& d_sel, attn::FlashGrads& gr, PhaseLog& log) {
     const QkvActs& a = s.qkv;
     attn::flash_backward(a.q, a.k, a.v, s.o_sel, s.lse_sel, d_sel, local_options(a.q.size(0), a.q.device()),
                          GradMode::accumulate, gr);
+    log.mark("local_blocks");
     if (s.sel.gathered.empty()) return;
     const Tensor dk = Tensor::zeros(s.sel_k.shape(), gr.dq.dtype(), s.sel_k.device());
     const Tensor dv = Tensor::zeros(s.sel_k.shape(), gr.dq.dtype(), s.sel_k.device());
