@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/phase_log.h"
 #include "core/rng.h"
 #include "dist/layout.h"
 #include "dist/mesh.h"
@@ -112,9 +113,11 @@ class MemoryMixer final : public Mixer {
     const Tensor &d_local = fg.da, &d_memory = fg.db;
 
     const QkvActs& a = s.qkv;
+    PhaseLog log("memory backward", dev);
     attn::FlashGrads gr = dist::ring_attention_backward(mesh_.ring(), layout_, a.q, a.k, a.v, s.o_local, s.lse_local,
                                                         d_local, window_options(), dist::RingMode::ring,
                                                         attn::OutputDType::f32);
+    log.mark("window");
     const DType wd = gr.dq.dtype();
     Tensor dmk, dmv;  // the memory tokens' K/V gradients from this rank's queries [B, M, Hkv, hd]
     if (M() > 0) {
@@ -122,8 +125,10 @@ class MemoryMixer final : public Mixer {
       dmv = Tensor::zeros(s.mem_k.shape(), wd, dev);
       cross_attention_backward(a.q, {}, s.mem_k, s.mem_v, {}, s.o_memory, s.lse_memory, d_memory, cross_options(),
                                {gr.dq, dmk, dmv});
+      log.mark("memory_tokens");
     }
     compressed_backward(s, d_memory, gr);
+    log.mark("compressed");
 
     Tensor dq = cast(gr.dq, dt), dk = cast(gr.dk, dt), dv = cast(gr.dv, dt);
     core_.qkv_backward(dx, s.qkv, dq, dk, dv, in);  // Wqkv: written
@@ -164,16 +169,21 @@ class MemoryMixer final : public Mixer {
   void attend_forward(MemorySaved& s) {
     const QkvActs& a = s.qkv;
     const DType dt = a.q.dtype();
+    PhaseLog log("memory forward", a.q.device());
     const attn::FlashOutput local =
         dist::ring_attention_forward(mesh_.ring(), layout_, a.q, a.k, a.v, window_options());
     s.o_local = cast(local.o, dt);
     s.lse_local = local.lse;
+    log.mark("window");
     compress(s);  // b <= S: at least one compressed row
+    log.mark("compress");
     attn::FlashOutput mem =
         cross_attention_forward(a.q, q_positions_, s.comp_k, s.comp_v, block_positions_, cross_options());
+    log.mark("compressed_attn");
     if (M() > 0) {
       const attn::FlashOutput t = cross_attention_forward(a.q, {}, s.mem_k, s.mem_v, {}, cross_options());
       dist::merge_attention(mem.o, mem.lse, t.o, t.lse);
+      log.mark("memory_tokens");
     }
     s.o_memory = cast(mem.o, dt);
     s.lse_memory = mem.lse;

@@ -4,7 +4,8 @@
 # lctx-train run of configs/gpu-2-ring.yaml under mpirun. Logs go to $1 (default gpu-logs/).
 #   bash tests/run_gpu_checks.sh "$OUT"              # all of it
 #   LCTX_GPU_CHECKS="tests bench_ops bench_flash" bash tests/run_gpu_checks.sh logs
-#   (also bench_linear_attn, bench_ssm, bench_sparse, bench_memory, and with 2+ GPUs sp_families)
+#   (also bench_linear_attn, bench_ssm, bench_sparse, bench_memory, phases, and with 2+ GPUs sp_families)
+#   LCTX_GPU_TESTS=<regex>: only the gpu tests whose names match (ctest -R), e.g. "nsa|cross|memory"
 set -uo pipefail
 LOGS="${1:-gpu-logs}"
 CHECKS="${LCTX_GPU_CHECKS:-tests bench_ring train_2gpu}"
@@ -22,7 +23,7 @@ cmake -G Ninja -S . -B "$BUILD" -DCMAKE_CUDA_ARCHITECTURES=90a-real > "$LOGS/con
 echo "== build: $(( $(date +%s) - t0 )) s"
 
 if want tests; then
-  ctest --test-dir "$BUILD" -L gpu --output-on-failure > "$LOGS/ctest_gpu.log" 2>&1
+  ctest --test-dir "$BUILD" -L gpu ${LCTX_GPU_TESTS:+-R "$LCTX_GPU_TESTS"} --output-on-failure > "$LOGS/ctest_gpu.log" 2>&1
   grep -E "Test +#|tests passed|FAILED|Skipped|SKIPPED" "$LOGS/ctest_gpu.log" | grep -v "^\[ *RUN"
 fi
 if want bench_ops; then
@@ -40,6 +41,26 @@ for b in linear_attn ssm sparse memory; do
     tail -24 "$LOGS/bench_$b.log"
   fi
 done
+# Where the nsa and memory mixers' time goes (core/phase_log.h): median ms per phase at 16k and 64k.
+if want phases; then
+  LCTX_PHASES=1 "$BUILD/tests/bench/bench_memory" 3 65536 nsa,memory > "$LOGS/phases.log" 2>&1
+  python3 - "$LOGS/phases.log" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"lctx phases (.+?): (.*)", line)
+    if m:
+        for name, ms in re.findall(r"(\w+) ([\d.]+)", m[2]):
+            runs.setdefault((m[1], name), []).append(float(ms))
+        continue
+    m = re.match(r"lctx (\S+) T=(\d+) fwd ([\d.]+) fwdbwd ([\d.]+)", line)
+    if m:
+        print(f"{m[1]} T={m[2]}: fwd {m[3]} ms, fwd+bwd {m[4]} ms; median ms per phase:")
+        for (label, name), v in runs.items():
+            print(f"  {label:16} {name:16} {statistics.median(v):9.3f}")
+        runs = {}
+PY
+fi
 if want bench_ring && [ "$NGPU" -ge 2 ]; then
   bash tests/bench/run_bench_ring.sh "$BUILD" 2 131072,524288 3 200 > "$LOGS/bench_ring.log" 2>&1
   tail -14 "$LOGS/bench_ring.log"
