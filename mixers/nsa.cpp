@@ -25,27 +25,6 @@ namespace {
 
 constexpr int kBranches = 3;  // gate rows: compressed, selected, window
 
-// Block 0, the local block qb = scores.size() - 1, and the best of the rest (ties to the lower
-// index): min(n, qb + 1) blocks, ascending.
-std::vector<int64_t> pick_blocks(std::span<const double> scores, int64_t n) {
-  const int64_t qb = static_cast<int64_t>(scores.size()) - 1;
-  std::vector<int64_t> picked = {0};
-  if (qb > 0) picked.push_back(qb);
-  const int64_t more = std::max<int64_t>(std::min(n, qb + 1) - static_cast<int64_t>(picked.size()), 0);
-  std::vector<int64_t> rest;
-  for (int64_t j = 1; j < qb; ++j) rest.push_back(j);
-  // Only the best `more` are ordered (n log more per query block, not n log n): a full sort
-  // of every query block's blocks grows as T^2 log T on the host (1024 x 1024 at T = 64k).
-  const auto mid = rest.begin() + std::min<int64_t>(more, static_cast<int64_t>(rest.size()));
-  std::partial_sort(rest.begin(), mid, rest.end(), [&](int64_t a, int64_t b) {
-    const double sa = scores[static_cast<size_t>(a)], sb = scores[static_cast<size_t>(b)];
-    return sa > sb || (sa == sb && a < b);
-  });
-  picked.insert(picked.end(), rest.begin(), mid);
-  std::sort(picked.begin(), picked.end());
-  return picked;
-}
-
 class NsaMixer final : public Mixer {
  public:
   NsaMixer(const NsaOptions& o, dist::Mesh& mesh, const dist::Layout& layout)
@@ -254,22 +233,22 @@ class NsaMixer final : public Mixer {
                         .blocks = blocks,
                         .softmax_scale = static_cast<float>(o_.softmax_scale)};
     PhaseLog log("nsa select", a.q.device());
-    const Tensor on_device = nsa_selection_scores(a.q, s.comp_k, s.lse_cmp, q_positions_, sc);
+    const Tensor scores = nsa_selection_scores(a.q, s.comp_k, s.lse_cmp, q_positions_, sc);
     log.mark("scores");
-    const std::vector<double> scores = on_device.to_vector();
-    log.mark("to_host");
-    std::vector<std::vector<int64_t>> far(static_cast<size_t>(B * Hk * T));  // picks other than the local block
+    std::vector<int64_t> own(static_cast<size_t>(B * Hk * T));  // each row's query block
+    for (size_t e = 0; e < own.size(); ++e) own[e] = q_positions_[static_cast<size_t>(e % T * bs)] / bs;
+    const std::vector<int64_t> picks = nsa_pick_blocks(scores, own, o_.top_n);
+    log.mark("pick");
+    std::vector<std::vector<int64_t>> far(own.size());  // picks other than the local block
     std::vector<int64_t> wanted(static_cast<size_t>(blocks), 0);
-    for (size_t e = 0; e < far.size(); ++e) {
-      const int64_t t = static_cast<int64_t>(e) % T, qb = q_positions_[static_cast<size_t>(t * bs)] / bs;
-      const std::span<const double> row(scores.data() + e * static_cast<size_t>(blocks), static_cast<size_t>(qb + 1));
-      for (int64_t j : pick_blocks(row, o_.top_n))
-        if (j != qb) {
+    for (size_t e = 0; e < far.size(); ++e)
+      for (int64_t i = 0; i < o_.top_n; ++i) {
+        const int64_t j = picks[e * static_cast<size_t>(o_.top_n) + static_cast<size_t>(i)];
+        if (j >= 0 && j != own[e]) {
           far[e].push_back(j);
           wanted[static_cast<size_t>(j)] = 1;
         }
-    }
-    log.mark("pick");
+      }
     mesh_.sp().all_reduce(std::span<int64_t>(wanted), dist::ReduceOp::max);
     NsaSelection& sel = s.sel;
     sel = {};

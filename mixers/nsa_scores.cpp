@@ -84,6 +84,23 @@ void cpu_scores(double* out, const T* q, const T* ck, const T* lse, std::span<co
       }
 }
 
+// The picks of one row (nsa_pick_blocks): block 0, qb and the best of the blocks between (ties to the
+// lower block), ascending. Only the best are ordered (partial_sort), not the whole row.
+std::vector<int64_t> pick_row(const double* scores, int64_t qb, int64_t n) {
+  std::vector<int64_t> picked = {0};
+  if (qb > 0) picked.push_back(qb);
+  const int64_t more = std::max<int64_t>(std::min(n, qb + 1) - static_cast<int64_t>(picked.size()), 0);
+  std::vector<int64_t> rest;
+  for (int64_t j = 1; j < qb; ++j) rest.push_back(j);
+  const auto mid = rest.begin() + std::min<int64_t>(more, static_cast<int64_t>(rest.size()));
+  std::partial_sort(rest.begin(), mid, rest.end(), [&](int64_t a, int64_t b) {
+    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+  });
+  picked.insert(picked.end(), rest.begin(), mid);
+  std::sort(picked.begin(), picked.end());
+  return picked;
+}
+
 }  // namespace
 
 Tensor nsa_selection_scores(const Tensor& q, const Tensor& ck, const Tensor& lse, std::span<const int64_t> positions,
@@ -111,6 +128,40 @@ Tensor nsa_selection_scores(const Tensor& q, const Tensor& ck, const Tensor& lse
   LCTX_DISPATCH_CPU_FLOAT(q.dtype(), op, [&] {
     cpu_scores(out.data<double>(), qc.data<scalar_t>(), kc.data<scalar_t>(), lc.data<scalar_t>(), positions, d, sc);
   });
+  return out;
+}
+
+std::vector<int64_t> nsa_pick_blocks(const Tensor& scores, std::span<const int64_t> own, int64_t top_n, Stream s) {
+  constexpr const char* op = "nsa_pick_blocks";
+  LCTX_CHECK(scores.defined() && scores.dim() == 2, op, ": scores ", scores.str(), " must be [rows, blocks]");
+  const int64_t R = scores.size(0), blocks = scores.size(1);
+  LCTX_CHECK(static_cast<int64_t>(own.size()) == R, op, ": ", own.size(), " own blocks for scores ", scores.str());
+  LCTX_CHECK(top_n >= 2, op, ": top_n ", top_n, " must be >= 2 (block 0 and the own block are always picked)");
+  for (int64_t r = 0; r < R; ++r)
+    LCTX_CHECK(own[static_cast<size_t>(r)] >= 0 && own[static_cast<size_t>(r)] < blocks, op, ": row ", r,
+               "'s own block ", own[static_cast<size_t>(r)], " is not one of the ", blocks, " blocks");
+  std::vector<int64_t> out(static_cast<size_t>(R * top_n), -1);
+  if (R == 0) return out;
+  if (scores.device().is_cuda() && top_n <= kNsaMaxPicksCuda) {
+#ifdef LCTX_HAVE_CUDA
+    check_dtype(op, "scores", scores, DType::f32);
+    const Tensor picks = Tensor::empty({R, top_n}, DType::i32, scores.device());
+    const std::vector<double> own_d(own.begin(), own.end());
+    detail::nsa_pick_blocks_cuda(picks, scores.contiguous(s),
+                                 Tensor::from_vector({R}, own_d, DType::i64).to(scores.device(), s), top_n, s);
+    const std::vector<double> v = picks.to_vector();
+    std::transform(v.begin(), v.end(), out.begin(), [](double x) { return static_cast<int64_t>(x); });
+    return out;
+#else
+    LCTX_FAIL(op, ": scores ", scores.str(), " are on CUDA but lctx was built without CUDA (LCTX_CUDA=OFF)");
+#endif
+  }
+  (void)s;
+  const std::vector<double> v = scores.to_vector();
+  for (int64_t r = 0; r < R; ++r) {
+    const std::vector<int64_t> p = pick_row(v.data() + r * blocks, own[static_cast<size_t>(r)], top_n);
+    std::copy(p.begin(), p.end(), out.begin() + r * top_n);
+  }
   return out;
 }
 

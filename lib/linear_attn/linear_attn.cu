@@ -15,8 +15,9 @@
 //             q.dq - k.dk per token plus <S_T, dS_T>.
 // The non-causal form is the same code with one whole-sequence state (and its gradient) that
 // every query (key) reads and no intra-chunk term. Gradients of column tiles and of state heads
-// sharing an input head meet in fp32 atomics. Two implementations of the chunk kernels, picked
-// per call (use_mma), with the same splits, workspace and scans:
+// sharing an input head meet in fp32 atomics; the tensor-core path writes dv directly when each
+// v head has one state head (a column tile owns its dv columns). Two implementations of the
+// chunk kernels, picked per call (use_mma), with the same splits, workspace and scans:
 //   tensor cores (states/output/dq/dkdv_mma_kernel): bf16/f16 inputs with Dk, Dv in {64, 128},
 //     not normalised, rows readable by 16-byte cp.async. mma.sync m16n8k16 with fp32
 //     accumulation from swizzled 16-bit tiles loaded one chunk ahead; as in fla's chunk
@@ -108,6 +109,9 @@ struct Work {
   const float* whole = nullptr;  // non-causal: the whole-sequence state (gradient)
   // Backward: fp32 gradient sums [B, S, heads_x, dim] and q.dq - k.dk per token [B, H, S].
   float *dq = nullptr, *dk = nullptr, *dv = nullptr, *dot = nullptr;
+  // Tensor-core backward with one state head per v head: each column tile owns its dv columns,
+  // so dv is written in T here (no fp32 sum, memset or conversion) and dv above is unused.
+  void* dv_out = nullptr;
 
   __host__ __device__ int ones_col() const { return normalize ? dim_v : -1; }  // v's z column
   __host__ __device__ int du_cols() const { return normalize ? cols : dim_v; }
@@ -620,26 +624,41 @@ __device__ __forceinline__ void frag_each(float (&c)[1][NT][4], int m0, int n0, 
     for (int e = 0; e < 4; ++e) f(m0 + g + 8 * (e / 2), n0 + 8 * j + 2 * t + e % 2, c[0][j][e]);
 }
 
-// The warp's fragments (rows m0.., columns n0..) added to the rows r < n of fp32 sums, row r
-// at row(r) with contiguous columns (one 8-byte vector atomic per column pair on sm_90).
+// f(r, col, x, y) for the column pairs (col, col + 1) the thread holds of the warp's fragments
+// (rows m0.., columns n0..), in rows r < n.
 template <int NT, class F>
-__device__ __forceinline__ void frag_atomic_add(float (&c)[1][NT][4], int m0, int n0, int n, F&& row) {
+__device__ __forceinline__ void frag_pairs(float (&c)[1][NT][4], int m0, int n0, int n, F&& f) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
     const int r = m0 + g + 8 * hi;
     if (r >= n) continue;
-    float* const dst = row(r) + n0 + 2 * t;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-#if __CUDA_ARCH__ >= 900
-      atomicAdd(reinterpret_cast<float2*>(dst + 8 * j), make_float2(c[0][j][2 * hi], c[0][j][2 * hi + 1]));
-#else
-      atomicAdd(dst + 8 * j, c[0][j][2 * hi]);
-      atomicAdd(dst + 8 * j + 1, c[0][j][2 * hi + 1]);
-#endif
-    }
+    for (int j = 0; j < NT; ++j) f(r, n0 + 8 * j + 2 * t, c[0][j][2 * hi], c[0][j][2 * hi + 1]);
   }
+}
+
+// The fragments added to fp32 sums, row r at row(r) with contiguous columns (one 8-byte vector
+// atomic per column pair on sm_90).
+template <int NT, class F>
+__device__ __forceinline__ void frag_atomic_add(float (&c)[1][NT][4], int m0, int n0, int n, F&& row) {
+  frag_pairs(c, m0, n0, n, [&](int r, int col, float x, float y) {
+    float* const dst = row(r) + col;
+#if __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(x, y));
+#else
+    atomicAdd(dst, x);
+    atomicAdd(dst + 1, y);
+#endif
+  });
+}
+
+// The fragments rounded to T into a 16-bit tensor, row r at row(r) with contiguous columns (one
+// 4-byte store per column pair).
+template <class T, int NT, class F>
+__device__ __forceinline__ void frag_store(float (&c)[1][NT][4], int m0, int n0, int n, F&& row) {
+  frag_pairs(c, m0, n0, n,
+             [&](int r, int col, float x, float y) { *reinterpret_cast<uint32_t*>(row(r) + col) = pack2<T>(x, y); });
 }
 
 // The warp's 16 x C scores of rows m0.. against the chunk, decay-masked in place: entry
@@ -988,9 +1007,11 @@ __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(Work wk) {
         mask_scores<C>(pt, sm.a, m0, true);
         scores_mma<T, C, kCols>(dv, pt, ldsm_base<kCols, kLanesRowsFirst>(dub, lane), nv0, m0 / 16, C / 16);
       }
-      frag_atomic_add(dv, m0, nv0, n, [&](int j) {
-        return wk.dv + ((pl.b * wk.seqlen + t0 + j) * wk.heads_v + hv) * wk.dim_v + pl.col0();
-      });
+      const auto dv_row = [&](int j) { return ((pl.b * wk.seqlen + t0 + j) * wk.heads_v + hv) * wk.dim_v + pl.col0(); };
+      if (wk.dv_out)
+        frag_store<T>(dv, m0, nv0, n, [&](int j) { return static_cast<T*>(wk.dv_out) + dv_row(j); });
+      else
+        frag_atomic_add(dv, m0, nv0, n, [&](int j) { return wk.dv + dv_row(j); });
     }
     constexpr int NT = DK / 16;
     float dk[1][NT][4] = {};
@@ -1339,11 +1360,14 @@ void backward(const LinearAttnParams& p, Stream s) {
   };
   w.dq = wr.dq = grad_sum(p.dq, nq);
   w.dk = wr.dk = grad_sum(p.dk, nk);
-  w.dv = wr.dv = grad_sum(p.dv, nv);
+  const bool dv_direct = w.mma && p.heads_v == p.heads;  // Work::dv_out
+  w.dv = wr.dv = dv_direct ? nullptr : grad_sum(p.dv, nv);
+  wr.dv_out = dv_direct ? p.dv : nullptr;
   w.dot = wr.dot = p.d_log_decay ? sc.floats(nbh * p.seqlen, true) : nullptr;
   launch_grads<T, DK>(w, wr, grid, st);
   if (!f32) {
     for (auto [src, dst, n] : {std::tuple{w.dq, p.dq, nq}, std::tuple{w.dk, p.dk, nk}, std::tuple{w.dv, p.dv, nv}}) {
+      if (!src) continue;  // written directly
       to_dtype_kernel<T><<<grid_size(n, 256, 8192), 256, 0, st>>>(src, static_cast<T*>(dst), n);
       LCTX_CUDA_CHECK_LAUNCH("linear_attn to_dtype_kernel");
     }

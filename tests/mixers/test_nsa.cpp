@@ -31,6 +31,7 @@
 #include "mixers/conformance.h"
 #include "mixers/dense_attention.h"
 #include "mixers/nsa.h"
+#include "mixers/nsa_scores.h"
 
 using namespace lctx;
 using namespace lctx::test;
@@ -372,5 +373,23 @@ INSTANTIATE_TEST_SUITE_P(
                       NsaCase{"mlp2_sel2_n3", 96, 4, 2, 2, 3, false, 8},
                       NsaCase{"mlp1_sel3", 144, 1, 1, 3, 5, true, 4}),
     [](const auto& info) { return info.param.name; });
+
+// The picks from given scores: block 0 and the own block always, then by score with ties to the
+// lower block, ascending, -1 after; fewer blocks than top_n before the own block.
+TEST(NsaPickBlocks, ByScoreTiesToTheLowerBlock) {
+  const std::vector<double> scores = {
+      9, 1, 5, 5, 2, 7, 0, 0,  // own 6: 0, 6, then 5 (7), 2 and 3 (tied 5; top_n 5)
+      0, 0, 0, 0, 0, 0, 0, 0,  // own 7: all tied: 0, 7, then 1, 2, 3
+      3, 3, 3, 3, 3, 3, 3, 3,  // own 0: block 0 alone
+      1, 2, 0, 0, 0, 0, 0, 0,  // own 2: 0, 1, 2 (fewer than top_n)
+  };
+  const std::vector<int64_t> own = {6, 7, 0, 2};
+  const std::vector<int64_t> got = mixers::nsa_pick_blocks(Tensor::from_vector({4, 8}, scores, DType::f64), own, 5);
+  const std::vector<int64_t> want = {0, 2, 3, 5, 6, 0, 1, 2, 3, 7, 0, -1, -1, -1, -1, 0, 1, 2, -1, -1};
+  EXPECT_EQ(got, want);
+  const std::vector<int64_t> past_the_end = {6, 7, 8, 2};  // own block 8 of 8 blocks
+  EXPECT_THROW(mixers::nsa_pick_blocks(Tensor::from_vector({4, 8}, scores, DType::f64), past_the_end, 5), Error);
+  EXPECT_THROW(mixers::nsa_pick_blocks(Tensor::from_vector({4, 8}, scores, DType::f64), own, 1), Error);
+}
 
 }  // namespace

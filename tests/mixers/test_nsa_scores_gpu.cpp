@@ -110,4 +110,24 @@ INSTANTIATE_TEST_SUITE_P(
                       ScoresCase{"bc8_bs32_hd128", 512, 8, 32, 128, 0.0f}),
     [](const auto& info) { return info.param.name; });
 
+// The picks made on the GPU equal the CPU's on the same f32 scores: scores rounded to a few
+// values (many ties), own blocks from 0 to the last, top_n from 2 to more than the blocks.
+TEST(NsaPickBlocksGpu, EqualsCpu) {
+  LCTX_REQUIRE_GPU();
+  const int64_t R = 300, blocks = 700;
+  Tensor s = randn({R, blocks}, 9);
+  std::vector<double> v = s.to_vector();
+  for (double& x : v) x = std::round(x * 2) / 2;  // ties
+  const Tensor scores = Tensor::from_vector({R, blocks}, v, DType::f32);
+  std::vector<int64_t> own(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) own[static_cast<size_t>(r)] = r * 7 % blocks;
+  own[0] = 0;
+  own[1] = blocks - 1;
+  for (int64_t n : {2, 3, 16, 65, 800}) {
+    const std::vector<int64_t> want = nsa_pick_blocks(scores.to(DType::f64), own, n);
+    const std::vector<int64_t> got = nsa_pick_blocks(scores.to(Device::cuda(0)), own, n);
+    EXPECT_EQ(got, want) << "top_n " << n;
+  }
+}
+
 }  // namespace
