@@ -65,11 +65,41 @@ Buffer Comm::blocks(const char* op, const Buffer& whole, const Buffer& part, int
   return whole;
 }
 
+namespace {
+
+// in's elements into out (same count; both contiguous, one device): one rank's collective.
+void copy_whole(const Tensor& in, const Tensor& out, Stream s) {
+  if (in.raw() == out.raw() || in.numel() == 0) return;
+  Tensor dst = out.view({in.numel()});
+  dst.copy_from(in.view({in.numel()}), s);
+}
+
+}  // namespace
+
+void Comm::all_gather(const Tensor& in, const Tensor& out, Stream s) {
+  const Buffer bi = collective(buffer("all_gather", in)), bo = blocks("all_gather", out, in, size_);
+  if (size_ == 1)
+    copy_whole(in, out, s);
+  else
+    all_gather_impl(bi, bo, s);
+}
+
+void Comm::reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op, Stream s) {
+  const Buffer bi = collective(blocks("reduce_scatter", in, out, size_)), bo = buffer("reduce_scatter", out);
+  if (size_ == 1)
+    copy_whole(in, out, s);
+  else
+    reduce_scatter_impl(bi, bo, op, s);
+}
+
 void Comm::all_to_all(const Tensor& in, const Tensor& out, Stream s) {
   const Buffer bi = buffer("all_to_all", in), bo = buffer("all_to_all", out);
   LCTX_CHECK(bi.count % size_ == 0, "all_to_all: ", in.str(), " does not split into ", size_, " equal blocks");
   blocks("all_to_all", bo, Buffer{bi.data, bi.count / size_, bi.dtype, bi.device}, size_);
-  all_to_all_impl(collective(bi), bo, s);
+  if (size_ == 1)
+    copy_whole(in, out, s);
+  else
+    all_to_all_impl(collective(bi), bo, s);
 }
 
 namespace {

@@ -109,24 +109,25 @@ class Comm {
   }
 
   // ---- collectives (every rank, same order) ----
+  // A communicator of one rank runs its tensor collectives in place on the device (a copy at
+  // most): no host staging, no backend call.
   void all_reduce(const Tensor& t, ReduceOp op, Stream s = {}) {
-    all_reduce_impl(collective(buffer("all_reduce", t)), op, s);
+    const Buffer b = collective(buffer("all_reduce", t));
+    if (size_ > 1) all_reduce_impl(b, op, s);
   }
   // `out` holds size() blocks of in.numel() elements; block i comes from rank i (e.g. out is
   // [size, *in.shape] or [size * n, ...]).
-  void all_gather(const Tensor& in, const Tensor& out, Stream s = {}) {
-    all_gather_impl(collective(buffer("all_gather", in)), blocks("all_gather", out, in, size_), s);
-  }
+  void all_gather(const Tensor& in, const Tensor& out, Stream s = {});
   // `in` holds size() blocks of out.numel() elements; rank i receives the reduction of
   // block i over all ranks.
-  void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op, Stream s = {}) {
-    reduce_scatter_impl(collective(blocks("reduce_scatter", in, out, size_)), buffer("reduce_scatter", out), op, s);
-  }
+  void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op, Stream s = {});
   // `in` and `out` hold size() equal blocks: block j of `in` goes to rank j, block i of
   // `out` comes from rank i.
   void all_to_all(const Tensor& in, const Tensor& out, Stream s = {});
   void broadcast(const Tensor& t, int root, Stream s = {}) {
-    broadcast_impl(rooted(buffer("broadcast", t), root), root, s);
+    check_peer("broadcast", root);
+    const Buffer b = rooted(buffer("broadcast", t), root);
+    if (size_ > 1) broadcast_impl(b, root, s);
   }
   virtual void barrier() = 0;
 

@@ -3,9 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <map>
-
-#include "ops/embedding.h"
 
 namespace lctx::attn {
 
@@ -54,49 +51,187 @@ Dims check_call(const char* op, const Tensor& q, const Tensor& k, const Tensor& 
   return r;
 }
 
-// The entries (b, h, t) with c listed blocks: the flat rows of their queries, log-sum-exps and keys.
-struct Group {
-  int64_t n = 0;                  // entries
-  std::vector<int32_t> q_rows;    // [n, q_block, G]: rows of q as [B Sq Hq, D]
-  std::vector<int32_t> lse_rows;  // [n, G, q_block]: rows of lse as [B Hq Sq, 1]
-  std::vector<int32_t> k_rows;    // [n, c k_block]: rows of k as [B Sk Hkv, D]
+// The lists with their valid slots moved to the front (order kept) and the count of each.
+struct Lists {
+  std::vector<int32_t> slots;  // [B Hkv T][n]
+  std::vector<int32_t> count;  // [B Hkv T]
 };
 
-std::map<int64_t, Group> plan(const Dims& d, const KeyBlocks& kb) {
-  std::map<int64_t, Group> groups;
-  for (int64_t b = 0; b < d.B; ++b)
-    for (int64_t h = 0; h < d.Hkv; ++h)
-      for (int64_t t = 0; t < d.T; ++t) {
-        const int32_t* list = kb.index.data() + ((b * d.Hkv + h) * d.T + t) * d.n;
-        const int64_t c = std::count_if(list, list + d.n, [](int32_t x) { return x >= 0; });
-        if (c == 0) continue;
-        Group& g = groups[c];
-        ++g.n;
-        for (int64_t r = 0; r < kb.q_block; ++r)
-          for (int64_t j = 0; j < d.G; ++j)
-            g.q_rows.push_back(static_cast<int32_t>((b * d.Sq + t * kb.q_block + r) * d.Hq + h * d.G + j));
-        for (int64_t j = 0; j < d.G; ++j)
-          for (int64_t r = 0; r < kb.q_block; ++r)
-            g.lse_rows.push_back(static_cast<int32_t>((b * d.Hq + h * d.G + j) * d.Sq + t * kb.q_block + r));
-        for (int64_t i = 0; i < d.n; ++i)
-          if (list[i] >= 0)
-            for (int64_t r = 0; r < kb.k_block; ++r)
-              g.k_rows.push_back(static_cast<int32_t>((b * d.Sk + list[i] * kb.k_block + r) * d.Hkv + h));
-      }
-  return groups;
+Lists compact(const Dims& d, const KeyBlocks& kb) {
+  Lists l{std::vector<int32_t>(kb.index.size(), -1), std::vector<int32_t>(kb.index.size() / std::max<int64_t>(d.n, 1))};
+  if (d.n == 0) l.count.assign(static_cast<size_t>(d.B * d.Hkv * d.T), 0);
+  for (size_t e = 0; e < l.count.size() && d.n > 0; ++e) {
+    int32_t c = 0;
+    for (int64_t i = 0; i < d.n; ++i) {
+      const int32_t x = kb.index[e * static_cast<size_t>(d.n) + static_cast<size_t>(i)];
+      if (x >= 0) l.slots[e * static_cast<size_t>(d.n) + static_cast<size_t>(c++)] = x;
+    }
+    l.count[e] = c;
+  }
+  return l;
 }
 
-Tensor upload(const std::vector<int32_t>& rows, Device dev, Stream s) {
-  Tensor t = Tensor::empty({static_cast<int64_t>(rows.size())}, DType::i32);
-  std::memcpy(t.data<int32_t>(), rows.data(), rows.size() * sizeof(int32_t));
+// Query blocks [t0, t1) of batch row b and KV head h: entries e = (b Hkv + h) T + t.
+struct Run {
+  int64_t b, h, t0, t1;
+  int64_t entries() const { return t1 - t0; }
+  int64_t first(const Dims& d) const { return (b * d.Hkv + h) * d.T + t0; }
+};
+
+// The runs, each with at most ~512 MB of fp32 scratch (the folded rows' or gathered keys' gradients).
+std::vector<Run> runs(const Dims& d, const KeyBlocks& kb) {
+  constexpr int64_t kRunBytes = int64_t{1} << 29;
+  const int64_t per = 8 * d.D * std::max({kb.q_block * d.G, d.n * kb.k_block, int64_t{1}});
+  const int64_t len = std::clamp<int64_t>(kRunBytes / per, 1, std::max<int64_t>(d.T, 1));
+  std::vector<Run> r;
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t h = 0; h < d.Hkv; ++h)
+      for (int64_t t = 0; t < d.T; t += len) r.push_back({b, h, t, std::min(d.T, t + len)});
+  return r;
+}
+
+bool any_keys(const Lists& l, const Dims& d, const Run& r) {
+  const auto c = l.count.begin() + r.first(d);
+  return std::any_of(c, c + r.entries(), [](int32_t x) { return x > 0; });
+}
+
+// x [B, Sq, Hq, D] (q, o, dout, dq) seen as the run's rows [entries, q_block, G, D].
+Tensor fold_rows(const Tensor& x, const Dims& d, const KeyBlocks& kb, const Run& r) {
+  const Shape& st = x.strides();
+  return x.as_strided({r.entries(), kb.q_block, d.G, d.D}, {kb.q_block * st[1], st[1], st[2], st[3]},
+                      r.b * st[0] + r.t0 * kb.q_block * st[1] + r.h * d.G * st[2]);
+}
+
+// lse [B, Hq, Sq] seen as the run's [entries, q_block, G].
+Tensor fold_lse(const Tensor& lse, const Dims& d, const KeyBlocks& kb, const Run& r) {
+  const Shape& st = lse.strides();
+  return lse.as_strided({r.entries(), kb.q_block, d.G}, {kb.q_block * st[2], st[2], st[1]},
+                        r.b * st[0] + r.h * d.G * st[1] + r.t0 * kb.q_block * st[2]);
+}
+
+// The run's folded rows as one contiguous flash operand [entries, q_block G, 1, D].
+Tensor folded(const Tensor& x, const Dims& d, const KeyBlocks& kb, const Run& r, Stream s) {
+  return fold_rows(x, d, kb, r).contiguous(s).view({r.entries(), kb.q_block * d.G, 1, d.D});
+}
+
+Tensor upload(const int32_t* data, const Shape& shape, Device dev, Stream s) {
+  Tensor t = Tensor::empty(shape, DType::i32);
+  std::memcpy(t.data<int32_t>(), data, static_cast<size_t>(t.numel()) * sizeof(int32_t));
   return dev.is_cuda() ? t.to(dev, s) : t;
 }
 
-// table [V, W] rows at ids, as `shape` (numel = ids x W).
-Tensor gather(const Tensor& table, const Tensor& ids, const Shape& shape, Stream s) {
-  Tensor out = Tensor::empty({ids.size(0), table.size(1)}, table.dtype(), table.device());
-  ops::embedding_forward(out, ids, table, s);
-  return out.view(shape);
+// The run's listed key blocks as flash keys, and the document ids that mask the empty slots.
+struct Gathered {
+  Tensor k, v, ids;
+};
+
+template <class T>
+void gather_cpu(const Tensor& k, const Tensor& v, const int32_t* lists, const Dims& d, int64_t kb, const Run& r,
+                Gathered& g) {
+  const Shape& ks = k.strides();
+  const Shape& vs = v.strides();
+  const T* kp = k.data<T>();
+  const T* vp = v.data<T>();
+  T* ko = g.k.data<T>();
+  T* vo = g.v.data<T>();
+  int32_t* ids = g.ids.data<int32_t>();
+  for (int64_t e = 0; e < r.entries(); ++e)
+    for (int64_t i = 0; i < d.n; ++i) {
+      const int32_t blk = lists[e * d.n + i];
+      for (int64_t row = 0; row < kb; ++row) {
+        const int64_t out = (e * d.n + i) * kb + row, pos = blk * kb + row;
+        ids[out] = blk < 0 ? 1 : 0;
+        for (int64_t c = 0; c < d.D; ++c) {
+          ko[out * d.D + c] = blk < 0 ? T(0) : kp[r.b * ks[0] + pos * ks[1] + r.h * ks[2] + c * ks[3]];
+          vo[out * d.D + c] = blk < 0 ? T(0) : vp[r.b * vs[0] + pos * vs[1] + r.h * vs[2] + c * vs[3]];
+        }
+      }
+    }
+}
+
+Gathered gather_keys(const Tensor& k, const Tensor& v, const Lists& l, const Dims& d, const KeyBlocks& kb,
+                     const Run& r, Stream s) {
+  const Device dev = k.device();
+  const int64_t rows = d.n * kb.k_block;
+  Gathered g{Tensor::empty({r.entries(), rows, 1, d.D}, k.dtype(), dev),
+             Tensor::empty({r.entries(), rows, 1, d.D}, k.dtype(), dev), Tensor::empty({r.entries(), rows}, DType::i32, dev)};
+  const int32_t* lists = l.slots.data() + r.first(d) * d.n;
+  if (dev.is_cuda()) {
+#ifdef LCTX_HAVE_CUDA
+    detail::block_rows_gather_cuda(k, v, upload(lists, {r.entries(), d.n}, dev, s), r.b, r.h, kb.k_block, g.k, g.v,
+                                   g.ids, s);
+#endif
+  } else {
+    LCTX_DISPATCH_CPU_FLOAT(k.dtype(), "block_select", [&] { gather_cpu<scalar_t>(k, v, lists, d, kb.k_block, r, g); });
+  }
+  return g;
+}
+
+// Per key block listed in the run, the (entry, slot) pairs that list it: sources e n + slot in
+// ascending order (CSR over the blocks that appear).
+struct Sources {
+  std::vector<int32_t> targets, offsets, sources;
+};
+
+Sources sources(const Lists& l, const Dims& d, const KeyBlocks& kb, const Run& r) {
+  std::vector<std::vector<int32_t>> by_block(static_cast<size_t>(d.Sk / kb.k_block));
+  const int64_t e0 = r.first(d);
+  for (int64_t e = 0; e < r.entries(); ++e)
+    for (int64_t i = 0; i < l.count[static_cast<size_t>(e0 + e)]; ++i)
+      by_block[static_cast<size_t>(l.slots[static_cast<size_t>((e0 + e) * d.n + i)])].push_back(
+          static_cast<int32_t>(e * d.n + i));
+  Sources src;
+  src.offsets.push_back(0);
+  for (size_t t = 0; t < by_block.size(); ++t) {
+    if (by_block[t].empty()) continue;
+    src.targets.push_back(static_cast<int32_t>(t));
+    src.sources.insert(src.sources.end(), by_block[t].begin(), by_block[t].end());
+    src.offsets.push_back(static_cast<int32_t>(src.sources.size()));
+  }
+  return src;
+}
+
+template <class T>
+void scatter_cpu(const Tensor& dk_rows, const Tensor& dv_rows, const Sources& src, const Dims& d, int64_t kb,
+                 const Run& r, Tensor& dk, Tensor& dv) {
+  const T* gk = dk_rows.data<T>();
+  const T* gv = dv_rows.data<T>();
+  T* ok = dk.data<T>();
+  T* ov = dv.data<T>();
+  for (size_t u = 0; u < src.targets.size(); ++u)
+    for (int64_t row = 0; row < kb; ++row) {
+      const int64_t out = ((r.b * d.Sk + src.targets[u] * kb + row) * d.Hkv + r.h) * d.D;
+      for (int64_t c = 0; c < d.D; ++c) {
+        T ak = 0, av = 0;
+        for (int32_t j = src.offsets[u]; j < src.offsets[u + 1]; ++j) {
+          const int64_t e = src.sources[static_cast<size_t>(j)] / d.n, i = src.sources[static_cast<size_t>(j)] % d.n;
+          const int64_t in = ((e * d.n + i) * kb + row) * d.D + c;
+          ak += gk[in];
+          av += gv[in];
+        }
+        ok[out + c] += ak;
+        ov[out + c] += av;
+      }
+    }
+}
+
+void scatter_keys(const Tensor& dk_rows, const Tensor& dv_rows, const Lists& l, const Dims& d, const KeyBlocks& kb,
+                  const Run& r, Tensor& dk, Tensor& dv, Stream s) {
+  const Sources src = sources(l, d, kb, r);
+  if (src.targets.empty()) return;
+  const Device dev = dk.device();
+  if (dev.is_cuda()) {
+#ifdef LCTX_HAVE_CUDA
+    const auto n = [](const std::vector<int32_t>& x) { return Shape{static_cast<int64_t>(x.size())}; };
+    detail::block_rows_scatter_cuda(dk_rows, dv_rows, upload(src.targets.data(), n(src.targets), dev, s),
+                                    upload(src.offsets.data(), n(src.offsets), dev, s),
+                                    upload(src.sources.data(), n(src.sources), dev, s), r.b, r.h, kb.k_block, dk, dv,
+                                    s);
+#endif
+  } else {
+    LCTX_DISPATCH_CPU_FLOAT(dk.dtype(), "block_select_backward",
+                            [&] { scatter_cpu<scalar_t>(dk_rows, dv_rows, src, d, kb.k_block, r, dk, dv); });
+  }
 }
 
 // A gradient target: `into` itself when usable in place, else a contiguous scratch added or
@@ -128,11 +263,15 @@ Target target(const char* op, const char* name, const Tensor& into, const Shape&
   return {into, t};
 }
 
-FlashOptions fold_options(const FlashOptions& opts) {
+// The folded call: all keys of a listed slot visible, empty slots another document.
+FlashOptions fold_options(const FlashOptions& opts, const Gathered& g, const Run& r, const Dims& d,
+                          const KeyBlocks& kb, Stream s) {
   FlashOptions f;
   f.softmax_scale = opts.softmax_scale;  // 0: 1/sqrt(D), the same D in the folded calls
   f.out_dtype = opts.out_dtype;
   f.backend = opts.backend;
+  f.q_doc_ids = Tensor::zeros({r.entries(), kb.q_block * d.G}, DType::i32, g.ids.device(), s);
+  f.k_doc_ids = g.ids;
   return f;
 }
 
@@ -140,39 +279,24 @@ FlashOptions fold_options(const FlashOptions& opts) {
 
 FlashOutput block_select_forward(const Tensor& q, const Tensor& k, const Tensor& v, const KeyBlocks& blocks,
                                  const FlashOptions& opts, Stream s) {
-  const char* op = "block_select_forward";
-  const Dims d = check_call(op, q, k, v, blocks, opts);
+  const Dims d = check_call("block_select_forward", q, k, v, blocks, opts);
   const Device dev = q.device();
-  const DType odt = opts.out_dtype == OutputDType::f32 ? wide_dtype(q.dtype()) : q.dtype(), ldt = wide_dtype(q.dtype());
-  const FlashOptions f = fold_options(opts);
-  const Tensor qt = q.contiguous(s).view({d.B * d.Sq * d.Hq, d.D});
-  const Tensor kt = k.contiguous(s).view({d.B * d.Sk * d.Hkv, d.D}), vt = v.contiguous(s).view(kt.shape());
-  const std::map<int64_t, Group> groups = plan(d, blocks);
-  int64_t m = 0;
-  for (const auto& [c, g] : groups) m += static_cast<int64_t>(g.q_rows.size());
-  // Every entry's rows, then one row for the query rows without keys: o 0, lse -inf.
-  Tensor o_table = Tensor::empty({m + 1, d.D}, odt, dev), l_table = Tensor::empty({m + 1, 1}, ldt, dev);
-  o_table.slice(0, m, m + 1).zero(s);
-  l_table.slice(0, m, m + 1).fill(-std::numeric_limits<double>::infinity(), s);
-  std::vector<int32_t> o_inv(static_cast<size_t>(d.B * d.Sq * d.Hq), static_cast<int32_t>(m));
-  std::vector<int32_t> l_inv(o_inv.size(), static_cast<int32_t>(m));
-  int64_t at = 0;
-  for (const auto& [c, g] : groups) {
-    const int64_t rows = static_cast<int64_t>(g.q_rows.size()), keys = c * blocks.k_block;
-    const Tensor qi = upload(g.q_rows, dev, s), ki = upload(g.k_rows, dev, s);
-    const Tensor qf = gather(qt, qi, {g.n, blocks.q_block, d.G, d.D}, s);
-    const Tensor kf = gather(kt, ki, {g.n, keys, 1, d.D}, s), vf = gather(vt, ki, {g.n, keys, 1, d.D}, s);
-    const FlashOutput r = flash_forward(qf, kf, vf, f, s);
-    o_table.slice(0, at, at + rows).copy_from(r.o.view({rows, d.D}), s);
-    l_table.slice(0, at, at + rows).copy_from(r.lse.view({rows, 1}), s);
-    for (int64_t i = 0; i < rows; ++i) {
-      o_inv[static_cast<size_t>(g.q_rows[static_cast<size_t>(i)])] = static_cast<int32_t>(at + i);
-      l_inv[static_cast<size_t>(g.lse_rows[static_cast<size_t>(i)])] = static_cast<int32_t>(at + i);
+  const DType odt = opts.out_dtype == OutputDType::f32 ? wide_dtype(q.dtype()) : q.dtype();
+  FlashOutput out{Tensor::empty(q.shape(), odt, dev), Tensor::empty({d.B, d.Hq, d.Sq}, wide_dtype(q.dtype()), dev)};
+  const Lists l = compact(d, blocks);
+  for (const Run& r : runs(d, blocks)) {
+    Tensor o_r = fold_rows(out.o, d, blocks, r), lse_r = fold_lse(out.lse, d, blocks, r);
+    if (!any_keys(l, d, r)) {  // o 0, lse -inf
+      o_r.zero(s);
+      lse_r.fill(-std::numeric_limits<double>::infinity(), s);
+      continue;
     }
-    at += rows;
+    const Gathered g = gather_keys(k, v, l, d, blocks, r, s);
+    const FlashOutput fr = flash_forward(folded(q, d, blocks, r, s), g.k, g.v, fold_options(opts, g, r, d, blocks, s), s);
+    o_r.copy_from(fr.o.view(o_r.shape()), s);
+    lse_r.copy_from(fr.lse.view(lse_r.shape()), s);
   }
-  return {gather(o_table, upload(o_inv, dev, s), {d.B, d.Sq, d.Hq, d.D}, s),
-          gather(l_table, upload(l_inv, dev, s), {d.B, d.Hq, d.Sq}, s)};
+  return out;
 }
 
 FlashGrads block_select_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
@@ -187,24 +311,18 @@ FlashGrads block_select_backward(const Tensor& q, const Tensor& k, const Tensor&
   Target tq = target(op, "dq", into.dq, q.shape(), wd, dev, mode, s);
   Target tk = target(op, "dk", into.dk, k.shape(), wd, dev, mode, s);
   Target tv = target(op, "dv", into.dv, k.shape(), wd, dev, mode, s);
-  const FlashOptions f = fold_options(opts);
-  const int64_t nq = d.B * d.Sq * d.Hq;
-  const Tensor qt = q.contiguous(s).view({nq, d.D}), ot = o.contiguous(s).view({nq, d.D});
-  const Tensor dot = dout.contiguous(s).view({nq, d.D}), lt = lse.contiguous(s).view({nq, 1});
-  const Tensor kt = k.contiguous(s).view({d.B * d.Sk * d.Hkv, d.D}), vt = v.contiguous(s).view(kt.shape());
-  Tensor dqt = tq.work.view(qt.shape()), dkt = tk.work.view(kt.shape()), dvt = tv.work.view(kt.shape());
-  for (const auto& [c, g] : plan(d, blocks)) {
-    const int64_t rows = static_cast<int64_t>(g.q_rows.size()), keys = c * blocks.k_block;
-    const Tensor qi = upload(g.q_rows, dev, s), li = upload(g.lse_rows, dev, s), ki = upload(g.k_rows, dev, s);
-    const Shape qs{g.n, blocks.q_block, d.G, d.D}, ks{g.n, keys, 1, d.D};
-    const Tensor qf = gather(qt, qi, qs, s), of = gather(ot, qi, qs, s), dof = gather(dot, qi, qs, s);
-    const Tensor lf = gather(lt, li, {g.n, d.G, blocks.q_block}, s);
-    const Tensor kf = gather(kt, ki, ks, s), vf = gather(vt, ki, ks, s);
-    FlashGrads r{Tensor::empty(qs, wd, dev), Tensor::empty(ks, wd, dev), Tensor::empty(ks, wd, dev)};
-    flash_backward(qf, kf, vf, of, lf, dof, f, GradMode::overwrite, r, s);
-    ops::embedding_backward(dqt, qi, r.dq.view({rows, d.D}), GradMode::accumulate, s);
-    ops::embedding_backward(dkt, ki, r.dk.view({g.n * keys, d.D}), GradMode::accumulate, s);
-    ops::embedding_backward(dvt, ki, r.dv.view({g.n * keys, d.D}), GradMode::accumulate, s);
+  const Lists l = compact(d, blocks);
+  for (const Run& r : runs(d, blocks)) {
+    if (!any_keys(l, d, r)) continue;
+    const Gathered g = gather_keys(k, v, l, d, blocks, r, s);
+    const int64_t rows = blocks.q_block * d.G;
+    FlashGrads gr{Tensor::empty({r.entries(), rows, 1, d.D}, wd, dev), Tensor::empty(g.k.shape(), wd, dev),
+                  Tensor::empty(g.k.shape(), wd, dev)};
+    const Tensor lse_r = fold_lse(lse, d, blocks, r).contiguous(s).view({r.entries(), 1, rows});
+    flash_backward(folded(q, d, blocks, r, s), g.k, g.v, folded(o, d, blocks, r, s), lse_r,
+                   folded(dout, d, blocks, r, s), fold_options(opts, g, r, d, blocks, s), GradMode::overwrite, gr, s);
+    fold_rows(tq.work, d, blocks, r).add_from(gr.dq.view({r.entries(), blocks.q_block, d.G, d.D}), s);
+    scatter_keys(gr.dk, gr.dv, l, d, blocks, r, tk.work, tv.work, s);
   }
   tq.finish(mode, s);
   tk.finish(mode, s);

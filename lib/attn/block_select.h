@@ -3,15 +3,16 @@
 // over the listed keys, with its log-sum-exp so the result merges with other parts
 // (dist::merge_attention). Lists are per KV head, so a GQA group shares one selection.
 //
-// No kernel of its own: the query blocks are folded into the batch of attn::flash. Every
-// (batch, KV head, query block) becomes one batch entry with its q_block rows x the group's
-// Hq / Hkv query heads (one KV head) and its listed key blocks gathered into c * k_block key
-// rows; entries are grouped by their count c of listed blocks, one flash call per count, so no
-// padding or mask is needed. Rows are gathered and scattered by index (ops::embedding), the
-// backward scatter-adds dK/dV over the gathered rows (a key row listed by several query blocks
-// sums their gradients; on CUDA by fp32 atomics, so the last bits may vary from run to run).
-// Any device: CPU f32/f64 (the flash reference), CUDA bf16/f16 (the flash kernels' head dims).
-// The lists live on the host; their indices are uploaded per call.
+// No attention kernel of its own: the query blocks are folded into the batch of attn::flash.
+// Every (batch row, KV head, query block) becomes one batch entry of one head whose q_block x
+// G rows are the block's rows times the group's G = Hq / Hkv query heads (one copy into that
+// order), and whose keys are its listed blocks gathered into n x k_block rows (valid slots
+// first; empty slots are zeros masked as another document, so the flash kernels skip them).
+// Entries go in runs of consecutive query blocks of one (batch row, KV head), each run's
+// scratch bounded (~512 MB), so memory stays flat at any length. The backward sums each key
+// block's gathered-row gradients in a fixed order (no atomics: deterministic). The lists live
+// on the host; each run uploads its n slots per entry. Any device: CPU f32/f64 (the flash
+// reference), CUDA bf16/f16 (the flash kernels' head dims).
 //
 // Also here: the seeded draw of distinct blocks that attn::random_block_mask and the
 // local_global mixer's random key blocks share (one RNG scheme).
@@ -55,5 +56,22 @@ FlashGrads block_select_backward(const Tensor& q, const Tensor& k, const Tensor&
 // `count` distinct values in [0, n) (all of them when count >= n), in draw order, from splitmix64
 // seeded by `seed` and `stream` (e.g. the query block): the same on every rank and every call.
 std::vector<int64_t> draw_distinct(uint64_t seed, int64_t stream, int64_t n, int64_t count);
+
+namespace detail {
+#ifdef LCTX_HAVE_CUDA
+// CUDA halves of the gather and the scatter (block_select.cu; the CPU loops are in
+// block_select.cpp). Gather for batch row b and KV head h: lists i32 [E, n] (valid slots
+// first, -1 after), k/v [B, Sk, Hkv, D] (strided, head dim contiguous) into k_rows/v_rows
+// [E, n k_block, 1, D] (zeros for empty slots) and ids i32 [E, n k_block] (0 listed, 1 empty).
+void block_rows_gather_cuda(const Tensor& k, const Tensor& v, const Tensor& lists, int64_t b, int64_t h,
+                            int64_t k_block, Tensor& k_rows, Tensor& v_rows, Tensor& ids, Stream s);
+// Scatter: dk[b, t k_block + r, h] += the sum, over the sources (e n + slot) of key block
+// t = targets[u] in sources[offsets[u] .. offsets[u + 1]), of dk_rows[e, slot k_block + r], in
+// that order (dv alike); dk, dv f32 [B, Sk, Hkv, D] contiguous, the rows f32 [E, n k_block, 1, D].
+void block_rows_scatter_cuda(const Tensor& dk_rows, const Tensor& dv_rows, const Tensor& targets,
+                             const Tensor& offsets, const Tensor& sources, int64_t b, int64_t h, int64_t k_block,
+                             Tensor& dk, Tensor& dv, Stream s);
+#endif
+}  // namespace detail
 
 }  // namespace lctx::attn

@@ -207,6 +207,29 @@ Tensor Tensor::slice(int d, int64_t start, int64_t end, int64_t step) const {
   return t;
 }
 
+Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offset) const {
+  LCTX_CHECK(defined(), "Tensor::as_strided of an undefined tensor");
+  LCTX_CHECK(shape.size() == strides.size(), "Tensor::as_strided: shape ", shape_str(shape), " and strides ",
+             shape_str(strides), " differ in rank");
+  int64_t last = static_cast<int64_t>(offset_) + offset;  // the furthest element reached
+  bool empty = false;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    LCTX_CHECK(shape[i] >= 0 && strides[i] >= 0, "Tensor::as_strided: negative size or stride in shape ",
+               shape_str(shape), ", strides ", shape_str(strides));
+    empty = empty || shape[i] == 0;
+    if (shape[i] > 0) last += (shape[i] - 1) * strides[i];
+  }
+  const int64_t elems = static_cast<int64_t>(storage_->bytes() / dtype_size(dtype_));
+  LCTX_CHECK(static_cast<int64_t>(offset_) + offset >= 0 && (empty || last < elems), "Tensor::as_strided: shape ",
+             shape_str(shape), ", strides ", shape_str(strides), " from offset ", offset, " of ", str(),
+             " reaches past its storage of ", elems, " elements");
+  Tensor t = *this;
+  t.offset_ = static_cast<size_t>(static_cast<int64_t>(offset_) + offset);
+  t.shape_ = shape;
+  t.strides_ = strides;
+  return t;
+}
+
 void Tensor::copy_from(const Tensor& src, Stream s) {
   LCTX_CHECK(src.shape_ == shape_, "copy_from: shape mismatch, destination ", str(), " source ", src.str());
   if (numel() == 0) return;

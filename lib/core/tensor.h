@@ -70,6 +70,10 @@ class Tensor {
   Tensor view(const Shape& shape) const;
   // Elements start, start + step, ... below end along `dim` (step >= 1); shares memory.
   Tensor slice(int dim, int64_t start, int64_t end, int64_t step = 1) const;
+  // Same memory seen with any shape and element strides (>= 0), starting `offset` elements
+  // past this view's start; every element must lie in the storage (checked). For permuted or
+  // interleaved views that copy_from / add_from / fill then traverse.
+  Tensor as_strided(const Shape& shape, const Shape& strides, int64_t offset = 0) const;
 
   // Copies src into this tensor (same shape; any dtypes, strides; CPU<->GPU staged if needed).
   void copy_from(const Tensor& src, Stream s = {});

@@ -59,6 +59,24 @@ TEST(Tensor, SteppedSliceSharesMemory) {
   EXPECT_THROW(t.slice(1, 0, 7, 0), Error);
 }
 
+TEST(Tensor, AsStridedPermutesWithoutCopying) {
+  Tensor t = Tensor::from_vector({2, 3, 4}, iota(24), DType::f64);
+  // The transpose of the last two dims of batch row 1: element (i, j) at 12 + j * 4 + i.
+  Tensor tr = t.as_strided({4, 3}, {1, 4}, 12);
+  EXPECT_EQ(tr.to_vector(), (std::vector<double>{12, 16, 20, 13, 17, 21, 14, 18, 22, 15, 19, 23}));
+  EXPECT_FALSE(tr.is_contiguous());
+  Tensor dst = Tensor::zeros({4, 3}, DType::f64);
+  dst.copy_from(tr);
+  tr.add_from(dst);  // doubles batch row 1 through the permuted view
+  EXPECT_EQ(t.to_vector()[13], 26.0);
+  EXPECT_EQ(t.to_vector()[11], 11.0);
+  // Relative to the view it is taken from.
+  EXPECT_EQ(t.slice(1, 1, 3).as_strided({2}, {12}, 1).to_vector(), (std::vector<double>{5, 34}));
+  EXPECT_THROW(t.as_strided({4, 3}, {1, 4}, 13), Error);  // reaches element 24
+  EXPECT_THROW(t.as_strided({2}, {1, 1}), Error);         // rank mismatch
+  EXPECT_THROW(t.as_strided({2}, {-1}), Error);
+}
+
 TEST(Tensor, AddFromAccumulatesThroughStrides) {
   for (DType dt : {DType::f32, DType::f64}) {
     Tensor acc = Tensor::from_vector({2, 3, 4}, iota(24), dt);
