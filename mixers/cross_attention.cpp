@@ -11,11 +11,15 @@ namespace lctx::mixers {
 namespace {
 
 // One flash call: the query rows begin, begin + step, ... below end against the first `keys`
-// memory rows, every pair visible (a run, step 1) or causal in block units (block memory).
+// memory rows, every pair visible (a run, step 1) or causal in block units (block memory). A
+// batched call stacks `batch` such row sets, the i-th starting at begin + i (same count each),
+// as the flash batch, one call per batch row of q.
 struct Call {
   int64_t begin = 0, end = 0, step = 1, keys = 0;
   bool causal = false;
   int64_t q_offset = 0, k_offset = 0;  // causal: row i of the call sees key j iff k_offset + j <= q_offset + i
+  int64_t batch = 1;
+  int64_t rows() const { return (end - begin + step - 1) / step; }
 };
 
 // Runs of consecutive query rows that see the same prefix of the memory rows (checks the call).
@@ -44,9 +48,9 @@ std::vector<Call> visible_runs(const Tensor& q, std::span<const int64_t> q_pos, 
 
 // Block memory (row c at position (c + 1) b - 1: compressed blocks of b tokens) and queries in
 // segments of whole blocks at consecutive rows: the queries at offset t of their blocks (rows
-// stepped by b) see rows c <= J - 1 (t < b - 1) or c <= J (t = b - 1), J their block, so each
-// (segment, t) is one causal call in block units, b per segment instead of ~2 per block.
-// Empty when the rows are not of this form.
+// stepped by b) see rows c <= J - 1 (t < b - 1) or c <= J (t = b - 1), J their block, so per
+// segment the offsets t < b - 1 are one batched causal call in block units and t = b - 1 one
+// more, instead of ~2 calls per block. Empty when the rows are not of this form.
 std::vector<Call> block_calls(std::span<const int64_t> q_pos, std::span<const int64_t> k_pos) {
   const int64_t N = static_cast<int64_t>(k_pos.size()), L = static_cast<int64_t>(q_pos.size());
   if (N == 0 || L == 0) return {};
@@ -60,19 +64,19 @@ std::vector<Call> block_calls(std::span<const int64_t> q_pos, std::span<const in
     const int64_t p0 = q_pos[static_cast<size_t>(r0)];
     if (p0 % b != 0 || (r1 - r0) % b != 0) return {};
     const int64_t j0 = p0 / b, blocks = (r1 - r0) / b;
-    for (int64_t t = 0; t < b; ++t) {
-      const bool last = t == b - 1;
-      const int64_t first = j0 == 0 && !last ? 1 : 0;  // block 0's first b - 1 tokens see no row
-      const int64_t keys = std::min(N, j0 + blocks - 1 + (last ? 1 : 0));
-      if (first >= blocks || keys == 0) continue;
-      calls.push_back({.begin = r0 + first * b + t,
+    const int64_t first = j0 == 0 ? 1 : 0;  // block 0's first b - 1 tokens see no row
+    const int64_t early_keys = std::min(N, j0 + blocks - 1), last_keys = std::min(N, j0 + blocks);
+    if (b > 1 && first < blocks && early_keys > 0)  // offsets t < b - 1
+      calls.push_back({.begin = r0 + first * b,
                        .end = r1,
                        .step = b,
-                       .keys = keys,
+                       .keys = early_keys,
                        .causal = true,
                        .q_offset = j0 + first,
-                       .k_offset = last ? 0 : 1});
-    }
+                       .k_offset = 1,
+                       .batch = b - 1});
+    if (last_keys > 0)  // offset b - 1
+      calls.push_back({.begin = r0 + b - 1, .end = r1, .step = b, .keys = last_keys, .causal = true, .q_offset = j0});
     r0 = r1;
   }
   return calls;
@@ -99,6 +103,49 @@ attn::FlashOptions flash_options(const CrossAttentionOptions& o, const Call& c) 
   return f;
 }
 
+// The batch rows one flash call covers: all of them ([B, rows, ...] views), or for a batched
+// call batch row `row` alone, its entries stacked ([batch, rows, ...]).
+int64_t call_count(const Call& c, int64_t B) { return c.batch == 1 ? 1 : B; }
+
+// The call's query rows of x [B, L, ...] (o, dout, dq alike).
+Tensor call_rows(const Tensor& x, const Call& c, int64_t row) {
+  if (c.batch == 1) return x.slice(1, c.begin, c.end, c.step);
+  Shape shape = x.shape(), st = x.strides();
+  shape[0] = c.batch;
+  shape[1] = c.rows();
+  const int64_t offset = row * st[0] + c.begin * st[1];
+  st[0] = st[1];
+  st[1] *= c.step;
+  return x.as_strided(shape, st, offset);
+}
+
+// Their log-sum-exps in lse [B, H, L].
+Tensor call_lse(const Tensor& lse, const Call& c, int64_t row) {
+  if (c.batch == 1) return lse.slice(2, c.begin, c.end, c.step);
+  const Shape& st = lse.strides();
+  return lse.as_strided({c.batch, lse.size(1), c.rows()}, {st[2], st[1], c.step * st[2]},
+                        row * st[0] + c.begin * st[2]);
+}
+
+// The memory rows they see (k or v [B, N, Hkv, hd]), repeated for each entry of a batched call.
+Tensor call_keys(const Tensor& k, const Call& c, int64_t row, Stream s) {
+  if (c.batch == 1) return k.slice(1, 0, c.keys);
+  const Shape& st = k.strides();
+  return k.as_strided({c.batch, c.keys, k.size(2), k.size(3)}, {0, st[1], st[2], st[3]}, row * st[0]).contiguous(s);
+}
+
+// A batched call's key gradients [batch, keys, ...] summed over the batch into into's row (a
+// fixed pairwise order).
+void add_batch_sum(const Tensor& into, Tensor g, int64_t row, int64_t keys, Stream s) {
+  for (int64_t n = g.size(0); n > 1;) {
+    const int64_t h = n / 2;
+    g.slice(0, 0, h).add_from(g.slice(0, n - h, n), s);
+    n -= h;
+  }
+  Tensor dst = into.slice(0, row, row + 1).slice(1, 0, keys);
+  dst.add_from(g.slice(0, 0, 1), s);
+}
+
 }  // namespace
 
 attn::FlashOutput cross_attention_forward(const Tensor& q, std::span<const int64_t> q_positions, const Tensor& k,
@@ -111,12 +158,13 @@ attn::FlashOutput cross_attention_forward(const Tensor& q, std::span<const int64
   const DType wd = wide_dtype(q.dtype());
   attn::FlashOutput out{Tensor::zeros(q.shape(), wd, q.device(), s),
                         Tensor::full({B, H, L}, -std::numeric_limits<double>::infinity(), wd, q.device(), s)};
-  for (const Call& c : calls) {
-    const attn::FlashOutput part = attn::flash_forward(q.slice(1, c.begin, c.end, c.step), k.slice(1, 0, c.keys),
-                                                       v.slice(1, 0, c.keys), flash_options(opts, c), s);
-    out.o.slice(1, c.begin, c.end, c.step).copy_from(part.o, s);
-    out.lse.slice(2, c.begin, c.end, c.step).copy_from(part.lse, s);
-  }
+  for (const Call& c : calls)
+    for (int64_t row = 0; row < call_count(c, B); ++row) {
+      const attn::FlashOutput part = attn::flash_forward(call_rows(q, c, row), call_keys(k, c, row, s),
+                                                         call_keys(v, c, row, s), flash_options(opts, c), s);
+      call_rows(out.o, c, row).copy_from(part.o, s);
+      call_lse(out.lse, c, row).copy_from(part.lse, s);
+    }
   return out;
 }
 
@@ -124,17 +172,30 @@ void cross_attention_backward(const Tensor& q, std::span<const int64_t> q_positi
                               std::span<const int64_t> k_positions, const Tensor& o, const Tensor& lse,
                               const Tensor& dout, const CrossAttentionOptions& opts, const attn::FlashGrads& into,
                               Stream s) {
-  for (const Call& c : flash_calls(q, q_positions, k, k_positions)) {
-    const auto rows = [&](const Tensor& t) { return t.slice(1, c.begin, c.end, c.step); };
-    const Tensor l = lse.slice(2, c.begin, c.end, c.step);
-    const attn::FlashGrads g{rows(into.dq), into.dk.slice(1, 0, c.keys), into.dv.slice(1, 0, c.keys)};
-    const Tensor kc = k.slice(1, 0, c.keys), vc = v.slice(1, 0, c.keys);
-    if (c.causal)  // flash's lse rows have stride 1
+  const int64_t B = q.size(0);
+  for (const Call& c : flash_calls(q, q_positions, k, k_positions))
+    for (int64_t row = 0; row < call_count(c, B); ++row) {
+      const auto rows = [&](const Tensor& t) { return call_rows(t, c, row); };
+      const Tensor l = call_lse(lse, c, row), kc = call_keys(k, c, row, s), vc = call_keys(v, c, row, s);
+      if (!c.causal) {
+        attn::flash_backward_few_keys(rows(q), kc, vc, rows(o), l, rows(dout), flash_options(opts, c),
+                                      {rows(into.dq), into.dk.slice(1, 0, c.keys), into.dv.slice(1, 0, c.keys)}, s);
+        continue;
+      }
+      // flash's lse rows have stride 1; a batched call's key gradients go to scratch first
+      const bool batched = c.batch > 1;
+      const attn::FlashGrads g{rows(into.dq),
+                               batched ? Tensor::zeros(kc.shape(), into.dk.dtype(), kc.device(), s)
+                                       : into.dk.slice(1, 0, c.keys),
+                               batched ? Tensor::zeros(kc.shape(), into.dv.dtype(), kc.device(), s)
+                                       : into.dv.slice(1, 0, c.keys)};
       attn::flash_backward(rows(q), kc, vc, rows(o), l.contiguous(s), rows(dout), flash_options(opts, c),
                            GradMode::accumulate, g, s);
-    else
-      attn::flash_backward_few_keys(rows(q), kc, vc, rows(o), l, rows(dout), flash_options(opts, c), g, s);
-  }
+      if (batched) {
+        add_batch_sum(into.dk, g.dk, row, c.keys, s);
+        add_batch_sum(into.dv, g.dv, row, c.keys, s);
+      }
+    }
 }
 
 }  // namespace lctx::mixers

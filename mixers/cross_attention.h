@@ -10,7 +10,8 @@
 // unmasked attn::flash call over its prefix (about 2 L / b calls for block-compressed memory).
 // Block memory itself (row c at position (c + 1) b - 1) over queries in whole blocks at
 // consecutive rows takes fewer calls: the queries at offset t of their blocks, a stepped slice
-// of the rows, attend causally in block units, one call per t and segment. Either way it runs
+// of the rows, attend causally in block units, the offsets t < b - 1 stacked as the batch of one
+// call per segment (and batch row), t = b - 1 one more. Either way it runs
 // wherever flash runs (CPU f32/f64, CUDA bf16/f16 at flash's head dims) with no kernel of its
 // own and no dense mask.
 //

@@ -168,18 +168,25 @@ class NsaMixer final : public Mixer {
     f.window_left = o_.window - 1;
     return f;
   }
-  // Each query block over its own rows, causal: this rank's rows with the query block as the
-  // document (a block lies in one segment, so local order is global order inside it).
-  attn::FlashOptions local_options(int64_t B, Device dev) const {
+  // Each query block over its own rows, causal: the blocks folded into the batch, [B, L, H, hd]
+  // seen as [B L / b_s, b_s, H, hd] (a block lies in one segment, so local order is global
+  // order inside it): one plain causal call that cuDNN runs, no mask by ids.
+  Tensor fold_blocks(const Tensor& x) const {
+    const Shape& st = x.strides();
+    const int64_t bs = o_.select_block, rows = x.size(0) * x.size(1);
+    LCTX_CHECK(st[0] == x.size(1) * st[1], "nsa mixer: ", x.str(), " has batch rows apart (stride ", st[0],
+               "); its query blocks do not fold into one batch");
+    return x.as_strided({rows / bs, bs, x.size(2), x.size(3)}, {bs * st[1], st[1], st[2], st[3]});
+  }
+  // lse [B, H, L] seen in the folded call's order [B, L / b_s, H, b_s].
+  Tensor fold_lse(const Tensor& lse) const {
+    const Shape& st = lse.strides();
+    const int64_t bs = o_.select_block;
+    return lse.as_strided({lse.size(0), lse.size(2) / bs, lse.size(1), bs}, {st[0], bs * st[2], st[1], st[2]});
+  }
+  attn::FlashOptions local_options() const {
     attn::FlashOptions f = wide_options();
     f.mask = attn::Mask::causal;
-    const int64_t L = static_cast<int64_t>(q_positions_.size());
-    std::vector<double> ids(static_cast<size_t>(B * L));
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t l = 0; l < L; ++l)
-        ids[static_cast<size_t>(b * L + l)] =
-            static_cast<double>(q_positions_[static_cast<size_t>(l)] / o_.select_block);
-    f.q_doc_ids = f.k_doc_ids = Tensor::from_vector({B, L}, ids, DType::i32).to(dev);
     return f;
   }
   CrossAttentionOptions cross_options() const { return {.softmax_scale = static_cast<float>(o_.softmax_scale)}; }
@@ -187,7 +194,8 @@ class NsaMixer final : public Mixer {
   void attend_forward(NsaSaved& s) {
     const QkvActs& a = s.qkv;
     const DType dt = a.q.dtype();
-    PhaseLog log("nsa forward", a.q.device());
+    const Device dev = a.q.device();
+    PhaseLog log("nsa forward", dev);
     const attn::FlashOutput win = dist::ring_attention_forward(mesh_.ring(), layout_, a.q, a.k, a.v, window_options());
     s.o_win = cast(win.o, dt);
     s.lse_win = win.lse;
@@ -208,7 +216,11 @@ class NsaMixer final : public Mixer {
     log.mark("compressed_attn");
     select(s);
     log.mark("select");
-    attn::FlashOutput sel = attn::flash_forward(a.q, a.k, a.v, local_options(a.q.size(0), a.q.device()));
+    const attn::FlashOutput local =
+        attn::flash_forward(fold_blocks(a.q), fold_blocks(a.k), fold_blocks(a.v), local_options());
+    attn::FlashOutput sel{local.o.view(a.q.shape()),
+                          Tensor::empty({a.q.size(0), a.q.size(2), a.q.size(1)}, local.lse.dtype(), dev)};
+    fold_lse(sel.lse).copy_from(local.lse.view(fold_lse(sel.lse).shape()));
     log.mark("local_blocks");
     if (!s.sel.gathered.empty()) {
       s.sel_k = dist::row_gather_forward(mesh_.sp(), layout_, a.k, s.sel.positions);
@@ -285,8 +297,12 @@ class NsaMixer final : public Mixer {
   // their owners.
   void selected_backward(const NsaSaved& s, const Tensor& d_sel, attn::FlashGrads& gr, PhaseLog& log) {
     const QkvActs& a = s.qkv;
-    attn::flash_backward(a.q, a.k, a.v, s.o_sel, s.lse_sel, d_sel, local_options(a.q.size(0), a.q.device()),
-                         GradMode::accumulate, gr);
+    Tensor lse = Tensor::empty(fold_lse(s.lse_sel).shape(), s.lse_sel.dtype(), s.lse_sel.device());
+    lse.copy_from(fold_lse(s.lse_sel));
+    const int64_t blocks = lse.size(0) * lse.size(1);
+    attn::flash_backward(fold_blocks(a.q), fold_blocks(a.k), fold_blocks(a.v), fold_blocks(s.o_sel),
+                         lse.view({blocks, lse.size(2), lse.size(3)}), fold_blocks(d_sel), local_options(),
+                         GradMode::accumulate, {fold_blocks(gr.dq), fold_blocks(gr.dk), fold_blocks(gr.dv)});
     log.mark("local_blocks");
     if (s.sel.gathered.empty()) return;
     const Tensor dk = Tensor::zeros(s.sel_k.shape(), gr.dq.dtype(), s.sel_k.device());
