@@ -71,22 +71,33 @@ Lists compact(const Dims& d, const KeyBlocks& kb) {
   return l;
 }
 
-// Query blocks [t0, t1) of batch row b and KV head h: entries e = (b Hkv + h) T + t.
+// Query blocks [t0, t1) of batch row b and KV head h: entries e = (b Hkv + h) T + t. In a full
+// run every list has all n slots valid: no key is masked, so the folded call needs no document
+// ids (and cuDNN can run it).
 struct Run {
   int64_t b, h, t0, t1;
+  bool full;
   int64_t entries() const { return t1 - t0; }
   int64_t first(const Dims& d) const { return (b * d.Hkv + h) * d.T + t0; }
 };
 
-// The runs, each with at most ~512 MB of fp32 scratch (the folded rows' or gathered keys' gradients).
-std::vector<Run> runs(const Dims& d, const KeyBlocks& kb) {
+// The runs: maximal ranges of full or of other lists, cut so that each has at most ~512 MB of
+// fp32 scratch (the folded rows' or gathered keys' gradients).
+std::vector<Run> runs(const Dims& d, const KeyBlocks& kb, const Lists& l) {
   constexpr int64_t kRunBytes = int64_t{1} << 29;
   const int64_t per = 8 * d.D * std::max({kb.q_block * d.G, d.n * kb.k_block, int64_t{1}});
   const int64_t len = std::clamp<int64_t>(kRunBytes / per, 1, std::max<int64_t>(d.T, 1));
   std::vector<Run> r;
   for (int64_t b = 0; b < d.B; ++b)
-    for (int64_t h = 0; h < d.Hkv; ++h)
-      for (int64_t t = 0; t < d.T; t += len) r.push_back({b, h, t, std::min(d.T, t + len)});
+    for (int64_t h = 0; h < d.Hkv; ++h) {
+      const auto full = [&](int64_t t) { return l.count[static_cast<size_t>((b * d.Hkv + h) * d.T + t)] == d.n; };
+      for (int64_t t = 0; t < d.T;) {
+        int64_t end = t + 1;
+        while (end < d.T && end - t < len && full(end) == full(t)) ++end;
+        r.push_back({b, h, t, end, full(t)});
+        t = end;
+      }
+    }
   return r;
 }
 
@@ -263,13 +274,15 @@ Target target(const char* op, const char* name, const Tensor& into, const Shape&
   return {into, t};
 }
 
-// The folded call: all keys of a listed slot visible, empty slots another document.
+// The folded call: all keys of a listed slot visible, empty slots another document (none in a
+// full run).
 FlashOptions fold_options(const FlashOptions& opts, const Gathered& g, const Run& r, const Dims& d,
                           const KeyBlocks& kb, Stream s) {
   FlashOptions f;
   f.softmax_scale = opts.softmax_scale;  // 0: 1/sqrt(D), the same D in the folded calls
   f.out_dtype = opts.out_dtype;
   f.backend = opts.backend;
+  if (r.full) return f;
   f.q_doc_ids = Tensor::zeros({r.entries(), kb.q_block * d.G}, DType::i32, g.ids.device(), s);
   f.k_doc_ids = g.ids;
   return f;
@@ -284,7 +297,7 @@ FlashOutput block_select_forward(const Tensor& q, const Tensor& k, const Tensor&
   const DType odt = opts.out_dtype == OutputDType::f32 ? wide_dtype(q.dtype()) : q.dtype();
   FlashOutput out{Tensor::empty(q.shape(), odt, dev), Tensor::empty({d.B, d.Hq, d.Sq}, wide_dtype(q.dtype()), dev)};
   const Lists l = compact(d, blocks);
-  for (const Run& r : runs(d, blocks)) {
+  for (const Run& r : runs(d, blocks, l)) {
     Tensor o_r = fold_rows(out.o, d, blocks, r), lse_r = fold_lse(out.lse, d, blocks, r);
     if (!any_keys(l, d, r)) {  // o 0, lse -inf
       o_r.zero(s);
@@ -312,7 +325,7 @@ FlashGrads block_select_backward(const Tensor& q, const Tensor& k, const Tensor&
   Target tk = target(op, "dk", into.dk, k.shape(), wd, dev, mode, s);
   Target tv = target(op, "dv", into.dv, k.shape(), wd, dev, mode, s);
   const Lists l = compact(d, blocks);
-  for (const Run& r : runs(d, blocks)) {
+  for (const Run& r : runs(d, blocks, l)) {
     if (!any_keys(l, d, r)) continue;
     const Gathered g = gather_keys(k, v, l, d, blocks, r, s);
     const int64_t rows = blocks.q_block * d.G;

@@ -9,7 +9,8 @@
 // order), and whose keys are its listed blocks gathered into n x k_block rows (valid slots
 // first; empty slots are zeros masked as another document, so the flash kernels skip them).
 // Entries go in runs of consecutive query blocks of one (batch row, KV head), each run's
-// scratch bounded (~512 MB), so memory stays flat at any length. The backward sums each key
+// scratch bounded (~512 MB), so memory stays flat at any length; a run whose lists are all
+// full needs no mask (one plain call, which cuDNN runs). The backward sums each key
 // block's gathered-row gradients in a fixed order (no atomics: deterministic). The lists live
 // on the host; each run uploads its n slots per entry. Any device: CPU f32/f64 (the flash
 // reference), CUDA bf16/f16 (the flash kernels' head dims).
