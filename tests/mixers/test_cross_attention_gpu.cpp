@@ -2,8 +2,9 @@
 // inputs, by the 2x bf16 baseline rule (tests/common/bf16_baseline.h): queries over block-
 // compressed rows at the blocks' last positions (runs of b queries that see the same prefix,
 // b = 1, 2, 4, 7: nsa's and memory's compressed branches, down to one query per flash call; with
-// 200 and 300 queries, runs over more than a 128-key tile) and over position-free memory rows
-// (one call); o, lse, dq, dk, dv.
+// 200 and 300 queries, runs over more than a 128-key tile; b = 4 and 16 (512 queries) take the
+// batched calls of whole blocks, the b - 1 early offsets stacked as the flash batch) and over
+// position-free memory rows (one call); o, lse, dq, dk, dv.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -81,7 +82,8 @@ TEST_P(CrossAttentionGpu, Bf16WithinTwiceBaseline) {
 
 INSTANTIATE_TEST_SUITE_P(Blocks, CrossAttentionGpu,
                          ::testing::Values(CrossCase{0, 48}, CrossCase{1, 48}, CrossCase{2, 48}, CrossCase{4, 48},
-                                           CrossCase{7, 48}, CrossCase{1, 200}, CrossCase{2, 300}),
+                                           CrossCase{7, 48}, CrossCase{1, 200}, CrossCase{2, 300},
+                                           CrossCase{16, 512}),
                          [](const auto& info) {
                            return "b" + std::to_string(info.param.block) + "_L" + std::to_string(info.param.queries);
                          });
