@@ -3,8 +3,10 @@
 // compressed rows at the blocks' last positions (runs of b queries that see the same prefix,
 // b = 1, 2, 4, 7: nsa's and memory's compressed branches, down to one query per flash call; with
 // 200 and 300 queries, runs over more than a 128-key tile; b = 4 and 16 (512 queries) take the
-// batched calls of whole blocks, the b - 1 early offsets stacked as the flash batch) and over
-// position-free memory rows (one call); o, lse, dq, dk, dv.
+// batched calls of whole blocks, the b - 1 early offsets stacked as the flash batch; and the
+// queries of rank 0 of 2 under zigzag, two segments, the later one at a query offset: nsa_3's
+// layout on 2 ranks, with blocks of 1) and over position-free memory rows (one call); o, lse,
+// dq, dk, dv.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -50,17 +52,22 @@ Result run(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout
 struct CrossCase {
   int64_t block;  // b; 0: no key positions (3 memory rows)
   int64_t queries;
+  bool zigzag = false;  // the queries of rank 0 of 2 under zigzag: [0, L/2) and [3L/2, 2L) of 2L positions
 };
 
-void PrintTo(const CrossCase& c, std::ostream* os) { *os << "b" << c.block << "_L" << c.queries; }
+std::string name(const CrossCase& c) {
+  return "b" + std::to_string(c.block) + "_L" + std::to_string(c.queries) + (c.zigzag ? "_zigzag" : "");
+}
+void PrintTo(const CrossCase& c, std::ostream* os) { *os << name(c); }
 
 class CrossAttentionGpu : public ::testing::TestWithParam<CrossCase> {};
 
 TEST_P(CrossAttentionGpu, Bf16WithinTwiceBaseline) {
   LCTX_REQUIRE_GPU();
-  const int64_t b = GetParam().block, L = GetParam().queries, N = b > 0 ? L / b : 3;
+  const int64_t b = GetParam().block, L = GetParam().queries, S = GetParam().zigzag ? 2 * L : L;
+  const int64_t N = b > 0 ? S / b : 3;
   std::vector<int64_t> qpos, kpos;
-  for (int64_t i = 0; i < L; ++i) qpos.push_back(i);
+  for (int64_t i = 0; i < L; ++i) qpos.push_back(GetParam().zigzag && i >= L / 2 ? S - L + i : i);
   for (int64_t c = 0; b > 0 && c < N; ++c) kpos.push_back((c + 1) * b - 1);  // a block's last token
   if (b == 0) qpos.clear();
   const Tensor q = random({kB, L, kH, kHd}, 1), k = random({kB, N, kHk, kHd}, 2), v = random({kB, N, kHk, kHd}, 3),
@@ -83,9 +90,7 @@ TEST_P(CrossAttentionGpu, Bf16WithinTwiceBaseline) {
 INSTANTIATE_TEST_SUITE_P(Blocks, CrossAttentionGpu,
                          ::testing::Values(CrossCase{0, 48}, CrossCase{1, 48}, CrossCase{2, 48}, CrossCase{4, 48},
                                            CrossCase{7, 48}, CrossCase{1, 200}, CrossCase{2, 300},
-                                           CrossCase{16, 512}),
-                         [](const auto& info) {
-                           return "b" + std::to_string(info.param.block) + "_L" + std::to_string(info.param.queries);
-                         });
+                                           CrossCase{16, 512}, CrossCase{1, 24, true}, CrossCase{4, 48, true}),
+                         [](const auto& info) { return name(info.param); });
 
 }  // namespace
