@@ -58,16 +58,11 @@ struct Lists {
 };
 
 Lists compact(const Dims& d, const KeyBlocks& kb) {
-  Lists l{std::vector<int32_t>(kb.index.size(), -1), std::vector<int32_t>(kb.index.size() / std::max<int64_t>(d.n, 1))};
-  if (d.n == 0) l.count.assign(static_cast<size_t>(d.B * d.Hkv * d.T), 0);
-  for (size_t e = 0; e < l.count.size() && d.n > 0; ++e) {
-    int32_t c = 0;
-    for (int64_t i = 0; i < d.n; ++i) {
-      const int32_t x = kb.index[e * static_cast<size_t>(d.n) + static_cast<size_t>(i)];
-      if (x >= 0) l.slots[e * static_cast<size_t>(d.n) + static_cast<size_t>(c++)] = x;
-    }
-    l.count[e] = c;
-  }
+  const size_t lists = static_cast<size_t>(d.B * d.Hkv * d.T), n = static_cast<size_t>(d.n);
+  Lists l{std::vector<int32_t>(lists * n, -1), std::vector<int32_t>(lists, 0)};
+  for (size_t e = 0; e < lists; ++e)
+    for (size_t i = 0; i < n; ++i)
+      if (const int32_t x = kb.index[e * n + i]; x >= 0) l.slots[e * n + static_cast<size_t>(l.count[e]++)] = x;
   return l;
 }
 
