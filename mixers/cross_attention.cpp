@@ -50,8 +50,12 @@ std::vector<Call> visible_runs(const Tensor& q, std::span<const int64_t> q_pos, 
 // segments of whole blocks at consecutive rows: the queries at offset t of their blocks (rows
 // stepped by b) see rows c <= J - 1 (t < b - 1) or c <= J (t = b - 1), J their block, so per
 // segment the offsets t < b - 1 are one batched causal call in block units and t = b - 1 one
-// more, instead of ~2 calls per block. Empty when the rows are not of this form.
-std::vector<Call> block_calls(std::span<const int64_t> q_pos, std::span<const int64_t> k_pos) {
+// more, instead of ~2 calls per block (the stacked keys are copies: a call stacks at most
+// kMaxStacked elements of them, so their memory stays bounded at any length). Empty when the
+// rows are not of this form. row_elems: the elements of one memory row (Hkv hd).
+constexpr int64_t kMaxStacked = int64_t{1} << 26;
+
+std::vector<Call> block_calls(std::span<const int64_t> q_pos, std::span<const int64_t> k_pos, int64_t row_elems) {
   const int64_t N = static_cast<int64_t>(k_pos.size()), L = static_cast<int64_t>(q_pos.size());
   if (N == 0 || L == 0) return {};
   const int64_t b = k_pos[0] + 1;
@@ -66,15 +70,18 @@ std::vector<Call> block_calls(std::span<const int64_t> q_pos, std::span<const in
     const int64_t j0 = p0 / b, blocks = (r1 - r0) / b;
     const int64_t first = j0 == 0 ? 1 : 0;  // block 0's first b - 1 tokens see no row
     const int64_t early_keys = std::min(N, j0 + blocks - 1), last_keys = std::min(N, j0 + blocks);
-    if (b > 1 && first < blocks && early_keys > 0)  // offsets t < b - 1
-      calls.push_back({.begin = r0 + first * b,
-                       .end = r1,
-                       .step = b,
-                       .keys = early_keys,
-                       .causal = true,
-                       .q_offset = j0 + first,
-                       .k_offset = 1,
-                       .batch = b - 1});
+    if (b > 1 && first < blocks && early_keys > 0) {  // offsets t < b - 1
+      const int64_t stack = std::clamp<int64_t>(kMaxStacked / std::max<int64_t>(early_keys * row_elems, 1), 1, b - 1);
+      for (int64_t t = 0; t < b - 1; t += stack)
+        calls.push_back({.begin = r0 + first * b + t,
+                         .end = r1,
+                         .step = b,
+                         .keys = early_keys,
+                         .causal = true,
+                         .q_offset = j0 + first,
+                         .k_offset = 1,
+                         .batch = std::min(stack, b - 1 - t)});
+    }
     if (last_keys > 0)  // offset b - 1
       calls.push_back({.begin = r0 + b - 1, .end = r1, .step = b, .keys = last_keys, .causal = true, .q_offset = j0});
     r0 = r1;
@@ -82,12 +89,21 @@ std::vector<Call> block_calls(std::span<const int64_t> q_pos, std::span<const in
   return calls;
 }
 
+// The flash calls of a form: a batched call is one per batch row of q.
+int64_t call_count(const Call& c, int64_t B) { return c.batch == 1 ? 1 : B; }
+int64_t call_count(std::span<const Call> calls, int64_t B) {
+  int64_t n = 0;
+  for (const Call& c : calls) n += call_count(c, B);
+  return n;
+}
+
 // The fewer flash calls of the two forms.
 std::vector<Call> flash_calls(const Tensor& q, std::span<const int64_t> q_pos, const Tensor& k,
                               std::span<const int64_t> k_pos) {
   std::vector<Call> runs = visible_runs(q, q_pos, k, k_pos);
-  std::vector<Call> blocks = block_calls(q_pos, k_pos);
-  return !blocks.empty() && blocks.size() < runs.size() ? blocks : runs;
+  std::vector<Call> blocks = block_calls(q_pos, k_pos, k.size(2) * k.size(3));
+  const int64_t B = q.size(0);
+  return !blocks.empty() && call_count(blocks, B) < call_count(runs, B) ? blocks : runs;
 }
 
 attn::FlashOptions flash_options(const CrossAttentionOptions& o, const Call& c) {
@@ -103,10 +119,8 @@ attn::FlashOptions flash_options(const CrossAttentionOptions& o, const Call& c) 
   return f;
 }
 
-// The batch rows one flash call covers: all of them ([B, rows, ...] views), or for a batched
-// call batch row `row` alone, its entries stacked ([batch, rows, ...]).
-int64_t call_count(const Call& c, int64_t B) { return c.batch == 1 ? 1 : B; }
-
+// A call covers all batch rows ([B, rows, ...] views) or, batched, batch row `row` alone, its
+// entries stacked ([batch, rows, ...]).
 // The call's query rows of x [B, L, ...] (o, dout, dq alike).
 Tensor call_rows(const Tensor& x, const Call& c, int64_t row) {
   if (c.batch == 1) return x.slice(1, c.begin, c.end, c.step);

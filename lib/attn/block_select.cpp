@@ -76,20 +76,31 @@ struct Run {
   int64_t first(const Dims& d) const { return (b * d.Hkv + h) * d.T + t0; }
 };
 
-// The runs: maximal ranges of full or of other lists, cut so that each has at most ~512 MB of
-// fp32 scratch (the folded rows' or gathered keys' gradients).
+// The runs: maximal ranges of full lists (kMinFull of them at least; shorter stretches join
+// the masked runs, so that alternating lists do not make one call per list) or of the others,
+// cut so that each has at most ~512 MB of fp32 scratch (the folded rows' or gathered keys'
+// gradients).
 std::vector<Run> runs(const Dims& d, const KeyBlocks& kb, const Lists& l) {
-  constexpr int64_t kRunBytes = int64_t{1} << 29;
+  constexpr int64_t kRunBytes = int64_t{1} << 29, kMinFull = 8;
   const int64_t per = 8 * d.D * std::max({kb.q_block * d.G, d.n * kb.k_block, int64_t{1}});
   const int64_t len = std::clamp<int64_t>(kRunBytes / per, 1, std::max<int64_t>(d.T, 1));
   std::vector<Run> r;
+  std::vector<char> full(static_cast<size_t>(d.T));
   for (int64_t b = 0; b < d.B; ++b)
     for (int64_t h = 0; h < d.Hkv; ++h) {
-      const auto full = [&](int64_t t) { return l.count[static_cast<size_t>((b * d.Hkv + h) * d.T + t)] == d.n; };
+      for (int64_t t = 0; t < d.T; ++t)
+        full[static_cast<size_t>(t)] = l.count[static_cast<size_t>((b * d.Hkv + h) * d.T + t)] == d.n;
+      for (int64_t t = 0; t < d.T;) {  // demote short full stretches
+        int64_t end = t + 1;
+        while (end < d.T && full[static_cast<size_t>(end)] == full[static_cast<size_t>(t)]) ++end;
+        if (full[static_cast<size_t>(t)] && end - t < kMinFull)
+          std::fill(full.begin() + t, full.begin() + end, char{0});
+        t = end;
+      }
       for (int64_t t = 0; t < d.T;) {
         int64_t end = t + 1;
-        while (end < d.T && end - t < len && full(end) == full(t)) ++end;
-        r.push_back({b, h, t, end, full(t)});
+        while (end < d.T && end - t < len && full[static_cast<size_t>(end)] == full[static_cast<size_t>(t)]) ++end;
+        r.push_back({b, h, t, end, full[static_cast<size_t>(t)] != 0});
         t = end;
       }
     }
@@ -164,8 +175,9 @@ Gathered gather_keys(const Tensor& k, const Tensor& v, const Lists& l, const Dim
   const int32_t* lists = l.slots.data() + r.first(d) * d.n;
   if (dev.is_cuda()) {
 #ifdef LCTX_HAVE_CUDA
-    detail::block_rows_gather_cuda(k, v, upload(lists, {r.entries(), d.n}, dev, s), r.b, r.h, kb.k_block, g.k, g.v,
-                                   g.ids, s);
+    const auto rows = [&](const Tensor& x) { return x.strides()[3] == 1 ? x : x.contiguous(s); };  // head dim contiguous
+    detail::block_rows_gather_cuda(rows(k), rows(v), upload(lists, {r.entries(), d.n}, dev, s), r.b, r.h, kb.k_block,
+                                   g.k, g.v, g.ids, s);
 #endif
   } else {
     LCTX_DISPATCH_CPU_FLOAT(k.dtype(), "block_select", [&] { gather_cpu<scalar_t>(k, v, lists, d, kb.k_block, r, g); });

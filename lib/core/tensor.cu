@@ -39,13 +39,14 @@ __global__ void add_kernel(To* out, const To* a, StridedLayout ol, const Ti* __r
 }
 
 // Rows of w contiguous elements at one pitch (a slice of heads, of sequence rows...): the
-// pitch in elements when t's coalesced layout l (n elements) has that form.
+// pitch in elements when t's coalesced layout l (n elements) has that form. Rows that overlap
+// (a pitch below w, e.g. 0 for a repeated row) are not: the 2D copy refuses them.
 bool rows_of(const StridedLayout& l, int64_t n, int64_t w, int64_t* pitch) {
   if (l.ndim <= 1 && (l.ndim == 0 || l.stride[0] == 1) && n % w == 0) {
     *pitch = w;
     return true;
   }
-  if (l.ndim == 2 && l.stride[1] == 1 && l.shape[1] == w) {
+  if (l.ndim == 2 && l.stride[1] == 1 && l.shape[1] == w && l.stride[0] >= w) {
     *pitch = l.stride[0];
     return true;
   }

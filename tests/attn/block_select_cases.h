@@ -18,17 +18,17 @@ struct BlockSelectCase {
 };
 inline void PrintTo(const BlockSelectCase& c, std::ostream* os) { *os << c.name; }
 
-// Per list l: n slots drawn among the Sk / k_block whole blocks; every third slot (by l + i)
-// left empty, every fifth list empty altogether, and lists 5 j + 2 and 5 j + 3 full (as many
-// slots as there are blocks: runs of full lists take the unmasked calls).
+// Per list l: n slots drawn among the Sk / k_block whole blocks; lists 8..15, 24..31, ... full
+// (with enough blocks: stretches of 8 full lists take the unmasked calls), of the others every
+// third slot (by l + i) left empty and every fifth list empty altogether.
 inline attn::KeyBlocks key_blocks(const BlockSelectCase& c) {
   attn::KeyBlocks kb{.q_block = c.q_block, .k_block = c.k_block, .per_query = c.n, .index = {}};
   const int64_t lists = c.B * c.Hkv * (c.Sq / c.q_block), blocks = c.Sk / c.k_block;
   for (int64_t l = 0; l < lists; ++l) {
     const std::vector<int64_t> drawn = attn::draw_distinct(17, l, blocks, c.n);
     for (int64_t i = 0; i < c.n; ++i) {
-      const bool full = l % 5 == 2 || l % 5 == 3;
-      const bool empty = l % 5 == 4 || (!full && (l + i) % 3 == 0) || i >= static_cast<int64_t>(drawn.size());
+      const bool full = l / 8 % 2 == 1;
+      const bool empty = (!full && (l % 5 == 4 || (l + i) % 3 == 0)) || i >= static_cast<int64_t>(drawn.size());
       kb.index.push_back(empty ? -1 : static_cast<int32_t>(drawn[static_cast<size_t>(i)]));
     }
   }

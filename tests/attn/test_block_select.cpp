@@ -137,7 +137,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, BlockSelect,
                                          BlockSelectCase{"mqa_long_keys", 2, 8, 20, 3, 1, 4, 4, 5, 3},
                                          BlockSelectCase{"rows_vs_blocks", 1, 6, 9, 2, 1, 3, 1, 3, 2},
                                          BlockSelectCase{"more_slots_than_blocks", 1, 8, 6, 2, 2, 4, 4, 2, 5},
-                                         BlockSelectCase{"ragged_keys", 2, 4, 11, 2, 1, 4, 2, 4, 2}),
+                                         BlockSelectCase{"ragged_keys", 2, 4, 11, 2, 1, 4, 2, 4, 2},
+                                         BlockSelectCase{"full_stretch", 1, 24, 24, 4, 2, 4, 1, 2, 3}),
                          [](const testing::TestParamInfo<BlockSelectCase>& i) { return i.param.name; });
 
 TEST(BlockSelect, DrawDistinct) {

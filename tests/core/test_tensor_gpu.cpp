@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <tuple>
+#include <utility>
 
 #include "common/check.h"
 #include "core/allocator.h"
@@ -112,6 +113,22 @@ TEST(TensorGpu, SameDtypeRowCopiesMatchCpu) {  // the 2D-memcpy path: rows conti
       Tensor both = Tensor::zeros(h.shape(), dt, Device::cuda());
       both.slice(dim, a, b).copy_from(d.slice(dim, a, b));  // strided on both sides
       EXPECT_EQ(both.to_vector(), expect.to_vector()) << dim;
+    }
+  }
+}
+
+// Views by as_strided: a row repeated (stride 0, which the 2D copy refuses) and a permutation.
+TEST(TensorGpu, AsStridedCopiesMatchCpu) {
+  LCTX_REQUIRE_GPU();
+  Tensor h = Tensor::empty({3, 4, 8}, DType::f32);
+  rng_normal(h, 5, 0);
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor hd = h.to(dt), d = hd.to(Device::cuda());
+    for (auto [shape, strides] : {std::pair{Shape{5, 4, 8}, Shape{0, 8, 1}}, std::pair{Shape{4, 3, 8}, Shape{8, 32, 1}},
+                                  std::pair{Shape{8, 12}, Shape{1, 8}}}) {
+      Tensor got = Tensor::empty(shape, dt, Device::cuda());
+      got.copy_from(d.as_strided(shape, strides));
+      EXPECT_EQ(got.to_vector(), hd.as_strided(shape, strides).contiguous().to_vector()) << shape_str(shape);
     }
   }
 }
