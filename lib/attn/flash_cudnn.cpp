@@ -26,6 +26,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "core/cuda_check.h"
@@ -516,27 +517,57 @@ class Staging {
   int next_ = 0;
 };
 
-// One cuDNN handle, plan cache and staging buffer per thread and device (handles are not
-// thread-safe; the simulated ring runs one thread per rank).
+// A cuDNN handle with its plan cache and staging buffer, used by one thread at a time (handles
+// are not thread-safe; the simulated ring runs one thread per rank).
 struct ThreadCudnn {
   cudnnHandle_t handle = nullptr;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;  // null: no engine (reason in failures)
   std::map<PlanKey, std::string> failures;
   Staging staging;
-  ~ThreadCudnn() {
-    plans.clear();
-    if (handle) cudnnDestroy(handle);
+};
+
+// Handles outlive the threads that used them: a thread takes an idle one of its device (or
+// makes one) on first use and gives it back when it ends, so the rank threads of successive
+// simulated runs (tests, benchmarks) reuse the handles and their built plans instead of paying
+// cudnnCreate and every plan build again. Never destroyed: the process ends with them.
+struct CudnnPool {
+  std::mutex mutex;
+  std::map<int, std::vector<std::unique_ptr<ThreadCudnn>>> idle;
+};
+CudnnPool& cudnn_pool() {
+  static CudnnPool* pool = new CudnnPool;
+  return *pool;
+}
+
+struct ThreadLease {
+  std::map<int, std::unique_ptr<ThreadCudnn>> per_device;
+  ~ThreadLease() {
+    CudnnPool& pool = cudnn_pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    for (auto& [dev, t] : per_device)
+      if (t) pool.idle[dev].push_back(std::move(t));
   }
 };
 
 ThreadCudnn& thread_cudnn() {
-  thread_local std::map<int, std::unique_ptr<ThreadCudnn>> per_device;
+  thread_local ThreadLease lease;
   int dev = 0;
   LCTX_CUDA_CHECK(cudaGetDevice(&dev));
-  auto& slot = per_device[dev];
+  auto& slot = lease.per_device[dev];
   if (!slot) {
-    slot = std::make_unique<ThreadCudnn>();
-    LCTX_CUDNN_CHECK(cudnnCreate(&slot->handle));
+    CudnnPool& pool = cudnn_pool();
+    {
+      std::lock_guard<std::mutex> lock(pool.mutex);
+      std::vector<std::unique_ptr<ThreadCudnn>>& idle = pool.idle[dev];
+      if (!idle.empty()) {
+        slot = std::move(idle.back());
+        idle.pop_back();
+      }
+    }
+    if (!slot) {
+      slot = std::make_unique<ThreadCudnn>();
+      LCTX_CUDNN_CHECK(cudnnCreate(&slot->handle));
+    }
   }
   return *slot;
 }
