@@ -119,9 +119,8 @@ attn::FlashOptions flash_options(const CrossAttentionOptions& o, const Call& c) 
   return f;
 }
 
-// A call covers all batch rows ([B, rows, ...] views) or, batched, batch row `row` alone, its
-// entries stacked ([batch, rows, ...]).
-// The call's query rows of x [B, L, ...] (o, dout, dq alike).
+// The call's query rows of x [B, L, ...] (o, dout, dq alike): of all batch rows ([B, rows, ...])
+// or, batched, of batch row `row` alone, its entries stacked ([batch, rows, ...]).
 Tensor call_rows(const Tensor& x, const Call& c, int64_t row) {
   if (c.batch == 1) return x.slice(1, c.begin, c.end, c.step);
   Shape shape = x.shape(), st = x.strides();

@@ -220,7 +220,8 @@ class NsaMixer final : public Mixer {
         attn::flash_forward(fold_blocks(a.q), fold_blocks(a.k), fold_blocks(a.v), local_options());
     attn::FlashOutput sel{local.o.view(a.q.shape()),
                           Tensor::empty({a.q.size(0), a.q.size(2), a.q.size(1)}, local.lse.dtype(), dev)};
-    fold_lse(sel.lse).copy_from(local.lse.view(fold_lse(sel.lse).shape()));
+    Tensor sel_lse = fold_lse(sel.lse);
+    sel_lse.copy_from(local.lse.view(sel_lse.shape()));
     log.mark("local_blocks");
     if (!s.sel.gathered.empty()) {
       s.sel_k = dist::row_gather_forward(mesh_.sp(), layout_, a.k, s.sel.positions);
@@ -297,8 +298,7 @@ class NsaMixer final : public Mixer {
   // their owners.
   void selected_backward(const NsaSaved& s, const Tensor& d_sel, attn::FlashGrads& gr, PhaseLog& log) {
     const QkvActs& a = s.qkv;
-    Tensor lse = Tensor::empty(fold_lse(s.lse_sel).shape(), s.lse_sel.dtype(), s.lse_sel.device());
-    lse.copy_from(fold_lse(s.lse_sel));
+    const Tensor lse = fold_lse(s.lse_sel).contiguous();
     const int64_t blocks = lse.size(0) * lse.size(1);
     attn::flash_backward(fold_blocks(a.q), fold_blocks(a.k), fold_blocks(a.v), fold_blocks(s.o_sel),
                          lse.view({blocks, lse.size(2), lse.size(3)}), fold_blocks(d_sel), local_options(),

@@ -21,8 +21,8 @@
 // constant in the inputs: no gradient flows through it. A query with no visible compressed row
 // (i < b_c - 1) has o_cmp = 0; a query block with t + 1 <= n takes every block before it.
 // The selected branch is lib/attn/block_select.h over the picked blocks j < t (every pair visible)
-// merged by LSE with the local block, one causal flash call whose document ids are the query
-// blocks (block-diagonal causal), so the window need not cover the local block.
+// merged by LSE with the local block, one causal flash call with the query blocks folded into
+// its batch (block-diagonal causal), so the window need not cover the local block.
 //
 // Sequence parallelism (ring, zigzag or contiguous; no Ulysses); b_s divides the layout's
 // segments so that each query block, and its selection, lies on one rank:

@@ -175,9 +175,8 @@ Gathered gather_keys(const Tensor& k, const Tensor& v, const Lists& l, const Dim
   const int32_t* lists = l.slots.data() + r.first(d) * d.n;
   if (dev.is_cuda()) {
 #ifdef LCTX_HAVE_CUDA
-    const auto rows = [&](const Tensor& x) { return x.strides()[3] == 1 ? x : x.contiguous(s); };  // head dim contiguous
-    detail::block_rows_gather_cuda(rows(k), rows(v), upload(lists, {r.entries(), d.n}, dev, s), r.b, r.h, kb.k_block,
-                                   g.k, g.v, g.ids, s);
+    detail::block_rows_gather_cuda(k, v, upload(lists, {r.entries(), d.n}, dev, s), r.b, r.h, kb.k_block, g.k, g.v,
+                                   g.ids, s);
 #endif
   } else {
     LCTX_DISPATCH_CPU_FLOAT(k.dtype(), "block_select", [&] { gather_cpu<scalar_t>(k, v, lists, d, kb.k_block, r, g); });

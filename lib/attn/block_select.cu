@@ -79,9 +79,12 @@ __global__ void scatter_kernel(ScatterArgs a) {
 
 }  // namespace
 
-void block_rows_gather_cuda(const Tensor& k, const Tensor& v, const Tensor& lists, int64_t b, int64_t h,
+void block_rows_gather_cuda(const Tensor& k_in, const Tensor& v_in, const Tensor& lists, int64_t b, int64_t h,
                             int64_t k_block, Tensor& k_rows, Tensor& v_rows, Tensor& ids, Stream s) {
-  set_device(k);
+  set_device(k_in);
+  // The kernel reads whole rows: a head dim with a stride is made contiguous first.
+  const auto dense_rows = [&](const Tensor& x) { return x.strides()[3] == 1 ? x : x.contiguous(s); };
+  const Tensor k = dense_rows(k_in), v = dense_rows(v_in);
   const int64_t es = static_cast<int64_t>(dtype_size(k.dtype()));
   GatherArgs a{};
   a.k = static_cast<const char*>(k.raw());

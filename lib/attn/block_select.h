@@ -62,7 +62,7 @@ namespace detail {
 #ifdef LCTX_HAVE_CUDA
 // CUDA halves of the gather and the scatter (block_select.cu; the CPU loops are in
 // block_select.cpp). Gather for batch row b and KV head h: lists i32 [E, n] (valid slots
-// first, -1 after), k/v [B, Sk, Hkv, D] (strided, head dim contiguous) into k_rows/v_rows
+// first, -1 after), k/v [B, Sk, Hkv, D] (any strides) into k_rows/v_rows
 // [E, n k_block, 1, D] (zeros for empty slots) and ids i32 [E, n k_block] (0 listed, 1 empty).
 void block_rows_gather_cuda(const Tensor& k, const Tensor& v, const Tensor& lists, int64_t b, int64_t h,
                             int64_t k_block, Tensor& k_rows, Tensor& v_rows, Tensor& ids, Stream s);
