@@ -15,14 +15,18 @@
 //             q.dq - k.dk per token plus <S_T, dS_T>.
 // The non-causal form is the same code with one whole-sequence state (and its gradient) that
 // every query (key) reads and no intra-chunk term. Gradients of column tiles and of state heads
-// sharing an input head meet in fp32 atomics; the tensor-core path writes dv directly when each
-// v head has one state head (a column tile owns its dv columns). Two implementations of the
-// chunk kernels, picked per call (use_mma), with the same splits, workspace and scans:
-//   tensor cores (states/output/dq/dkdv_mma_kernel): bf16/f16 inputs with Dk, Dv in {64, 128},
+// sharing an input head meet in fp32 atomics. Two implementations of the chunk kernels, picked
+// per call (use_mma), with the same splits, workspace and scans:
+//   tensor cores (states/output/dq/dk/dv_mma_kernel): bf16/f16 inputs with Dk, Dv in {64, 128},
 //     not normalised, rows readable by 16-byte cp.async. mma.sync m16n8k16 with fp32
 //     accumulation from swizzled 16-bit tiles loaded one chunk ahead; as in fla's chunk
 //     kernels, the state (gradient) is read as a 16-bit copy of its fp32 registers, and K w,
-//     Q e^A and the decay-masked scores are rounded to 16 bits before their products.
+//     Q e^A and the decay-masked scores are rounded to 16 bits before their products. The
+//     backward tiles each gradient so that a block owns what it writes: dq and dk by key-row
+//     tiles of kRows (the block keeps those rows of S or dS over all Dv columns and recomputes
+//     the chunk's scores over full dU and V rows), dv by column tiles (dS's columns, as the
+//     forward). A gradient whose input head has one state head is then stored in 16 bits
+//     directly (no fp32 sum, atomics, memset or conversion); shared heads still add into fp32.
 //   fp32 (states/output/dq/dkdv_kernel), every other call: fp32 FMAs on CUDA cores from fp32
 //     shared tiles (register-blocked per thread). Inputs bf16, f16 or f32; Dk up to
 //     kMaxDimKCuda (tiles of 64, 128 or 256 rows), Dv up to kMaxDimVCuda.
@@ -49,6 +53,7 @@ namespace {
 
 constexpr int kThreads = 256;  // a 16 x 16 grid of threads over every block product
 constexpr int kCols = 64;      // state columns per block
+constexpr int kRows = 64;      // state rows (key dims) per block of dq/dk_mma_kernel
 
 // Chunk length and shared-memory layout (floats; rows padded by one against bank conflicts)
 // of the chunk kernels for Dk <= DK: q, k [C][DK], v, du [C][kCols], s [DK][kCols],
@@ -109,9 +114,10 @@ struct Work {
   const float* whole = nullptr;  // non-causal: the whole-sequence state (gradient)
   // Backward: fp32 gradient sums [B, S, heads_x, dim] and q.dq - k.dk per token [B, H, S].
   float *dq = nullptr, *dk = nullptr, *dv = nullptr, *dot = nullptr;
-  // Tensor-core backward with one state head per v head: each column tile owns its dv columns,
-  // so dv is written in T here (no fp32 sum, memset or conversion) and dv above is unused.
-  void* dv_out = nullptr;
+  // Tensor-core backward: a gradient whose input head has exactly one state head is owned by
+  // the block that computes it (dq, dk: key-row tile; dv: column tile), so it is written in T
+  // here (no fp32 sum, memset or conversion) and its fp32 sum above is unused.
+  void *dq_out = nullptr, *dk_out = nullptr, *dv_out = nullptr;
 
   __host__ __device__ int ones_col() const { return normalize ? dim_v : -1; }  // v's z column
   __host__ __device__ int du_cols() const { return normalize ? cols : dim_v; }
@@ -559,32 +565,34 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Work wk) {
 template <class T, int DK>
 constexpr bool kHasMma = !std::is_same_v<T, float> && DK <= 128;
 
-// Shared memory of the tensor-core kernels (C = 64), in this order: states_mma_kernel x
-// [2][C][DK], y [2][C][kCols]; the others q, k [2][C][DK], v, du [2][C][kCols] (output:
-// no du), s [DK][kCols]; all then the fp32 decays a, ea, w [C].
-template <int DK>
+// Shared memory of the tensor-core kernels (C = 64) over X tiles of XW columns (keys, queries
+// or key-row tiles of them) and Y tiles of YW columns (values or dU, column tiles or whole
+// rows), in this order: states_mma_kernel x [2][C][XW], y [2][C][YW]; the others q, k
+// [2][C][XW], v, du [2][C][YW] (output: no du; dv: no v), s [XW][YW]; all then the fp32
+// decays a, ea, w [C].
+template <int XW, int YW>
 struct MmaTiles {
-  static constexpr int C = 64, kX = C * DK, kY = C * kCols;
+  static constexpr int C = 64, kX = C * XW, kY = C * YW;
   static constexpr int kDecayBytes = 3 * C * 4;
   static constexpr int kStatesBytes = (2 * kX + 2 * kY) * 2 + kDecayBytes;
-  static constexpr int kOutputBytes = (4 * kX + 2 * kY + DK * kCols) * 2 + kDecayBytes;
-  static constexpr int kGradBytes = (4 * kX + 4 * kY + DK * kCols) * 2 + kDecayBytes;
-  static_assert(Tiles<DK>::C == C, "MmaTiles: the chunk must be the fp32 path's (same splits)");
+  static constexpr int kOneYBytes = (4 * kX + 2 * kY + XW * YW) * 2 + kDecayBytes;  // output, dv
+  static constexpr int kGradBytes = (4 * kX + 4 * kY + XW * YW) * 2 + kDecayBytes;  // dq, dk
+  static_assert(Tiles<128>::C == C, "MmaTiles: the chunk must be the fp32 path's (same splits)");
 };
 
-// The shared tiles of output/dq/dkdv_mma_kernel (du only in the last two).
-template <class T, int DK>
+// The shared tiles of output/dq/dk/dv_mma_kernel (v and du where the kernel reads them).
+template <class T, int XW, int YW>
 struct MmaSmem {
-  using Tl = MmaTiles<DK>;
+  using Tl = MmaTiles<XW, YW>;
   T *q, *k, *v, *du, *s;
   float *a, *ea, *w;
-  __device__ MmaSmem(unsigned char* raw, bool has_du) {
+  __device__ MmaSmem(unsigned char* raw, bool has_v, bool has_du) {
     q = reinterpret_cast<T*>(raw);
     k = q + 2 * Tl::kX;
     v = k + 2 * Tl::kX;
-    du = v + 2 * Tl::kY;
+    du = v + (has_v ? 2 * Tl::kY : 0);
     s = du + (has_du ? 2 * Tl::kY : 0);
-    a = reinterpret_cast<float*>(s + DK * kCols);
+    a = reinterpret_cast<float*>(s + XW * YW);
     ea = a + Tl::C;
     w = ea + Tl::C;
   }
@@ -599,7 +607,7 @@ __device__ __forceinline__ const T* slice(const Rows& r, const Place& pl) {
 // Chunk `c` of a source into buffer `buf` of a [2][C][W] tile (rows past the sequence zero).
 template <class T, int W>
 __device__ __forceinline__ void load_chunk(T* tile, int buf, const T* g, const Rows& r, int64_t c, const Work& wk) {
-  constexpr int C = MmaTiles<64>::C;
+  constexpr int C = MmaTiles<64, 64>::C;
   load_tile<C, W, kThreads>(tile + buf * C * W, g, r.stride[1], c * C, wk.seqlen, threadIdx.x);
 }
 
@@ -659,6 +667,16 @@ template <class T, int NT, class F>
 __device__ __forceinline__ void frag_store(float (&c)[1][NT][4], int m0, int n0, int n, F&& row) {
   frag_pairs(c, m0, n0, n,
              [&](int r, int col, float x, float y) { *reinterpret_cast<uint32_t*>(row(r) + col) = pack2<T>(x, y); });
+}
+
+// A backward kernel's gradient fragments (rows r < n): stored in T into `out` when the block
+// owns them (Work::dq_out etc.), else added to the fp32 sum `sum`; row(r) is the element offset
+// of row r's first column in either [B, S, heads_x, dim] tensor.
+template <class T, int NT, class F>
+__device__ __forceinline__ void frag_write(float (&c)[1][NT][4], int m0, int n0, int n, void* out, float* sum,
+                                           F&& row) {
+  if (out) frag_store<T>(c, m0, n0, n, [&](int r) { return static_cast<T*>(out) + row(r); });
+  else frag_atomic_add(c, m0, n0, n, [&](int r) { return sum + row(r); });
 }
 
 // The warp's 16 x C scores of rows m0.. against the chunk, decay-masked in place: entry
@@ -721,12 +739,19 @@ __device__ __forceinline__ void add_row_dots(float (&x)[1][NT][4], const T* tile
   }
 }
 
-// A block's fp32 state tile [DK][kCols] as mma C fragments: warp w holds rows m0 = 16 (w % RW)
-// .. m0 + 15 and the NT n8 column tiles from n0 = 8 NT (w / RW).
-template <int DK>
+// The state (gradient) a tensor-core chunk kernel starts from: its split's (entry state or
+// exit gradient), or non-causal the whole-sequence one.
+__device__ __forceinline__ const float* start_state(const Work& wk, const Place& pl) {
+  return wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols;
+}
+
+// A block's fp32 state tile [ROWS][COLS] (a column tile [DK][kCols], or a key-row tile
+// [kRows][Dv]) as mma C fragments: warp w holds rows m0 = 16 (w % RW) .. m0 + 15 and the NT n8
+// column tiles from n0 = 8 NT (w / RW).
+template <int ROWS, int COLS>
 struct StateFrag {
-  static constexpr int RW = DK / 16 < 8 ? DK / 16 : 8, NT = kCols / 8 / (8 / RW);
-  static_assert(RW * (8 / RW) == kThreads / 32 && 16 * RW == DK, "StateFrag: 8 warps tile the state");
+  static constexpr int RW = ROWS / 16 < 8 ? ROWS / 16 : 8, NT = COLS / 8 / (8 / RW);
+  static_assert(RW * (8 / RW) == kThreads / 32 && 16 * RW == ROWS, "StateFrag: 8 warps tile the state");
   float c[1][NT][4];
   int m0, n0;
 
@@ -735,38 +760,41 @@ struct StateFrag {
     m0 = 16 * (warp % RW);
     n0 = 8 * NT * (warp / RW);
   }
-  __device__ void load(const float* src, const Work& wk, const Place& pl) {
+  // The block of rows row0.., columns col0.. of a [dim_k][cols] state (src nullptr: zeros).
+  __device__ void load(const float* src, const Work& wk, int row0, int col0) {
     frag_each(c, m0, n0, [&](int d, int j, float& x) {
-      const int col = pl.col0() + j;
-      x = src && d < wk.dim_k && col < wk.cols ? src[static_cast<int64_t>(d) * wk.cols + col] : 0.f;
+      d += row0;
+      j += col0;
+      x = src && d < wk.dim_k && j < wk.cols ? src[static_cast<int64_t>(d) * wk.cols + j] : 0.f;
     });
   }
-  __device__ void store(float* dst, const Work& wk, const Place& pl) {
+  __device__ void store(float* dst, const Work& wk, int row0, int col0) {
     frag_each(c, m0, n0, [&](int d, int j, float& x) {
-      const int col = pl.col0() + j;
-      if (d < wk.dim_k && col < wk.cols) dst[static_cast<int64_t>(d) * wk.cols + col] = x;
+      d += row0;
+      j += col0;
+      if (d < wk.dim_k && j < wk.cols) dst[static_cast<int64_t>(d) * wk.cols + j] = x;
     });
   }
-  // The state rounded to T into the swizzled [DK][kCols] tile s.
+  // The state rounded to T into the swizzled [ROWS][COLS] tile s.
   template <class T>
   __device__ void to_tile(T* s) {
     const int lane = threadIdx.x % 32;
-    const uint32_t base = ldsm_base<kCols, kLanesRowsFirst>(s, lane);
+    const uint32_t base = ldsm_base<COLS, kLanesRowsFirst>(s, lane);
 #pragma unroll
     for (int jj = 0; jj < NT / 2; ++jj)
-      stsm_c16<T, kCols>(base, s, lane, m0, n0 + 16 * jj, c[0][2 * jj], c[0][2 * jj + 1]);
+      stsm_c16<T, COLS>(base, s, lane, m0, n0 + 16 * jj, c[0][2 * jj], c[0][2 * jj + 1]);
   }
-  // c = decay c + (diag(scale) X)^T Y over the C chunk rows: X the swizzled [C][DK] tile,
-  // Y the swizzled [C][kCols] tile, scale[C] in shared memory.
+  // c = decay c + (diag(scale) X)^T Y over the C chunk rows: X the swizzled [C][ROWS] tile,
+  // Y the swizzled [C][COLS] tile, scale[C] in shared memory.
   template <class T, int C>
   __device__ void step(const T* x, const T* y, const float* scale, float decay) {
     const int lane = threadIdx.x % 32, t = lane % 4;
-    const uint32_t xb = ldsm_base<DK, kLanesColsFirst>(x, lane), yb = ldsm_base<kCols, kLanesRowsFirst>(y, lane);
+    const uint32_t xb = ldsm_base<ROWS, kLanesColsFirst>(x, lane), yb = ldsm_base<COLS, kLanesRowsFirst>(y, lane);
     frag_each(c, 0, 0, [&](int, int, float& v) { v *= decay; });
 #pragma unroll
     for (int kk = 0; kk < C / 16; ++kk) {
       uint32_t a[4];  // A fragment of X^T: rows m0.. (key dims), k = chunk rows 16 kk..
-      ldsm_x4_trans(a, ldsm_at<DK>(xb, 16 * kk, m0));
+      ldsm_x4_trans(a, ldsm_at<ROWS>(xb, 16 * kk, m0));
       const int r = 16 * kk + 2 * t;
       a[0] = scale2<T>(a[0], scale[r], scale[r + 1]);
       a[1] = scale2<T>(a[1], scale[r], scale[r + 1]);
@@ -775,7 +803,7 @@ struct StateFrag {
 #pragma unroll
       for (int nj = 0; nj < NT / 2; ++nj) {
         uint32_t b[4];
-        ldsm_x4_trans(b, ldsm_at<kCols>(yb, 16 * kk, n0 + 16 * nj));
+        ldsm_x4_trans(b, ldsm_at<COLS>(yb, 16 * kk, n0 + 16 * nj));
         mma16816<T>(c[0][2 * nj], a, b[0], b[1]);
         mma16816<T>(c[0][2 * nj + 1], a, b[2], b[3]);
       }
@@ -786,7 +814,7 @@ struct StateFrag {
 // states_kernel on tensor cores (same contract).
 template <class T, int DK>
 __global__ void __launch_bounds__(kThreads) states_mma_kernel(Work wk, bool grads) {
-  using Tl = MmaTiles<DK>;
+  using Tl = MmaTiles<DK, kCols>;
   constexpr int C = Tl::C;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* const x = reinterpret_cast<T*>(smem_raw);
@@ -804,7 +832,7 @@ __global__ void __launch_bounds__(kThreads) states_mma_kernel(Work wk, bool grad
     load_chunk<T, DK>(x, buf, xg, xs, c, wk);
     load_chunk<T, kCols>(y, buf, yg, ys, c, wk);
   };
-  StateFrag<DK> st;
+  StateFrag<DK, kCols> st;
   frag_each(st.c, 0, 0, [](int, int, float& v) { v = 0.f; });
   float total = 0.f;
   if (pl.chunk0 < pl.chunk1) load(chunk(pl.chunk0), 0);
@@ -822,8 +850,36 @@ __global__ void __launch_bounds__(kThreads) states_mma_kernel(Work wk, bool grad
     st.template step<T, C>(x + buf * Tl::kX, y + buf * Tl::kY, grads ? ea : w, ea[C - 1]);
     total += a[C - 1];
   }
-  st.store(wk.states + pl.state_offset(wk), wk, pl);
+  st.store(wk.states + pl.state_offset(wk), wk, 0, pl.col0());
   if (pl.tile == 0 && threadIdx.x == 0) wk.split_decay[pl.bh * wk.nsplit + pl.split] = total;
+}
+
+// The chunk loop every tensor-core chunk kernel shares: walks its split's chunks forward or
+// backward, with the next chunk's tiles loaded by load(c, buf) into the other buffer while
+// body(buf, t0, n, more) works on this one; before each body the state fragment is staged in
+// sm.s and the chunk's decays in sm.a / sm.ea / sm.w. `more`: another chunk follows in this walk.
+enum class Walk { forward, backward };
+
+template <int C, Walk W, class Frag, class Sm, class Load, class Body>
+__device__ __forceinline__ void walk_split(const Work& wk, const Place& pl, Frag& st, const Sm& sm, Load&& load,
+                                           Body&& body) {
+  const int64_t count = pl.chunk1 - pl.chunk0;
+  auto chunk = [&](int64_t i) { return W == Walk::forward ? pl.chunk0 + i : pl.chunk1 - 1 - i; };
+  if (count > 0) load(chunk(0), 0);
+  cp_async_commit();
+  for (int64_t i = 0; i < count; ++i) {
+    const int buf = static_cast<int>(i) & 1;
+    const int64_t ci = chunk(i), t0 = ci * C;
+    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
+    __syncthreads();  // every warp is done with buffer buf ^ 1, s and the decays
+    if (i + 1 < count) load(chunk(i + 1), buf ^ 1);
+    cp_async_commit();
+    st.to_tile(sm.s);
+    load_decays<C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
+    cp_async_wait<1>();
+    __syncthreads();
+    body(buf, t0, n, i + 1 < count);
+  }
 }
 
 // output_kernel on tensor cores (same contract; o in T). Warp w computes rows m0 = 16 (w % 4)
@@ -831,11 +887,11 @@ __global__ void __launch_bounds__(kThreads) states_mma_kernel(Work wk, bool grad
 // scores (no shared round trip for P).
 template <class T, int DK>
 __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
-  using Tl = MmaTiles<DK>;
+  using Tl = MmaTiles<DK, kCols>;
   constexpr int C = Tl::C;
   static_assert(C == 64 && kThreads == 256, "output_mma_kernel: 8 warps as 4 row blocks x 2 column halves");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const MmaSmem<T, DK> sm(smem_raw, false);
+  const MmaSmem<T, DK, kCols> sm(smem_raw, true, false);
   const Place pl(wk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4);
@@ -848,21 +904,9 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
     load_chunk<T, DK>(sm.k, buf, kg, wk.k, c, wk);
     load_chunk<T, kCols>(sm.v, buf, vg, wk.v, c, wk);
   };
-  StateFrag<DK> st;
-  st.load(wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols, wk, pl);
-  if (pl.chunk0 < pl.chunk1) load(pl.chunk0, 0);
-  cp_async_commit();
-  for (int64_t ci = pl.chunk0; ci < pl.chunk1; ++ci) {
-    const int buf = static_cast<int>(ci - pl.chunk0) & 1;
-    const int64_t t0 = ci * C;
-    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
-    __syncthreads();  // every warp is done with buffer buf ^ 1, s and the decays
-    if (ci + 1 < pl.chunk1) load(ci + 1, buf ^ 1);
-    cp_async_commit();
-    st.to_tile(sm.s);
-    load_decays<C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
-    cp_async_wait<1>();
-    __syncthreads();
+  StateFrag<DK, kCols> st;
+  st.load(start_state(wk, pl), wk, 0, pl.col0());
+  walk_split<C, Walk::forward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more) {
     const T* const kb = sm.k + buf * Tl::kX;
     const T* const vb = sm.v + buf * Tl::kY;
     const uint32_t q_base = ldsm_base<DK, kLanesRowsFirst>(sm.q + buf * Tl::kX, lane);
@@ -885,151 +929,163 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
         const int64_t off = pl.b * wk.out_stride[0] + (t0 + i) * wk.out_stride[1] + pl.h * wk.out_stride[2] + col;
         *reinterpret_cast<uint32_t*>(static_cast<T*>(wk.out) + off) = pack2<T>(u[0][j][2 * hi], u[0][j][2 * hi + 1]);
       }
-    if (wk.causal && ci + 1 < pl.chunk1) st.template step<T, C>(kb, vb, sm.w, sm.ea[C - 1]);
-  }
+    if (wk.causal && more) st.template step<T, C>(kb, vb, sm.w, sm.ea[C - 1]);
+  });
 }
 
-// dq_kernel on tensor cores (same contract). Warp w computes rows m0 = 16 (w % 4) and key
-// dims n0 = DK / 2 (w / 4) of dq; the two warps of a row block both compute mask(dU V^T).
-template <class T, int DK>
-__global__ void __launch_bounds__(kThreads) dq_mma_kernel(Work wk) {
-  using Tl = MmaTiles<DK>;
-  constexpr int C = Tl::C, NT = DK / 16;
-  static_assert(C == 64 && kThreads == 256, "dq_mma_kernel: 8 warps as 4 row blocks x 2 column halves");
+// dq_kernel on tensor cores by key-row tiles (same contract, Dv = DV): block (tile, split, bh)
+// owns key dims r0 = kRows tile.. of dq, so it walks its split forward with rows r0.. of the
+// state over all DV columns and reads whole dU and V rows for the scores:
+//   dq[:, r0..] = e^A (dU S[r0.., :]^T) + mask(dU V^T) K[:, r0..],
+//   S[r0.., :] = e^{A_L} S[r0.., :] + (K[:, r0..] w)^T V.
+// Warp w computes rows m0 = 16 (w % 4) and key dims r0 + n0, n0 = 32 (w / 4); the two warps of
+// a row block both compute mask(dU V^T). q.dq over the tile's key dims is added into wk.dot.
+template <class T, int DV>
+__global__ void __launch_bounds__(kThreads, 2) dq_mma_kernel(Work wk) {
+  using Tl = MmaTiles<kRows, DV>;
+  constexpr int C = Tl::C;
+  static_assert(C == 64 && kRows == 64 && kThreads == 256, "dq_mma_kernel: 8 warps as 4 row blocks x 2 halves");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const MmaSmem<T, DK> sm(smem_raw, true);
+  const MmaSmem<T, kRows, DV> sm(smem_raw, true, true);
   const Place pl(wk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int m0 = 16 * (warp % 4), n0 = DK / 2 * (warp / 4);
+  const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4), r0 = kRows * pl.tile;
   const int hq = pl.h / (wk.heads / wk.heads_q);
-  const T* const qg = slice<T>(wk.q, pl);
-  const T* const kg = slice<T>(wk.k, pl);
-  const T* const vg = slice<T>(wk.v, pl) + pl.col0();
-  const T* const dug = slice<T>(wk.du, pl) + pl.col0();
+  const T* const qg = slice<T>(wk.q, pl) + r0;
+  const T* const kg = slice<T>(wk.k, pl) + r0;
+  const T* const vg = slice<T>(wk.v, pl);
+  const T* const dug = slice<T>(wk.du, pl);
   auto load = [&](int64_t c, int buf) {
-    load_chunk<T, kCols>(sm.du, buf, dug, wk.du, c, wk);
-    if (wk.dot) load_chunk<T, DK>(sm.q, buf, qg, wk.q, c, wk);
+    load_chunk<T, DV>(sm.du, buf, dug, wk.du, c, wk);
+    if (wk.dot) load_chunk<T, kRows>(sm.q, buf, qg, wk.q, c, wk);
     if (!wk.causal) return;
-    load_chunk<T, DK>(sm.k, buf, kg, wk.k, c, wk);
-    load_chunk<T, kCols>(sm.v, buf, vg, wk.v, c, wk);
+    load_chunk<T, kRows>(sm.k, buf, kg, wk.k, c, wk);
+    load_chunk<T, DV>(sm.v, buf, vg, wk.v, c, wk);
   };
-  StateFrag<DK> st;
-  st.load(wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols, wk, pl);
-  if (pl.chunk0 < pl.chunk1) load(pl.chunk0, 0);
-  cp_async_commit();
-  for (int64_t ci = pl.chunk0; ci < pl.chunk1; ++ci) {
-    const int buf = static_cast<int>(ci - pl.chunk0) & 1;
-    const int64_t t0 = ci * C;
-    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
-    __syncthreads();  // every warp is done with buffer buf ^ 1, s and the decays
-    if (ci + 1 < pl.chunk1) load(ci + 1, buf ^ 1);
-    cp_async_commit();
-    st.to_tile(sm.s);
-    load_decays<C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
-    cp_async_wait<1>();
-    __syncthreads();
+  StateFrag<kRows, DV> st;
+  st.load(start_state(wk, pl), wk, r0, 0);
+  walk_split<C, Walk::forward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more) {
     const T* const qb = sm.q + buf * Tl::kX;
     const T* const kb = sm.k + buf * Tl::kX;
     const T* const vb = sm.v + buf * Tl::kY;
-    const uint32_t du_base = ldsm_base<kCols, kLanesRowsFirst>(sm.du + buf * Tl::kY, lane);
-    float dq[1][NT][4] = {};
-    warp_tile_mma<T, kCols / 16, kCols, kCols, BLayout::nk>(dq, du_base, 0, m0,
-                                                            ldsm_base<kCols, kLanesColsFirst>(sm.s, lane), 0, n0);
+    const uint32_t du_base = ldsm_base<DV, kLanesRowsFirst>(sm.du + buf * Tl::kY, lane);
+    float dq[1][4][4] = {};
+    warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(dq, du_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(sm.s, lane), 0,
+                                                   n0);
     scale_frag_rows(dq, sm.ea, m0);
     if (wk.causal) {
-      float g[1][C / 8][4] = {};  // dU V^T of rows m0.. against the chunk
-      warp_tile_mma<T, kCols / 16, kCols, kCols, BLayout::nk>(g, du_base, 0, m0,
-                                                              ldsm_base<kCols, kLanesColsFirst>(vb, lane), 0, 0);
+      float g[1][C / 8][4] = {};  // dU V^T of rows m0.. against the chunk, over all DV columns
+      warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(g, du_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(vb, lane), 0, 0);
       mask_scores<C>(g, sm.a, m0, false);
-      scores_mma<T, C, DK>(dq, g, ldsm_base<DK, kLanesRowsFirst>(kb, lane), n0, 0, m0 / 16 + 1);
+      scores_mma<T, C, kRows>(dq, g, ldsm_base<kRows, kLanesRowsFirst>(kb, lane), n0, 0, m0 / 16 + 1);
     }
-    frag_atomic_add(dq, m0, n0, n,
-                    [&](int i) { return wk.dq + ((pl.b * wk.seqlen + t0 + i) * wk.heads_q + hq) * wk.dim_k; });
-    if (wk.dot) add_row_dots<DK>(dq, qb, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, 1.f);
-    if (wk.causal && ci + 1 < pl.chunk1) st.template step<T, C>(kb, vb, sm.w, sm.ea[C - 1]);
-  }
+    frag_write<T>(dq, m0, n0, n, wk.dq_out, wk.dq,
+                  [&](int i) { return ((pl.b * wk.seqlen + t0 + i) * wk.heads_q + hq) * wk.dim_k + r0; });
+    if (wk.dot) add_row_dots<kRows>(dq, qb, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, 1.f);
+    if (wk.causal && more) st.template step<T, C>(kb, vb, sm.w, sm.ea[C - 1]);
+  });
 }
 
-// dkdv_kernel on tensor cores (same contract), walking each split backward with dS. Warp w
-// computes rows m0 = 16 (w % 4) of dv (columns 32 (w / 4)..) and of dk (key dims DK / 2 (w / 4)..)
-// from the transposed scores K Q^T and V dU^T of its rows.
-template <class T, int DK>
-__global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(Work wk) {
-  using Tl = MmaTiles<DK>;
+// dkdv_kernel's dk on tensor cores by key-row tiles (Dv = DV), the mirror of dq_mma_kernel:
+// block (tile, split, bh) owns key dims r0 = kRows tile.. of dk and walks its split backward
+// from rows r0.. of the state gradient at its exit, over all DV columns:
+//   dk[:, r0..] = w (V dS[r0.., :]^T) + mask(dU V^T)^T Q[:, r0..],
+//   dS[r0.., :] = e^{A_L} dS[r0.., :] + (Q[:, r0..] e^A)^T dU.
+// Warp w computes rows (keys) m0 = 16 (w % 4) and key dims r0 + n0, n0 = 32 (w / 4), from the
+// transposed scores V dU^T of its rows; -k.dk over the tile's key dims is added into wk.dot.
+template <class T, int DV>
+__global__ void __launch_bounds__(kThreads, 2) dk_mma_kernel(Work wk) {
+  using Tl = MmaTiles<kRows, DV>;
   constexpr int C = Tl::C;
-  static_assert(C == 64 && kThreads == 256, "dkdv_mma_kernel: 8 warps as 4 row blocks x 2 column halves");
+  static_assert(C == 64 && kRows == 64 && kThreads == 256, "dk_mma_kernel: 8 warps as 4 row blocks x 2 halves");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const MmaSmem<T, DK> sm(smem_raw, true);
+  const MmaSmem<T, kRows, DV> sm(smem_raw, true, true);
   const Place pl(wk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int m0 = 16 * (warp % 4), nv0 = 32 * (warp / 4), nk0 = DK / 2 * (warp / 4);
-  const int hk = pl.h / (wk.heads / wk.heads_k), hv = pl.h / (wk.heads / wk.heads_v);
+  const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4), r0 = kRows * pl.tile;
+  const int hk = pl.h / (wk.heads / wk.heads_k);
+  const T* const qg = slice<T>(wk.q, pl) + r0;
+  const T* const kg = slice<T>(wk.k, pl) + r0;
+  const T* const vg = slice<T>(wk.v, pl);
+  const T* const dug = slice<T>(wk.du, pl);
+  auto load = [&](int64_t c, int buf) {
+    load_chunk<T, DV>(sm.v, buf, vg, wk.v, c, wk);
+    if (wk.dot) load_chunk<T, kRows>(sm.k, buf, kg, wk.k, c, wk);
+    if (!wk.causal) return;
+    load_chunk<T, kRows>(sm.q, buf, qg, wk.q, c, wk);
+    load_chunk<T, DV>(sm.du, buf, dug, wk.du, c, wk);
+  };
+  StateFrag<kRows, DV> st;
+  st.load(start_state(wk, pl), wk, r0, 0);
+  walk_split<C, Walk::backward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more) {
+    const T* const qb = sm.q + buf * Tl::kX;
+    const T* const kb = sm.k + buf * Tl::kX;
+    const T* const dub = sm.du + buf * Tl::kY;
+    const uint32_t v_base = ldsm_base<DV, kLanesRowsFirst>(sm.v + buf * Tl::kY, lane);
+    float dk[1][4][4] = {};
+    warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(dk, v_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(sm.s, lane), 0,
+                                                   n0);
+    if (wk.causal) {
+      scale_frag_rows(dk, sm.w, m0);
+      float gt[1][C / 8][4] = {};  // V dU^T over all DV columns: G^T of rows (keys) m0.. against the chunk
+      warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(gt, v_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(dub, lane), 0,
+                                                     0);
+      mask_scores<C>(gt, sm.a, m0, true);
+      scores_mma<T, C, kRows>(dk, gt, ldsm_base<kRows, kLanesRowsFirst>(qb, lane), n0, m0 / 16, C / 16);
+    }
+    frag_write<T>(dk, m0, n0, n, wk.dk_out, wk.dk,
+                  [&](int j) { return ((pl.b * wk.seqlen + t0 + j) * wk.heads_k + hk) * wk.dim_k + r0; });
+    if (wk.dot) add_row_dots<kRows>(dk, kb, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, -1.f);
+    if (wk.causal && more) st.template step<T, C>(qb, dub, sm.ea, sm.ea[C - 1]);
+  });
+}
+
+// dkdv_kernel's dv on tensor cores by column tiles (as the forward), walking each split
+// backward with the column tile of dS:
+//   dv[:, c..] = w (K dS[:, c..]) + mask(Q K^T)^T dU[:, c..],
+//   dS[:, c..] = e^{A_L} dS[:, c..] + (Q e^A)^T dU[:, c..]   (c = the tile's first column).
+// Warp w computes rows (keys) m0 = 16 (w % 4) and columns n0 = 32 (w / 4) of the tile from the
+// transposed scores K Q^T of its rows; the two warps of a row block both compute them.
+template <class T, int DK>
+__global__ void __launch_bounds__(kThreads, 2) dv_mma_kernel(Work wk) {
+  using Tl = MmaTiles<DK, kCols>;
+  constexpr int C = Tl::C;
+  static_assert(C == 64 && kThreads == 256, "dv_mma_kernel: 8 warps as 4 row blocks x 2 column halves");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const MmaSmem<T, DK, kCols> sm(smem_raw, false, true);
+  const Place pl(wk);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4);
+  const int hv = pl.h / (wk.heads / wk.heads_v);
   const T* const qg = slice<T>(wk.q, pl);
   const T* const kg = slice<T>(wk.k, pl);
-  const T* const vg = slice<T>(wk.v, pl) + pl.col0();
   const T* const dug = slice<T>(wk.du, pl) + pl.col0();
   auto load = [&](int64_t c, int buf) {
     load_chunk<T, DK>(sm.k, buf, kg, wk.k, c, wk);
-    load_chunk<T, kCols>(sm.v, buf, vg, wk.v, c, wk);
     if (!wk.causal) return;
     load_chunk<T, DK>(sm.q, buf, qg, wk.q, c, wk);
     load_chunk<T, kCols>(sm.du, buf, dug, wk.du, c, wk);
   };
-  StateFrag<DK> st;
-  st.load(wk.causal ? wk.states + pl.state_offset(wk) : wk.whole + pl.bh * wk.dim_k * wk.cols, wk, pl);
-  if (pl.chunk0 < pl.chunk1) load(pl.chunk1 - 1, 0);
-  cp_async_commit();
-  for (int64_t ci = pl.chunk1 - 1; ci >= pl.chunk0; --ci) {
-    const int buf = static_cast<int>(pl.chunk1 - 1 - ci) & 1;
-    const int64_t t0 = ci * C;
-    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
-    __syncthreads();  // every warp is done with buffer buf ^ 1, s and the decays
-    if (ci > pl.chunk0) load(ci - 1, buf ^ 1);
-    cp_async_commit();
-    st.to_tile(sm.s);
-    load_decays<C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
-    cp_async_wait<1>();
-    __syncthreads();
+  StateFrag<DK, kCols> st;
+  st.load(start_state(wk, pl), wk, 0, pl.col0());
+  walk_split<C, Walk::backward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more) {
     const T* const qb = sm.q + buf * Tl::kX;
-    const T* const kb = sm.k + buf * Tl::kX;
     const T* const dub = sm.du + buf * Tl::kY;
-    const uint32_t k_base = ldsm_base<DK, kLanesRowsFirst>(kb, lane);
-    const uint32_t v_base = ldsm_base<kCols, kLanesRowsFirst>(sm.v + buf * Tl::kY, lane);
-    {
-      float dv[1][4][4] = {};
-      warp_tile_mma<T, DK / 16, DK, kCols, BLayout::kn>(dv, k_base, 0, m0,
-                                                        ldsm_base<kCols, kLanesRowsFirst>(sm.s, lane), 0, nv0);
-      if (wk.causal) {
-        scale_frag_rows(dv, sm.w, m0);
-        float pt[1][C / 8][4] = {};  // K Q^T: P^T of rows (keys) m0.. against the chunk
-        warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(pt, k_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(qb, lane), 0,
-                                                       0);
-        mask_scores<C>(pt, sm.a, m0, true);
-        scores_mma<T, C, kCols>(dv, pt, ldsm_base<kCols, kLanesRowsFirst>(dub, lane), nv0, m0 / 16, C / 16);
-      }
-      const auto dv_row = [&](int j) { return ((pl.b * wk.seqlen + t0 + j) * wk.heads_v + hv) * wk.dim_v + pl.col0(); };
-      if (wk.dv_out)
-        frag_store<T>(dv, m0, nv0, n, [&](int j) { return static_cast<T*>(wk.dv_out) + dv_row(j); });
-      else
-        frag_atomic_add(dv, m0, nv0, n, [&](int j) { return wk.dv + dv_row(j); });
-    }
-    constexpr int NT = DK / 16;
-    float dk[1][NT][4] = {};
-    warp_tile_mma<T, kCols / 16, kCols, kCols, BLayout::nk>(dk, v_base, 0, m0,
-                                                            ldsm_base<kCols, kLanesColsFirst>(sm.s, lane), 0, nk0);
+    const uint32_t k_base = ldsm_base<DK, kLanesRowsFirst>(sm.k + buf * Tl::kX, lane);
+    float dv[1][4][4] = {};
+    warp_tile_mma<T, DK / 16, DK, kCols, BLayout::kn>(dv, k_base, 0, m0, ldsm_base<kCols, kLanesRowsFirst>(sm.s, lane),
+                                                      0, n0);
     if (wk.causal) {
-      scale_frag_rows(dk, sm.w, m0);
-      float gt[1][C / 8][4] = {};  // V dU^T: G^T of rows (keys) m0.. against the chunk
-      warp_tile_mma<T, kCols / 16, kCols, kCols, BLayout::nk>(gt, v_base, 0, m0,
-                                                              ldsm_base<kCols, kLanesColsFirst>(dub, lane), 0, 0);
-      mask_scores<C>(gt, sm.a, m0, true);
-      scores_mma<T, C, DK>(dk, gt, ldsm_base<DK, kLanesRowsFirst>(qb, lane), nk0, m0 / 16, C / 16);
+      scale_frag_rows(dv, sm.w, m0);
+      float pt[1][C / 8][4] = {};  // K Q^T: P^T of rows (keys) m0.. against the chunk
+      warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(pt, k_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(qb, lane), 0, 0);
+      mask_scores<C>(pt, sm.a, m0, true);
+      scores_mma<T, C, kCols>(dv, pt, ldsm_base<kCols, kLanesRowsFirst>(dub, lane), n0, m0 / 16, C / 16);
     }
-    frag_atomic_add(dk, m0, nk0, n,
-                    [&](int j) { return wk.dk + ((pl.b * wk.seqlen + t0 + j) * wk.heads_k + hk) * wk.dim_k; });
-    if (wk.dot) add_row_dots<DK>(dk, kb, m0, nk0, n, wk.dot + pl.bh * wk.seqlen + t0, -1.f);
-    if (wk.causal && ci > pl.chunk0) st.template step<T, C>(qb, dub, sm.ea, sm.ea[C - 1]);
-  }
+    frag_write<T>(dv, m0, n0, n, wk.dv_out, wk.dv,
+                  [&](int j) { return ((pl.b * wk.seqlen + t0 + j) * wk.heads_v + hv) * wk.dim_v + pl.col0(); });
+    if (wk.causal && more) st.template step<T, C>(qb, dub, sm.ea, sm.ea[C - 1]);
+  });
 }
 
 // o = U[:Dv] / (U[Dv] + eps) per row of the fp32 U rows [B, S, H, cols] (one warp a row).
@@ -1204,12 +1260,27 @@ bool vec_rows(const void* ptr, const int64_t (&stride)[3]) {
   return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride[0] % 8 == 0 && stride[1] % 8 == 0 && stride[2] % 8 == 0;
 }
 
+// The most dynamic shared memory a tensor-core kernel takes for Dk = DK, Dv = DV.
+template <int DK, int DV>
+constexpr int mma_smem_bytes() {
+  return std::max({MmaTiles<DK, kCols>::kStatesBytes, MmaTiles<DK, kCols>::kOneYBytes, MmaTiles<kRows, DV>::kGradBytes});
+}
+
 // The tensor-core kernels take 16-bit inputs with Dk, Dv in {64, 128}, not normalised, rows
-// that cp.async can copy (q, k, v and `io`: o in the forward, dout in the backward).
+// that cp.async can copy (q, k, v and `io`: o in the forward, dout in the backward), on a
+// device whose blocks may have the shared memory they need (not every sm_8x GPU: those take
+// the fp32 kernels).
 bool use_mma(const LinearAttnParams& p, const void* io, const int64_t (&io_stride)[3]) {
   auto dim_ok = [](int d) { return d == 64 || d == 128; };
-  return (p.dtype == DType::bf16 || p.dtype == DType::f16) && !p.normalize && dim_ok(p.dim_k) && dim_ok(p.dim_v) &&
-         vec_rows(p.q, p.q_stride) && vec_rows(p.k, p.k_stride) && vec_rows(p.v, p.v_stride) && vec_rows(io, io_stride);
+  if (!(p.dtype == DType::bf16 || p.dtype == DType::f16) || p.normalize || !dim_ok(p.dim_k) || !dim_ok(p.dim_v) ||
+      !vec_rows(p.q, p.q_stride) || !vec_rows(p.k, p.k_stride) || !vec_rows(p.v, p.v_stride) || !vec_rows(io, io_stride))
+    return false;
+  const int need = p.dim_k == 64 ? (p.dim_v == 64 ? mma_smem_bytes<64, 64>() : mma_smem_bytes<64, 128>())
+                                  : (p.dim_v == 64 ? mma_smem_bytes<128, 64>() : mma_smem_bytes<128, 128>());
+  int dev = 0, limit = 0;
+  LCTX_CUDA_CHECK(cudaGetDevice(&dev));
+  LCTX_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return need <= limit;
 }
 
 template <class K>
@@ -1223,8 +1294,9 @@ void launch_states(const Work& w, bool grads, cudaStream_t st) {
   const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
   if constexpr (kHasMma<T, DK>) {
     if (w.mma) {
-      set_smem(states_mma_kernel<T, DK>, MmaTiles<DK>::kStatesBytes);
-      states_mma_kernel<T, DK><<<grid, kThreads, MmaTiles<DK>::kStatesBytes, st>>>(w, grads);
+      constexpr int bytes = MmaTiles<DK, kCols>::kStatesBytes;
+      set_smem(states_mma_kernel<T, DK>, bytes);
+      states_mma_kernel<T, DK><<<grid, kThreads, bytes, st>>>(w, grads);
       LCTX_CUDA_CHECK_LAUNCH("linear_attn states_mma_kernel");
       return;
     }
@@ -1234,19 +1306,33 @@ void launch_states(const Work& w, bool grads, cudaStream_t st) {
   LCTX_CUDA_CHECK_LAUNCH("linear_attn states_kernel");
 }
 
+// dq_mma_kernel and dk_mma_kernel over (key-row tile, split, batch x head) for Dv = DV.
+template <class T, int DV>
+void launch_row_grads(const Work& w, const Work& wr, cudaStream_t st) {
+  const dim3 grid(w.dim_k / kRows, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
+  constexpr int bytes = MmaTiles<kRows, DV>::kGradBytes;
+  set_smem(dq_mma_kernel<T, DV>, bytes);
+  dq_mma_kernel<T, DV><<<grid, kThreads, bytes, st>>>(w);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn dq_mma_kernel");
+  set_smem(dk_mma_kernel<T, DV>, bytes);
+  dk_mma_kernel<T, DV><<<grid, kThreads, bytes, st>>>(wr);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn dk_mma_kernel");
+}
+
 // dq_kernel (with the forward's states in w) and dkdv_kernel (with the state gradients in
-// wr), or their tensor-core forms.
+// wr) over every (column tile, split, batch x head); or on tensor cores dq_mma_kernel and
+// dk_mma_kernel by key-row tiles and dv_mma_kernel by column tiles.
 template <class T, int DK>
-void launch_grads(const Work& w, const Work& wr, dim3 grid, cudaStream_t st) {
+void launch_grads(const Work& w, const Work& wr, cudaStream_t st) {
+  const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
   if constexpr (kHasMma<T, DK>) {
     if (w.mma) {
-      constexpr int bytes = MmaTiles<DK>::kGradBytes;
-      set_smem(dq_mma_kernel<T, DK>, bytes);
-      dq_mma_kernel<T, DK><<<grid, kThreads, bytes, st>>>(w);
-      LCTX_CUDA_CHECK_LAUNCH("linear_attn dq_mma_kernel");
-      set_smem(dkdv_mma_kernel<T, DK>, bytes);
-      dkdv_mma_kernel<T, DK><<<grid, kThreads, bytes, st>>>(wr);
-      LCTX_CUDA_CHECK_LAUNCH("linear_attn dkdv_mma_kernel");
+      if (w.dim_v == 64) launch_row_grads<T, 64>(w, wr, st);
+      else launch_row_grads<T, 128>(w, wr, st);
+      constexpr int bytes = MmaTiles<DK, kCols>::kOneYBytes;
+      set_smem(dv_mma_kernel<T, DK>, bytes);
+      dv_mma_kernel<T, DK><<<grid, kThreads, bytes, st>>>(wr);
+      LCTX_CUDA_CHECK_LAUNCH("linear_attn dv_mma_kernel");
       return;
     }
   }
@@ -1280,8 +1366,9 @@ void outputs(Work w, void* out, const int64_t (&stride)[3], bool f32, cudaStream
   const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
   if constexpr (kHasMma<T, DK>) {
     if (w.mma && !f32) {
-      set_smem(output_mma_kernel<T, DK>, MmaTiles<DK>::kOutputBytes);
-      output_mma_kernel<T, DK><<<grid, kThreads, MmaTiles<DK>::kOutputBytes, st>>>(w);
+      constexpr int bytes = MmaTiles<DK, kCols>::kOneYBytes;
+      set_smem(output_mma_kernel<T, DK>, bytes);
+      output_mma_kernel<T, DK><<<grid, kThreads, bytes, st>>>(w);
       LCTX_CUDA_CHECK_LAUNCH("linear_attn output_mma_kernel");
       return;
     }
@@ -1340,31 +1427,33 @@ void backward(const LinearAttnParams& p, Stream s) {
   } else {
     w.du = rows_of(p.dout, p.dout_stride, 1, 1, f32);
   }
+  // fp32 gradient sums (the outputs themselves for f32 inputs) and q.dq - k.dk per token. On
+  // tensor cores a gradient whose input head has one state head is written directly instead
+  // (Work::dq_out etc.).
+  const int64_t nq = n_rows * p.heads_q * p.dim_k, nk = n_rows * p.heads_k * p.dim_k, nv = n_rows * p.heads_v * p.dim_v;
+  auto grad_sum = [&](void* out, int64_t n, int x_heads, void*& direct) -> float* {
+    if (w.mma && x_heads == p.heads && reinterpret_cast<uintptr_t>(out) % 4 == 0) {  // 2-element stores
+      direct = out;
+      return nullptr;
+    }
+    if (!f32) return sc.floats(n, true);
+    LCTX_CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<size_t>(n) * sizeof(float), st));
+    return static_cast<float*>(out);
+  };
+  w.dq = grad_sum(p.dq, nq, p.heads_q, w.dq_out);
+  w.dk = grad_sum(p.dk, nk, p.heads_k, w.dk_out);
+  w.dv = grad_sum(p.dv, nv, p.heads_v, w.dv_out);
+  w.dot = p.d_log_decay ? sc.floats(nbh * p.seqlen, true) : nullptr;
   // The state gradient at each split's exit (reverse scan seeded with d_final_state) and d_state0.
   Work wr = w;
   wr.states = sc.floats(nbh * w.nsplit * size);
   float* d_state0 = static_cast<float*>(p.d_state0);
-  const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(nbh));
   launch_states<T, DK>(wr, true, st);
   scan_kernel<<<grid_size(nbh * size, 256, 4096), 256, 0, st>>>(
       wr.states, w.split_decay, static_cast<const float*>(p.d_final_state), d_state0, nbh, w.nsplit, size, true);
   LCTX_CUDA_CHECK_LAUNCH("linear_attn scan_kernel");
   wr.whole = d_state0;
-
-  // fp32 gradient sums (the outputs themselves for f32 inputs) and q.dq - k.dk per token.
-  const int64_t nq = n_rows * p.heads_q * p.dim_k, nk = n_rows * p.heads_k * p.dim_k, nv = n_rows * p.heads_v * p.dim_v;
-  auto grad_sum = [&](void* out, int64_t n) {
-    if (!f32) return sc.floats(n, true);
-    LCTX_CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<size_t>(n) * sizeof(float), st));
-    return static_cast<float*>(out);
-  };
-  w.dq = wr.dq = grad_sum(p.dq, nq);
-  w.dk = wr.dk = grad_sum(p.dk, nk);
-  const bool dv_direct = w.mma && p.heads_v == p.heads;  // Work::dv_out
-  w.dv = wr.dv = dv_direct ? nullptr : grad_sum(p.dv, nv);
-  wr.dv_out = dv_direct ? p.dv : nullptr;
-  w.dot = wr.dot = p.d_log_decay ? sc.floats(nbh * p.seqlen, true) : nullptr;
-  launch_grads<T, DK>(w, wr, grid, st);
+  launch_grads<T, DK>(w, wr, st);
   if (!f32) {
     for (auto [src, dst, n] : {std::tuple{w.dq, p.dq, nq}, std::tuple{w.dk, p.dk, nk}, std::tuple{w.dv, p.dv, nv}}) {
       if (!src) continue;  // written directly
