@@ -1,7 +1,9 @@
 #include "core/allocator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -13,6 +15,18 @@
 namespace lctx {
 
 namespace {
+
+// Whether blocks are filled with 0xFF as they are handed out: LCTX_POISON_ALLOC, or
+// set_poison_alloc.
+std::atomic<bool>& poison_flag() {
+  static std::atomic<bool> on = [] {
+    const char* v = std::getenv("LCTX_POISON_ALLOC");
+    return v && std::atoi(v) > 0;
+  }();
+  return on;
+}
+bool poison() { return poison_flag().load(std::memory_order_relaxed); }
+constexpr int kPoisonByte = 0xFF;
 
 struct Counter {
   size_t current = 0, peak = 0, reserved = 0;
@@ -62,6 +76,17 @@ struct CudaPool {
   }
 };
 
+// Poisons a block before its caller can queue work on it: the memset runs on the default
+// stream, which non-blocking streams do not wait for, so the device is synchronized after it.
+void poison_cuda(void* ptr, size_t size, int device) {
+  int prev = 0;
+  LCTX_CUDA_CHECK(cudaGetDevice(&prev));
+  LCTX_CUDA_CHECK(cudaSetDevice(device));
+  LCTX_CUDA_CHECK(cudaMemset(ptr, kPoisonByte, size));
+  LCTX_CUDA_CHECK(cudaDeviceSynchronize());
+  LCTX_CUDA_CHECK(cudaSetDevice(prev));
+}
+
 CudaPool& cuda_pool(int device) {
   static auto* mu = new std::mutex;  // never destroyed, as cpu_pool's
   static auto* pools = new std::map<int, CudaPool>;
@@ -81,6 +106,7 @@ void* cuda_allocate(size_t bytes, int device) {
     pool.free_blocks.erase(it);
     pool.live[ptr] = got;
     pool.count.add(got);
+    if (poison()) poison_cuda(ptr, got, device);
     return ptr;
   }
   int prev = 0;
@@ -103,6 +129,7 @@ void* cuda_allocate(size_t bytes, int device) {
   pool.count.reserved += size;
   pool.live[ptr] = size;
   pool.count.add(size);
+  if (poison()) poison_cuda(ptr, size, device);
   return ptr;
 }
 
@@ -143,6 +170,7 @@ void* allocate(size_t bytes, Device device) {
     pool.sizes[ptr] = size;
     pool.count.add(size);
     pool.count.reserved = pool.count.current;
+    if (poison()) std::memset(ptr, kPoisonByte, size);
     return ptr;
   }
 #ifdef LCTX_HAVE_CUDA
@@ -189,6 +217,7 @@ void* allocate_async(size_t bytes, Device device, Stream s) {
   }
   pool.ordered_live[ptr] = size;
   pool.count.add(size);
+  if (poison()) LCTX_CUDA_CHECK(cudaMemsetAsync(ptr, kPoisonByte, size, static_cast<cudaStream_t>(s.handle)));
   return ptr;
 #else
   (void)bytes, (void)s;
@@ -210,6 +239,9 @@ void deallocate_async(void* ptr, Device device, Stream s) {
   (void)ptr, (void)device, (void)s;
 #endif
 }
+
+void set_poison_alloc(bool on) { poison_flag() = on; }
+bool poison_alloc() { return poison(); }
 
 MemoryStats memory_stats(Device device) {
   if (device.is_cpu()) {

@@ -3,6 +3,9 @@
 // CPU memory is 64-byte aligned. Both count current and peak bytes handed out, which the
 // benchmarks print to show O(S) memory. A freed CUDA block may be handed out again at once:
 // callers that free a buffer still in use on another stream must synchronize first.
+// LCTX_POISON_ALLOC=1 fills every block handed out with 0xFF bytes (NaN in every float type,
+// -1 in the integer ones), as PyTorch's fill_uninitialized_memory does: code that reads memory
+// it never wrote then gives NaN on the CPU as it might on a GPU that reuses a block.
 #pragma once
 #include <cstddef>
 
@@ -26,6 +29,10 @@ void deallocate(void* ptr, Device device);
 // memory_stats like every other block.
 void* allocate_async(size_t bytes, Device device, Stream s);
 void deallocate_async(void* ptr, Device device, Stream s);
+
+// The LCTX_POISON_ALLOC switch (above) from code, for blocks handed out after the call.
+void set_poison_alloc(bool on);
+bool poison_alloc();
 
 MemoryStats memory_stats(Device device);
 void reset_peak_memory(Device device);

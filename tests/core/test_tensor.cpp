@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "common/check.h"
+#include "core/allocator.h"
 #include "core/tensor.h"
 
 using namespace lctx;
@@ -131,6 +134,19 @@ TEST(Tensor, CpuMemoryStatsTrackPeak) {
   }
   EXPECT_EQ(memory_stats(Device::cpu()).current_bytes, before);
   EXPECT_GE(memory_stats(Device::cpu()).peak_bytes, before + (4u << 20));
+}
+
+// Poisoned blocks read as NaN in every float type and -1 in the integer ones, until written.
+TEST(Tensor, PoisonedAllocationsReadAsNan) {
+  const bool was = poison_alloc();
+  set_poison_alloc(true);
+  for (DType dt : {DType::f64, DType::f32, DType::bf16, DType::f16}) {
+    const Tensor t = Tensor::empty({3, 5}, dt);
+    for (double x : t.to_vector()) EXPECT_TRUE(std::isnan(x)) << dtype_name(dt);
+  }
+  for (double x : Tensor::empty({4}, DType::i32).to_vector()) EXPECT_EQ(x, -1);
+  for (double x : Tensor::zeros({4}, DType::f32).to_vector()) EXPECT_EQ(x, 0);
+  set_poison_alloc(was);
 }
 
 TEST(Tensor, CudaTensorWithoutCudaIsAClearError) {

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <tuple>
 #include <utility>
 
@@ -62,6 +63,23 @@ TEST(TensorGpu, CachingAllocatorReusesAndCounts) {
   Tensor b = Tensor::empty({1 << 20}, DType::f32, d);
   EXPECT_EQ(b.raw(), first);  // served from the cache
   EXPECT_GE(memory_stats(d).peak_bytes, before.current_bytes + (4u << 20));
+}
+
+// Poisoned CUDA blocks, fresh or reused from the cache, read as NaN until written.
+TEST(TensorGpu, PoisonedAllocationsReadAsNan) {
+  LCTX_REQUIRE_GPU();
+  const bool was = poison_alloc();
+  set_poison_alloc(true);
+  void* first = nullptr;
+  {
+    const Tensor z = Tensor::zeros({1 << 10}, DType::f32, Device::cuda());
+    first = z.raw();
+    for (double x : z.to(Device::cpu()).to_vector()) ASSERT_EQ(x, 0);
+  }
+  const Tensor t = Tensor::empty({1 << 11}, DType::bf16, Device::cuda());  // the zeroed block again
+  EXPECT_EQ(t.raw(), first);
+  for (double x : t.to(Device::cpu()).to_vector()) ASSERT_TRUE(std::isnan(x));
+  set_poison_alloc(was);
 }
 
 TEST(TensorGpu, StreamOrderedScratchIsCounted) {
