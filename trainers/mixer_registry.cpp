@@ -759,11 +759,6 @@ void validate_nsa(const Config& c) {
              "config: mixer.nsa.compress_block (", bc, ") must divide the layout's local segments with ",
              "mixer.nsa.compress = mlp (data.seq_len = ", S, " over ", ring, " ring ranks, ", layout, ": ", parts,
              " segments of ", S / parts, " tokens) so that each compressed block lies on one rank");
-  // Its GPU conformance case gave NaN gradients (y right) while block_mlp and cross_attention
-  // each pass their GPU tests: refused there until found.
-  LCTX_CHECK(c.mixer_option<std::string>("nsa", "compress") != "mlp" || c.train.device != "cuda",
-             "config: mixer.nsa.compress = mlp runs on the CPU only so far (train.device = cuda); use "
-             "mixer.nsa.compress: mean on a GPU");
 }
 
 std::unique_ptr<mixers::Mixer> make_nsa(const Config& c, dist::Mesh& mesh, const dist::Layout& layout) {
@@ -787,7 +782,7 @@ MixerKind nsa_kind() {
           "and GQA group (block 0 and the local block always), and a sliding window, mixed by learned sigmoid gates "
           "per head and token; "
           "sequence parallel by the window's neighbours, one all-reduce of the compressed rows and a row gather of "
-          "the picked blocks; RoPE or no positions; the learned compression (compress: mlp) on the CPU only so far";
+          "the picked blocks; RoPE or no positions";
   k.options = {
       {.name = "window",
        .value = int64_t{128},
@@ -806,7 +801,7 @@ MixerKind nsa_kind() {
        .value = std::string("mean"),
        .doc = "how a block is compressed: mean (the mean of its K and of its V rows) or mlp (NSA's learned MLP, "
               "separately for K and V: W2 gelu(W1 concat(rows + a learned position embedding) + b1) + b2, shared by "
-              "the KV heads; mixer.nsa.compress_block must then divide the layout's local segments; CPU only so far)",
+              "the KV heads; mixer.nsa.compress_block must then divide the layout's local segments)",
        .choices = {"mean", "mlp"},
        .shapes_model = true},
       {.name = "compress_hidden",
