@@ -17,7 +17,7 @@
 // every query (key) reads and no intra-chunk term. Gradients of column tiles and of state heads
 // sharing an input head meet in fp32 atomics. Two implementations of the chunk kernels, picked
 // per call (use_mma), with the same splits, workspace and scans:
-//   tensor cores (states/output/dq/dk/dv_mma_kernel): bf16/f16 inputs with Dk, Dv in {64, 128},
+//   tensor cores (states/output/row_grad/dv_mma_kernel): bf16/f16 inputs with Dk, Dv in {64, 128},
 //     not normalised, rows readable by 16-byte cp.async. mma.sync m16n8k16 with fp32
 //     accumulation from swizzled 16-bit tiles loaded one chunk ahead; as in fla's chunk
 //     kernels, the state (gradient) is read as a 16-bit copy of its fp32 registers, and K w,
@@ -42,6 +42,7 @@
 
 #include "core/allocator.h"
 #include "core/cuda/affine_scan.cuh"
+#include "core/cuda/fast_math.cuh"
 #include "core/cuda/launch.cuh"
 #include "core/cuda/mma.cuh"
 #include "core/cuda_check.h"
@@ -53,7 +54,7 @@ namespace {
 
 constexpr int kThreads = 256;  // a 16 x 16 grid of threads over every block product
 constexpr int kCols = 64;      // state columns per block
-constexpr int kRows = 64;      // state rows (key dims) per block of dq/dk_mma_kernel
+constexpr int kRows = 64;      // state rows (key dims) per block of row_grad_mma_kernel
 
 // Chunk length and shared-memory layout (floats; rows padded by one against bank conflicts)
 // of the chunk kernels for Dk <= DK: q, k [C][DK], v, du [C][kCols], s [DK][kCols],
@@ -580,7 +581,7 @@ struct MmaTiles {
   static_assert(Tiles<128>::C == C, "MmaTiles: the chunk must be the fp32 path's (same splits)");
 };
 
-// The shared tiles of output/dq/dk/dv_mma_kernel (v and du where the kernel reads them).
+// The shared tiles of output/row_grad/dv_mma_kernel (v and du where the kernel reads them).
 template <class T, int XW, int YW>
 struct MmaSmem {
   using Tl = MmaTiles<XW, YW>;
@@ -679,25 +680,52 @@ __device__ __forceinline__ void frag_write(float (&c)[1][NT][4], int m0, int n0,
   else frag_atomic_add(c, m0, n0, n, [&](int r) { return sum + row(r); });
 }
 
-// The warp's 16 x C scores of rows m0.. against the chunk, decay-masked in place: entry
-// (r, c) is (i, j) = (r, c) (transposed: (c, r)) and becomes e^{A_i - A_j} x for j <= i, else 0.
+// The 16-column blocks [lo, hi) of a warp's 16 x C causal scores (rows m0..) that the mask
+// keeps: queries against keys j <= i (columns below m0 + 16), or transposed keys against
+// queries i >= j (columns from m0). Score products and masks skip the rest (zeros).
+struct Band {
+  int lo, hi;
+};
+enum class Scores { queries_keys, keys_queries };
 template <int C>
-__device__ __forceinline__ void mask_scores(float (&p)[1][C / 8][4], const float* a, int m0, bool transposed) {
-  frag_each(p, m0, 0, [&](int r, int c, float& x) {
-    const int i = transposed ? c : r, j = transposed ? r : c;
-    x = j <= i ? x * expf(a[i] - a[j]) : 0.f;
-  });
+__device__ __forceinline__ Band causal_band(int m0, Scores rows) {
+  return rows == Scores::queries_keys ? Band{0, m0 / 16 + 1} : Band{m0 / 16, C / 16};
+}
+
+// The row block (16 rows) of warp w in the 4 x 2 warp grid of the chunk kernels: warps w and
+// w + 4 (one SM sub-partition) take row blocks r and 3 - r, so the causal band's work is the
+// same on every sub-partition.
+__device__ __forceinline__ int warp_row0(int warp) { return 16 * (warp & 4 ? 3 - (warp & 3) : warp & 3); }
+
+// The warp's 16 x C scores of rows m0.. against the chunk, decay-masked in place within `band`:
+// entry (r, c) is (i, j) = (r, c) (keys_queries: (c, r)) and becomes e^{A_i - A_j} x for
+// j <= i, else 0 (x alone without a decay: all A are 0).
+template <int C>
+__device__ __forceinline__ void mask_scores(float (&p)[1][C / 8][4], const float* a, int m0, Scores rows, Band band,
+                                            bool decay) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int jt = 0; jt < C / 8; ++jt) {
+    if (jt < 2 * band.lo || jt >= 2 * band.hi) continue;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = m0 + g + 8 * (e / 2), c = 8 * jt + 2 * t + e % 2;
+      const int i = rows == Scores::queries_keys ? r : c, j = rows == Scores::queries_keys ? c : r;
+      float& x = p[0][jt][e];
+      x = j > i ? 0.f : decay ? x * fast_exp2((a[i] - a[j]) * kLog2e) : x;
+    }
+  }
 }
 
 // acc += P B for the warp's 16 x C scores P (C fragments, packed to A fragments) and B the
-// swizzled [C][W] tile (base kLanesRowsFirst) at columns n0..; only the k steps kk of
-// [kk0, kk1) (P is zero elsewhere).
+// swizzled [C][W] tile (base kLanesRowsFirst) at columns n0..; only the k steps of the band
+// (P is zero elsewhere).
 template <class T, int C, int W, int NT>
 __device__ __forceinline__ void scores_mma(float (&acc)[1][NT][4], const float (&p)[1][C / 8][4], uint32_t b_base,
-                                           int n0, int kk0, int kk1) {
+                                           int n0, Band band) {
 #pragma unroll
   for (int kk = 0; kk < C / 16; ++kk) {
-    if (kk < kk0 || kk >= kk1) continue;
+    if (kk < band.lo || kk >= band.hi) continue;
     const uint32_t pa[4] = {pack2<T>(p[0][2 * kk][0], p[0][2 * kk][1]), pack2<T>(p[0][2 * kk][2], p[0][2 * kk][3]),
                             pack2<T>(p[0][2 * kk + 1][0], p[0][2 * kk + 1][1]),
                             pack2<T>(p[0][2 * kk + 1][2], p[0][2 * kk + 1][3])};
@@ -882,7 +910,7 @@ __device__ __forceinline__ void walk_split(const Work& wk, const Place& pl, Frag
   }
 }
 
-// output_kernel on tensor cores (same contract; o in T). Warp w computes rows m0 = 16 (w % 4)
+// output_kernel on tensor cores (same contract; o in T). Warp w computes rows m0 = warp_row0(w)
 // and columns n0 = 32 (w / 4) of U; the two warps of a row block both compute its 16 x C
 // scores (no shared round trip for P).
 template <class T, int DK>
@@ -894,7 +922,8 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
   const MmaSmem<T, DK, kCols> sm(smem_raw, true, false);
   const Place pl(wk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4);
+  const int m0 = warp_row0(warp), n0 = 32 * (warp / 4);
+  const Band band = causal_band<C>(m0, Scores::queries_keys);
   const T* const qg = slice<T>(wk.q, pl);
   const T* const kg = slice<T>(wk.k, pl);
   const T* const vg = slice<T>(wk.v, pl) + pl.col0();
@@ -916,9 +945,10 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
     scale_frag_rows(u, sm.ea, m0);
     if (wk.causal) {
       float p[1][C / 8][4] = {};  // Q K^T of rows m0.. against the chunk
-      warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(p, q_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(kb, lane), 0, 0);
-      mask_scores<C>(p, sm.a, m0, false);
-      scores_mma<T, C, kCols>(u, p, ldsm_base<kCols, kLanesRowsFirst>(vb, lane), n0, 0, m0 / 16 + 1);
+      warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(p, q_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(kb, lane), 0, 0,
+                                                     band.lo, band.hi);
+      mask_scores<C>(p, sm.a, m0, Scores::queries_keys, band, wk.log_decay);
+      scores_mma<T, C, kCols>(u, p, ldsm_base<kCols, kLanesRowsFirst>(vb, lane), n0, band);
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j)
@@ -933,110 +963,71 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
   });
 }
 
-// dq_kernel on tensor cores by key-row tiles (same contract, Dv = DV): block (tile, split, bh)
-// owns key dims r0 = kRows tile.. of dq, so it walks its split forward with rows r0.. of the
-// state over all DV columns and reads whole dU and V rows for the scores:
+// dq_kernel and dkdv_kernel's dk on tensor cores by key-row tiles (same contract, Dv = DV), one
+// kernel for both: block (tile, split, bh) owns key dims r0 = kRows tile.. of the gradient and
+// walks its split with rows r0.. of the state (dq: forward from the split's entry state) or of
+// the state gradient (dk: backward from its exit), over all DV columns, reading whole rows of
+// the score operands:
 //   dq[:, r0..] = e^A (dU S[r0.., :]^T) + mask(dU V^T) K[:, r0..],
-//   S[r0.., :] = e^{A_L} S[r0.., :] + (K[:, r0..] w)^T V.
-// Warp w computes rows m0 = 16 (w % 4) and key dims r0 + n0, n0 = 32 (w / 4); the two warps of
-// a row block both compute mask(dU V^T). q.dq over the tile's key dims is added into wk.dot.
-template <class T, int DV>
-__global__ void __launch_bounds__(kThreads, 2) dq_mma_kernel(Work wk) {
-  using Tl = MmaTiles<kRows, DV>;
-  constexpr int C = Tl::C;
-  static_assert(C == 64 && kRows == 64 && kThreads == 256, "dq_mma_kernel: 8 warps as 4 row blocks x 2 halves");
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  const MmaSmem<T, kRows, DV> sm(smem_raw, true, true);
-  const Place pl(wk);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4), r0 = kRows * pl.tile;
-  const int hq = pl.h / (wk.heads / wk.heads_q);
-  const T* const qg = slice<T>(wk.q, pl) + r0;
-  const T* const kg = slice<T>(wk.k, pl) + r0;
-  const T* const vg = slice<T>(wk.v, pl);
-  const T* const dug = slice<T>(wk.du, pl);
-  auto load = [&](int64_t c, int buf) {
-    load_chunk<T, DV>(sm.du, buf, dug, wk.du, c, wk);
-    if (wk.dot) load_chunk<T, kRows>(sm.q, buf, qg, wk.q, c, wk);
-    if (!wk.causal) return;
-    load_chunk<T, kRows>(sm.k, buf, kg, wk.k, c, wk);
-    load_chunk<T, DV>(sm.v, buf, vg, wk.v, c, wk);
-  };
-  StateFrag<kRows, DV> st;
-  st.load(start_state(wk, pl), wk, r0, 0);
-  walk_split<C, Walk::forward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more) {
-    const T* const qb = sm.q + buf * Tl::kX;
-    const T* const kb = sm.k + buf * Tl::kX;
-    const T* const vb = sm.v + buf * Tl::kY;
-    const uint32_t du_base = ldsm_base<DV, kLanesRowsFirst>(sm.du + buf * Tl::kY, lane);
-    float dq[1][4][4] = {};
-    warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(dq, du_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(sm.s, lane), 0,
-                                                   n0);
-    scale_frag_rows(dq, sm.ea, m0);
-    if (wk.causal) {
-      float g[1][C / 8][4] = {};  // dU V^T of rows m0.. against the chunk, over all DV columns
-      warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(g, du_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(vb, lane), 0, 0);
-      mask_scores<C>(g, sm.a, m0, false);
-      scores_mma<T, C, kRows>(dq, g, ldsm_base<kRows, kLanesRowsFirst>(kb, lane), n0, 0, m0 / 16 + 1);
-    }
-    frag_write<T>(dq, m0, n0, n, wk.dq_out, wk.dq,
-                  [&](int i) { return ((pl.b * wk.seqlen + t0 + i) * wk.heads_q + hq) * wk.dim_k + r0; });
-    if (wk.dot) add_row_dots<kRows>(dq, qb, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, 1.f);
-    if (wk.causal && more) st.template step<T, C>(kb, vb, sm.w, sm.ea[C - 1]);
-  });
-}
-
-// dkdv_kernel's dk on tensor cores by key-row tiles (Dv = DV), the mirror of dq_mma_kernel:
-// block (tile, split, bh) owns key dims r0 = kRows tile.. of dk and walks its split backward
-// from rows r0.. of the state gradient at its exit, over all DV columns:
+//   S[r0.., :]  = e^{A_L} S[r0.., :] + (K[:, r0..] w)^T V;
 //   dk[:, r0..] = w (V dS[r0.., :]^T) + mask(dU V^T)^T Q[:, r0..],
 //   dS[r0.., :] = e^{A_L} dS[r0.., :] + (Q[:, r0..] e^A)^T dU.
-// Warp w computes rows (keys) m0 = 16 (w % 4) and key dims r0 + n0, n0 = 32 (w / 4), from the
-// transposed scores V dU^T of its rows; -k.dk over the tile's key dims is added into wk.dot.
-template <class T, int DV>
-__global__ void __launch_bounds__(kThreads, 2) dk_mma_kernel(Work wk) {
+// The roles, dq / dk: rows (the A operand of every product) dU / V, their scores' partner
+// V / dU, the scores' product and state step operand K / Q, the row dot's tile Q / K (q.dq and
+// -k.dk over the tile's key dims, added into wk.dot). Warp w computes rows m0 = warp_row0(w) and
+// key dims r0 + n0, n0 = 32 (w / 4); the two warps of a row block both compute the scores.
+enum class RowGrad { dq, dk };
+
+template <class T, int DV, RowGrad G>
+__global__ void __launch_bounds__(kThreads, 2) row_grad_mma_kernel(Work wk) {
   using Tl = MmaTiles<kRows, DV>;
   constexpr int C = Tl::C;
-  static_assert(C == 64 && kRows == 64 && kThreads == 256, "dk_mma_kernel: 8 warps as 4 row blocks x 2 halves");
+  constexpr bool kDq = G == RowGrad::dq;
+  static_assert(C == 64 && kRows == 64 && kThreads == 256, "row_grad_mma_kernel: 8 warps as 4 row blocks x 2 halves");
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  // Slots: rows in du, their partner in v, the product operand in k, the dot tile in q.
   const MmaSmem<T, kRows, DV> sm(smem_raw, true, true);
   const Place pl(wk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4), r0 = kRows * pl.tile;
-  const int hk = pl.h / (wk.heads / wk.heads_k);
-  const T* const qg = slice<T>(wk.q, pl) + r0;
-  const T* const kg = slice<T>(wk.k, pl) + r0;
-  const T* const vg = slice<T>(wk.v, pl);
-  const T* const dug = slice<T>(wk.du, pl);
+  const int m0 = warp_row0(warp), n0 = 32 * (warp / 4), r0 = kRows * pl.tile;
+  const Band band = causal_band<C>(m0, kDq ? Scores::queries_keys : Scores::keys_queries);
+  const Rows &rows = kDq ? wk.du : wk.v, &partner = kDq ? wk.v : wk.du;
+  const Rows &operand = kDq ? wk.k : wk.q, &dotted = kDq ? wk.q : wk.k;
+  const T* const rows_g = slice<T>(rows, pl);
+  const T* const partner_g = slice<T>(partner, pl);
+  const T* const operand_g = slice<T>(operand, pl) + r0;
+  const T* const dotted_g = slice<T>(dotted, pl) + r0;
   auto load = [&](int64_t c, int buf) {
-    load_chunk<T, DV>(sm.v, buf, vg, wk.v, c, wk);
-    if (wk.dot) load_chunk<T, kRows>(sm.k, buf, kg, wk.k, c, wk);
+    load_chunk<T, DV>(sm.du, buf, rows_g, rows, c, wk);
+    if (wk.dot) load_chunk<T, kRows>(sm.q, buf, dotted_g, dotted, c, wk);
     if (!wk.causal) return;
-    load_chunk<T, kRows>(sm.q, buf, qg, wk.q, c, wk);
-    load_chunk<T, DV>(sm.du, buf, dug, wk.du, c, wk);
+    load_chunk<T, kRows>(sm.k, buf, operand_g, operand, c, wk);
+    load_chunk<T, DV>(sm.v, buf, partner_g, partner, c, wk);
   };
+  const int heads_x = kDq ? wk.heads_q : wk.heads_k, hx = pl.h / (wk.heads / heads_x);
   StateFrag<kRows, DV> st;
   st.load(start_state(wk, pl), wk, r0, 0);
-  walk_split<C, Walk::backward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more) {
-    const T* const qb = sm.q + buf * Tl::kX;
-    const T* const kb = sm.k + buf * Tl::kX;
-    const T* const dub = sm.du + buf * Tl::kY;
-    const uint32_t v_base = ldsm_base<DV, kLanesRowsFirst>(sm.v + buf * Tl::kY, lane);
-    float dk[1][4][4] = {};
-    warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(dk, v_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(sm.s, lane), 0,
-                                                   n0);
+  walk_split<C, kDq ? Walk::forward : Walk::backward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n,
+                                                                               bool more) {
+    const T* const ob = sm.k + buf * Tl::kX;
+    const T* const pb = sm.v + buf * Tl::kY;
+    const uint32_t rows_base = ldsm_base<DV, kLanesRowsFirst>(sm.du + buf * Tl::kY, lane);
+    float acc[1][4][4] = {};
+    warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(acc, rows_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(sm.s, lane),
+                                                   0, n0);
+    if (kDq || wk.causal) scale_frag_rows(acc, kDq ? sm.ea : sm.w, m0);
     if (wk.causal) {
-      scale_frag_rows(dk, sm.w, m0);
-      float gt[1][C / 8][4] = {};  // V dU^T over all DV columns: G^T of rows (keys) m0.. against the chunk
-      warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(gt, v_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(dub, lane), 0,
-                                                     0);
-      mask_scores<C>(gt, sm.a, m0, true);
-      scores_mma<T, C, kRows>(dk, gt, ldsm_base<kRows, kLanesRowsFirst>(qb, lane), n0, m0 / 16, C / 16);
+      float g[1][C / 8][4] = {};  // the rows' scores against the chunk (dU V^T, or transposed V dU^T)
+      warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(g, rows_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(pb, lane), 0,
+                                                     0, band.lo, band.hi);
+      mask_scores<C>(g, sm.a, m0, kDq ? Scores::queries_keys : Scores::keys_queries, band, wk.log_decay);
+      scores_mma<T, C, kRows>(acc, g, ldsm_base<kRows, kLanesRowsFirst>(ob, lane), n0, band);
     }
-    frag_write<T>(dk, m0, n0, n, wk.dk_out, wk.dk,
-                  [&](int j) { return ((pl.b * wk.seqlen + t0 + j) * wk.heads_k + hk) * wk.dim_k + r0; });
-    if (wk.dot) add_row_dots<kRows>(dk, kb, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, -1.f);
-    if (wk.causal && more) st.template step<T, C>(qb, dub, sm.ea, sm.ea[C - 1]);
+    frag_write<T>(acc, m0, n0, n, kDq ? wk.dq_out : wk.dk_out, kDq ? wk.dq : wk.dk,
+                  [&](int i) { return ((pl.b * wk.seqlen + t0 + i) * heads_x + hx) * wk.dim_k + r0; });
+    if (wk.dot)
+      add_row_dots<kRows>(acc, sm.q + buf * Tl::kX, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, kDq ? 1.f : -1.f);
+    if (wk.causal && more) st.template step<T, C>(ob, pb, kDq ? sm.w : sm.ea, sm.ea[C - 1]);
   });
 }
 
@@ -1044,7 +1035,7 @@ __global__ void __launch_bounds__(kThreads, 2) dk_mma_kernel(Work wk) {
 // backward with the column tile of dS:
 //   dv[:, c..] = w (K dS[:, c..]) + mask(Q K^T)^T dU[:, c..],
 //   dS[:, c..] = e^{A_L} dS[:, c..] + (Q e^A)^T dU[:, c..]   (c = the tile's first column).
-// Warp w computes rows (keys) m0 = 16 (w % 4) and columns n0 = 32 (w / 4) of the tile from the
+// Warp w computes rows (keys) m0 = warp_row0(w) and columns n0 = 32 (w / 4) of the tile from the
 // transposed scores K Q^T of its rows; the two warps of a row block both compute them.
 template <class T, int DK>
 __global__ void __launch_bounds__(kThreads, 2) dv_mma_kernel(Work wk) {
@@ -1055,7 +1046,8 @@ __global__ void __launch_bounds__(kThreads, 2) dv_mma_kernel(Work wk) {
   const MmaSmem<T, DK, kCols> sm(smem_raw, false, true);
   const Place pl(wk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4);
+  const int m0 = warp_row0(warp), n0 = 32 * (warp / 4);
+  const Band band = causal_band<C>(m0, Scores::keys_queries);
   const int hv = pl.h / (wk.heads / wk.heads_v);
   const T* const qg = slice<T>(wk.q, pl);
   const T* const kg = slice<T>(wk.k, pl);
@@ -1078,9 +1070,10 @@ __global__ void __launch_bounds__(kThreads, 2) dv_mma_kernel(Work wk) {
     if (wk.causal) {
       scale_frag_rows(dv, sm.w, m0);
       float pt[1][C / 8][4] = {};  // K Q^T: P^T of rows (keys) m0.. against the chunk
-      warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(pt, k_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(qb, lane), 0, 0);
-      mask_scores<C>(pt, sm.a, m0, true);
-      scores_mma<T, C, kCols>(dv, pt, ldsm_base<kCols, kLanesRowsFirst>(dub, lane), n0, m0 / 16, C / 16);
+      warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(pt, k_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(qb, lane), 0, 0,
+                                                     band.lo, band.hi);
+      mask_scores<C>(pt, sm.a, m0, Scores::keys_queries, band, wk.log_decay);
+      scores_mma<T, C, kCols>(dv, pt, ldsm_base<kCols, kLanesRowsFirst>(dub, lane), n0, band);
     }
     frag_write<T>(dv, m0, n0, n, wk.dv_out, wk.dv,
                   [&](int j) { return ((pl.b * wk.seqlen + t0 + j) * wk.heads_v + hv) * wk.dim_v + pl.col0(); });
@@ -1306,22 +1299,22 @@ void launch_states(const Work& w, bool grads, cudaStream_t st) {
   LCTX_CUDA_CHECK_LAUNCH("linear_attn states_kernel");
 }
 
-// dq_mma_kernel and dk_mma_kernel over (key-row tile, split, batch x head) for Dv = DV.
+// row_grad_mma_kernel for dq, then dk, over (key-row tile, split, batch x head) for Dv = DV.
 template <class T, int DV>
 void launch_row_grads(const Work& w, const Work& wr, cudaStream_t st) {
   const dim3 grid(w.dim_k / kRows, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
   constexpr int bytes = MmaTiles<kRows, DV>::kGradBytes;
-  set_smem(dq_mma_kernel<T, DV>, bytes);
-  dq_mma_kernel<T, DV><<<grid, kThreads, bytes, st>>>(w);
-  LCTX_CUDA_CHECK_LAUNCH("linear_attn dq_mma_kernel");
-  set_smem(dk_mma_kernel<T, DV>, bytes);
-  dk_mma_kernel<T, DV><<<grid, kThreads, bytes, st>>>(wr);
-  LCTX_CUDA_CHECK_LAUNCH("linear_attn dk_mma_kernel");
+  set_smem(row_grad_mma_kernel<T, DV, RowGrad::dq>, bytes);
+  row_grad_mma_kernel<T, DV, RowGrad::dq><<<grid, kThreads, bytes, st>>>(w);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn row_grad_mma_kernel (dq)");
+  set_smem(row_grad_mma_kernel<T, DV, RowGrad::dk>, bytes);
+  row_grad_mma_kernel<T, DV, RowGrad::dk><<<grid, kThreads, bytes, st>>>(wr);
+  LCTX_CUDA_CHECK_LAUNCH("linear_attn row_grad_mma_kernel (dk)");
 }
 
 // dq_kernel (with the forward's states in w) and dkdv_kernel (with the state gradients in
-// wr) over every (column tile, split, batch x head); or on tensor cores dq_mma_kernel and
-// dk_mma_kernel by key-row tiles and dv_mma_kernel by column tiles.
+// wr) over every (column tile, split, batch x head); or on tensor cores row_grad_mma_kernel
+// (dq, dk) by key-row tiles and dv_mma_kernel by column tiles.
 template <class T, int DK>
 void launch_grads(const Work& w, const Work& wr, cudaStream_t st) {
   const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(w.batch * w.heads));

@@ -7,11 +7,12 @@
 // benchmark shape: nheads 32, headdim 64, d_state 128, one group; "ssd: no CUDA kernel" when the
 // CUDA path throws. Prints "scan ..." / "ssd ..." / "copy ..." lines; run_bench_ssm.sh puts the
 // PyTorch figures (bench_ssm_torch.py) beside them.
-// Usage: bench_ssm [reps=20] [max_T=1048576]
+// Usage: bench_ssm [reps=20] [max_T=1048576] [parts=all|scan|ssd]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "bench_timing.h"
@@ -112,14 +113,19 @@ int main(int argc, char** argv) {
   }
   const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
   const int64_t max_t = argc > 2 ? std::atoll(argv[2]) : int64_t(1) << 20;
+  const std::string parts = argc > 3 ? argv[3] : "all";
+  if (parts != "all" && parts != "scan" && parts != "ssd") {
+    std::fprintf(stderr, "bench_ssm: parts is '%s', expected all, scan or ssd\n", parts.c_str());
+    return 2;
+  }
   cudaDeviceProp prop{};
   LCTX_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s\n", prop.name);
   const double copy = copy_gbs(reps);
   std::printf("copy lctx %.0f GB/s\n", copy);
   for (int64_t T : {int64_t(8192), int64_t(32768), int64_t(131072), int64_t(1) << 20})
-    if (T <= max_t) bench_scan(T, T >= (int64_t(1) << 20) ? std::max(reps / 4, 3) : reps, copy);
+    if (T <= max_t && parts != "ssd") bench_scan(T, T >= (int64_t(1) << 20) ? std::max(reps / 4, 3) : reps, copy);
   for (int64_t T : {int64_t(8192), int64_t(32768), int64_t(131072)})
-    if (T <= max_t) bench_ssd(T, reps);
+    if (T <= max_t && parts != "scan") bench_ssd(T, reps);
   return 0;
 }

@@ -8,7 +8,7 @@ repetitions):
   chunk 256), imported from the source tree without the compiled extension (PYTHONPATH with
   .whl/mamba_src, see run_bench_ssm.sh).
 Prints "scan torch-chunked ..." and "ssd mamba_ssm ..." lines.
-Usage: bench_ssm_torch.py [reps=20] [max_T=1048576]
+Usage: bench_ssm_torch.py [reps=20] [max_T=1048576] [parts=all|scan|ssd]
 """
 import sys
 
@@ -97,14 +97,19 @@ def bench_ssd(T, reps):
 def main():
     reps = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     max_t = int(sys.argv[2]) if len(sys.argv) > 2 else 1 << 20
+    parts = sys.argv[3] if len(sys.argv) > 3 else "all"
+    if parts not in ("all", "scan", "ssd"):
+        sys.exit(f"bench_ssm_torch.py: parts is '{parts}', expected all, scan or ssd")
     print(f"device: {torch.cuda.get_device_name()}")
-    for T in (8192, 32768):
-        if T <= max_t:
-            bench_scan(T, 4096, reps)
-    bench_scan(8192, 2048, reps)
-    for T in (8192, 32768, 131072):
-        if T <= max_t:
-            bench_ssd(T, reps)
+    if parts != "ssd":
+        for T in (8192, 32768):
+            if T <= max_t:
+                bench_scan(T, 4096, reps)
+        bench_scan(8192, 2048, reps)
+    if parts != "scan":
+        for T in (8192, 32768, 131072):
+            if T <= max_t:
+                bench_ssd(T, reps)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,18 @@
 #   Mamba-2 SSD (nheads 32, headdim 64, d_state 128): lctx vs mamba_chunk_scan_combined.
 # mamba_ssm comes from the source tree without its compiled extension: put .whl/mamba_src on
 # PYTHONPATH (the script adds $REPO/.whl/mamba_src when present).
-# Usage: tests/bench/run_bench_ssm.sh <build dir or bench_ssm binary> [reps=20] [max_T=1048576]
+# Usage: tests/bench/run_bench_ssm.sh <build dir or bench_ssm binary> [reps=20] [max_T=1048576] [parts=all|scan|ssd]
 set -euo pipefail
 BUILD="${1:-build}"
 REPS="${2:-20}"
 MAXT="${3:-1048576}"
+PARTS="${4:-all}"
 BIN="$BUILD"; [ -d "$BUILD" ] && BIN="$BUILD/tests/bench/bench_ssm"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 [ -d "$HERE/../../.whl/mamba_src" ] && export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$HERE/../../.whl/mamba_src"
 LOG="$(mktemp)"
-"$BIN" "$REPS" "$MAXT" | tee "$LOG"
-python3 "$HERE/bench_ssm_torch.py" "$REPS" "$MAXT" | tee -a "$LOG" || true  # the tables show what ran
+"$BIN" "$REPS" "$MAXT" "$PARTS" | tee "$LOG"
+python3 "$HERE/bench_ssm_torch.py" "$REPS" "$MAXT" "$PARTS" | tee -a "$LOG" || true  # the tables show what ran
 python3 - "$LOG" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()

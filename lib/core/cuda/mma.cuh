@@ -134,10 +134,12 @@ enum class BLayout { nk, kn };
 // steps of 16 along k from column / row 0. c[mt][j] is the C fragment of (m tile mt, n tile j).
 // Per k step: the MT A fragments, then per pair of n tiles one B ldmatrix and 2 MT mma
 // (every B fragment feeds MT mma). a_off / b_off are added to the ldmatrix addresses after
-// the swizzle (double-buffer offsets, multiples of the 128-byte swizzle period).
+// the swizzle (double-buffer offsets, multiples of the 128-byte swizzle period). Only the pairs
+// of n tiles nj in [nj0, nj1) are computed (warp-uniform bounds; a band of a masked product).
 template <class T, int K16, int WA, int WB, BLayout LB, int MT, int NT>
 __device__ __forceinline__ void warp_tile_mma(float (&c)[MT][NT][4], uint32_t a_base, uint32_t a_off, int a_row0,
-                                              uint32_t b_base, uint32_t b_off, int b_col0) {
+                                              uint32_t b_base, uint32_t b_off, int b_col0, int nj0 = 0,
+                                              int nj1 = NT / 2) {
   static_assert(NT % 2 == 0, "warp_tile_mma: B is read two n8 tiles at a time");
 #pragma unroll
   for (int kk = 0; kk < K16; ++kk) {
@@ -146,6 +148,7 @@ __device__ __forceinline__ void warp_tile_mma(float (&c)[MT][NT][4], uint32_t a_
     for (int mt = 0; mt < MT; ++mt) ldsm_x4(a[mt], ldsm_at<WA>(a_base, a_row0 + 16 * mt, kk * 16) + a_off);
 #pragma unroll
     for (int nj = 0; nj < NT / 2; ++nj) {
+      if (nj < nj0 || nj >= nj1) continue;
       uint32_t b[4];
       if constexpr (LB == BLayout::nk) ldsm_x4(b, ldsm_at<WB>(b_base, b_col0 + nj * 16, kk * 16) + b_off);
       else ldsm_x4_trans(b, ldsm_at<WB>(b_base, kk * 16, b_col0 + nj * 16) + b_off);
