@@ -23,7 +23,7 @@
 //     kernels, the state (gradient) is read as a 16-bit copy of its fp32 registers, and K w,
 //     Q e^A and the decay-masked scores are rounded to 16 bits before their products. The
 //     backward tiles each gradient so that a block owns what it writes: dq and dk by key-row
-//     tiles of kRows (the block keeps those rows of S or dS over all Dv columns and recomputes
+//     tiles (kRowTile: the block keeps those rows of S or dS over all Dv columns and recomputes
 //     the chunk's scores over full dU and V rows), dv by column tiles (dS's columns, as the
 //     forward). A gradient whose input head has one state head is then stored in 16 bits
 //     directly (no fp32 sum, atomics, memset or conversion); shared heads still add into fp32.
@@ -54,7 +54,10 @@ namespace {
 
 constexpr int kThreads = 256;  // a 16 x 16 grid of threads over every block product
 constexpr int kCols = 64;      // state columns per block
-constexpr int kRows = 64;      // state rows (key dims) per block of row_grad_mma_kernel
+// State rows (key dims) per block of row_grad_mma_kernel: all Dk rows when Dv is 64 (one tile,
+// so every head's dU and V rows are read once), else 64.
+template <int DK, int DV>
+constexpr int kRowTile = DV == 64 ? DK : 64;
 
 // Chunk length and shared-memory layout (floats; rows padded by one against bank conflicts)
 // of the chunk kernels for Dk <= DK: q, k [C][DK], v, du [C][kCols], s [DK][kCols],
@@ -647,19 +650,29 @@ __device__ __forceinline__ void frag_pairs(float (&c)[1][NT][4], int m0, int n0,
   }
 }
 
-// The fragments added to fp32 sums, row r at row(r) with contiguous columns (one 8-byte vector
-// atomic per column pair on sm_90).
+// The fragments added to fp32 sums, row r at row(r) with contiguous 16-byte aligned columns.
+// On sm_90 one 16-byte vector atomic per 4 columns: lanes t and t ^ 1 of a quad swap a column
+// pair, so the even lane adds columns 2t..2t+3 of row g and the odd one columns 2t-2..2t+1 of
+// row g + 8.
 template <int NT, class F>
 __device__ __forceinline__ void frag_atomic_add(float (&c)[1][NT][4], int m0, int n0, int n, F&& row) {
-  frag_pairs(c, m0, n0, n, [&](int r, int col, float x, float y) {
-    float* const dst = row(r) + col;
 #if __CUDA_ARCH__ >= 900
-    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(x, y));
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const bool odd = t & 1;
+  const int r = m0 + g + (odd ? 8 : 0);
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const float x = __shfl_xor_sync(0xffffffffu, odd ? c[0][j][0] : c[0][j][2], 1);
+    const float y = __shfl_xor_sync(0xffffffffu, odd ? c[0][j][1] : c[0][j][3], 1);
+    const float4 v = odd ? make_float4(x, y, c[0][j][2], c[0][j][3]) : make_float4(c[0][j][0], c[0][j][1], x, y);
+    if (r < n) atomicAdd(reinterpret_cast<float4*>(row(r) + n0 + 8 * j + 2 * (t & ~1)), v);
+  }
 #else
-    atomicAdd(dst, x);
-    atomicAdd(dst + 1, y);
-#endif
+  frag_pairs(c, m0, n0, n, [&](int r, int col, float x, float y) {
+    atomicAdd(row(r) + col, x);
+    atomicAdd(row(r) + col + 1, y);
   });
+#endif
 }
 
 // The fragments rounded to T into a 16-bit tensor, row r at row(r) with contiguous columns (one
@@ -774,7 +787,7 @@ __device__ __forceinline__ const float* start_state(const Work& wk, const Place&
 }
 
 // A block's fp32 state tile [ROWS][COLS] (a column tile [DK][kCols], or a key-row tile
-// [kRows][Dv]) as mma C fragments: warp w holds rows m0 = 16 (w % RW) .. m0 + 15 and the NT n8
+// [kRowTile][Dv]) as mma C fragments: warp w holds rows m0 = 16 (w % RW) .. m0 + 15 and the NT n8
 // column tiles from n0 = 8 NT (w / RW).
 template <int ROWS, int COLS>
 struct StateFrag {
@@ -964,7 +977,7 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
 }
 
 // dq_kernel and dkdv_kernel's dk on tensor cores by key-row tiles (same contract, Dv = DV), one
-// kernel for both: block (tile, split, bh) owns key dims r0 = kRows tile.. of the gradient and
+// kernel for both: block (tile, split, bh) owns key dims r0 = ROWS tile.. of the gradient and
 // walks its split with rows r0.. of the state (dq: forward from the split's entry state) or of
 // the state gradient (dk: backward from its exit), over all DV columns, reading whole rows of
 // the score operands:
@@ -975,21 +988,22 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
 // The roles, dq / dk: rows (the A operand of every product) dU / V, their scores' partner
 // V / dU, the scores' product and state step operand K / Q, the row dot's tile Q / K (q.dq and
 // -k.dk over the tile's key dims, added into wk.dot). Warp w computes rows m0 = warp_row0(w) and
-// key dims r0 + n0, n0 = 32 (w / 4); the two warps of a row block both compute the scores.
+// key dims r0 + n0, n0 = ROWS / 2 (w / 4); the two warps of a row block both compute the scores.
 enum class RowGrad { dq, dk };
 
-template <class T, int DV, RowGrad G>
+template <class T, int DV, int ROWS, RowGrad G>
 __global__ void __launch_bounds__(kThreads, 2) row_grad_mma_kernel(Work wk) {
-  using Tl = MmaTiles<kRows, DV>;
+  using Tl = MmaTiles<ROWS, DV>;
   constexpr int C = Tl::C;
   constexpr bool kDq = G == RowGrad::dq;
-  static_assert(C == 64 && kRows == 64 && kThreads == 256, "row_grad_mma_kernel: 8 warps as 4 row blocks x 2 halves");
+  static_assert(C == 64 && (ROWS == 64 || ROWS == 128) && kThreads == 256,
+                "row_grad_mma_kernel: 8 warps as 4 row blocks x 2 halves");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Slots: rows in du, their partner in v, the product operand in k, the dot tile in q.
-  const MmaSmem<T, kRows, DV> sm(smem_raw, true, true);
+  const MmaSmem<T, ROWS, DV> sm(smem_raw, true, true);
   const Place pl(wk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int m0 = warp_row0(warp), n0 = 32 * (warp / 4), r0 = kRows * pl.tile;
+  const int m0 = warp_row0(warp), n0 = ROWS / 2 * (warp / 4), r0 = ROWS * pl.tile;
   const Band band = causal_band<C>(m0, kDq ? Scores::queries_keys : Scores::keys_queries);
   const Rows &rows = kDq ? wk.du : wk.v, &partner = kDq ? wk.v : wk.du;
   const Rows &operand = kDq ? wk.k : wk.q, &dotted = kDq ? wk.q : wk.k;
@@ -999,20 +1013,20 @@ __global__ void __launch_bounds__(kThreads, 2) row_grad_mma_kernel(Work wk) {
   const T* const dotted_g = slice<T>(dotted, pl) + r0;
   auto load = [&](int64_t c, int buf) {
     load_chunk<T, DV>(sm.du, buf, rows_g, rows, c, wk);
-    if (wk.dot) load_chunk<T, kRows>(sm.q, buf, dotted_g, dotted, c, wk);
+    if (wk.dot) load_chunk<T, ROWS>(sm.q, buf, dotted_g, dotted, c, wk);
     if (!wk.causal) return;
-    load_chunk<T, kRows>(sm.k, buf, operand_g, operand, c, wk);
+    load_chunk<T, ROWS>(sm.k, buf, operand_g, operand, c, wk);
     load_chunk<T, DV>(sm.v, buf, partner_g, partner, c, wk);
   };
   const int heads_x = kDq ? wk.heads_q : wk.heads_k, hx = pl.h / (wk.heads / heads_x);
-  StateFrag<kRows, DV> st;
+  StateFrag<ROWS, DV> st;
   st.load(start_state(wk, pl), wk, r0, 0);
   walk_split<C, kDq ? Walk::forward : Walk::backward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n,
                                                                                bool more) {
     const T* const ob = sm.k + buf * Tl::kX;
     const T* const pb = sm.v + buf * Tl::kY;
     const uint32_t rows_base = ldsm_base<DV, kLanesRowsFirst>(sm.du + buf * Tl::kY, lane);
-    float acc[1][4][4] = {};
+    float acc[1][ROWS / 16][4] = {};
     warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(acc, rows_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(sm.s, lane),
                                                    0, n0);
     if (kDq || wk.causal) scale_frag_rows(acc, kDq ? sm.ea : sm.w, m0);
@@ -1021,12 +1035,12 @@ __global__ void __launch_bounds__(kThreads, 2) row_grad_mma_kernel(Work wk) {
       warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(g, rows_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(pb, lane), 0,
                                                      0, band.lo, band.hi);
       mask_scores<C>(g, sm.a, m0, kDq ? Scores::queries_keys : Scores::keys_queries, band, wk.log_decay);
-      scores_mma<T, C, kRows>(acc, g, ldsm_base<kRows, kLanesRowsFirst>(ob, lane), n0, band);
+      scores_mma<T, C, ROWS>(acc, g, ldsm_base<ROWS, kLanesRowsFirst>(ob, lane), n0, band);
     }
     frag_write<T>(acc, m0, n0, n, kDq ? wk.dq_out : wk.dk_out, kDq ? wk.dq : wk.dk,
                   [&](int i) { return ((pl.b * wk.seqlen + t0 + i) * heads_x + hx) * wk.dim_k + r0; });
     if (wk.dot)
-      add_row_dots<kRows>(acc, sm.q + buf * Tl::kX, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, kDq ? 1.f : -1.f);
+      add_row_dots<ROWS>(acc, sm.q + buf * Tl::kX, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, kDq ? 1.f : -1.f);
     if (wk.causal && more) st.template step<T, C>(ob, pb, kDq ? sm.w : sm.ea, sm.ea[C - 1]);
   });
 }
@@ -1256,7 +1270,8 @@ bool vec_rows(const void* ptr, const int64_t (&stride)[3]) {
 // The most dynamic shared memory a tensor-core kernel takes for Dk = DK, Dv = DV.
 template <int DK, int DV>
 constexpr int mma_smem_bytes() {
-  return std::max({MmaTiles<DK, kCols>::kStatesBytes, MmaTiles<DK, kCols>::kOneYBytes, MmaTiles<kRows, DV>::kGradBytes});
+  return std::max({MmaTiles<DK, kCols>::kStatesBytes, MmaTiles<DK, kCols>::kOneYBytes,
+                   MmaTiles<kRowTile<DK, DV>, DV>::kGradBytes});
 }
 
 // The tensor-core kernels take 16-bit inputs with Dk, Dv in {64, 128}, not normalised, rows
@@ -1299,16 +1314,17 @@ void launch_states(const Work& w, bool grads, cudaStream_t st) {
   LCTX_CUDA_CHECK_LAUNCH("linear_attn states_kernel");
 }
 
-// row_grad_mma_kernel for dq, then dk, over (key-row tile, split, batch x head) for Dv = DV.
-template <class T, int DV>
+// row_grad_mma_kernel for dq, then dk, over (key-row tile, split, batch x head) for Dk = DK
+// (the tensor-core path's dim_k), Dv = DV.
+template <class T, int DK, int DV>
 void launch_row_grads(const Work& w, const Work& wr, cudaStream_t st) {
-  const dim3 grid(w.dim_k / kRows, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
-  constexpr int bytes = MmaTiles<kRows, DV>::kGradBytes;
-  set_smem(row_grad_mma_kernel<T, DV, RowGrad::dq>, bytes);
-  row_grad_mma_kernel<T, DV, RowGrad::dq><<<grid, kThreads, bytes, st>>>(w);
+  constexpr int rows = kRowTile<DK, DV>, bytes = MmaTiles<rows, DV>::kGradBytes;
+  const dim3 grid(w.dim_k / rows, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
+  set_smem(row_grad_mma_kernel<T, DV, rows, RowGrad::dq>, bytes);
+  row_grad_mma_kernel<T, DV, rows, RowGrad::dq><<<grid, kThreads, bytes, st>>>(w);
   LCTX_CUDA_CHECK_LAUNCH("linear_attn row_grad_mma_kernel (dq)");
-  set_smem(row_grad_mma_kernel<T, DV, RowGrad::dk>, bytes);
-  row_grad_mma_kernel<T, DV, RowGrad::dk><<<grid, kThreads, bytes, st>>>(wr);
+  set_smem(row_grad_mma_kernel<T, DV, rows, RowGrad::dk>, bytes);
+  row_grad_mma_kernel<T, DV, rows, RowGrad::dk><<<grid, kThreads, bytes, st>>>(wr);
   LCTX_CUDA_CHECK_LAUNCH("linear_attn row_grad_mma_kernel (dk)");
 }
 
@@ -1320,8 +1336,8 @@ void launch_grads(const Work& w, const Work& wr, cudaStream_t st) {
   const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
   if constexpr (kHasMma<T, DK>) {
     if (w.mma) {
-      if (w.dim_v == 64) launch_row_grads<T, 64>(w, wr, st);
-      else launch_row_grads<T, 128>(w, wr, st);
+      if (w.dim_v == 64) launch_row_grads<T, DK, 64>(w, wr, st);
+      else launch_row_grads<T, DK, 128>(w, wr, st);
       constexpr int bytes = MmaTiles<DK, kCols>::kOneYBytes;
       set_smem(dv_mma_kernel<T, DK>, bytes);
       dv_mma_kernel<T, DK><<<grid, kThreads, bytes, st>>>(wr);
