@@ -10,18 +10,12 @@
 // Usage: bench_memory [reps=5] [max T=131072] [kinds=softmax,nsa,memory]
 #include <cstdio>
 #include <cstdlib>
-#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "bench_timing.h"
-#include "dist/layout.h"
-#include "dist/mesh.h"
-#include "dist/sim_comm.h"
-#include "mixers/param_table.h"
-#include "trainers/config.h"
-#include "trainers/mixer_registry.h"
+#include "bench_mixer.h"
+#include "core/error.h"
 
 using namespace lctx;
 
@@ -37,45 +31,14 @@ std::vector<std::string> kind_options(const std::string& kind) {
 }
 
 void run(const std::string& kind, int64_t T, int reps) {
-  std::vector<std::string> o = {"model.mixers=" + kind,
-                                "model.n_layers=1",
-                                "model.dim=" + std::to_string(kDim),
-                                "model.n_heads=" + std::to_string(kHeads),
-                                "model.n_kv_heads=" + std::to_string(kKvHeads),
-                                "model.head_dim=" + std::to_string(kHeadDim),
-                                "data.seq_len=" + std::to_string(T),
-                                "parallel.layout=contiguous",
-                                "train.device=cuda"};
+  std::vector<std::string> o = {"model.mixers=" + kind, "model.dim=" + std::to_string(kDim),
+                                "model.n_heads=" + std::to_string(kHeads), "model.n_kv_heads=" + std::to_string(kKvHeads),
+                                "model.head_dim=" + std::to_string(kHeadDim)};
   for (const std::string& s : kind_options(kind)) o.push_back(s);
-  const train::Config cfg = train::parse_config("", o);
-  dist::run_simulated(1, [&](dist::Comm& comm) {
-    dist::Mesh mesh(comm, {});
-    const dist::Layout layout(dist::LayoutKind::contiguous, T, 1, 1);
-    std::unique_ptr<mixers::Mixer> mixer = train::mixer_kind(kind).make(cfg, mesh, layout);
-    mixers::ParamTable table;
-    const std::vector<mixers::ParamSpec> specs = mixer->param_specs();
-    table.add("", specs);
-    table.allocate(Device::cuda(), DType::f32, DType::bf16);
-    table.init({.seed = 1, .init_std = 0.02, .n_layers = 1});
-    mixer->bind(table.range(0, specs.size()));
-    mixers::Tokens in;
-    in.x = bench::random_cuda({1, T, kDim}, DType::bf16, 1);
-    in.positions = layout.positions_tensor(0, DType::i32).to(Device::cuda());
-    const Tensor dy = bench::random_cuda({1, T, kDim}, DType::bf16, 2);
-    Tensor dx = Tensor::empty(in.x.shape(), DType::bf16, Device::cuda());
-    const int warm = T >= 131072 ? 1 : 2;
-    std::unique_ptr<mixers::Saved> saved;
-    const double fwd = bench::median_ms([&] { mixer->forward(in, saved, mixers::Pass::train); }, reps, warm);
-    const double fb = bench::median_ms(
-        [&] {
-          mixer->forward(in, saved, mixers::Pass::train);
-          mixer->backward(dx, dy, in, *saved);
-        },
-        reps, warm);
-    std::printf("lctx %s T=%lld fwd %.3f fwdbwd %.3f | Mtok/s %.2f %.2f\n", kind.c_str(), static_cast<long long>(T), fwd,
-                fb, static_cast<double>(T) / fwd * 1e-3, static_cast<double>(T) / fb * 1e-3);
-    std::fflush(stdout);
-  });
+  const bench::MixerTimes t = bench::time_mixer(o, T, reps);
+  std::printf("lctx %s T=%lld fwd %.3f fwdbwd %.3f | Mtok/s %.2f %.2f\n", kind.c_str(), static_cast<long long>(T),
+              t.fwd_ms, t.fb_ms, static_cast<double>(T) / t.fwd_ms * 1e-3, static_cast<double>(T) / t.fb_ms * 1e-3);
+  std::fflush(stdout);
 }
 
 }  // namespace

@@ -5,9 +5,11 @@
 // written), against a device-to-device copy measured here (the practical ceiling: bytes read +
 // written per second). Then Mamba-2 SSD (lib/ssm/ssd.h, on linear_attn) at mamba_ssm's
 // benchmark shape: nheads 32, headdim 64, d_state 128, one group; "ssd: no CUDA kernel" when the
-// CUDA path throws. Prints "scan ..." / "ssd ..." / "copy ..." lines; run_bench_ssm.sh puts the
-// PyTorch figures (bench_ssm_torch.py) beside them.
-// Usage: bench_ssm [reps=20] [max_T=1048576] [parts=all|scan|ssd]
+// CUDA path throws. Then whole Mamba, Mamba-2 and softmax layers as lctx-train builds them
+// (issue 18's "a whole Mamba layer's tokens/s next to a softmax layer"). Prints "scan ..." /
+// "ssd ..." / "layer ..." / "copy ..." lines; run_bench_ssm.sh puts the PyTorch figures
+// (bench_ssm_torch.py) beside them.
+// Usage: bench_ssm [reps=20] [max_T=1048576] [parts=all|scan|ssd|layer]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -15,8 +17,10 @@
 #include <string>
 #include <vector>
 
+#include "bench_mixer.h"
 #include "bench_timing.h"
 #include "core/cuda_check.h"
+#include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "ssm/selective_scan.h"
@@ -104,6 +108,25 @@ void bench_ssd(int64_t T, int reps) {
   std::fflush(stdout);
 }
 
+// A whole layer, as lctx-train builds it, at model dim 2048 (bench_mixer.h): `mamba` (expand 2:
+// d_inner 4096, d_state 16, the scan's shape above), `mamba2` (its defaults: heads of 64,
+// d_state 128) and `softmax` (16 heads of 128, causal flash): "layer lctx <kind> T=.. fwd ..".
+void bench_layers(int64_t T, int reps) {
+  for (const char* kind : {"mamba", "mamba2", "softmax"}) {
+    try {
+      const bench::MixerTimes t = bench::time_mixer(
+          {std::string("model.mixers=") + kind, "model.dim=2048", "model.n_heads=16", "model.n_kv_heads=16",
+           "model.head_dim=128"},
+          T, reps);
+      std::printf("layer lctx %s T=%ld fwd %.3f ms fwdbwd %.3f ms tokens_per_s_fb %.2fM\n", kind, static_cast<long>(T),
+                  t.fwd_ms, t.fb_ms, T / t.fb_ms / 1e3);
+    } catch (const Error& e) {
+      std::printf("layer lctx %s T=%ld failed: %s\n", kind, static_cast<long>(T), e.what());
+    }
+    std::fflush(stdout);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -114,18 +137,24 @@ int main(int argc, char** argv) {
   const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
   const int64_t max_t = argc > 2 ? std::atoll(argv[2]) : int64_t(1) << 20;
   const std::string parts = argc > 3 ? argv[3] : "all";
-  if (parts != "all" && parts != "scan" && parts != "ssd") {
-    std::fprintf(stderr, "bench_ssm: parts is '%s', expected all, scan or ssd\n", parts.c_str());
+  if (parts != "all" && parts != "scan" && parts != "ssd" && parts != "layer") {
+    std::fprintf(stderr, "bench_ssm: parts is '%s', expected all, scan, ssd or layer\n", parts.c_str());
     return 2;
   }
+  const auto want = [&](const char* part) { return parts == "all" || parts == part; };
   cudaDeviceProp prop{};
   LCTX_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s\n", prop.name);
-  const double copy = copy_gbs(reps);
-  std::printf("copy lctx %.0f GB/s\n", copy);
-  for (int64_t T : {int64_t(8192), int64_t(32768), int64_t(131072), int64_t(1) << 20})
-    if (T <= max_t && parts != "ssd") bench_scan(T, T >= (int64_t(1) << 20) ? std::max(reps / 4, 3) : reps, copy);
-  for (int64_t T : {int64_t(8192), int64_t(32768), int64_t(131072)})
-    if (T <= max_t && parts != "scan") bench_ssd(T, reps);
+  if (want("scan")) {
+    const double copy = copy_gbs(reps);
+    std::printf("copy lctx %.0f GB/s\n", copy);
+    for (int64_t T : {int64_t(8192), int64_t(32768), int64_t(131072), int64_t(1) << 20})
+      if (T <= max_t) bench_scan(T, T >= (int64_t(1) << 20) ? std::max(reps / 4, 3) : reps, copy);
+  }
+  for (int64_t T : {int64_t(8192), int64_t(32768), int64_t(131072)}) {
+    if (T > max_t) break;
+    if (want("ssd")) bench_ssd(T, reps);
+    if (want("layer")) bench_layers(T, reps);
+  }
   return 0;
 }

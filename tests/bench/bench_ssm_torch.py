@@ -8,7 +8,7 @@ repetitions):
   chunk 256), imported from the source tree without the compiled extension (PYTHONPATH with
   .whl/mamba_src, see run_bench_ssm.sh).
 Prints "scan torch-chunked ..." and "ssd mamba_ssm ..." lines.
-Usage: bench_ssm_torch.py [reps=20] [max_T=1048576] [parts=all|scan|ssd]
+Usage: bench_ssm_torch.py [reps=20] [max_T=1048576] [parts=all|scan|ssd|layer] (layer: lctx only)
 """
 import sys
 
@@ -98,15 +98,15 @@ def main():
     reps = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     max_t = int(sys.argv[2]) if len(sys.argv) > 2 else 1 << 20
     parts = sys.argv[3] if len(sys.argv) > 3 else "all"
-    if parts not in ("all", "scan", "ssd"):
-        sys.exit(f"bench_ssm_torch.py: parts is '{parts}', expected all, scan or ssd")
+    if parts not in ("all", "scan", "ssd", "layer"):
+        sys.exit(f"bench_ssm_torch.py: parts is '{parts}', expected all, scan, ssd or layer")
     print(f"device: {torch.cuda.get_device_name()}")
-    if parts != "ssd":
+    if parts in ("all", "scan"):
         for T in (8192, 32768):
             if T <= max_t:
                 bench_scan(T, 4096, reps)
         bench_scan(8192, 2048, reps)
-    if parts != "scan":
+    if parts in ("all", "ssd"):
         for T in (8192, 32768, 131072):
             if T <= max_t:
                 bench_ssd(T, reps)

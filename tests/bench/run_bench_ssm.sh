@@ -4,10 +4,11 @@
 #   selective scan (B=1, d_inner 4096, d_state 16, bf16): fwd and fwd+bwd ms, GB/s on the bytes
 #   the kernels must move and % of the measured copy bandwidth, the PyTorch scan's ms and the
 #   speedup; the acceptance checks (>= 60% fwd, >= 50% fwd+bwd at T >= 32k);
-#   Mamba-2 SSD (nheads 32, headdim 64, d_state 128): lctx vs mamba_chunk_scan_combined.
+#   Mamba-2 SSD (nheads 32, headdim 64, d_state 128): lctx vs mamba_chunk_scan_combined;
+#   whole layers (model dim 2048): mamba and mamba2 next to softmax, as lctx-train builds them.
 # mamba_ssm comes from the source tree without its compiled extension: put .whl/mamba_src on
 # PYTHONPATH (the script adds $REPO/.whl/mamba_src when present).
-# Usage: tests/bench/run_bench_ssm.sh <build dir or bench_ssm binary> [reps=20] [max_T=1048576] [parts=all|scan|ssd]
+# Usage: tests/bench/run_bench_ssm.sh <build dir or bench_ssm binary> [reps=20] [max_T=1048576] [parts=all|scan|ssd|layer]
 set -euo pipefail
 BUILD="${1:-build}"
 REPS="${2:-20}"
@@ -60,4 +61,18 @@ na = (float("nan"),) * 2
 for T in sorted(set(ssd_l) | set(ssd_m)):
     l, m = ssd_l.get(T, na), ssd_m.get(T, na)
     print(f"{T:>8} {l[0]:9.3f} {l[1]:8.3f} {m[0]:10.3f} {m[1]:9.3f} {m[0] / l[0]:6.2f} {m[1] / l[1]:6.2f}")
+
+layer = {(m[1], int(m[2])): (float(m[3]), float(m[4])) for m in re.finditer(
+    r"layer lctx (\S+) T=(\d+) fwd ([\d.]+) ms fwdbwd ([\d.]+) ms", text)}
+if layer:
+    print("\nWhole layers at model dim 2048 (lctx-train's mixers with their projections; fwd+bwd ms, "
+          "M tokens/s; x = softmax ms / layer ms)")
+    print(f"{'T':>8} {'mamba':>9} {'Mtok/s':>7} {'x':>6} {'mamba2':>9} {'Mtok/s':>7} {'x':>6} {'softmax':>9} {'Mtok/s':>7}")
+    for T in sorted({k[1] for k in layer}):
+        sm = layer.get(("softmax", T), na)[1]
+        row = f"{T:>8}"
+        for kind in ("mamba", "mamba2"):
+            fb = layer.get((kind, T), na)[1]
+            row += f" {fb:9.3f} {T / fb / 1e3:7.2f} {sm / fb:6.2f}"
+        print(row + f" {sm:9.3f} {T / sm / 1e3:7.2f}")
 PY
