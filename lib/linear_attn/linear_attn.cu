@@ -11,8 +11,9 @@
 //   backward: the forward's states (and U when normalised, giving dU), then the mirror image:
 //             states_kernel / scan_kernel in reverse for the state gradient at each split's exit
 //             (seeded with d_final_state, ending in d_state0), dq_kernel walking forward with S,
-//             dkdv_kernel walking backward with dS, and decay_grad_kernel: the reverse cumsum of
-//             q.dq - k.dk per token plus <S_T, dS_T>.
+//             dkdv_kernel walking backward with dS, and the decay kernels (decay_sums, then
+//             decay_token or decay_head): the reverse cumsum of q.dq - k.dk per token plus
+//             <S_T, dS_T>, over segments of the sequence.
 // The non-causal form is the same code with one whole-sequence state (and its gradient) that
 // every query (key) reads and no intra-chunk term. Gradients of column tiles and of state heads
 // sharing an input head meet in fp32 atomics. Two implementations of the chunk kernels, picked
@@ -45,6 +46,7 @@
 #include "core/cuda/fast_math.cuh"
 #include "core/cuda/launch.cuh"
 #include "core/cuda/mma.cuh"
+#include "core/cuda/reduce.cuh"
 #include "core/cuda_check.h"
 #include "linear_attn/linear_attn_params.h"
 
@@ -108,6 +110,9 @@ struct Work {
   const float* log_decay = nullptr;
   bool per_token = false;
   int64_t decay_stride[2] = {};
+  // Tensor-core kernels with a decay: each chunk's cumulative log-decays [B, H, nchunks, 64]
+  // (chunk_decays_kernel), loaded with the chunk's tiles.
+  const float* cum_decay = nullptr;
   // output_kernel: o (T, dim_v columns) or the fp32 U rows [B, S, H, cols] (out_f32).
   void* out = nullptr;
   int64_t out_stride[3] = {};
@@ -267,28 +272,43 @@ __device__ void load_cols(float* dst, const Rows& src, const Place& pl, int64_t 
   }
 }
 
+// One warp: a[i] = cumulative log-decay A_i of the C chunk rows t0.. of (batch b, state head h)
+// (rows past n add 0; a in shared or global memory).
+template <int C>
+__device__ void chunk_log_decays(float* a, const Work& wk, int64_t b, int h, int64_t t0, int n) {
+  const int lane = threadIdx.x % 32;
+  float run = 0.f;
+  for (int base = 0; base < C; base += 32) {
+    const int i = base + lane;
+    float x = 0.f;
+    if (wk.log_decay && i < n)
+      x = wk.per_token ? wk.log_decay[b * wk.decay_stride[0] + (t0 + i) * wk.decay_stride[1] + h] : wk.log_decay[h];
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+      const float y = __shfl_up_sync(0xffffffffu, x, o);
+      if (lane >= o) x += y;
+    }
+    a[i] = run + x;
+    run += __shfl_sync(0xffffffffu, x, 31);
+  }
+}
+
+// Work::cum_decay for the tensor-core kernels: a warp per (batch x head, chunk).
+template <int C>
+__global__ void chunk_decays_kernel(Work wk, float* cum) {
+  const int64_t items = wk.batch * wk.heads * wk.nchunks, warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t item = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; item < items; item += warps) {
+    const int64_t bh = item / wk.nchunks, t0 = item % wk.nchunks * C;
+    chunk_log_decays<C>(cum + item * C, wk, bh / wk.heads, static_cast<int>(bh % wk.heads), t0,
+                        static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0)));
+  }
+}
+
 // a = cumulative log-decays A_i of the C chunk rows t0.. (rows past n add 0), ea = e^{A_i},
 // w = e^{A_L - A_i} (shared memory). Needs a barrier before (a free) and gives one after.
 template <int C>
 __device__ void load_decays(float* a, float* ea, float* w, const Work& wk, const Place& pl, int64_t t0, int n) {
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    float run = 0.f;
-    for (int base = 0; base < C; base += 32) {
-      const int i = base + lane;
-      float x = 0.f;
-      if (wk.log_decay && i < n)
-        x = wk.per_token ? wk.log_decay[pl.b * wk.decay_stride[0] + (t0 + i) * wk.decay_stride[1] + pl.h]
-                         : wk.log_decay[pl.h];
-#pragma unroll
-      for (int o = 1; o < 32; o *= 2) {
-        const float y = __shfl_up_sync(0xffffffffu, x, o);
-        if (lane >= o) x += y;
-      }
-      a[i] = run + x;
-      run += __shfl_sync(0xffffffffu, x, 31);
-    }
-  }
+  if (threadIdx.x < 32) chunk_log_decays<C>(a, wk, pl.b, pl.h, t0, n);
   __syncthreads();
   const float al = a[C - 1];
   for (int i = threadIdx.x; i < C; i += kThreads) {
@@ -573,11 +593,11 @@ constexpr bool kHasMma = !std::is_same_v<T, float> && DK <= 128;
 // or key-row tiles of them) and Y tiles of YW columns (values or dU, column tiles or whole
 // rows), in this order: states_mma_kernel x [2][C][XW], y [2][C][YW]; the others q, k
 // [2][C][XW], v, du [2][C][YW] (output: no du; dv: no v), s [XW][YW]; all then the fp32
-// decays a, ea, w [C].
+// cumulative log-decays a [2][C] (ChunkDecay), double-buffered with the tiles.
 template <int XW, int YW>
 struct MmaTiles {
   static constexpr int C = 64, kX = C * XW, kY = C * YW;
-  static constexpr int kDecayBytes = 3 * C * 4;
+  static constexpr int kDecayBytes = 2 * C * 4;  // a [2][C]
   static constexpr int kStatesBytes = (2 * kX + 2 * kY) * 2 + kDecayBytes;
   static constexpr int kOneYBytes = (4 * kX + 2 * kY + XW * YW) * 2 + kDecayBytes;  // output, dv
   static constexpr int kGradBytes = (4 * kX + 4 * kY + XW * YW) * 2 + kDecayBytes;  // dq, dk
@@ -589,7 +609,7 @@ template <class T, int XW, int YW>
 struct MmaSmem {
   using Tl = MmaTiles<XW, YW>;
   T *q, *k, *v, *du, *s;
-  float *a, *ea, *w;
+  float* a;
   __device__ MmaSmem(unsigned char* raw, bool has_v, bool has_du) {
     q = reinterpret_cast<T*>(raw);
     k = q + 2 * Tl::kX;
@@ -597,10 +617,34 @@ struct MmaSmem {
     du = v + (has_v ? 2 * Tl::kY : 0);
     s = du + (has_du ? 2 * Tl::kY : 0);
     a = reinterpret_cast<float*>(s + XW * YW);
-    ea = a + Tl::C;
-    w = ea + Tl::C;
   }
 };
+
+// A chunk's cumulative log-decays a[0..C) in shared memory and the factors the chunk kernels
+// scale rows by, formed where used (ex2 on the SFU): e^{A_i} (a query's decay since the chunk's
+// start) and e^{A_L - A_i} (a key's decay to its end); e^{A_L} decays the state.
+enum class Factor { ea, w };
+template <int C>
+struct ChunkDecay {
+  const float* a;
+  __device__ float factor(Factor f, int i) const {
+    return fast_exp2((f == Factor::ea ? a[i] : a[C - 1] - a[i]) * kLog2e);
+  }
+  __device__ float total() const { return a[C - 1]; }
+};
+
+// Chunk c's cumulative log-decays into buffer buf of a [2][C] (cp.async from Work::cum_decay, or
+// zeros without a decay); waited for with the chunk's tiles.
+template <int C>
+__device__ __forceinline__ void load_chunk_decays(float* a, int buf, const Work& wk, const Place& pl, int64_t c) {
+  static_assert(C % 4 == 0 && C / 4 <= kThreads, "load_chunk_decays: a thread per 16 bytes");
+  float* const dst = a + buf * C;
+  if (!wk.cum_decay) {
+    if (threadIdx.x < C) dst[threadIdx.x] = 0.f;
+  } else if (threadIdx.x < C / 4) {
+    cp_async16(dst + 4 * threadIdx.x, wk.cum_decay + (pl.bh * wk.nchunks + c) * C + 4 * threadIdx.x, true);
+  }
+}
 
 // Row 0 of the (batch, head) slice of a 16-bit q/k/v/dout source (head h / div).
 template <class T>
@@ -752,10 +796,18 @@ __device__ __forceinline__ void scores_mma(float (&acc)[1][NT][4], const float (
   }
 }
 
-// acc(r, .) *= scale[r] over the warp's fragments (rows m0..).
-template <int NT>
-__device__ __forceinline__ void scale_frag_rows(float (&acc)[1][NT][4], const float* scale, int m0) {
-  frag_each(acc, m0, 0, [&](int r, int, float& x) { x *= scale[r]; });
+// acc(r, .) *= the chunk's factor f of row r over the warp's fragments (rows m0..).
+template <int C, int NT>
+__device__ __forceinline__ void scale_frag_rows(float (&acc)[1][NT][4], const ChunkDecay<C>& d, Factor f, int m0) {
+  const int g = threadIdx.x % 32 / 4;
+  const float lo = d.factor(f, m0 + g), hi = d.factor(f, m0 + g + 8);
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    acc[0][j][0] *= lo;
+    acc[0][j][1] *= lo;
+    acc[0][j][2] *= hi;
+    acc[0][j][3] *= hi;
+  }
 }
 
 // dot[r] += sign * (x(r, .) . X(r, d0..)) over the warp's 16 x 8 NT fragments x (rows m0..,
@@ -825,22 +877,24 @@ struct StateFrag {
     for (int jj = 0; jj < NT / 2; ++jj)
       stsm_c16<T, COLS>(base, s, lane, m0, n0 + 16 * jj, c[0][2 * jj], c[0][2 * jj + 1]);
   }
-  // c = decay c + (diag(scale) X)^T Y over the C chunk rows: X the swizzled [C][ROWS] tile,
-  // Y the swizzled [C][COLS] tile, scale[C] in shared memory.
+  // c = e^{A_L} c + (diag(f) X)^T Y over the C chunk rows: X the swizzled [C][ROWS] tile, Y
+  // the swizzled [C][COLS] tile, f the chunk's factor per row.
   template <class T, int C>
-  __device__ void step(const T* x, const T* y, const float* scale, float decay) {
+  __device__ void step(const T* x, const T* y, const ChunkDecay<C>& d, Factor f) {
     const int lane = threadIdx.x % 32, t = lane % 4;
     const uint32_t xb = ldsm_base<ROWS, kLanesColsFirst>(x, lane), yb = ldsm_base<COLS, kLanesRowsFirst>(y, lane);
+    const float decay = expf(d.total());
     frag_each(c, 0, 0, [&](int, int, float& v) { v *= decay; });
 #pragma unroll
     for (int kk = 0; kk < C / 16; ++kk) {
       uint32_t a[4];  // A fragment of X^T: rows m0.. (key dims), k = chunk rows 16 kk..
       ldsm_x4_trans(a, ldsm_at<ROWS>(xb, 16 * kk, m0));
       const int r = 16 * kk + 2 * t;
-      a[0] = scale2<T>(a[0], scale[r], scale[r + 1]);
-      a[1] = scale2<T>(a[1], scale[r], scale[r + 1]);
-      a[2] = scale2<T>(a[2], scale[r + 8], scale[r + 9]);
-      a[3] = scale2<T>(a[3], scale[r + 8], scale[r + 9]);
+      const float f0 = d.factor(f, r), f1 = d.factor(f, r + 1), f8 = d.factor(f, r + 8), f9 = d.factor(f, r + 9);
+      a[0] = scale2<T>(a[0], f0, f1);
+      a[1] = scale2<T>(a[1], f0, f1);
+      a[2] = scale2<T>(a[2], f8, f9);
+      a[3] = scale2<T>(a[3], f8, f9);
 #pragma unroll
       for (int nj = 0; nj < NT / 2; ++nj) {
         uint32_t b[4];
@@ -860,9 +914,7 @@ __global__ void __launch_bounds__(kThreads) states_mma_kernel(Work wk, bool grad
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* const x = reinterpret_cast<T*>(smem_raw);
   T* const y = x + 2 * Tl::kX;
-  float* const a = reinterpret_cast<float*>(y + 2 * Tl::kY);
-  float* const ea = a + C;
-  float* const w = ea + C;
+  float* const a = reinterpret_cast<float*>(y + 2 * Tl::kY);  // [2][C]
   const Place pl(wk);
   const Rows& xs = grads ? wk.q : wk.k;
   const Rows& ys = grads ? wk.du : wk.v;
@@ -872,6 +924,7 @@ __global__ void __launch_bounds__(kThreads) states_mma_kernel(Work wk, bool grad
   auto load = [&](int64_t c, int buf) {
     load_chunk<T, DK>(x, buf, xg, xs, c, wk);
     load_chunk<T, kCols>(y, buf, yg, ys, c, wk);
+    load_chunk_decays<C>(a, buf, wk, pl, c);
   };
   StateFrag<DK, kCols> st;
   frag_each(st.c, 0, 0, [](int, int, float& v) { v = 0.f; });
@@ -880,25 +933,24 @@ __global__ void __launch_bounds__(kThreads) states_mma_kernel(Work wk, bool grad
   cp_async_commit();
   for (int64_t ci = pl.chunk0; ci < pl.chunk1; ++ci) {
     const int buf = static_cast<int>(ci - pl.chunk0) & 1;
-    const int64_t t0 = chunk(ci) * C;
-    const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
-    __syncthreads();  // every warp is done with buffer buf ^ 1 and the decays
+    __syncthreads();  // every warp is done with buffer buf ^ 1
     if (ci + 1 < pl.chunk1) load(chunk(ci + 1), buf ^ 1);
     cp_async_commit();
-    load_decays<C>(a, ea, w, wk, pl, t0, n);
     cp_async_wait<1>();
     __syncthreads();
-    st.template step<T, C>(x + buf * Tl::kX, y + buf * Tl::kY, grads ? ea : w, ea[C - 1]);
-    total += a[C - 1];
+    const ChunkDecay<C> d{a + buf * C};
+    st.template step<T, C>(x + buf * Tl::kX, y + buf * Tl::kY, d, grads ? Factor::ea : Factor::w);
+    total += d.total();
   }
   st.store(wk.states + pl.state_offset(wk), wk, 0, pl.col0());
   if (pl.tile == 0 && threadIdx.x == 0) wk.split_decay[pl.bh * wk.nsplit + pl.split] = total;
 }
 
 // The chunk loop every tensor-core chunk kernel shares: walks its split's chunks forward or
-// backward, with the next chunk's tiles loaded by load(c, buf) into the other buffer while
-// body(buf, t0, n, more) works on this one; before each body the state fragment is staged in
-// sm.s and the chunk's decays in sm.a / sm.ea / sm.w. `more`: another chunk follows in this walk.
+// backward, with the next chunk's tiles loaded by load(c, buf) (and its log-decays into sm.a)
+// into the other buffer while body(buf, t0, n, more, d) works on this one, d its decays; before
+// each body the state fragment is staged in sm.s. `more`: another chunk follows in this walk.
+// Two barriers per chunk.
 enum class Walk { forward, backward };
 
 template <int C, Walk W, class Frag, class Sm, class Load, class Body>
@@ -906,20 +958,23 @@ __device__ __forceinline__ void walk_split(const Work& wk, const Place& pl, Frag
                                            Body&& body) {
   const int64_t count = pl.chunk1 - pl.chunk0;
   auto chunk = [&](int64_t i) { return W == Walk::forward ? pl.chunk0 + i : pl.chunk1 - 1 - i; };
-  if (count > 0) load(chunk(0), 0);
+  auto load_all = [&](int64_t c, int buf) {
+    load(c, buf);
+    load_chunk_decays<C>(sm.a, buf, wk, pl, c);
+  };
+  if (count > 0) load_all(chunk(0), 0);
   cp_async_commit();
   for (int64_t i = 0; i < count; ++i) {
     const int buf = static_cast<int>(i) & 1;
     const int64_t ci = chunk(i), t0 = ci * C;
     const int n = static_cast<int>(min(static_cast<int64_t>(C), wk.seqlen - t0));
-    __syncthreads();  // every warp is done with buffer buf ^ 1, s and the decays
-    if (i + 1 < count) load(chunk(i + 1), buf ^ 1);
+    __syncthreads();  // every warp is done with buffer buf ^ 1 and s
+    if (i + 1 < count) load_all(chunk(i + 1), buf ^ 1);
     cp_async_commit();
     st.to_tile(sm.s);
-    load_decays<C>(sm.a, sm.ea, sm.w, wk, pl, t0, n);
     cp_async_wait<1>();
     __syncthreads();
-    body(buf, t0, n, i + 1 < count);
+    body(buf, t0, n, i + 1 < count, ChunkDecay<C>{sm.a + buf * C});
   }
 }
 
@@ -948,19 +1003,20 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
   };
   StateFrag<DK, kCols> st;
   st.load(start_state(wk, pl), wk, 0, pl.col0());
-  walk_split<C, Walk::forward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more) {
+  walk_split<C, Walk::forward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more,
+                                                         const ChunkDecay<C>& d) {
     const T* const kb = sm.k + buf * Tl::kX;
     const T* const vb = sm.v + buf * Tl::kY;
     const uint32_t q_base = ldsm_base<DK, kLanesRowsFirst>(sm.q + buf * Tl::kX, lane);
     float u[1][4][4] = {};
     warp_tile_mma<T, DK / 16, DK, kCols, BLayout::kn>(u, q_base, 0, m0, ldsm_base<kCols, kLanesRowsFirst>(sm.s, lane),
                                                       0, n0);
-    scale_frag_rows(u, sm.ea, m0);
+    scale_frag_rows(u, d, Factor::ea, m0);
     if (wk.causal) {
       float p[1][C / 8][4] = {};  // Q K^T of rows m0.. against the chunk
       warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(p, q_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(kb, lane), 0, 0,
                                                      band.lo, band.hi);
-      mask_scores<C>(p, sm.a, m0, Scores::queries_keys, band, wk.log_decay);
+      mask_scores<C>(p, d.a, m0, Scores::queries_keys, band, wk.log_decay);
       scores_mma<T, C, kCols>(u, p, ldsm_base<kCols, kLanesRowsFirst>(vb, lane), n0, band);
     }
 #pragma unroll
@@ -972,7 +1028,7 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
         const int64_t off = pl.b * wk.out_stride[0] + (t0 + i) * wk.out_stride[1] + pl.h * wk.out_stride[2] + col;
         *reinterpret_cast<uint32_t*>(static_cast<T*>(wk.out) + off) = pack2<T>(u[0][j][2 * hi], u[0][j][2 * hi + 1]);
       }
-    if (wk.causal && more) st.template step<T, C>(kb, vb, sm.w, sm.ea[C - 1]);
+    if (wk.causal && more) st.template step<T, C>(kb, vb, d, Factor::w);
   });
 }
 
@@ -1022,26 +1078,26 @@ __global__ void __launch_bounds__(kThreads, 2) row_grad_mma_kernel(Work wk) {
   StateFrag<ROWS, DV> st;
   st.load(start_state(wk, pl), wk, r0, 0);
   walk_split<C, kDq ? Walk::forward : Walk::backward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n,
-                                                                               bool more) {
+                                                                               bool more, const ChunkDecay<C>& d) {
     const T* const ob = sm.k + buf * Tl::kX;
     const T* const pb = sm.v + buf * Tl::kY;
     const uint32_t rows_base = ldsm_base<DV, kLanesRowsFirst>(sm.du + buf * Tl::kY, lane);
     float acc[1][ROWS / 16][4] = {};
     warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(acc, rows_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(sm.s, lane),
                                                    0, n0);
-    if (kDq || wk.causal) scale_frag_rows(acc, kDq ? sm.ea : sm.w, m0);
+    if (kDq || wk.causal) scale_frag_rows(acc, d, kDq ? Factor::ea : Factor::w, m0);
     if (wk.causal) {
       float g[1][C / 8][4] = {};  // the rows' scores against the chunk (dU V^T, or transposed V dU^T)
       warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(g, rows_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(pb, lane), 0,
                                                      0, band.lo, band.hi);
-      mask_scores<C>(g, sm.a, m0, kDq ? Scores::queries_keys : Scores::keys_queries, band, wk.log_decay);
+      mask_scores<C>(g, d.a, m0, kDq ? Scores::queries_keys : Scores::keys_queries, band, wk.log_decay);
       scores_mma<T, C, ROWS>(acc, g, ldsm_base<ROWS, kLanesRowsFirst>(ob, lane), n0, band);
     }
     frag_write<T>(acc, m0, n0, n, kDq ? wk.dq_out : wk.dk_out, kDq ? wk.dq : wk.dk,
                   [&](int i) { return ((pl.b * wk.seqlen + t0 + i) * heads_x + hx) * wk.dim_k + r0; });
     if (wk.dot)
       add_row_dots<ROWS>(acc, sm.q + buf * Tl::kX, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, kDq ? 1.f : -1.f);
-    if (wk.causal && more) st.template step<T, C>(ob, pb, kDq ? sm.w : sm.ea, sm.ea[C - 1]);
+    if (wk.causal && more) st.template step<T, C>(ob, pb, d, kDq ? Factor::w : Factor::ea);
   });
 }
 
@@ -1074,7 +1130,8 @@ __global__ void __launch_bounds__(kThreads, 2) dv_mma_kernel(Work wk) {
   };
   StateFrag<DK, kCols> st;
   st.load(start_state(wk, pl), wk, 0, pl.col0());
-  walk_split<C, Walk::backward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more) {
+  walk_split<C, Walk::backward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more,
+                                                          const ChunkDecay<C>& d) {
     const T* const qb = sm.q + buf * Tl::kX;
     const T* const dub = sm.du + buf * Tl::kY;
     const uint32_t k_base = ldsm_base<DK, kLanesRowsFirst>(sm.k + buf * Tl::kX, lane);
@@ -1082,16 +1139,16 @@ __global__ void __launch_bounds__(kThreads, 2) dv_mma_kernel(Work wk) {
     warp_tile_mma<T, DK / 16, DK, kCols, BLayout::kn>(dv, k_base, 0, m0, ldsm_base<kCols, kLanesRowsFirst>(sm.s, lane),
                                                       0, n0);
     if (wk.causal) {
-      scale_frag_rows(dv, sm.w, m0);
+      scale_frag_rows(dv, d, Factor::w, m0);
       float pt[1][C / 8][4] = {};  // K Q^T: P^T of rows (keys) m0.. against the chunk
       warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(pt, k_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(qb, lane), 0, 0,
                                                      band.lo, band.hi);
-      mask_scores<C>(pt, sm.a, m0, Scores::keys_queries, band, wk.log_decay);
+      mask_scores<C>(pt, d.a, m0, Scores::keys_queries, band, wk.log_decay);
       scores_mma<T, C, kCols>(dv, pt, ldsm_base<kCols, kLanesRowsFirst>(dub, lane), n0, band);
     }
     frag_write<T>(dv, m0, n0, n, wk.dv_out, wk.dv,
                   [&](int j) { return ((pl.b * wk.seqlen + t0 + j) * wk.heads_v + hv) * wk.dim_v + pl.col0(); });
-    if (wk.causal && more) st.template step<T, C>(qb, dub, sm.ea, sm.ea[C - 1]);
+    if (wk.causal && more) st.template step<T, C>(qb, dub, d, Factor::ea);
   });
 }
 
@@ -1141,52 +1198,66 @@ __global__ void to_dtype_kernel(const float* src, T* dst, int64_t n) {
     dst[i] = from_float<T>(src[i]);
 }
 
-// Per (batch, state head), one block: da_t = sum_{i >= t} dot_i + <S_T, dS_T> (dot_i =
-// q_i.dq_i - k_i.dk_i of the state head), into d_log_decay [B, S, H] (per token) or summed over
-// tokens and batch into [H] (zeroed before).
-__global__ void __launch_bounds__(kThreads) decay_grad_kernel(const float* dot, const float* final_state,
+// d_log_decay from dot[bh][t] = q_t.dq_t - k_t.dk_t of each (batch, state head): per token
+// da_t = <S_T, dS_T> + sum_{i >= t} dot_i into [B, S, H]; per head (one decay for all tokens)
+// sum_t da_t = T <S_T, dS_T> + sum_t (t + 1) dot_t, summed over the batch into [H]. Each
+// sequence is cut into segments of kDecaySeg tokens: decay_sums_kernel gives every (bh,
+// segment) its {sum, (t + 1)-weighted sum} of dot, and the extra segment nseg the end term
+// <S_T, dS_T> (weighted: T times it); then decay_token_kernel scans each segment in reverse
+// from the sums of the segments after it, or decay_head_kernel adds the weighted sums in a
+// fixed order.
+constexpr int kDecaySeg = 2048;
+
+__global__ void __launch_bounds__(kThreads) decay_sums_kernel(const float* dot, const float* final_state,
                                                               const float* d_final, int64_t size, int64_t seqlen,
-                                                              int heads, bool per_token, float* out) {
-  __shared__ float part[kThreads];
+                                                              int nseg, float2* sums) {
+  __shared__ float scratch[32];
   const int64_t bh = blockIdx.x;
-  const int tid = threadIdx.x;
+  const int seg = blockIdx.y;
+  float x = 0.f, wx = 0.f;
+  if (seg == nseg) {
+    if (d_final)
+      for (int64_t i = threadIdx.x; i < size; i += kThreads) x += final_state[bh * size + i] * d_final[bh * size + i];
+  } else {
+    const int64_t t1 = min(seqlen, (seg + 1) * static_cast<int64_t>(kDecaySeg));
+    for (int64_t t = seg * static_cast<int64_t>(kDecaySeg) + threadIdx.x; t < t1; t += kThreads) {
+      const float d = dot[bh * seqlen + t];
+      x += d;
+      wx += static_cast<float>(t + 1) * d;
+    }
+  }
+  x = block_sum(x, scratch);
+  wx = seg == nseg ? static_cast<float>(seqlen) * x : block_sum(wx, scratch);
+  if (threadIdx.x == 0) sums[bh * (nseg + 1) + seg] = make_float2(x, wx);
+}
+
+__global__ void __launch_bounds__(kThreads) decay_token_kernel(const float* dot, const float2* sums, int64_t seqlen,
+                                                               int nseg, int heads, float* out) {
+  __shared__ float scratch[32];
+  const int64_t bh = blockIdx.x, b = bh / heads;
+  const int seg = blockIdx.y, h = static_cast<int>(bh % heads);
+  float after = 0.f;
+  for (int j = seg + 1 + static_cast<int>(threadIdx.x); j <= nseg; j += kThreads) after += sums[bh * (nseg + 1) + j].x;
+  float run = block_sum(after, scratch);
+  const int64_t t0 = seg * static_cast<int64_t>(kDecaySeg), t1 = min(seqlen, t0 + kDecaySeg);
+  for (int64_t base = t0 + (t1 - 1 - t0) / kThreads * kThreads; base >= t0; base -= kThreads) {
+    const int64_t t = base + threadIdx.x;
+    float total;
+    const float suffix = block_suffix_sum(t < t1 ? dot[bh * seqlen + t] : 0.f, scratch, total);
+    if (t < t1) out[(b * seqlen + t) * heads + h] = run + suffix;
+    run += total;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) decay_head_kernel(const float2* sums, int batch, int heads, int nseg,
+                                                              float* out) {
+  __shared__ float scratch[32];
+  const int h = blockIdx.x;
   float x = 0.f;
-  if (d_final)
-    for (int64_t i = tid; i < size; i += kThreads) x += final_state[bh * size + i] * d_final[bh * size + i];
-  part[tid] = x;
-  __syncthreads();
-  for (int o = kThreads / 2; o >= 1; o /= 2) {
-    if (tid < o) part[tid] += part[tid + o];
-    __syncthreads();
-  }
-  const float end = part[0];
-  __syncthreads();
-  // Thread tid owns tokens [t0, t1); the suffix sums of the segments come from part[].
-  const int64_t seg = (seqlen + kThreads - 1) / kThreads, t0 = min(seqlen, tid * seg), t1 = min(seqlen, t0 + seg);
-  const float* d = dot + bh * seqlen;
-  float own = 0.f;
-  for (int64_t t = t0; t < t1; ++t) own += d[t];
-  part[tid] = own;
-  __syncthreads();
-  float run = end;
-  for (int j = tid + 1; j < kThreads; ++j) run += part[j];
-  float total = 0.f;
-  const int64_t b = bh / heads;
-  const int h = static_cast<int>(bh % heads);
-  for (int64_t t = t1 - 1; t >= t0; --t) {
-    run += d[t];
-    if (per_token) out[(b * seqlen + t) * heads + h] = run;
-    total += run;
-  }
-  if (per_token) return;
-  __syncthreads();
-  part[tid] = total;
-  __syncthreads();
-  for (int o = kThreads / 2; o >= 1; o /= 2) {
-    if (tid < o) part[tid] += part[tid + o];
-    __syncthreads();
-  }
-  if (tid == 0) atomicAdd(out + h, part[0]);
+  for (int64_t i = threadIdx.x; i < static_cast<int64_t>(batch) * (nseg + 1); i += kThreads)
+    x += sums[((i / (nseg + 1)) * heads + h) * (nseg + 1) + i % (nseg + 1)].y;
+  x = block_sum(x, scratch);
+  if (threadIdx.x == 0) out[h] = x;
 }
 
 // Stream-ordered fp32 scratch, released (after the queued kernels) when the call returns.
@@ -1358,6 +1429,15 @@ void launch_grads(const Work& w, const Work& wr, cudaStream_t st) {
 template <class T, int DK>
 void split_states(Work& w, Scratch& sc, const float* state0, float* final_state, cudaStream_t st) {
   const int64_t size = static_cast<int64_t>(w.dim_k) * w.cols, nbh = w.batch * w.heads;
+  if constexpr (kHasMma<T, DK>) {
+    if (w.mma && w.log_decay) {  // every chunk's cumulative log-decays, for all the chunk kernels of the call
+      constexpr int C = MmaTiles<64, 64>::C;
+      float* cum = sc.floats(nbh * w.nchunks * C);
+      chunk_decays_kernel<C><<<grid_size(nbh * w.nchunks * 32, kThreads), kThreads, 0, st>>>(w, cum);
+      LCTX_CUDA_CHECK_LAUNCH("linear_attn chunk_decays_kernel");
+      w.cum_decay = cum;
+    }
+  }
   w.states = sc.floats(nbh * w.nsplit * size);
   w.split_decay = sc.floats(nbh * w.nsplit);
   launch_states<T, DK>(w, false, st);
@@ -1471,11 +1551,20 @@ void backward(const LinearAttnParams& p, Stream s) {
     }
   }
   if (p.d_log_decay) {
-    if (!p.decay_per_token) LCTX_CUDA_CHECK(cudaMemsetAsync(p.d_log_decay, 0, sizeof(float) * p.heads, st));
-    decay_grad_kernel<<<static_cast<unsigned>(nbh), kThreads, 0, st>>>(
-        w.dot, final_state, static_cast<const float*>(p.d_final_state), size, p.seqlen, p.heads, p.decay_per_token,
-        static_cast<float*>(p.d_log_decay));
-    LCTX_CUDA_CHECK_LAUNCH("linear_attn decay_grad_kernel");
+    const int nseg = static_cast<int>((p.seqlen + kDecaySeg - 1) / kDecaySeg);
+    auto* sums = reinterpret_cast<float2*>(sc.floats(2 * nbh * (nseg + 1)));
+    float* out = static_cast<float*>(p.d_log_decay);
+    decay_sums_kernel<<<dim3(static_cast<unsigned>(nbh), nseg + 1), kThreads, 0, st>>>(
+        w.dot, final_state, static_cast<const float*>(p.d_final_state), size, p.seqlen, nseg, sums);
+    LCTX_CUDA_CHECK_LAUNCH("linear_attn decay_sums_kernel");
+    if (p.decay_per_token) {
+      if (nseg > 0) decay_token_kernel<<<dim3(static_cast<unsigned>(nbh), nseg), kThreads, 0, st>>>(
+          w.dot, sums, p.seqlen, nseg, p.heads, out);
+      LCTX_CUDA_CHECK_LAUNCH("linear_attn decay_token_kernel");
+    } else {
+      decay_head_kernel<<<p.heads, kThreads, 0, st>>>(sums, static_cast<int>(p.batch), p.heads, nseg, out);
+      LCTX_CUDA_CHECK_LAUNCH("linear_attn decay_head_kernel");
+    }
   }
 }
 

@@ -1,14 +1,15 @@
 // SSD's elementwise maps on CUDA (ssd.h), fp32 math: the inputs of linear_attn and the D skip
 // (a thread per pack of 8 elements, 16-byte loads for bf16), and the gradient map: a group of
-// lanes per (b, t, h) row for the sums over the head dim, then one block per head for the sums
-// over rows (dA, dD, d_dt_bias) in a fixed order (deterministic).
+// lanes per (b, t, h) row for the sums over the head dim, then ops' column reduction for the
+// sums over rows (dA, dD, d_dt_bias) in a fixed order (deterministic).
 #include <cstdint>
 #include <initializer_list>
+#include <utility>
 
 #include "core/cuda/launch.cuh"
 #include "core/cuda/pack.cuh"
-#include "core/cuda/reduce.cuh"
 #include "core/cuda_types.cuh"
+#include "ops/cuda_ops.h"
 #include "ssm/ssd.h"
 #include "ssm/ssm_math.h"
 
@@ -111,25 +112,6 @@ __global__ void row_grads_kernel(T* __restrict__ dx, T* __restrict__ d_dt, float
   }
 }
 
-// out[h] += sum over rows r with r % heads == h of part[r], for each defined out: one block per head.
-__global__ void head_sums_kernel(float* __restrict__ dA, float* __restrict__ dD, float* __restrict__ dbias,
-                                 const float* __restrict__ pA, const float* __restrict__ pD,
-                                 const float* __restrict__ pB, int64_t rows, int heads) {
-  __shared__ float scratch[32];
-  const int h = blockIdx.x;
-  float a = 0.0f, d = 0.0f, b = 0.0f;
-  for (int64_t r = h + int64_t(threadIdx.x) * heads; r < rows; r += int64_t(blockDim.x) * heads)
-    a += pA[r], d += pD[r], b += pB[r];
-  a = block_sum(a, scratch);
-  d = block_sum(d, scratch);
-  b = block_sum(b, scratch);
-  if (threadIdx.x == 0) {
-    dA[h] += a;
-    if (dD) dD[h] += d;
-    if (dbias) dbias[h] += b;
-  }
-}
-
 }  // namespace
 
 void ssd_map_inputs_cuda(Tensor& dt, Tensor& raw, Tensor& v, Tensor& log_decay, const SsdInputs& in, Softplus sp,
@@ -187,10 +169,13 @@ void ssd_map_grads_cuda(SsdGrads& g, const SsdInputs& in, const Tensor& dy, cons
     else launch.template operator()<1, 32>();
   });
   LCTX_CUDA_CHECK_LAUNCH("ssd row_grads_kernel");
-  head_sums_kernel<<<heads, kThreads, 0, cuda_stream(s)>>>(
-      g.dA.data<float>(), g.dD.defined() ? g.dD.data<float>() : nullptr,
-      g.d_dt_bias.defined() ? g.d_dt_bias.data<float>() : nullptr, pA, pA + rows, pA + 2 * rows, rows, heads);
-  LCTX_CUDA_CHECK_LAUNCH("ssd head_sums_kernel");
+  // The per-row partials summed per head: columns of [rows / heads, heads] (ops' column
+  // reduction: coalesced, fixed order).
+  const Tensor none;
+  for (auto [out, i] : {std::pair{&g.dA, 0}, std::pair{&g.dD, 1}, std::pair{&g.d_dt_bias, 2}})
+    if (out->defined())
+      ops::cuda::col_reduce(*out, ops::cuda::ColReduce::sum, parts.slice(0, i, i + 1), none, none, none,
+                            rows / heads, heads, GradMode::accumulate, s);
 }
 
 }  // namespace lctx::ssm::detail

@@ -110,6 +110,14 @@ std::vector<GpuCase> gpu_cases() {
                 .decay = Decay::data, .chunk = 64}});
   v.push_back({{.name = "odd_dims_data_norm", .B = 2, .S = 77, .Hq = 3, .Hk = 3, .Hv = 3, .Dk = 48, .Dv = 80,
                 .decay = Decay::data, .norm = Normalize::on, .chunk = 64}});
+  // Longer than two segments of the decay-gradient kernels (2048 tokens), the last one partial.
+  // Per-token decay gradients in f32: in bf16 their suffix sums over thousands of tokens add up
+  // the rounding of the bf16 states the chunk products use, correlated within a chunk, past
+  // twice the input-rounding baseline (6.5x at S = 4500, the same before the segments).
+  v.push_back({{.name = "long_data_segments", .B = 2, .S = 4500, .Hq = 2, .Hk = 2, .Hv = 2, .Dk = 64, .Dv = 64,
+                .decay = Decay::data, .chunk = 64}, DType::f32});
+  v.push_back({{.name = "long_learned_segments", .B = 2, .S = 4200, .Hq = 2, .Hk = 1, .Hv = 2, .Dk = 128, .Dv = 64,
+                .decay = Decay::learned, .chunk = 64}});
   v.push_back({{.name = "len1", .B = 2, .S = 1, .Dk = 64, .Dv = 64, .decay = Decay::data, .chunk = 64}});
   v.push_back({{.name = "strong_decay", .B = 1, .S = 150, .Dk = 64, .Dv = 64, .decay = Decay::data, .chunk = 64,
                 .decay_lo = -60, .decay_hi = -20}});
