@@ -1,33 +1,28 @@
 // Selective scan CUDA kernels (selective_scan.h): bf16/f16/f32 I/O, the scan in fp32.
-// Layout of the work: a block takes 32 channels of one sequence (a lane per channel, so the
-// [B, S, D] rows load coalesced) and all d_state states, split over its 8 warps in slices of
-// two states (with more than 8 slices a warp walks SPT of them). The sequence is walked in
-// chunks of kChunk tokens: the block forms dt (bias, softplus) and dt * x of the chunk in
-// shared memory once per (token, channel) and stages the chunk's B and C rows there (fp32),
-// each thread's share of the next chunk loading meanwhile; then each warp runs its states
-// through the chunk from the carried state (exp on the SFU in the log2 domain), and the
-// per-warp partial sums of y meet in shared memory for the skip term, the gate and the store.
-// The exp count is one per (token, channel, state): with d_state 16 the SFU, not HBM, bounds
-// the forward. The kernels use their own chunk length (ScanOptions::chunk shapes the CPU
-// implementation only; the recurrence is the same).
-// Segments: a block walks one segment of the sequence (blockIdx.z; enough segments for ~16
-// blocks per SM), so long sequences fill the GPU with few channels. With several segments a
-// summary pass runs each segment from zeros (its final state and sum dt), segment_scan_kernel
-// combines them into the state entering each segment (dist/state_scan.h's affine scan: a =
-// exp(A sum dt)), and the pass proper starts there; the backward mirrors it for the state
-// gradient (a reverse summary from zero gradients, the reverse segment scan ending in
-// d_state0). The decays are then computed twice per pass, for parallelism over the sequence.
-// Backward: a checkpoint pass (the forward kernel writing each chunk's entry state, f32, the
-// only thing kept) and a reverse pass that walks the chunks from the last: it recomputes the
-// chunk's states from its entry state (kept in registers with their decays), forms y before the
-// gate (dz, and the gradient gy of y before the gate), then runs
+// Layout of the work: Q lanes hold one channel's states, SPT each (Q * SPT >= N; the rest are
+// zeros), so a warp holds 32 / Q channels and a block of kWarps warps CB of them (Q = 4,
+// SPT = 4, CB = 32 at d_state 16). Each lane walks its segment of the sequence with its states
+// in registers: one exp per (token, channel, state), the states' recurrences independent
+// chains, and no shared-memory traffic per state. The block stages a run of tokens in shared memory, each (token,
+// channel) cell formed once ({dt, dt * x, x, silu(z)} with dt after bias and softplus; z, dy and
+// d dt / d dt_raw in the backward) with the B, C rows of the block's groups in fp32; the next
+// run's cells are read into registers while the current one is scanned. Sums over a
+// channel's states (y; dx and d dt in the backward) meet in a per-warp buffer every few tokens.
+// Segments (blockIdx.z) give the GPU enough warps (make_args): a summary pass runs each
+// segment from zeros (its final state and sum dt), segment_scan_kernel combines them into
+// the state entering each segment (dist/state_scan.h's affine scan: a = exp(A sum dt)); the
+// backward mirrors it for the state gradient.
+// Backward: a checkpoint pass (the forward kernel writing the state entering every kChunk
+// tokens, f32, the only thing kept) and a reverse pass over the chunks: each lane recomputes
+// its states and decays of the chunk from the checkpoint (kept in registers), y before the
+// gate where there is one (dz and gy, the gradient of y before it), then runs
 //   dh_t = C_t gy_t + a_{t+1} dh_{t+1}   (dh after the last token: d_final_state)
-// per state (selective_scan_reference.cpp has the same equations). dB and dC sum over the
-// channels of a group: each warp transposes its 32 channels' terms through shared memory,
-// sums them per group and adds them to an fp32 {dB, dC} buffer with one vector atomic per
-// (token, group, state) and block; dA, dD and d_dt_bias go through per-(batch, segment) fp32 partials
-// summed in (batch, segment) order by a second small kernel; a third converts dB and dC to
-// the I/O dtype.
+// backwards (selective_scan_reference.cpp has the same equations). dB and dC sum over the
+// channels of a group: the block's terms of a chunk meet in shared memory, are summed per
+// group and added to an fp32 {dB, dC} buffer with one vector atomic per (token, group, state)
+// and block; dA, dD and d_dt_bias go through per-(batch, segment) fp32 partials summed in
+// (batch, segment) order by a second small kernel; a third converts dB and dC to the I/O
+// dtype.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -46,21 +41,22 @@ namespace lctx::ssm {
 
 namespace {
 
-constexpr int kChunk = 16;  // tokens per chunk: shared-memory stage and checkpoint interval
-constexpr int kLanes = 32;  // channels per block, one per lane
-constexpr int kPair = 2;    // states per slice
-constexpr int kWarps = 8;   // warps per block: slice j of warp w holds states 2 (w + 8 j) + {0, 1}
-constexpr int kThreads = kLanes * kWarps;
-constexpr int kCL = kChunk * kLanes;      // (token, channel) cells of a chunk
-constexpr int kItems = kCL / kThreads;    // cells per thread: tokens w + 8 m of channel `lane`
+constexpr int kChunk = 16;        // tokens per checkpoint (and per backward stage)
+constexpr int kFwdRun = 32;       // tokens per forward stage
+constexpr int kWarps = 4, kThreads = kWarps * 32;
+constexpr int kYGroup = 8;        // tokens per forward y reduction
+constexpr int kRow = 32 + 4;      // floats per token row of a warp's sum buffer (conflict-free float4 reads)
+constexpr int kBCAhead = 16;      // B/C stage floats a thread reads a stage ahead
+constexpr int kStageBudget = 96 << 10;  // bytes the double-buffered B/C stage may take (else rows from global)
 
 // What every kernel reads besides ScanParams: the chunk count and the scratch buffers.
 struct ScanArgs {
   ScanParams p;
-  int64_t chunks = 0;       // ceil(S / kChunk)
-  int64_t seg_chunks = 0;   // chunks per segment (blockIdx.z): the last may be shorter
-  int64_t nseg = 1;         // segments: ceil(chunks / seg_chunks)
-  bool pair_loads = false;  // B and C rows may be read two states at a time (aligned, N even)
+  int64_t chunks = 0;      // ceil(S / kChunk)
+  int64_t seg_chunks = 0;  // chunks per segment (blockIdx.z): the last may be shorter
+  int64_t nseg = 1;        // segments: ceil(chunks / seg_chunks)
+  int span = 1;            // the most groups one block's channels touch
+  bool staged = true;      // B/C rows staged in shared memory (else read from global memory)
   // With nseg > 1: [B, nseg, D, N] each segment's summary from zeros (its final state; in the
   // backward its entry gradient), replaced in place by segment_scan_kernel with the state
   // entering (gradient leaving) each segment; seg_dt [B, nseg, D] the sum of dt over each.
@@ -69,16 +65,9 @@ struct ScanArgs {
   float* seg_dt = nullptr;
   float* ckpt = nullptr;    // [B, chunks, D, N]: the state entering each chunk
   float2* dBC = nullptr;    // [B, S, G, N] fp32 sums {dB, dC}
-  float* dA = nullptr;     // [B, nseg, D, N] per-(batch, segment) partials
-  float* dD = nullptr;     // [B, nseg, D]
-  float* dbias = nullptr;  // [B, nseg, D]
-};
-
-// The chunks [k0, k1) of a block's segment.
-struct SegChunks {
-  int64_t k0, k1;
-  __device__ explicit SegChunks(const ScanArgs& a)
-      : k0(blockIdx.z * a.seg_chunks), k1(min(a.chunks, (blockIdx.z + 1) * a.seg_chunks)) {}
+  float* dA = nullptr;      // [B, nseg, D, N] per-(batch, segment) partials
+  float* dD = nullptr;      // [B, nseg, D]
+  float* dbias = nullptr;   // [B, nseg, D]
 };
 
 // The scalar maps of ssm_math.h with the exponential on the SFU (fp32 kernels).
@@ -97,335 +86,310 @@ __device__ __forceinline__ float in(const void* base, int64_t i) {
   return to_f32(static_cast<const T*>(base)[i]);
 }
 
-// States n, n + 1 of a B or C row (zeros past N).
-template <class T>
-__device__ __forceinline__ float2 load_pair(const T* row, int n, int N, bool pair_loads) {
-  if (pair_loads && n + 1 < N) {
-    if constexpr (std::is_same_v<T, float>) {
-      return *reinterpret_cast<const float2*>(row + n);
-    } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(row + n));
-    } else {
-      return __half22float2(*reinterpret_cast<const __half2*>(row + n));
-    }
-  }
-  return make_float2(n < N ? to_f32(row[n]) : 0.0f, n + 1 < N ? to_f32(row[n + 1]) : 0.0f);
-}
+// A kernel's shape: Q lanes per channel with SPT states each, stages of L tokens.
+template <int Q_, int SPT_, int L_>
+struct Shape {
+  static constexpr int Q = Q_, SPT = SPT_, L = L_;
+  static constexpr int kCW = 32 / Q;                                    // channels per warp
+  static constexpr int kCB = kWarps * kCW;                              // channels per block
+  static constexpr int kN4 = Q * SPT;                                   // states held per channel
+  static constexpr int kCells = (L * kCB + kThreads - 1) / kThreads;    // cells a thread forms per stage
+  static constexpr int kBC = std::min(kBCAhead, L * 2 * kN4 / kThreads);  // B/C floats read ahead
+  static_assert(SPT % 4 == 0 && L % kYGroup == 0 && kThreads % kCB == 0);
+  // Floats of one stage: cells {dt, dt x, x, z} [L][CB], with kGrad {dy, d dt / d raw}
+  // [L][CB], then B/C [L][span][2][N4] when staged.
+  static constexpr int cell_floats(bool grad) { return (grad ? 6 : 4) * L * kCB; }
+  static constexpr int bc_floats(int span) { return L * span * 2 * kN4; }
+  __host__ __device__ static int stage_floats(bool grad, int span, bool staged) { return cell_floats(grad) + (staged ? bc_floats(span) : 0); }
+};
 
-// A thread's place: batch b, channel d (lane), warp w.
+// A thread's place: batch b, the block's token range [t_begin, t_end) (its segment), lane q of
+// channel c of the block (d = d0 + c), that channel's group g0 + gi.
 struct Place {
-  int64_t b;
-  int lane, w, d0, d, g;
+  int64_t b, t_begin, t_end;
+  int lane, w, q, cw, c, d, d0, g0, gi, per_group;
   bool on;  // d < D
-  __device__ explicit Place(const ScanParams& p) {
+  template <class Sh>
+  __device__ Place(const ScanArgs& a, Sh) {
+    const ScanParams& p = a.p;
     b = blockIdx.y;
+    t_begin = blockIdx.z * a.seg_chunks * kChunk;
+    t_end = min(p.seqlen, t_begin + a.seg_chunks * kChunk);
     lane = threadIdx.x & 31;
     w = threadIdx.x >> 5;
-    d0 = blockIdx.x * kLanes;
-    d = d0 + lane;
+    q = lane % Sh::Q;
+    cw = lane / Sh::Q;
+    c = w * Sh::kCW + cw;
+    d0 = blockIdx.x * Sh::kCB;
+    d = d0 + c;
     on = d < p.dim;
-    g = min(d, p.dim - 1) / (p.dim / p.groups);  // lanes past D: the last channel's group
+    per_group = p.dim / p.groups;
+    g0 = d0 / per_group;
+    gi = min(d, p.dim - 1) / per_group - g0;
   }
-  __device__ int state(int j) const { return kPair * (w + j * kWarps); }  // first state of slice j
-  __device__ int cell(int m) const { return (w + kWarps * m) * kLanes + lane; }  // cell of item m
   __device__ int64_t tok(const ScanParams& p, int64_t t) const { return (b * p.seqlen + t) * p.dim + d; }
-  __device__ int64_t bc(const ScanParams& p, int64_t t) const {
-    return ((b * p.seqlen + t) * p.groups + g) * p.dstate;
-  }
-  __device__ int64_t state_at(const ScanParams& p) const { return (b * p.dim + d) * p.dstate; }
-  // Row d of this block's (batch, segment) in a [B, nseg, D, N] buffer, and in a [B, nseg, D] one.
-  __device__ int64_t seg_state_at(const ScanParams& p, int64_t nseg) const {
-    return ((b * nseg + blockIdx.z) * p.dim + d) * p.dstate;
-  }
-  __device__ int64_t seg_at(const ScanParams& p, int64_t nseg) const { return (b * nseg + blockIdx.z) * p.dim + d; }
+  __device__ int64_t seg_row(const ScanArgs& a) const { return (b * a.nseg + blockIdx.z) * a.p.dim + d; }
 };
 
-// A thread's cells of one chunk as read from memory (zeros past S or D): loaded a chunk ahead
-// of their use so the loads overlap the scan of the chunk before.
-struct Cells {
-  float x[kItems], dt[kItems], z[kItems], dy[kItems];
-};
-
-template <class T>
-__device__ void load_cells(const ScanParams& p, const Place& pl, int64_t t0, bool grad, Cells& c) {
-#pragma unroll
-  for (int m = 0; m < kItems; ++m) {
-    const int64_t t = t0 + pl.w + kWarps * m;
-    const bool live = pl.on && t >= 0 && t < p.seqlen;
-    const int64_t o = live ? pl.tok(p, t) : 0;
-    c.x[m] = live ? in<T>(p.x, o) : 0.0f;
-    c.dt[m] = live ? in<T>(p.dt, o) : 0.0f;
-    c.z[m] = live && p.z ? in<T>(p.z, o) : 0.0f;
-    c.dy[m] = live && grad ? in<T>(p.dy, o) : 0.0f;
-  }
-}
-
-// The chunk's dt (after bias and softplus; 0 past S, where the state then stays) with dt * x,
-// and x, in shared memory, [kChunk][32] each, formed once per cell; sig = d dt / d dt_raw.
-struct ChunkSmem {
-  float2* dtu;  // {dt, dt * x}
-  float* x;     // backward only
-  // B and C of the chunk for the (at most 2) groups of the block's channels, fp32, as
-  // float4 {B[n], B[n+1], C[n], C[n+1]} per pair of states: [kChunk][2 groups][ceil(N/2)];
-  // null when the channels span more groups (tiny groups: rows are read from global memory).
-  float4* bc;
-};
-
-// The B/C stage: its floats, and whether a block's channels fit it.
-__host__ __device__ constexpr int bc_stage_floats(int dstate) { return kChunk * 2 * 4 * ((dstate + 1) / 2); }
-__device__ __forceinline__ int first_group(const ScanParams& p, int d0) { return d0 / (p.dim / p.groups); }
-__device__ __forceinline__ bool bc_staged(const ScanParams& p, int d0) {
-  const int last = min(d0 + kLanes, p.dim) - 1;
-  return last / (p.dim / p.groups) - first_group(p, d0) < 2;
-}
-
-// Element e of the stage: its offset in B or C relative to token t0's row, or -1 past N or G;
-// tt and which (0: B, 1: C) packed as tt * 2 + which.
-struct BCElem {
-  int rel = -1, meta = 0;
-};
-__device__ __forceinline__ BCElem bc_elem(const ScanParams& p, const Place& pl, int e) {
-  const int pairs = (p.dstate + 1) / 2, pair = e >> 2, r = pair / pairs;
-  const int n = 2 * (pair - r * pairs) + (e & 1), which = (e >> 1) & 1, gg = r & 1, tt = r >> 1;
-  const int g = first_group(p, pl.d0) + gg;
-  BCElem x;
-  x.meta = tt * 2 + which;
-  if (n < p.dstate && g < p.groups) x.rel = (tt * p.groups + g) * p.dstate + n;
-  return x;
-}
-template <class T>
-__device__ __forceinline__ float bc_load(const ScanParams& p, const Place& pl, int64_t t0, BCElem x) {
-  if (x.rel < 0 || t0 + (x.meta >> 1) >= p.seqlen) return 0.0f;
-  return in<T>(x.meta & 1 ? p.C : p.B, (pl.b * p.seqlen + t0) * p.groups * p.dstate + x.rel);
-}
-
-// The stage elements a thread fills per chunk, read a chunk ahead (elements beyond these,
-// d_state > 16, are loaded as the stage fills).
-constexpr int kBCAhead = 4;
-struct BCAhead {
-  BCElem at[kBCAhead];
-  float v[kBCAhead];
-  __device__ BCAhead(const ScanParams& p, const Place& pl) {
-#pragma unroll
-    for (int r = 0; r < kBCAhead; ++r) {
-      const int e = threadIdx.x + r * kThreads;
-      at[r] = e < bc_stage_floats(p.dstate) ? bc_elem(p, pl, e) : BCElem{};
-      v[r] = 0.0f;
-    }
-  }
-  template <class T>
-  __device__ void load(const ScanParams& p, const Place& pl, int64_t t0) {
-#pragma unroll
-    for (int r = 0; r < kBCAhead; ++r) v[r] = bc_load<T>(p, pl, t0, at[r]);
+// One stage buffer in shared memory.
+struct Stage {
+  float4* cell;  // [L][CB] {dt, dt * x, x, silu(z) (forward) or z (backward)}
+  float2* grad;  // [L][CB] {dy, d dt / d dt_raw} (backward)
+  float* bc;     // [L][span][2][N4] B then C rows (fp32), when staged
+  template <class Sh>
+  __device__ static Stage at(float* base, int buf, bool grad, const ScanArgs& a, Sh) {
+    float* s = base + buf * Sh::stage_floats(grad, a.span, a.staged);
+    Stage st;
+    st.cell = reinterpret_cast<float4*>(s);
+    st.grad = reinterpret_cast<float2*>(s + 4 * Sh::L * Sh::kCB);
+    st.bc = s + Sh::cell_floats(grad);
+    return st;
   }
 };
 
-template <class T>
-__device__ __forceinline__ void fill_bc(const ScanParams& p, const Place& pl, int64_t t0, const BCAhead& a,
-                                        float4* stage) {
-  if (!stage) return;
-  float* st = reinterpret_cast<float*>(stage);
-  const int total = bc_stage_floats(p.dstate);
-#pragma unroll
-  for (int r = 0; r < kBCAhead; ++r) {
-    const int e = threadIdx.x + r * kThreads;
-    if (e < total) st[e] = a.v[r];
-  }
-  for (int e = threadIdx.x + kBCAhead * kThreads; e < total; e += kThreads)
-    st[e] = bc_load<T>(p, pl, t0, bc_elem(p, pl, e));
-}
-
-// Forms the chunk's dt, dt * x (and x) from the thread's cells; sig only when asked.
-template <bool kSig>
-__device__ void form_chunk(const ScanParams& p, const Place& pl, int64_t t0, const Cells& c, float bias,
-                           const ChunkSmem& s, float (&sig)[kItems]) {
-#pragma unroll
-  for (int m = 0; m < kItems; ++m) {
-    const int i = pl.cell(m);
-    const bool live = pl.on && t0 + pl.w + kWarps * m < p.seqlen;
-    const float raw = c.dt[m] + bias;
-    const float dtv = !live ? 0.0f : p.softplus ? softplus_f(raw) : raw;
-    if constexpr (kSig) sig[m] = p.softplus ? sigmoid_f(raw) : 1.0f;
-    s.dtu[i] = make_float2(dtv, dtv * c.x[m]);
-    if (s.x) s.x[i] = c.x[m];
-  }
-}
-
-// Starts reading chunk t0's cells (with dy when `grad`) and B/C stage elements.
-template <class T>
-__device__ __forceinline__ void read_ahead(const ScanParams& p, const Place& pl, int64_t t0, bool grad, Cells& next,
-                                           BCAhead& bc_next) {
-  load_cells<T>(p, pl, t0, grad, next);
-  bc_next.load<T>(p, pl, t0);
-}
-
-// Forms chunk t0 in shared memory from `next` (its cells, read a chunk ahead) and, when `more`,
-// starts reading chunk t_next into next (with dy when `grad`), so the loads overlap the scan
-// of t0; returns t0's cells.
-template <class T, bool kSig>
-__device__ __forceinline__ Cells stage_chunk(const ScanParams& p, const Place& pl, int64_t t0, float bias,
-                                             const ChunkSmem& s, Cells& next, BCAhead& bc_next, bool more,
-                                             int64_t t_next, bool grad, float (&sig)[kItems]) {
-  const Cells cur = next;
-  form_chunk<kSig>(p, pl, t0, cur, bias, s, sig);
-  fill_bc<T>(p, pl, t0, bc_next, s.bc);
-  if (more) read_ahead<T>(p, pl, t_next, grad, next, bc_next);
-  return cur;
-}
-
-// B and C of states n, n + 1 at token t0 + tt (zeros past S or N).
-template <class T>
-__device__ __forceinline__ void bc_pairs(const ScanArgs& a, const Place& pl, const ChunkSmem& s, int64_t t0, int tt,
-                                         int n, float2& bv, float2& cv) {
+// B/C stage float e of a stage: its offset from the stage's first row of group g0 (-1 past N or
+// G, zeros) and its token, as (offset, token) ([L][span][2][N4] from groups g0 + gi).
+template <class Sh>
+__device__ __forceinline__ int2 bc_slot(const ScanArgs& a, const Place& f, int e) {
   const ScanParams& p = a.p;
-  if (s.bc) {
-    const int pairs = (p.dstate + 1) / 2;
-    const float4 v = n < p.dstate ? s.bc[(tt * 2 + pl.g - first_group(p, pl.d0)) * pairs + n / 2]
-                                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    bv = make_float2(v.x, v.y);
-    cv = make_float2(v.z, v.w);
+  const int n = e % Sh::kN4, which = (e / Sh::kN4) & 1, r = e / (2 * Sh::kN4), tt = r / a.span, gi = r % a.span;
+  if (e >= Sh::bc_floats(a.span) || n >= p.dstate || f.g0 + gi >= p.groups) return make_int2(-1, tt);
+  return make_int2(((tt * p.groups + gi) * p.dstate + n) * 2 + which, tt);  // which in the low bit
+}
+template <class T>
+__device__ __forceinline__ float bc_value(const ScanArgs& a, const Place& f, int64_t t0, int2 slot) {
+  const ScanParams& p = a.p;
+  if (slot.x < 0 || t0 + slot.y >= f.t_end) return 0.0f;
+  const int64_t row = ((f.b * p.seqlen + t0) * p.groups + f.g0) * p.dstate;
+  return in<T>(slot.x & 1 ? p.C : p.B, row + (slot.x >> 1));
+}
+
+// A thread's share of the next stage, read ahead: the raw x, dt, z (and dy) of its cells
+// (token i / CB and channel i % CB for i = tid + k * kThreads) and its first B/C floats (the
+// same stage floats e = tid + k * kThreads every stage: their slots are found once).
+template <class Sh>
+struct Ahead {
+  float x[Sh::kCells], dt[Sh::kCells], z[Sh::kCells], dy[Sh::kCells], bc[Sh::kBC > 0 ? Sh::kBC : 1];
+  int2 slot[Sh::kBC > 0 ? Sh::kBC : 1];
+  __device__ Ahead(const ScanArgs& a, const Place& f) {
+#pragma unroll
+    for (int k = 0; k < Sh::kBC; ++k) slot[k] = a.staged ? bc_slot<Sh>(a, f, threadIdx.x + k * kThreads) : make_int2(-1, 0);
+  }
+};
+
+template <class T, class Sh, bool kGrad>
+__device__ __forceinline__ void read_ahead(const ScanArgs& a, const Place& f, int64_t t0, Ahead<Sh>& r) {
+  const ScanParams& p = a.p;
+  const int ld = f.d0 + threadIdx.x % Sh::kCB;
+#pragma unroll
+  for (int k = 0; k < Sh::kCells; ++k) {
+    const int i = threadIdx.x + k * kThreads;
+    const int64_t t = t0 + i / Sh::kCB;
+    const bool live = i < Sh::L * Sh::kCB && ld < p.dim && t < f.t_end;
+    const int64_t o = live ? (f.b * p.seqlen + t) * p.dim + ld : 0;
+    r.x[k] = live ? in<T>(p.x, o) : 0.0f;
+    r.dt[k] = live ? in<T>(p.dt, o) : 0.0f;
+    r.z[k] = live && p.z ? in<T>(p.z, o) : 0.0f;
+    if constexpr (kGrad) r.dy[k] = live ? in<T>(p.dy, o) : 0.0f;
+  }
+#pragma unroll
+  for (int k = 0; k < Sh::kBC; ++k) r.bc[k] = bc_value<T>(a, f, t0, r.slot[k]);
+}
+
+// Forms stage `st` at t0 from the read-ahead registers (dt 0 past the segment, where the
+// states then stay; the forward's gate silu(z) when `gate`, else 1); adds the thread's dt to
+// dt_sum (channel tid % CB).
+template <class T, class Sh, bool kGrad>
+__device__ __forceinline__ void form_stage(const ScanArgs& a, const Place& f, int64_t t0, const Ahead<Sh>& r, float bias,
+                                           const Stage& st, float& dt_sum, bool gate = false) {
+  const ScanParams& p = a.p;
+  const bool ld_on = f.d0 + int(threadIdx.x) % Sh::kCB < p.dim;
+#pragma unroll
+  for (int k = 0; k < Sh::kCells; ++k) {
+    const int i = threadIdx.x + k * kThreads;
+    if (i >= Sh::L * Sh::kCB) break;
+    const bool live = ld_on && t0 + i / Sh::kCB < f.t_end;
+    const float raw = r.dt[k] + bias;
+    const float dtv = !live ? 0.0f : p.softplus ? softplus_f(raw) : raw;
+    dt_sum += dtv;
+    // The forward keeps the gate silu(z) (1 without one), the backward z itself.
+    const float zc = kGrad ? r.z[k] : gate ? silu_f(r.z[k]) : 1.0f;
+    st.cell[i] = make_float4(dtv, dtv * r.x[k], r.x[k], zc);
+    if constexpr (kGrad) st.grad[i] = make_float2(r.dy[k], p.softplus ? sigmoid_f(raw) : 1.0f);
+  }
+  if (!a.staged) return;
+  const int total = Sh::bc_floats(a.span);
+#pragma unroll
+  for (int k = 0; k < Sh::kBC; ++k) {
+    const int e = threadIdx.x + k * kThreads;
+    if (e < total) st.bc[e] = r.bc[k];
+  }
+  for (int e = threadIdx.x + Sh::kBC * kThreads; e < total; e += kThreads)
+    st.bc[e] = bc_value<T>(a, f, t0, bc_slot<Sh>(a, f, e));
+}
+
+// B and C of the thread's SPT states at stage token tt (zeros past N or the segment).
+template <class T, class Sh>
+__device__ __forceinline__ void bc_of(const ScanArgs& a, const Place& f, const float* bc, int64_t t0, int tt,
+                                      float (&Bv)[Sh::SPT], float (&Cv)[Sh::SPT]) {
+  const int n0 = f.q * Sh::SPT;
+  if (a.staged) {
+    const float* row = bc + (tt * a.span + f.gi) * 2 * Sh::kN4 + n0;
+#pragma unroll
+    for (int s = 0; s < Sh::SPT; s += 4) {
+      const float4 bv = *reinterpret_cast<const float4*>(row + s);
+      const float4 cv = *reinterpret_cast<const float4*>(row + Sh::kN4 + s);
+      Bv[s] = bv.x, Bv[s + 1] = bv.y, Bv[s + 2] = bv.z, Bv[s + 3] = bv.w;
+      Cv[s] = cv.x, Cv[s + 1] = cv.y, Cv[s + 2] = cv.z, Cv[s + 3] = cv.w;
+    }
     return;
   }
-  bv = cv = make_float2(0.0f, 0.0f);
-  if (t0 + tt < p.seqlen) {
-    const int64_t o = pl.bc(p, t0 + tt);
-    bv = load_pair(static_cast<const T*>(p.B) + o, n, p.dstate, a.pair_loads);
-    cv = load_pair(static_cast<const T*>(p.C) + o, n, p.dstate, a.pair_loads);
+  const ScanParams& p = a.p;
+  const int64_t t = t0 + tt;
+  const int64_t o = ((f.b * p.seqlen + t) * p.groups + f.g0 + f.gi) * p.dstate;
+#pragma unroll
+  for (int s = 0; s < Sh::SPT; ++s) {
+    const bool live = t < f.t_end && n0 + s < p.dstate;
+    Bv[s] = live ? in<T>(p.B, o + n0 + s) : 0.0f;
+    Cv[s] = live ? in<T>(p.C, o + n0 + s) : 0.0f;
   }
 }
 
-// Runs the two states of one slice (first state n, their A) through chunk [t0, t0 + kChunk)
-// from h, calling f(tt, a[2], h[2], C) after each token (a: the decays exp(dt A), taken as
-// 2^(dt log2e A) on the SFU).
-template <class T, class F>
-__device__ __forceinline__ void run_slice(const ScanArgs& a, const Place& pl, int64_t t0, const ChunkSmem& s, int n,
-                                          const float (&A)[2], float (&h)[2], F&& f) {
-#pragma unroll
-  for (int tt = 0; tt < kChunk; ++tt) {
-    const float2 du = s.dtu[tt * kLanes + pl.lane];
-    const float dl = du.x * kLog2e, u = du.y;
-    float2 bv, cv;
-    bc_pairs<T>(a, pl, s, t0, tt, n, bv, cv);
-    const float dec[2] = {fast_exp2(dl * A[0]), fast_exp2(dl * A[1])};
-    h[0] = dec[0] * h[0] + u * bv.x;
-    h[1] = dec[1] * h[1] + u * bv.y;
-    f(tt, dec, h, cv);
-  }
-}
-
-// A of the slice's states (zeros past N or D).
-__device__ __forceinline__ void slice_A(const ScanParams& p, const Place& pl, int n, float (&A)[2]) {
-#pragma unroll
-  for (int q = 0; q < kPair; ++q)
-    A[q] = pl.on && n + q < p.dstate ? static_cast<const float*>(p.A)[static_cast<int64_t>(pl.d) * p.dstate + n + q]
-                                     : 0.0f;
-}
-
-// The slice's two states of an fp32 state row (zeros when src is null or past N or D), and the
-// store of them.
-__device__ __forceinline__ void slice_state(const ScanParams& p, const Place& pl, const float* src, int n,
-                                            float (&h)[2]) {
-#pragma unroll
-  for (int q = 0; q < kPair; ++q) h[q] = src && pl.on && n + q < p.dstate ? src[n + q] : 0.0f;
-}
-__device__ __forceinline__ void store_state(const ScanParams& p, const Place& pl, float* dst, int n,
-                                            const float (&h)[2]) {
-  if (!pl.on) return;
-#pragma unroll
-  for (int q = 0; q < kPair; ++q)
-    if (n + q < p.dstate) dst[n + q] = h[q];
-}
-
-// Slices per warp beyond 2 are walked in a loop (their states in local memory): d_state > 32
-// is not the bandwidth case.
+// The thread's SPT entries of an fp32 [.., N] state row (zeros when row is null or past N or
+// D), and the store of them.
 template <int SPT>
-constexpr int kUnrollSlices = SPT <= 2 ? SPT : 1;
+__device__ __forceinline__ void load_states(const ScanParams& p, const Place& f, const float* row, float (&h)[SPT]) {
+  const int n0 = f.q * SPT;
+#pragma unroll
+  for (int s = 0; s < SPT; ++s) h[s] = row && f.on && n0 + s < p.dstate ? row[n0 + s] : 0.0f;
+}
+template <int SPT>
+__device__ __forceinline__ void store_states(const ScanParams& p, const Place& f, float* row, const float (&h)[SPT]) {
+  const int n0 = f.q * SPT;
+  if (!row || !f.on) return;
+#pragma unroll
+  for (int s = 0; s < SPT; ++s)
+    if (n0 + s < p.dstate) row[n0 + s] = h[s];
+}
+
+// A of the thread's states times log2e (the decays are 2^(dt A log2e) on the SFU).
+template <int SPT>
+__device__ __forceinline__ void load_A2(const ScanParams& p, const Place& f, float (&A2)[SPT]) {
+  load_states<SPT>(p, f, static_cast<const float*>(p.A) + int64_t(min(f.d, p.dim - 1)) * p.dstate, A2);
+#pragma unroll
+  for (int s = 0; s < SPT; ++s) A2[s] *= kLog2e;
+}
+
+// The sum of a channel's Q lane partials of buffer row `row` (lane q reads the row of its
+// channel's Q lanes).
+template <int Q>
+__device__ __forceinline__ float channel_sum(const float* row, const Place& f) {
+  const float* part = row + f.cw * Q;
+  float v = 0.0f;
+#pragma unroll
+  for (int r = 0; r < Q; r += 4) {
+    const float4 pv = *reinterpret_cast<const float4*>(part + r);
+    v += (pv.x + pv.y) + (pv.z + pv.w);
+  }
+  return v;
+}
+
+// The sum over a channel's Q lanes (all of them get it).
+template <int Q>
+__device__ __forceinline__ float lanes_sum(float v) {
+#pragma unroll
+  for (int m = 1; m < Q; m *= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
 
 // What a forward pass over a segment produces:
 //   output   y (and final_state when the sequence is one segment), from the entering state;
-//   ckpt     the backward's checkpoints: the state entering every chunk (no y);
+//   ckpt     the backward's checkpoints: the state entering every kChunk tokens (no y);
 //   summary  the segment run from zeros: its final state into seg_h and sum dt into seg_dt.
 enum class Pass { output, ckpt, summary };
 
-template <class T, int SPT, Pass kPass>
-__global__ void __launch_bounds__(kThreads, 4) scan_forward_kernel(const ScanArgs a) {
-  const ScanParams& p = a.p;
+template <class T, class Sh, Pass kPass>
+__global__ void __launch_bounds__(kThreads) scan_forward_kernel(const ScanArgs a) {
+  constexpr int SPT = Sh::SPT;
   constexpr bool kY = kPass == Pass::output;
-  __shared__ float2 s_dtu[kCL];
-  __shared__ float s_y[kWarps][kCL];
-  extern __shared__ float4 s_bc[];  // bc_stage_floats(N) floats
-  const Place pl(p);
-  const SegChunks seg(a);
-  const ChunkSmem s{s_dtu, nullptr, bc_staged(p, pl.d0) ? s_bc : nullptr};
-  const float bias = pl.on && p.dt_bias ? static_cast<const float*>(p.dt_bias)[pl.d] : 0.0f;
-  const float skip = pl.on && p.D ? static_cast<const float*>(p.D)[pl.d] : 0.0f;
-  float A[SPT][2], h[SPT][2];
+  const ScanParams& p = a.p;
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  float* ybuf = smem + 2 * Sh::stage_floats(false, a.span, a.staged);  // [kWarps][kYGroup][kRow]
+  const Place f(a, Sh{});
+  float* yb = ybuf + f.w * kYGroup * kRow;
+  const int cc = threadIdx.x % Sh::kCB;
+  const float bias = f.d0 + cc < p.dim && p.dt_bias ? static_cast<const float*>(p.dt_bias)[f.d0 + cc] : 0.0f;
+  const float skip = f.on && p.D ? static_cast<const float*>(p.D)[f.d] : 0.0f;
   // The state entering the segment: state0 for a single segment, else segment_scan_kernel's.
   const float* entry = kPass == Pass::summary ? nullptr
-                       : a.seg_h                ? a.seg_h + pl.seg_state_at(p, a.nseg)
-                       : p.state0               ? static_cast<const float*>(p.state0) + pl.state_at(p)
-                                                : nullptr;
-#pragma unroll
-  for (int j = 0; j < SPT; ++j) {
-    slice_A(p, pl, pl.state(j), A[j]);
-    slice_state(p, pl, entry, pl.state(j), h[j]);
-  }
-  float dt_sum = 0.0f;  // summary: warp 0's sum of dt over the segment for channel `lane`
-  Cells next;
-  BCAhead bc_next(p, pl);
-  read_ahead<T>(p, pl, seg.k0 * kChunk, false, next, bc_next);
-  for (int64_t k = seg.k0; k < seg.k1; ++k) {
-    const int64_t t0 = k * kChunk;
-    if constexpr (kPass == Pass::ckpt) {
-      float* row = a.ckpt + ((pl.b * a.chunks + k) * p.dim + pl.d) * p.dstate;
-#pragma unroll kUnrollSlices<SPT>
-      for (int j = 0; j < SPT; ++j) store_state(p, pl, row, pl.state(j), h[j]);
-    }
-    float sig[kItems];
-    const Cells cur =
-        stage_chunk<T, false>(p, pl, t0, bias, s, next, bc_next, k + 1 < seg.k1, t0 + kChunk, false, sig);
+                       : a.seg_h              ? a.seg_h + f.seg_row(a) * p.dstate
+                       : p.state0 ? static_cast<const float*>(p.state0) + (f.b * p.dim + f.d) * p.dstate
+                                  : nullptr;
+  float A2[SPT], h[SPT];
+  load_A2<SPT>(p, f, A2);
+  load_states<SPT>(p, f, entry, h);
+  float dt_sum = 0.0f;
+  Ahead<Sh> ahead(a, f);
+  read_ahead<T, Sh, false>(a, f, f.t_begin, ahead);
+  int buf = 0;
+  for (int64_t t0 = f.t_begin; t0 < f.t_end; t0 += Sh::L, buf ^= 1) {
+    const Stage st = Stage::at(smem, buf, false, a, Sh{});
+    form_stage<T, Sh, false>(a, f, t0, ahead, bias, st, dt_sum, kY && p.z);
+    if (t0 + Sh::L < f.t_end) read_ahead<T, Sh, false>(a, f, t0 + Sh::L, ahead);
     __syncthreads();
-    if constexpr (kPass == Pass::summary) {
-      if (pl.w == 0) {
+#pragma unroll 1
+    for (int g8 = 0; g8 < Sh::L && t0 + g8 < f.t_end; g8 += kYGroup) {
+      if constexpr (kPass == Pass::ckpt) {
+        if (g8 % kChunk == 0) store_states<SPT>(p, f, a.ckpt + ((f.b * a.chunks + (t0 + g8) / kChunk) * p.dim + f.d) * p.dstate, h);
+      }
+      float yp[kYGroup] = {};
 #pragma unroll
-        for (int tt = 0; tt < kChunk; ++tt) dt_sum += s.dtu[tt * kLanes + pl.lane].x;
+      for (int j = 0; j < kYGroup; ++j) {
+        const int tt = g8 + j;
+        const float2 du = *reinterpret_cast<const float2*>(st.cell + tt * Sh::kCB + f.c);
+        float Bv[SPT], Cv[SPT];
+        bc_of<T, Sh>(a, f, st.bc, t0, tt, Bv, Cv);
+#pragma unroll
+        for (int s = 0; s < SPT; ++s) {
+          h[s] = fast_exp2(du.x * A2[s]) * h[s] + du.y * Bv[s];
+          yp[j] += Cv[s] * h[s];
+        }
+      }
+      if constexpr (kY) {
+        // (stored after the group's loads, which the stores would otherwise order)
+#pragma unroll
+        for (int j = 0; j < kYGroup; ++j) yb[j * kRow + f.lane] = yp[j];
+        // Token g8 + j of channel c is lane q = j % Q's: the partials summed, the skip term,
+        // the gate, the store.
+        __syncwarp();
+#pragma unroll
+        for (int j = f.q; j < kYGroup; j += Sh::Q) {
+          const int64_t t = t0 + g8 + j;
+          float v = channel_sum<Sh::Q>(yb + j * kRow, f);
+          if (f.on && t < f.t_end) {
+            const float4 cell = st.cell[(g8 + j) * Sh::kCB + f.c];
+            v = (v + skip * cell.z) * cell.w;
+            static_cast<T*>(p.y)[f.tok(p, t)] = from_f32<T>(v);
+          }
+        }
+        __syncwarp();
       }
     }
-    float y[kChunk] = {};
-#pragma unroll kUnrollSlices<SPT>
-    for (int j = 0; j < SPT; ++j)
-      run_slice<T>(a, pl, t0, s, pl.state(j), A[j], h[j], [&](int tt, const float(&)[2], const float(&hh)[2], float2 cv) {
-        if constexpr (kY) y[tt] += cv.x * hh[0] + cv.y * hh[1];
-      });
-    if constexpr (kY) {
-#pragma unroll
-      for (int tt = 0; tt < kChunk; ++tt) s_y[pl.w][tt * kLanes + pl.lane] = y[tt];
-    }
-    __syncthreads();
-    if constexpr (kY) {
-#pragma unroll
-      for (int m = 0; m < kItems; ++m) {
-        const int64_t t = t0 + pl.w + kWarps * m;
-        if (!pl.on || t >= p.seqlen) continue;
-        const int i = pl.cell(m);
-        float v = skip * cur.x[m];
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) v += s_y[w][i];
-        if (p.z) v *= silu_f(cur.z[m]);
-        static_cast<T*>(p.y)[pl.tok(p, t)] = from_f32<T>(v);
-      }
-    }
   }
-  float* out = nullptr;
   if constexpr (kPass == Pass::summary) {
-    out = a.seg_h + pl.seg_state_at(p, a.nseg);
-    if (pl.w == 0 && pl.on) a.seg_dt[pl.seg_at(p, a.nseg)] = dt_sum;
+    store_states<SPT>(p, f, a.seg_h + f.seg_row(a) * p.dstate, h);
+    // The segment's sum of dt per channel: the shares of the threads that formed its cells.
+    __syncthreads();
+    ybuf[threadIdx.x] = dt_sum;
+    __syncthreads();
+    if (threadIdx.x < Sh::kCB && f.d0 + int(threadIdx.x) < p.dim) {
+      float v = 0.0f;
+      for (int k = threadIdx.x; k < kThreads; k += Sh::kCB) v += ybuf[k];
+      a.seg_dt[(f.b * a.nseg + blockIdx.z) * p.dim + f.d0 + threadIdx.x] = v;
+    }
   } else if constexpr (kY) {
-    if (a.nseg == 1) out = static_cast<float*>(p.final_state) + pl.state_at(p);
-  }
-  if (out) {
-#pragma unroll kUnrollSlices<SPT>
-    for (int j = 0; j < SPT; ++j) store_state(p, pl, out, pl.state(j), h[j]);
+    if (a.nseg == 1) store_states<SPT>(p, f, static_cast<float*>(p.final_state) + (f.b * p.dim + f.d) * p.dstate, h);
   }
 }
 
@@ -450,255 +414,238 @@ __global__ void segment_scan_kernel(float* __restrict__ seg, const float* __rest
   }
 }
 
-// Shared memory of the backward kernel, in floats: {dt, u}, x, gy; two [kWarps][kCL] partial
-// buffers; per warp the [32][33] float2 transposition buffer of dB and dC (then the B/C stage).
-constexpr int kBackwardSmemFloats = 4 * kCL + 2 * kWarps * kCL + kWarps * 2 * kLanes * (kLanes + 1);
-static_assert(kBackwardSmemFloats % 4 == 0, "the B/C stage after it needs 16-byte alignment");
-
-// Adds a warp's dB and dC terms of one slice (red[row][column] = {dB, dC}, rows tt * 2 + q,
-// columns the 32 channels; lanes past D hold zeros) to the fp32 sums: lane r sums row r over
-// the channels of each group (one group per block unless groups are narrower than 32
-// channels), one atomic per group and sum.
-__device__ void flush_bc(const ScanArgs& a, const Place& pl, int64_t t0, int n, const float2* red) {
-  const ScanParams& p = a.p;
-  const int r = pl.lane, tt = r / kPair, q = r % kPair;
-  const int64_t t = t0 + tt;
-  if (t >= p.seqlen || n + q >= p.dstate) return;
-  const float2* row = red + r * (kLanes + 1);
-  const int per_group = p.dim / p.groups;
-  int g = pl.d0 / per_group;
-  auto add = [&](float2 v) {
-    const int64_t o = ((pl.b * p.seqlen + t) * p.groups + g) * p.dstate + n + q;
-#if __CUDA_ARCH__ >= 900
-    atomicAdd(a.dBC + o, v);  // one vector atomic for both
-#else
-    atomicAdd(&a.dBC[o].x, v.x);  // the generic PTX (sm_80) has no float2 atomics
-    atomicAdd(&a.dBC[o].y, v.y);
-#endif
-  };
-  float2 v = make_float2(0.0f, 0.0f);
-  if ((min(pl.d0 + kLanes, p.dim) - 1) / per_group == g) {
-#pragma unroll
-    for (int c = 0; c < kLanes; ++c) v.x += row[c].x, v.y += row[c].y;
-    add(v);
-    return;
-  }
-  for (int c = 0, next = (g + 1) * per_group - pl.d0; c < kLanes && pl.d0 + c < p.dim; ++c) {
-    if (c == next) {
-      add(v);
-      v = make_float2(0.0f, 0.0f);
-      ++g;
-      next += per_group;
-    }
-    v.x += row[c].x, v.y += row[c].y;
-  }
-  add(v);
+// The backward kernels' per-warp buffers, in floats: two [kChunk][kRow] sum buffers (y, then
+// the dx partials; the d dt partials) and gy [kChunk][32 / Q].
+template <class Sh>
+constexpr int warp_floats() {
+  return 2 * kChunk * kRow + kChunk * Sh::kCW;
 }
 
-template <class T, int SPT>
-__global__ void __launch_bounds__(kThreads, 2) scan_backward_kernel(const ScanArgs a) {
+// A warp's gy = dy * silu(z) (dy without a gate) of the chunk's tokens into gyb, lane q taking
+// tokens j = q (mod Q) of its channel; with a gate and kDz, dz from y before the gate (the
+// Q partials in yb) and the thread's dD share (gy x) too.
+template <class T, class Sh, bool kDz>
+__device__ __forceinline__ void chunk_gy(const ScanArgs& a, const Place& f, const Stage& st, int64_t t0, float skip,
+                                         const float* yb, float* gyb, float& dD) {
   const ScanParams& p = a.p;
-  extern __shared__ float smem[];
-  const Place pl(p);
-  float4* s_bc = reinterpret_cast<float4*>(smem + kBackwardSmemFloats);  // bc_stage_floats(N) floats
-  const ChunkSmem s{reinterpret_cast<float2*>(smem), smem + 2 * kCL, bc_staged(p, pl.d0) ? s_bc : nullptr};
-  float* s_gy = smem + 3 * kCL;
-  float* s_p1 = smem + 4 * kCL;      // [kWarps][kCL]: y partials, then dx partials
-  float* s_p2 = s_p1 + kWarps * kCL;  // [kWarps][kCL]: d(dt) partials
-  float2* red = reinterpret_cast<float2*>(s_p2 + kWarps * kCL) + pl.w * kLanes * (kLanes + 1);  // [32][33]
-  const float bias = pl.on && p.dt_bias ? static_cast<const float*>(p.dt_bias)[pl.d] : 0.0f;
-  const float skip = pl.on && p.D ? static_cast<const float*>(p.D)[pl.d] : 0.0f;
-  float A[SPT][2], dh[SPT][2], dA[SPT][2];
-  const SegChunks seg(a);
-  // The gradient leaving the segment: d_final_state for a single segment, else segment_scan_kernel's.
-  const float* dfin = a.seg_g           ? a.seg_g + pl.seg_state_at(p, a.nseg)
-                      : p.d_final_state ? static_cast<const float*>(p.d_final_state) + pl.state_at(p)
-                                        : nullptr;
 #pragma unroll
-  for (int j = 0; j < SPT; ++j) {
-    slice_A(p, pl, pl.state(j), A[j]);
-    slice_state(p, pl, dfin, pl.state(j), dh[j]);
-    dA[j][0] = dA[j][1] = 0.0f;
-  }
-  float dD = 0.0f, dbias = 0.0f;  // this thread's share of channel `lane`
-  // The states of one slice over the chunk and their decays (kept from the y pass when SPT == 1).
-  float hs[kChunk][2], as[kChunk][2], h0[2];
-  Cells next;
-  BCAhead bc_next(p, pl);
-  read_ahead<T>(p, pl, (seg.k1 - 1) * kChunk, true, next, bc_next);
-  for (int64_t k = seg.k1 - 1; k >= seg.k0; --k) {
-    const int64_t t0 = k * kChunk;
-    const float* entry = a.ckpt + ((pl.b * a.chunks + k) * p.dim + pl.d) * p.dstate;
-    float sig[kItems];
-    const Cells cur =
-        stage_chunk<T, true>(p, pl, t0, bias, s, next, bc_next, k > seg.k0, t0 - kChunk, true, sig);
-    __syncthreads();
-    // y before the gate, recomputed.
-    float y[kChunk] = {};
-#pragma unroll kUnrollSlices<SPT>
-    for (int j = 0; j < SPT; ++j) {
-      float h[2];
-      slice_state(p, pl, entry, pl.state(j), h);
-      if constexpr (SPT == 1) h0[0] = h[0], h0[1] = h[1];
-      run_slice<T>(a, pl, t0, s, pl.state(j), A[j], h,
-                   [&](int tt, const float(&dec)[2], const float(&hh)[2], float2 cv) {
-                     y[tt] += cv.x * hh[0] + cv.y * hh[1];
-                     if constexpr (SPT == 1) hs[tt][0] = hh[0], hs[tt][1] = hh[1], as[tt][0] = dec[0], as[tt][1] = dec[1];
-                   });
-    }
-#pragma unroll
-    for (int tt = 0; tt < kChunk; ++tt) s_p1[pl.w * kCL + tt * kLanes + pl.lane] = y[tt];
-    __syncthreads();
-    // The gate: dz and gy, the gradient of y before it; dD.
-    float gy[kItems];
-#pragma unroll
-    for (int m = 0; m < kItems; ++m) {
-      const int64_t t = t0 + pl.w + kWarps * m;
-      const int i = pl.cell(m);
-      gy[m] = 0.0f;
-      if (pl.on && t < p.seqlen) {
-        float yv = skip * cur.x[m];
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) yv += s_p1[w * kCL + i];
-        gy[m] = cur.dy[m];
-        if (p.z) {
-          static_cast<T*>(p.dz)[pl.tok(p, t)] = from_f32<T>(gy[m] * yv * silu_grad_f(cur.z[m]));
-          gy[m] *= silu_f(cur.z[m]);
+  for (int j = f.q; j < kChunk; j += Sh::Q) {
+    const int64_t t = t0 + j;
+    float gy = 0.0f;
+    if (f.on && t < f.t_end) {
+      const float4 cell = st.cell[j * Sh::kCB + f.c];
+      gy = st.grad[j * Sh::kCB + f.c].x;
+      if (p.z) {
+        if constexpr (kDz) {
+          const float yv = channel_sum<Sh::Q>(yb + j * kRow, f) + skip * cell.z;
+          static_cast<T*>(p.dz)[f.tok(p, t)] = from_f32<T>(gy * yv * silu_grad_f(cell.w));
         }
-        dD += gy[m] * cur.x[m];
+        gy *= silu_f(cell.w);
       }
-      s_gy[i] = gy[m];
+      dD += gy * cell.z;
     }
-    __syncthreads();
-    // The reverse scan of each slice.
-    float dx[kChunk] = {}, ddt[kChunk] = {};
-#pragma unroll kUnrollSlices<SPT>
-    for (int j = 0; j < SPT; ++j) {
-      const int n = pl.state(j);
-      if constexpr (SPT > 1) {
-        float h[2];
-        slice_state(p, pl, entry, n, h);
-        h0[0] = h[0], h0[1] = h[1];
-        run_slice<T>(a, pl, t0, s, n, A[j], h, [&](int tt, const float(&dec)[2], const float(&hh)[2], float2) {
-          hs[tt][0] = hh[0], hs[tt][1] = hh[1], as[tt][0] = dec[0], as[tt][1] = dec[1];
-        });
-      }
-#pragma unroll
-      for (int tt = kChunk - 1; tt >= 0; --tt) {
-        const int i = tt * kLanes + pl.lane;
-        float2 bv, cv;
-        bc_pairs<T>(a, pl, s, t0, tt, n, bv, cv);
-        const float2 du = s.dtu[i];
-        const float g_y = s_gy[i], dtv = du.x, xv = s.x[i], u = du.y;
-        const float bq[2] = {bv.x, bv.y}, cq[2] = {cv.x, cv.y};
-#pragma unroll
-        for (int q = 0; q < kPair; ++q) {
-          const float hprev = tt > 0 ? hs[tt - 1][q] : h0[q];
-          float& g = dh[j][q];
-          g += cq[q] * g_y;
-          red[(tt * kPair + q) * (kLanes + 1) + pl.lane] = make_float2(g * u, g_y * hs[tt][q]);  // dB, dC
-          dx[tt] += g * dtv * bq[q];
-          const float ah = as[tt][q] * hprev;
-          ddt[tt] += g * (bq[q] * xv + A[j][q] * ah);
-          dA[j][q] += g * dtv * ah;
-          g *= as[tt][q];
-        }
-      }
-      __syncwarp();
-      flush_bc(a, pl, t0, n, red);
-      __syncwarp();
-    }
-#pragma unroll
-    for (int tt = 0; tt < kChunk; ++tt) {
-      s_p1[pl.w * kCL + tt * kLanes + pl.lane] = dx[tt];
-      s_p2[pl.w * kCL + tt * kLanes + pl.lane] = ddt[tt];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int m = 0; m < kItems; ++m) {
-      const int64_t t = t0 + pl.w + kWarps * m;
-      if (!pl.on || t >= p.seqlen) continue;
-      const int i = pl.cell(m);
-      float dxv = skip * gy[m], draw = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) dxv += s_p1[w * kCL + i], draw += s_p2[w * kCL + i];
-      draw *= sig[m];
-      const int64_t o = pl.tok(p, t);
-      static_cast<T*>(p.dx)[o] = from_f32<T>(dxv);
-      static_cast<T*>(p.d_dt)[o] = from_f32<T>(draw);
-      dbias += draw;
-    }
-  }
-  // d_state0 comes from segment_scan_kernel when there are several segments.
-  float* ds0 = a.nseg == 1 ? static_cast<float*>(p.d_state0) + pl.state_at(p) : nullptr;
-  float* dA_row = a.dA + pl.seg_state_at(p, a.nseg);
-#pragma unroll kUnrollSlices<SPT>
-  for (int j = 0; j < SPT; ++j) {
-    if (ds0) store_state(p, pl, ds0, pl.state(j), dh[j]);
-    store_state(p, pl, dA_row, pl.state(j), dA[j]);
-  }
-  // dD and d_dt_bias of the block's channels: the warps' shares summed in warp order.
-  __syncthreads();
-  s_p1[pl.w * kLanes + pl.lane] = dD;
-  s_p2[pl.w * kLanes + pl.lane] = dbias;
-  __syncthreads();
-  if (pl.w == 0 && pl.on) {
-    float sd = 0.0f, sb = 0.0f;
-    for (int w = 0; w < kWarps; ++w) sd += s_p1[w * kLanes + pl.lane], sb += s_p2[w * kLanes + pl.lane];
-    a.dD[pl.seg_at(p, a.nseg)] = sd;
-    a.dbias[pl.seg_at(p, a.nseg)] = sb;
+    gyb[j * Sh::kCW + f.cw] = gy;
   }
 }
 
 // The backward's segment summaries (several segments only): each segment's chunks walked in
-// reverse from a zero gradient, dh_{t-1} = a_t (dh_t + C_t gy_t), gy = dy * silu(z) (the
-// gradient of y before the gate), a_t = exp(dt_t A) formed in the loop (the states themselves
-// are not needed); the gradient reaching the segment's entry into seg_g.
-template <class T, int SPT>
-__global__ void __launch_bounds__(kThreads, 3) scan_grad_summary_kernel(const ScanArgs a) {
+// reverse from a zero gradient, dh_{t-1} = a_t (dh_t + C_t gy_t) (the states themselves are
+// not needed); the gradient reaching the segment's entry into seg_g.
+template <class T, class Sh>
+__global__ void __launch_bounds__(kThreads) scan_grad_summary_kernel(const ScanArgs a) {
+  constexpr int SPT = Sh::SPT;
   const ScanParams& p = a.p;
-  __shared__ float2 s_dtu[kCL];
-  __shared__ float s_gy[kCL];
-  extern __shared__ float4 s_bc[];  // bc_stage_floats(N) floats
-  const Place pl(p);
-  const SegChunks seg(a);
-  const ChunkSmem s{s_dtu, nullptr, bc_staged(p, pl.d0) ? s_bc : nullptr};
-  const float bias = pl.on && p.dt_bias ? static_cast<const float*>(p.dt_bias)[pl.d] : 0.0f;
-  float A[SPT][2], dh[SPT][2];
-#pragma unroll
-  for (int j = 0; j < SPT; ++j) {
-    slice_A(p, pl, pl.state(j), A[j]);
-    dh[j][0] = dh[j][1] = 0.0f;
-  }
-  Cells next;
-  BCAhead bc_next(p, pl);
-  read_ahead<T>(p, pl, (seg.k1 - 1) * kChunk, true, next, bc_next);
-  for (int64_t k = seg.k1 - 1; k >= seg.k0; --k) {
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const Place f(a, Sh{});
+  float* gyb = smem + 2 * Sh::stage_floats(true, a.span, a.staged) + f.w * warp_floats<Sh>() + 2 * kChunk * kRow;
+  const int cc = threadIdx.x % Sh::kCB;
+  const float bias = f.d0 + cc < p.dim && p.dt_bias ? static_cast<const float*>(p.dt_bias)[f.d0 + cc] : 0.0f;
+  float A2[SPT], dh[SPT] = {};
+  load_A2<SPT>(p, f, A2);
+  float unused = 0.0f;
+  Ahead<Sh> ahead(a, f);
+  const int64_t k_first = f.t_begin / kChunk, k_last = (f.t_end + kChunk - 1) / kChunk - 1;
+  if (k_last >= k_first) read_ahead<T, Sh, true>(a, f, k_last * kChunk, ahead);
+  int buf = 0;
+  for (int64_t k = k_last; k >= k_first; --k, buf ^= 1) {
     const int64_t t0 = k * kChunk;
-    float sig[kItems];
-    const Cells cur =
-        stage_chunk<T, false>(p, pl, t0, bias, s, next, bc_next, k > seg.k0, t0 - kChunk, true, sig);
-#pragma unroll
-    for (int m = 0; m < kItems; ++m) s_gy[pl.cell(m)] = p.z ? cur.dy[m] * silu_f(cur.z[m]) : cur.dy[m];
+    const Stage st = Stage::at(smem, buf, true, a, Sh{});
+    form_stage<T, Sh, true>(a, f, t0, ahead, bias, st, unused);
+    if (k > k_first) read_ahead<T, Sh, true>(a, f, t0 - kChunk, ahead);
     __syncthreads();
-#pragma unroll kUnrollSlices<SPT>
-    for (int j = 0; j < SPT; ++j) {
-      const int n = pl.state(j);
+    chunk_gy<T, Sh, false>(a, f, st, t0, 0.0f, nullptr, gyb, unused);
+    __syncwarp();
 #pragma unroll
-      for (int tt = kChunk - 1; tt >= 0; --tt) {
-        float2 bv, cv;
-        bc_pairs<T>(a, pl, s, t0, tt, n, bv, cv);
-        const int i = tt * kLanes + pl.lane;
-        const float g_y = s_gy[i], dl = s.dtu[i].x * kLog2e;
-        dh[j][0] = (dh[j][0] + cv.x * g_y) * fast_exp2(dl * A[j][0]);
-        dh[j][1] = (dh[j][1] + cv.y * g_y) * fast_exp2(dl * A[j][1]);
-      }
+    for (int tt = kChunk - 1; tt >= 0; --tt) {
+      const float gyv = gyb[tt * Sh::kCW + f.cw], dl = st.cell[tt * Sh::kCB + f.c].x;
+      float Bv[SPT], Cv[SPT];
+      bc_of<T, Sh>(a, f, st.bc, t0, tt, Bv, Cv);
+#pragma unroll
+      for (int s = 0; s < SPT; ++s) dh[s] = (dh[s] + Cv[s] * gyv) * fast_exp2(dl * A2[s]);
+    }
+  }
+  store_states<SPT>(p, f, a.seg_g + f.seg_row(a) * p.dstate, dh);
+}
+
+// The reverse scan of a chunk in scan_backward_kernel: dB, dC terms into red, the partials of
+// dx / dt (P1 = sum g B) and of d dt (P2 = sum A g a h_prev) into yb, tb. The pointers are
+// restrict-qualified: the stores then do not order the next tokens' loads.
+template <class T, class Sh>
+__device__ __forceinline__ void reverse_chunk(const ScanArgs& a, const Place& f, const float4* __restrict__ cells,
+                                              const float* __restrict__ bc, const float* __restrict__ gyb,
+                                              float2* __restrict__ red, float* __restrict__ yb, float* __restrict__ tb,
+                                              int64_t t0, const float (&A)[Sh::SPT], const float (&as)[kChunk][Sh::SPT],
+                                              const float (&hs)[kChunk][Sh::SPT], float (&dh)[Sh::SPT],
+                                              float (&dA)[Sh::SPT]) {
+  constexpr int SPT = Sh::SPT, CB = Sh::kCB, N4 = Sh::kN4;
+  const int n0 = f.q * SPT;
+#pragma unroll
+  for (int tt = kChunk - 1; tt >= 0; --tt) {
+    const float gyv = gyb[tt * Sh::kCW + f.cw];
+    const float4 cell = cells[tt * CB + f.c];
+    const float dtv = cell.x, u = cell.y;
+    float Bv[SPT], Cv[SPT];
+    bc_of<T, Sh>(a, f, bc, t0, tt, Bv, Cv);
+    float P1 = 0.0f, P2 = 0.0f, terms[2 * SPT];
+#pragma unroll
+    for (int s = 0; s < SPT; ++s) {
+      const float g = dh[s] + Cv[s] * gyv;
+      terms[2 * s] = g * u;
+      terms[2 * s + 1] = gyv * hs[tt][s];
+      P1 += g * Bv[s];
+      const float gah = g * (hs[tt][s] - u * Bv[s]);  // g a_t h_{t-1}
+      dA[s] += gah * dtv;
+      P2 += A[s] * gah;
+      dh[s] = g * as[tt][s];
+    }
+    float4* rrow = reinterpret_cast<float4*>(red + (tt * CB + f.c) * N4 + n0);
+#pragma unroll
+    for (int s = 0; s < SPT; s += 2)
+      rrow[s / 2] = make_float4(terms[2 * s], terms[2 * s + 1], terms[2 * s + 2], terms[2 * s + 3]);
+    yb[tt * kRow + f.lane] = P1;
+    tb[tt * kRow + f.lane] = P2;
+  }
+}
+
+template <class T, class Sh>
+__global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs a) {
+  constexpr int SPT = Sh::SPT, CB = Sh::kCB, N4 = Sh::kN4;
+  const ScanParams& p = a.p;
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const Place f(a, Sh{});
+  // dB, dC terms of the chunk [kChunk][CB][N4], then the warps' buffers.
+  float2* red = reinterpret_cast<float2*>(smem + 2 * Sh::stage_floats(true, a.span, a.staged));
+  float* yb = reinterpret_cast<float*>(red + kChunk * CB * N4) + f.w * warp_floats<Sh>();
+  float* tb = yb + kChunk * kRow;
+  float* gyb = tb + kChunk * kRow;
+  const int cc = threadIdx.x % CB;
+  const float bias = f.d0 + cc < p.dim && p.dt_bias ? static_cast<const float*>(p.dt_bias)[f.d0 + cc] : 0.0f;
+  const float skip = f.on && p.D ? static_cast<const float*>(p.D)[f.d] : 0.0f;
+  float A[SPT], A2[SPT], dh[SPT], dA[SPT] = {};
+  load_A2<SPT>(p, f, A2);
+  load_states<SPT>(p, f, static_cast<const float*>(p.A) + int64_t(min(f.d, p.dim - 1)) * p.dstate, A);
+  // The gradient leaving the segment: d_final_state for a single segment, else segment_scan_kernel's.
+  const float* dfin = a.seg_g           ? a.seg_g + f.seg_row(a) * p.dstate
+                      : p.d_final_state ? static_cast<const float*>(p.d_final_state) + (f.b * p.dim + f.d) * p.dstate
+                                        : nullptr;
+  load_states<SPT>(p, f, dfin, dh);
+  float dD = 0.0f, dbias = 0.0f, unused = 0.0f;  // this lane's shares of channel d
+  auto ckpt_row = [&](int64_t k) { return a.ckpt + ((f.b * a.chunks + k) * p.dim + f.d) * p.dstate; };
+  Ahead<Sh> ahead(a, f);
+  float entry[SPT];
+  const int64_t k_first = f.t_begin / kChunk, k_last = (f.t_end + kChunk - 1) / kChunk - 1;
+  if (k_last >= k_first) {
+    read_ahead<T, Sh, true>(a, f, k_last * kChunk, ahead);
+    load_states<SPT>(p, f, ckpt_row(k_last), entry);
+  }
+  int buf = 0;
+  for (int64_t k = k_last; k >= k_first; --k, buf ^= 1) {
+    const int64_t t0 = k * kChunk;
+    const Stage st = Stage::at(smem, buf, true, a, Sh{});
+    form_stage<T, Sh, true>(a, f, t0, ahead, bias, st, unused);
+    float h[SPT];
+#pragma unroll
+    for (int s = 0; s < SPT; ++s) h[s] = entry[s];
+    if (k > k_first) {
+      read_ahead<T, Sh, true>(a, f, t0 - kChunk, ahead);
+      load_states<SPT>(p, f, ckpt_row(k - 1), entry);
     }
     __syncthreads();
+    // The chunk's states and decays from its checkpoint, and y's partials before the gate.
+    float as[kChunk][SPT], hs[kChunk][SPT];
+#pragma unroll
+    for (int tt = 0; tt < kChunk; ++tt) {
+      const float2 du = *reinterpret_cast<const float2*>(st.cell + tt * CB + f.c);
+      float Bv[SPT], Cv[SPT];
+      bc_of<T, Sh>(a, f, st.bc, t0, tt, Bv, Cv);
+      float yp = 0.0f;
+#pragma unroll
+      for (int s = 0; s < SPT; ++s) {
+        as[tt][s] = fast_exp2(du.x * A2[s]);
+        h[s] = as[tt][s] * h[s] + du.y * Bv[s];
+        hs[tt][s] = h[s];
+        yp += Cv[s] * h[s];
+      }
+      if (p.z) yb[tt * kRow + f.lane] = yp;
+    }
+    __syncwarp();
+    chunk_gy<T, Sh, true>(a, f, st, t0, skip, yb, gyb, dD);
+    __syncwarp();
+    reverse_chunk<T, Sh>(a, f, st.cell, st.bc, gyb, red, yb, tb, t0, A, as, hs, dh, dA);
+    __syncwarp();
+    // dx and d dt_raw per token, lane q taking tokens j = q (mod Q).
+#pragma unroll
+    for (int j = f.q; j < kChunk; j += Sh::Q) {
+      const int64_t t = t0 + j;
+      if (!f.on || t >= f.t_end) continue;
+      const float P1 = channel_sum<Sh::Q>(yb + j * kRow, f), P2 = channel_sum<Sh::Q>(tb + j * kRow, f);
+      const float4 cell = st.cell[j * CB + f.c];
+      const float draw = (cell.z * P1 + P2) * st.grad[j * CB + f.c].y;
+      static_cast<T*>(p.dx)[f.tok(p, t)] = from_f32<T>(cell.x * P1 + skip * gyb[j * Sh::kCW + f.cw]);
+      static_cast<T*>(p.d_dt)[f.tok(p, t)] = from_f32<T>(draw);
+      dbias += draw;
+    }
+    __syncthreads();
+    // dB, dC: the block's channels summed per (token, state) and group, one atomic each.
+    for (int e = threadIdx.x; e < kChunk * N4; e += kThreads) {
+      const int j = e / N4, n = e % N4;
+      const int64_t t = t0 + j;
+      if (n >= p.dstate || t >= f.t_end) continue;
+      int g = f.g0;
+      auto add = [&](float2 v) {
+        float2* o = a.dBC + ((f.b * p.seqlen + t) * p.groups + g) * p.dstate + n;
+#if __CUDA_ARCH__ >= 900
+        atomicAdd(o, v);  // one vector atomic for both
+#else
+        atomicAdd(&o->x, v.x);  // the generic PTX (sm_80) has no float2 atomics
+        atomicAdd(&o->y, v.y);
+#endif
+      };
+      float2 v = make_float2(0.0f, 0.0f);
+      for (int c = 0, next = (g + 1) * f.per_group - f.d0; c < CB && f.d0 + c < p.dim; ++c) {
+        if (c == next) {
+          add(v);
+          v = make_float2(0.0f, 0.0f);
+          ++g;
+          next += f.per_group;
+        }
+        const float2 r = red[(j * CB + c) * N4 + n];
+        v.x += r.x, v.y += r.y;
+      }
+      add(v);
+    }
   }
-  float* out = a.seg_g + pl.seg_state_at(p, a.nseg);
-#pragma unroll kUnrollSlices<SPT>
-  for (int j = 0; j < SPT; ++j) store_state(p, pl, out, pl.state(j), dh[j]);
+  // d_state0 comes from segment_scan_kernel when there are several segments.
+  if (a.nseg == 1) store_states<SPT>(p, f, static_cast<float*>(p.d_state0) + (f.b * p.dim + f.d) * p.dstate, dh);
+  store_states<SPT>(p, f, a.dA + f.seg_row(a) * p.dstate, dA);
+  dD = lanes_sum<Sh::Q>(dD);
+  dbias = lanes_sum<Sh::Q>(dbias);
+  if (f.q == 0 && f.on) {
+    a.dD[f.seg_row(a)] = dD;
+    a.dbias[f.seg_row(a)] = dbias;
+  }
 }
 
 // out[i] = sum over k < count of part[k * n + i], in order (the (batch, segment) partials).
@@ -720,26 +667,17 @@ __global__ void split_bc_kernel(T* dB, T* dC, const float2* sums, int64_t n) {
   }
 }
 
-// Slices per warp: ceil(N / 2) slices over kWarps warps, rounded up to a power of two.
-int slices_per_warp(int dstate) {
-  int spt = 1;
-  while (spt * kWarps * kPair < dstate) spt *= 2;
-  return spt;
-}
-
-// Calls f.template operator()<T, SPT>() for the call's dtype and slices per warp.
+// Calls f.template operator()<T, Q, SPT>() for the call's dtype and d_state: the fewest lanes
+// per channel at 4 states each (8 past 128 states).
 template <class F>
-void dispatch(const ScanParams& p, int spt, F&& f) {
-  auto with_spt = [&]<class T>() {
-    switch (spt) {
-      case 1: return f.template operator()<T, 1>();
-      case 2: return f.template operator()<T, 2>();
-      case 4: return f.template operator()<T, 4>();
-      case 8: return f.template operator()<T, 8>();
-      default: return f.template operator()<T, 16>();
-    }
-  };
-  LCTX_DISPATCH_CUDA_FLOAT(p.dtype, "selective_scan", [&] { return with_spt.template operator()<scalar_t>(); });
+void dispatch(const ScanParams& p, F&& f) {
+  LCTX_DISPATCH_CUDA_FLOAT(p.dtype, "selective_scan", [&] {
+    if (p.dstate <= 16) return f.template operator()<scalar_t, 4, 4>();
+    if (p.dstate <= 32) return f.template operator()<scalar_t, 8, 4>();
+    if (p.dstate <= 64) return f.template operator()<scalar_t, 16, 4>();
+    if (p.dstate <= 128) return f.template operator()<scalar_t, 32, 4>();
+    return f.template operator()<scalar_t, 32, 8>();
+  });
 }
 
 int current_device() {
@@ -748,38 +686,68 @@ int current_device() {
   return dev;
 }
 
-// Segments: enough (batch, channel block, segment) blocks for ~32 per SM, each segment at
-// least kMinSegChunks chunks (its summary pass and the segment scan cost a segment's setup).
-// 32 per SM measured 5% faster fwd+bwd than 16 or 8 at T = 32k-128k on an H200 (d_inner 4096).
-constexpr int kBlocksPerSm = 32, kMinSegChunks = 4;
+// The groups a block of cb channels touches, at most over the call.
+int group_span(const ScanParams& p, int cb) {
+  const int per_group = p.dim / p.groups;
+  int span = 1;
+  for (int d0 = 0; d0 < p.dim; d0 += cb)
+    span = std::max(span, (std::min(d0 + cb, p.dim) - 1) / per_group - d0 / per_group + 1);
+  return span;
+}
+
+// Segments until there are kWarpsPerSm warps per SM: one warp per SM sub-partition (d_inner
+// 4096, d_state 16, no segments) left the kernels latency-bound (0.5 instructions per cycle per
+// SM, shared-memory loads waited on); 16 measured 2.2x faster forward and 1.7x fwd+bwd at
+// T = 32k on an H200 despite the summary pass (32: the same). Each segment is at least
+// kMinSegChunks chunks (a segment's setup and the segment scan cost).
+constexpr int kWarpsPerSm = 16, kMinSegChunks = 4;
 
 ScanArgs make_args(const ScanParams& p) {
   ScanArgs a;
   a.p = p;
   a.chunks = (p.seqlen + kChunk - 1) / kChunk;
-  const size_t pair = 2 * dtype_size(p.dtype);
-  a.pair_loads = p.dstate % 2 == 0 && reinterpret_cast<uintptr_t>(p.B) % pair == 0 &&
-                 reinterpret_cast<uintptr_t>(p.C) % pair == 0;
-  const int sms = sm_count(current_device());
-  const int64_t blocks = std::max<int64_t>(p.batch * ((p.dim + kLanes - 1) / kLanes), 1);
-  const int64_t want = std::max<int64_t>((int64_t(kBlocksPerSm) * sms + blocks - 1) / blocks, 1);
+  int64_t warps = 1;
+  dispatch(p, [&]<class T, int Q, int SPT>() {
+    using Sh = Shape<Q, SPT, kChunk>;
+    warps = std::max<int64_t>(p.batch * ((p.dim + Sh::kCB - 1) / Sh::kCB) * kWarps, 1);
+    a.span = group_span(p, Sh::kCB);
+  });
+  const int64_t want = std::max<int64_t>(int64_t(kWarpsPerSm) * sm_count(current_device()) / warps, 1);
   a.seg_chunks = std::max<int64_t>((a.chunks + want - 1) / want, kMinSegChunks);
   a.nseg = std::max<int64_t>((a.chunks + a.seg_chunks - 1) / a.seg_chunks, 1);
   return a;
 }
 
-dim3 grid_of(const ScanArgs& a) {
-  return dim3((a.p.dim + kLanes - 1) / kLanes, static_cast<unsigned>(a.p.batch), static_cast<unsigned>(a.nseg));
-}
-
-template <class K>
-void launch(K kernel, const ScanArgs& a, int smem, cudaStream_t st, const char* what) {
+// Launches kernel over (channel blocks, batch, segments) with `extra` floats of shared memory
+// past its double-buffered stage (B/C staged when that stage fits kStageBudget).
+template <class Sh, class K>
+void launch(K kernel, ScanArgs a, bool grad, int extra, cudaStream_t st, const char* what) {
+  a.staged = 2 * Sh::bc_floats(a.span) * int(sizeof(float)) <= kStageBudget;
+  const int smem = (2 * Sh::stage_floats(grad, a.span, a.staged) + extra) * int(sizeof(float));
   LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  // The most shared memory per SM: two backward blocks (~113 KB each) fit only so.
   LCTX_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-  kernel<<<grid_of(a), kThreads, smem, st>>>(a);
+  const dim3 grid((a.p.dim + Sh::kCB - 1) / Sh::kCB, static_cast<unsigned>(a.p.batch), static_cast<unsigned>(a.nseg));
+  kernel<<<grid, kThreads, smem, st>>>(a);
   LCTX_CUDA_CHECK_LAUNCH(what);
+}
+
+// One forward pass (output, checkpoints or segment summaries) over a's segments.
+void forward_pass(const ScanArgs& a, Pass pass, cudaStream_t st) {
+  dispatch(a.p, [&]<class T, int Q, int SPT>() {
+    using Sh = Shape<Q, SPT, kFwdRun>;
+    const int extra = kWarps * kYGroup * kRow;
+    switch (pass) {
+      case Pass::output:
+        return launch<Sh>(scan_forward_kernel<T, Sh, Pass::output>, a, false, extra, st, "selective_scan_forward");
+      case Pass::ckpt:
+        return launch<Sh>(scan_forward_kernel<T, Sh, Pass::ckpt>, a, false, extra, st,
+                          "selective_scan_backward (checkpoints)");
+      case Pass::summary:
+        return launch<Sh>(scan_forward_kernel<T, Sh, Pass::summary>, a, false, extra, st,
+                          "selective_scan (segment summaries)");
+    }
+  });
 }
 
 // seg_h (forward) or seg_g (reverse) through segment_scan_kernel.
@@ -794,11 +762,9 @@ void scan_segments(const ScanArgs& a, float* seg, const void* init, void* out, b
 
 // With several segments: their summaries and the forward segment scan, leaving the state
 // entering each segment in a.seg_h (and the final state in final_state when given).
-template <class T, int SPT>
 void enter_segments(const ScanArgs& a, void* final_state, cudaStream_t st) {
   if (a.nseg == 1) return;
-  launch(scan_forward_kernel<T, SPT, Pass::summary>, a, bc_stage_floats(a.p.dstate) * sizeof(float), st,
-         "selective_scan summary");
+  forward_pass(a, Pass::summary, st);
   scan_segments(a, a.seg_h, a.p.state0, final_state, false, st);
 }
 
@@ -815,11 +781,8 @@ void selective_scan_forward_cuda(const ScanParams& p, Stream s) {
     a.seg_dt = scratch + p.batch * a.nseg * p.dim * p.dstate;
   }
   const cudaStream_t st = cuda_stream(s);
-  dispatch(p, slices_per_warp(p.dstate), [&]<class T, int SPT>() {
-    enter_segments<T, SPT>(a, p.final_state, st);
-    launch(scan_forward_kernel<T, SPT, Pass::output>, a, bc_stage_floats(p.dstate) * sizeof(float), st,
-           "selective_scan_forward");
-  });
+  enter_segments(a, p.final_state, st);
+  forward_pass(a, Pass::output, st);
   if (scratch) deallocate_async(scratch, dev, s);
 }
 
@@ -844,16 +807,17 @@ void selective_scan_backward_cuda(const ScanParams& p, Stream s) {
   }
   if (bc > 0) LCTX_CUDA_CHECK(cudaMemsetAsync(a.dBC, 0, bc * sizeof(float2), st));
   if (p.batch > 0 && p.dim > 0) {
-    dispatch(p, slices_per_warp(p.dstate), [&]<class T, int SPT>() {
-      const int bc_smem = bc_stage_floats(p.dstate) * sizeof(float);
-      enter_segments<T, SPT>(a, nullptr, st);
-      launch(scan_forward_kernel<T, SPT, Pass::ckpt>, a, bc_smem, st, "selective_scan_backward (checkpoints)");
+    enter_segments(a, nullptr, st);
+    forward_pass(a, Pass::ckpt, st);
+    dispatch(p, [&]<class T, int Q, int SPT>() {
+      using Sh = Shape<Q, SPT, kChunk>;
+      const int warps = kWarps * warp_floats<Sh>();
       if (nseg > 1) {
-        launch(scan_grad_summary_kernel<T, SPT>, a, bc_smem, st, "selective_scan_backward (summary)");
+        launch<Sh>(scan_grad_summary_kernel<T, Sh>, a, true, warps, st, "selective_scan_backward (summaries)");
         scan_segments(a, a.seg_g, p.d_final_state, p.d_state0, true, st);
       }
-      launch(scan_backward_kernel<T, SPT>, a, kBackwardSmemFloats * sizeof(float) + bc_smem, st,
-             "selective_scan_backward");
+      launch<Sh>(scan_backward_kernel<T, Sh>, a, true, 2 * kChunk * Sh::kCB * Sh::kN4 + warps, st,
+                 "selective_scan_backward");
     });
   }
   auto sum = [&](void* out, const float* part, int64_t n) {

@@ -21,7 +21,7 @@ struct ScanGrads;
 
 // The CPU limit on d_state: the backward keeps chunk x d_state states per task.
 constexpr int kMaxStateCpu = 256;
-// The CUDA limit: a block's warps hold at most 8 slices of 2 states 16 times over.
+// The CUDA limit: a channel's 32 lanes hold at most 8 states each.
 constexpr int kMaxStateCuda = 256;
 
 struct ScanParams {
