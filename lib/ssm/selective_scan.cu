@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/allocator.h"
 #include "core/cuda/affine_scan.cuh"
@@ -48,6 +49,8 @@ constexpr int kYGroup = 8;        // tokens per forward y reduction
 constexpr int kRow = 32 + 4;      // floats per token row of a warp's sum buffer (conflict-free float4 reads)
 constexpr int kBCAhead = 16;      // B/C stage floats a thread reads a stage ahead
 constexpr int kStageBudget = 96 << 10;  // bytes the double-buffered B/C stage may take (else rows from global)
+constexpr int kWarpsPerSm = 16;        // the warps per SM segments aim for (make_args)
+constexpr int kBlocksPerSm = kWarpsPerSm / kWarps;
 
 // What every kernel reads besides ScanParams: the chunk count and the scratch buffers.
 struct ScanArgs {
@@ -228,12 +231,16 @@ __device__ __forceinline__ void form_stage(const ScanArgs& a, const Place& f, in
     st.bc[e] = bc_value<T>(a, f, t0, bc_slot<Sh>(a, f, e));
 }
 
-// B and C of the thread's SPT states at stage token tt (zeros past N or the segment).
-template <class T, class Sh>
+// B and C of the thread's SPT states at stage token tt (zeros past N or the segment), from the
+// stage or (not kStaged) global memory. kStaged is a kernel parameter, not a.staged: a runtime
+// test inside the token loops makes every token its own basic block (SASS: ~80 instructions
+// per token and warp in the forward, where the recurrence is 20), so no token's loads overlap
+// another's.
+template <class T, class Sh, bool kStaged>
 __device__ __forceinline__ void bc_of(const ScanArgs& a, const Place& f, const float* bc, int64_t t0, int tt,
                                       float (&Bv)[Sh::SPT], float (&Cv)[Sh::SPT]) {
   const int n0 = f.q * Sh::SPT;
-  if (a.staged) {
+  if constexpr (kStaged) {
     const float* row = bc + (tt * a.span + f.gi) * 2 * Sh::kN4 + n0;
 #pragma unroll
     for (int s = 0; s < Sh::SPT; s += 4) {
@@ -308,8 +315,10 @@ __device__ __forceinline__ float lanes_sum(float v) {
 //   summary  the segment run from zeros: its final state into seg_h and sum dt into seg_dt.
 enum class Pass { output, ckpt, summary };
 
-template <class T, class Sh, Pass kPass>
-__global__ void __launch_bounds__(kThreads) scan_forward_kernel(const ScanArgs a) {
+// At most 128 registers (kBlocksPerSm blocks of kThreads: kWarpsPerSm warps per SM): the
+// unrolled token groups otherwise take ~165, and 3 blocks per SM measured 1.4x slower.
+template <class T, class Sh, Pass kPass, bool kStaged>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) scan_forward_kernel(const ScanArgs a) {
   constexpr int SPT = Sh::SPT;
   constexpr bool kY = kPass == Pass::output;
   const ScanParams& p = a.p;
@@ -349,7 +358,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(const ScanArgs a
         const int tt = g8 + j;
         const float2 du = *reinterpret_cast<const float2*>(st.cell + tt * Sh::kCB + f.c);
         float Bv[SPT], Cv[SPT];
-        bc_of<T, Sh>(a, f, st.bc, t0, tt, Bv, Cv);
+        bc_of<T, Sh, kStaged>(a, f, st.bc, t0, tt, Bv, Cv);
 #pragma unroll
         for (int s = 0; s < SPT; ++s) {
           h[s] = fast_exp2(du.x * A2[s]) * h[s] + du.y * Bv[s];
@@ -451,7 +460,7 @@ __device__ __forceinline__ void chunk_gy(const ScanArgs& a, const Place& f, cons
 // The backward's segment summaries (several segments only): each segment's chunks walked in
 // reverse from a zero gradient, dh_{t-1} = a_t (dh_t + C_t gy_t) (the states themselves are
 // not needed); the gradient reaching the segment's entry into seg_g.
-template <class T, class Sh>
+template <class T, class Sh, bool kStaged>
 __global__ void __launch_bounds__(kThreads) scan_grad_summary_kernel(const ScanArgs a) {
   constexpr int SPT = Sh::SPT;
   const ScanParams& p = a.p;
@@ -480,7 +489,7 @@ __global__ void __launch_bounds__(kThreads) scan_grad_summary_kernel(const ScanA
     for (int tt = kChunk - 1; tt >= 0; --tt) {
       const float gyv = gyb[tt * Sh::kCW + f.cw], dl = st.cell[tt * Sh::kCB + f.c].x;
       float Bv[SPT], Cv[SPT];
-      bc_of<T, Sh>(a, f, st.bc, t0, tt, Bv, Cv);
+      bc_of<T, Sh, kStaged>(a, f, st.bc, t0, tt, Bv, Cv);
 #pragma unroll
       for (int s = 0; s < SPT; ++s) dh[s] = (dh[s] + Cv[s] * gyv) * fast_exp2(dl * A2[s]);
     }
@@ -491,7 +500,7 @@ __global__ void __launch_bounds__(kThreads) scan_grad_summary_kernel(const ScanA
 // The reverse scan of a chunk in scan_backward_kernel: dB, dC terms into red, the partials of
 // dx / dt (P1 = sum g B) and of d dt (P2 = sum A g a h_prev) into yb, tb. The pointers are
 // restrict-qualified: the stores then do not order the next tokens' loads.
-template <class T, class Sh>
+template <class T, class Sh, bool kStaged>
 __device__ __forceinline__ void reverse_chunk(const ScanArgs& a, const Place& f, const float4* __restrict__ cells,
                                               const float* __restrict__ bc, const float* __restrict__ gyb,
                                               float2* __restrict__ red, float* __restrict__ yb, float* __restrict__ tb,
@@ -506,7 +515,7 @@ __device__ __forceinline__ void reverse_chunk(const ScanArgs& a, const Place& f,
     const float4 cell = cells[tt * CB + f.c];
     const float dtv = cell.x, u = cell.y;
     float Bv[SPT], Cv[SPT];
-    bc_of<T, Sh>(a, f, bc, t0, tt, Bv, Cv);
+    bc_of<T, Sh, kStaged>(a, f, bc, t0, tt, Bv, Cv);
     float P1 = 0.0f, P2 = 0.0f, terms[2 * SPT];
 #pragma unroll
     for (int s = 0; s < SPT; ++s) {
@@ -528,7 +537,7 @@ __device__ __forceinline__ void reverse_chunk(const ScanArgs& a, const Place& f,
   }
 }
 
-template <class T, class Sh>
+template <class T, class Sh, bool kStaged>
 __global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs a) {
   constexpr int SPT = Sh::SPT, CB = Sh::kCB, N4 = Sh::kN4;
   const ScanParams& p = a.p;
@@ -579,7 +588,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs 
     for (int tt = 0; tt < kChunk; ++tt) {
       const float2 du = *reinterpret_cast<const float2*>(st.cell + tt * CB + f.c);
       float Bv[SPT], Cv[SPT];
-      bc_of<T, Sh>(a, f, st.bc, t0, tt, Bv, Cv);
+      bc_of<T, Sh, kStaged>(a, f, st.bc, t0, tt, Bv, Cv);
       float yp = 0.0f;
 #pragma unroll
       for (int s = 0; s < SPT; ++s) {
@@ -593,7 +602,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs 
     __syncwarp();
     chunk_gy<T, Sh, true>(a, f, st, t0, skip, yb, gyb, dD);
     __syncwarp();
-    reverse_chunk<T, Sh>(a, f, st.cell, st.bc, gyb, red, yb, tb, t0, A, as, hs, dh, dA);
+    reverse_chunk<T, Sh, kStaged>(a, f, st.cell, st.bc, gyb, red, yb, tb, t0, A, as, hs, dh, dA);
     __syncwarp();
     // dx and d dt_raw per token, lane q taking tokens j = q (mod Q).
 #pragma unroll
@@ -700,7 +709,7 @@ int group_span(const ScanParams& p, int cb) {
 // SM, shared-memory loads waited on); 16 measured 2.2x faster forward and 1.7x fwd+bwd at
 // T = 32k on an H200 despite the summary pass (32: the same). Each segment is at least
 // kMinSegChunks chunks (a segment's setup and the segment scan cost).
-constexpr int kWarpsPerSm = 16, kMinSegChunks = 4;
+constexpr int kMinSegChunks = 4;
 
 ScanArgs make_args(const ScanParams& p) {
   ScanArgs a;
@@ -718,11 +727,13 @@ ScanArgs make_args(const ScanParams& p) {
   return a;
 }
 
-// Launches kernel over (channel blocks, batch, segments) with `extra` floats of shared memory
-// past its double-buffered stage (B/C staged when that stage fits kStageBudget).
+// Launches kernel(std::bool_constant<staged>) over (channel blocks, batch, segments) with
+// `extra` floats of shared memory past its double-buffered stage (B/C staged when that stage
+// fits kStageBudget).
 template <class Sh, class K>
-void launch(K kernel, ScanArgs a, bool grad, int extra, cudaStream_t st, const char* what) {
+void launch(K kernel_of, ScanArgs a, bool grad, int extra, cudaStream_t st, const char* what) {
   a.staged = 2 * Sh::bc_floats(a.span) * int(sizeof(float)) <= kStageBudget;
+  const auto kernel = a.staged ? kernel_of(std::true_type{}) : kernel_of(std::false_type{});
   const int smem = (2 * Sh::stage_floats(grad, a.span, a.staged) + extra) * int(sizeof(float));
   LCTX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   LCTX_CUDA_CHECK(
@@ -737,15 +748,14 @@ void forward_pass(const ScanArgs& a, Pass pass, cudaStream_t st) {
   dispatch(a.p, [&]<class T, int Q, int SPT>() {
     using Sh = Shape<Q, SPT, kFwdRun>;
     const int extra = kWarps * kYGroup * kRow;
+    auto run = [&]<Pass kPass>(const char* what) {
+      launch<Sh>([](auto staged) { return scan_forward_kernel<T, Sh, kPass, staged.value>; }, a, false, extra, st,
+                 what);
+    };
     switch (pass) {
-      case Pass::output:
-        return launch<Sh>(scan_forward_kernel<T, Sh, Pass::output>, a, false, extra, st, "selective_scan_forward");
-      case Pass::ckpt:
-        return launch<Sh>(scan_forward_kernel<T, Sh, Pass::ckpt>, a, false, extra, st,
-                          "selective_scan_backward (checkpoints)");
-      case Pass::summary:
-        return launch<Sh>(scan_forward_kernel<T, Sh, Pass::summary>, a, false, extra, st,
-                          "selective_scan (segment summaries)");
+      case Pass::output: return run.template operator()<Pass::output>("selective_scan_forward");
+      case Pass::ckpt: return run.template operator()<Pass::ckpt>("selective_scan_backward (checkpoints)");
+      case Pass::summary: return run.template operator()<Pass::summary>("selective_scan (segment summaries)");
     }
   });
 }
@@ -813,10 +823,10 @@ void selective_scan_backward_cuda(const ScanParams& p, Stream s) {
       using Sh = Shape<Q, SPT, kChunk>;
       const int warps = kWarps * warp_floats<Sh>();
       if (nseg > 1) {
-        launch<Sh>(scan_grad_summary_kernel<T, Sh>, a, true, warps, st, "selective_scan_backward (summaries)");
+        launch<Sh>([](auto staged) { return scan_grad_summary_kernel<T, Sh, staged.value>; }, a, true, warps, st, "selective_scan_backward (summaries)");
         scan_segments(a, a.seg_g, p.d_final_state, p.d_state0, true, st);
       }
-      launch<Sh>(scan_backward_kernel<T, Sh>, a, true, 2 * kChunk * Sh::kCB * Sh::kN4 + warps, st,
+      launch<Sh>([](auto staged) { return scan_backward_kernel<T, Sh, staged.value>; }, a, true, 2 * kChunk * Sh::kCB * Sh::kN4 + warps, st,
                  "selective_scan_backward");
     });
   }
