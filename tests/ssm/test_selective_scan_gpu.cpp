@@ -70,6 +70,8 @@ std::vector<GpuCase> gpu_cases() {
       {.name = "all_options", .B = 2, .S = 77, .D = 40, .N = 16},
       {.name = "groups", .B = 2, .S = 50, .D = 48, .N = 8, .G = 4},
       {.name = "group_per_channel", .B = 1, .S = 33, .D = 6, .N = 4, .G = 6},
+      // 16 groups under one block of 16 channels: B/C rows too wide to stage, read from global memory.
+      {.name = "group_per_channel_wide", .B = 1, .S = 40, .D = 16, .N = 32, .G = 16},
       {.name = "no_options", .B = 2, .S = 41, .D = 33, .N = 16,
        .opt = {.skip = false, .gate = false, .bias = false, .state0 = false}},
       {.name = "softplus_off", .B = 1, .S = 45, .D = 32, .N = 16, .opt = {.softplus = Softplus::off}},
