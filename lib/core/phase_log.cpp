@@ -12,14 +12,15 @@ bool PhaseLog::enabled() {
   return v && *v && std::strcmp(v, "0") != 0;
 }
 
-PhaseLog::PhaseLog(std::string label, Device device) : label_(std::move(label)), device_(device), on_(enabled()) {
+PhaseLog::PhaseLog(std::string label, Device device, Stream stream)
+    : label_(std::move(label)), device_(device), stream_(stream), on_(enabled()) {
   mark("start");
 }
 
 void PhaseLog::mark(const char* name) {
   if (!on_) return;
   marks_.emplace_back(name, std::make_unique<TimingEvent>(device_));
-  marks_.back().second->record();
+  marks_.back().second->record(stream_);
 }
 
 PhaseLog::~PhaseLog() {

@@ -1,6 +1,6 @@
 // PhaseLog: where the time of a layer's call goes, without a profiler. With LCTX_PHASES=1 in
-// the environment, mark(name) records a TimingEvent on the call's device (it never blocks),
-// and the destructor waits once and prints one line to stderr,
+// the environment, mark(name) records a TimingEvent on the call's device and stream (it never
+// blocks), and the destructor waits once and prints one line to stderr,
 //   lctx phases <label>: <name> <ms>, <name> <ms>, ...
 // each the time since the previous mark (the first since construction) on the device's
 // timeline, so time the GPU spends waiting for the host is in the phase that made it wait.
@@ -17,7 +17,7 @@ namespace lctx {
 
 class PhaseLog {
  public:
-  PhaseLog(std::string label, Device device);
+  PhaseLog(std::string label, Device device, Stream stream = {});
   ~PhaseLog();
   PhaseLog(const PhaseLog&) = delete;
   PhaseLog& operator=(const PhaseLog&) = delete;
@@ -29,6 +29,7 @@ class PhaseLog {
  private:
   std::string label_;
   Device device_;
+  Stream stream_;
   bool on_;
   std::vector<std::pair<std::string, std::unique_ptr<TimingEvent>>> marks_;  // [0]: the start
 };

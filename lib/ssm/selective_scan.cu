@@ -35,6 +35,7 @@
 #include "core/cuda/launch.cuh"
 #include "core/cuda_check.h"
 #include "core/cuda_types.cuh"
+#include "core/phase_log.h"
 #include "ssm/selective_scan_params.h"
 #include "ssm/ssm_math.h"
 
@@ -772,10 +773,12 @@ void scan_segments(const ScanArgs& a, float* seg, const void* init, void* out, b
 
 // With several segments: their summaries and the forward segment scan, leaving the state
 // entering each segment in a.seg_h (and the final state in final_state when given).
-void enter_segments(const ScanArgs& a, void* final_state, cudaStream_t st) {
+void enter_segments(const ScanArgs& a, void* final_state, cudaStream_t st, PhaseLog& log) {
   if (a.nseg == 1) return;
   forward_pass(a, Pass::summary, st);
+  log.mark("summaries");
   scan_segments(a, a.seg_h, a.p.state0, final_state, false, st);
+  log.mark("segment_scan");
 }
 
 }  // namespace
@@ -791,8 +794,10 @@ void selective_scan_forward_cuda(const ScanParams& p, Stream s) {
     a.seg_dt = scratch + p.batch * a.nseg * p.dim * p.dstate;
   }
   const cudaStream_t st = cuda_stream(s);
-  enter_segments(a, p.final_state, st);
+  PhaseLog log("selective_scan forward", dev, s);
+  enter_segments(a, p.final_state, st, log);
   forward_pass(a, Pass::output, st);
+  log.mark("output");
   if (scratch) deallocate_async(scratch, dev, s);
 }
 
@@ -815,19 +820,25 @@ void selective_scan_backward_cuda(const ScanParams& p, Stream s) {
     a.seg_g = a.seg_h + nseg * states;
     a.seg_dt = a.seg_g + nseg * states;
   }
+  PhaseLog log("selective_scan backward", dev, s);
   if (bc > 0) LCTX_CUDA_CHECK(cudaMemsetAsync(a.dBC, 0, bc * sizeof(float2), st));
   if (p.batch > 0 && p.dim > 0) {
-    enter_segments(a, nullptr, st);
+    enter_segments(a, nullptr, st, log);
     forward_pass(a, Pass::ckpt, st);
+    log.mark("checkpoints");
     dispatch(p, [&]<class T, int Q, int SPT>() {
       using Sh = Shape<Q, SPT, kChunk>;
       const int warps = kWarps * warp_floats<Sh>();
       if (nseg > 1) {
-        launch<Sh>([](auto staged) { return scan_grad_summary_kernel<T, Sh, staged.value>; }, a, true, warps, st, "selective_scan_backward (summaries)");
+        launch<Sh>([](auto staged) { return scan_grad_summary_kernel<T, Sh, staged.value>; }, a, true, warps, st,
+                   "selective_scan_backward (summaries)");
+        log.mark("grad_summaries");
         scan_segments(a, a.seg_g, p.d_final_state, p.d_state0, true, st);
+        log.mark("grad_segment_scan");
       }
-      launch<Sh>([](auto staged) { return scan_backward_kernel<T, Sh, staged.value>; }, a, true, 2 * kChunk * Sh::kCB * Sh::kN4 + warps, st,
-                 "selective_scan_backward");
+      launch<Sh>([](auto staged) { return scan_backward_kernel<T, Sh, staged.value>; }, a, true,
+                 2 * kChunk * Sh::kCB * Sh::kN4 + warps, st, "selective_scan_backward");
+      log.mark("reverse");
     });
   }
   auto sum = [&](void* out, const float* part, int64_t n) {
@@ -838,12 +849,14 @@ void selective_scan_backward_cuda(const ScanParams& p, Stream s) {
   sum(p.dA, a.dA, static_cast<int64_t>(p.dim) * p.dstate);
   sum(p.dD, a.dD, p.dim);
   sum(p.d_dt_bias, a.dbias, p.dim);
+  log.mark("sums");
   if (bc > 0) {
     LCTX_DISPATCH_CUDA_FLOAT(p.dtype, "selective_scan_backward", [&] {
       split_bc_kernel<scalar_t><<<grid_size(bc, kThreads), kThreads, 0, st>>>(
           static_cast<scalar_t*>(p.dB), static_cast<scalar_t*>(p.dC), a.dBC, bc);
       LCTX_CUDA_CHECK_LAUNCH("selective_scan_backward (dB, dC)");
     });
+    log.mark("dB_dC");
   }
   deallocate_async(scratch, dev, s);
 }
