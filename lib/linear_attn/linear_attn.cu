@@ -656,15 +656,20 @@ __device__ __forceinline__ const T* slice(const Rows& r, const Place& pl) {
 template <class T, int W>
 __device__ __forceinline__ void load_chunk(T* tile, int buf, const T* g, const Rows& r, int64_t c, const Work& wk) {
   constexpr int C = MmaTiles<64, 64>::C;
-  load_tile<C, W, kThreads>(tile + buf * C * W, g, r.stride[1], c * C, wk.seqlen, threadIdx.x);
+  load_tile<C, W, kThreads, RowAddr::first_row>(tile + buf * C * W, g, r.stride[1], c * C, wk.seqlen, threadIdx.x);
+}
+
+// A packed pair of T (lower address = x) as floats.
+template <class T>
+__device__ __forceinline__ float2 unpack2(uint32_t x) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+  else return __half22float2(*reinterpret_cast<const __half2*>(&x));
 }
 
 // A packed pair of T times (lo, hi), rounded back to T.
 template <class T>
 __device__ __forceinline__ uint32_t scale2(uint32_t x, float lo, float hi) {
-  float2 f;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
-  else f = __half22float2(*reinterpret_cast<const __half2*>(&x));
+  const float2 f = unpack2<T>(x);
   return pack2<T>(f.x * lo, f.y * hi);
 }
 
@@ -680,61 +685,64 @@ __device__ __forceinline__ void frag_each(float (&c)[1][NT][4], int m0, int n0, 
     for (int e = 0; e < 4; ++e) f(m0 + g + 8 * (e / 2), n0 + 8 * j + 2 * t + e % 2, c[0][j][e]);
 }
 
-// f(r, col, x, y) for the column pairs (col, col + 1) the thread holds of the warp's fragments
-// (rows m0.., columns n0..), in rows r < n.
-template <int NT, class F>
-__device__ __forceinline__ void frag_pairs(float (&c)[1][NT][4], int m0, int n0, int n, F&& f) {
+// f(q, x, y) for the column pairs (col, col + 1) the thread holds of the warp's fragments
+// (rows m0.., columns n0..), in rows r < n; q points at (r, col) of `rows` (row stride ld). The
+// thread's first row address is formed once, the second is 8 rows on.
+template <int NT, class P, class F>
+__device__ __forceinline__ void frag_pairs(float (&c)[1][NT][4], P* rows, int64_t ld, int m0, int n0, int n, F&& f) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  P* const q = rows + (m0 + g) * ld + n0 + 2 * t;
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
-    const int r = m0 + g + 8 * hi;
-    if (r >= n) continue;
+    if (m0 + g + 8 * hi >= n) continue;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) f(r, n0 + 8 * j + 2 * t, c[0][j][2 * hi], c[0][j][2 * hi + 1]);
+    for (int j = 0; j < NT; ++j) f(q + 8 * hi * ld + 8 * j, c[0][j][2 * hi], c[0][j][2 * hi + 1]);
   }
 }
 
-// The fragments added to fp32 sums, row r at row(r) with contiguous 16-byte aligned columns.
+// The fragments added to fp32 sums `rows` (row stride ld, contiguous 16-byte aligned columns).
 // On sm_90 one 16-byte vector atomic per 4 columns: lanes t and t ^ 1 of a quad swap a column
 // pair, so the even lane adds columns 2t..2t+3 of row g and the odd one columns 2t-2..2t+1 of
 // row g + 8.
-template <int NT, class F>
-__device__ __forceinline__ void frag_atomic_add(float (&c)[1][NT][4], int m0, int n0, int n, F&& row) {
+template <int NT>
+__device__ __forceinline__ void frag_atomic_add(float (&c)[1][NT][4], float* rows, int64_t ld, int m0, int n0,
+                                                int n) {
 #if __CUDA_ARCH__ >= 900
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const bool odd = t & 1;
   const int r = m0 + g + (odd ? 8 : 0);
+  float* const q = rows + r * ld + n0 + 2 * (t & ~1);
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
     const float x = __shfl_xor_sync(0xffffffffu, odd ? c[0][j][0] : c[0][j][2], 1);
     const float y = __shfl_xor_sync(0xffffffffu, odd ? c[0][j][1] : c[0][j][3], 1);
     const float4 v = odd ? make_float4(x, y, c[0][j][2], c[0][j][3]) : make_float4(c[0][j][0], c[0][j][1], x, y);
-    if (r < n) atomicAdd(reinterpret_cast<float4*>(row(r) + n0 + 8 * j + 2 * (t & ~1)), v);
+    if (r < n) atomicAdd(reinterpret_cast<float4*>(q + 8 * j), v);
   }
 #else
-  frag_pairs(c, m0, n0, n, [&](int r, int col, float x, float y) {
-    atomicAdd(row(r) + col, x);
-    atomicAdd(row(r) + col + 1, y);
+  frag_pairs(c, rows, ld, m0, n0, n, [](float* q, float x, float y) {
+    atomicAdd(q, x);
+    atomicAdd(q + 1, y);
   });
 #endif
 }
 
-// The fragments rounded to T into a 16-bit tensor, row r at row(r) with contiguous columns (one
-// 4-byte store per column pair).
-template <class T, int NT, class F>
-__device__ __forceinline__ void frag_store(float (&c)[1][NT][4], int m0, int n0, int n, F&& row) {
-  frag_pairs(c, m0, n0, n,
-             [&](int r, int col, float x, float y) { *reinterpret_cast<uint32_t*>(row(r) + col) = pack2<T>(x, y); });
+// The fragments rounded to T into a 16-bit tensor `rows` (row stride ld, contiguous columns;
+// one 4-byte store per column pair).
+template <class T, int NT>
+__device__ __forceinline__ void frag_store(float (&c)[1][NT][4], T* rows, int64_t ld, int m0, int n0, int n) {
+  frag_pairs(c, rows, ld, m0, n0, n,
+             [](T* q, float x, float y) { *reinterpret_cast<uint32_t*>(q) = pack2<T>(x, y); });
 }
 
 // A backward kernel's gradient fragments (rows r < n): stored in T into `out` when the block
-// owns them (Work::dq_out etc.), else added to the fp32 sum `sum`; row(r) is the element offset
-// of row r's first column in either [B, S, heads_x, dim] tensor.
-template <class T, int NT, class F>
+// owns them (Work::dq_out etc.), else added to the fp32 sum `sum`; row r of either [B, S,
+// heads_x, dim] tensor starts at element offset off + r ld.
+template <class T, int NT>
 __device__ __forceinline__ void frag_write(float (&c)[1][NT][4], int m0, int n0, int n, void* out, float* sum,
-                                           F&& row) {
-  if (out) frag_store<T>(c, m0, n0, n, [&](int r) { return static_cast<T*>(out) + row(r); });
-  else frag_atomic_add(c, m0, n0, n, [&](int r) { return sum + row(r); });
+                                           int64_t off, int64_t ld) {
+  if (out) frag_store<T>(c, static_cast<T*>(out) + off, ld, m0, n0, n);
+  else frag_atomic_add(c, sum + off, ld, m0, n0, n);
 }
 
 // The 16-column blocks [lo, hi) of a warp's 16 x C causal scores (rows m0..) that the mask
@@ -756,20 +764,38 @@ __device__ __forceinline__ int warp_row0(int warp) { return 16 * (warp & 4 ? 3 -
 
 // The warp's 16 x C scores of rows m0.. against the chunk, decay-masked in place within `band`:
 // entry (r, c) is (i, j) = (r, c) (keys_queries: (c, r)) and becomes e^{A_i - A_j} x for
-// j <= i, else 0 (x alone without a decay: all A are 0).
+// j <= i, else 0 (x alone without a decay: all A are 0). Two passes over the band's 16-column
+// blocks: the decay factors (A_r read once per row, A_c as a pair per column pair), then the
+// zeros, which only the diagonal block (columns m0..) has: there the test is the lane's own,
+// row g + 8 (e / 2) against column 8 h + 2 t + e % 2 of the block.
 template <int C>
 __device__ __forceinline__ void mask_scores(float (&p)[1][C / 8][4], const float* a, int m0, Scores rows, Band band,
                                             bool decay) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const bool qk = rows == Scores::queries_keys;
+  if (decay) {
+    const float ar[2] = {a[m0 + g], a[m0 + g + 8]};
 #pragma unroll
-  for (int jt = 0; jt < C / 8; ++jt) {
-    if (jt < 2 * band.lo || jt >= 2 * band.hi) continue;
+    for (int kb = 0; kb < C / 16; ++kb) {
+      if (kb < band.lo || kb >= band.hi) continue;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = m0 + g + 8 * (e / 2), c = 8 * jt + 2 * t + e % 2;
-      const int i = rows == Scores::queries_keys ? r : c, j = rows == Scores::queries_keys ? c : r;
-      float& x = p[0][jt][e];
-      x = j > i ? 0.f : decay ? x * fast_exp2((a[i] - a[j]) * kLog2e) : x;
+      for (int jt = 2 * kb; jt < 2 * kb + 2; ++jt) {
+        const float2 ac = *reinterpret_cast<const float2*>(a + 8 * jt + 2 * t);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float a_r = ar[e / 2], a_c = e % 2 ? ac.y : ac.x;
+          p[0][jt][e] *= fast_exp2((qk ? a_r - a_c : a_c - a_r) * kLog2e);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int kb = 0; kb < C / 16; ++kb) {
+    if (16 * kb != m0) continue;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const int rr = g + 8 * (e % 4 / 2), cc = 8 * (e / 4) + 2 * t + e % 2;
+      if (qk ? cc > rr : rr > cc) p[0][2 * kb + e / 4][e % 4] = 0.f;
     }
   }
 }
@@ -812,19 +838,23 @@ __device__ __forceinline__ void scale_frag_rows(float (&acc)[1][NT][4], const Ch
 
 // dot[r] += sign * (x(r, .) . X(r, d0..)) over the warp's 16 x 8 NT fragments x (rows m0..,
 // key dims d0..) and the swizzled [C][DK] tile X, for rows r < n (q.dq and -k.dk per token;
-// the quads of a row reduce first).
+// the quads of a row reduce first). A thread's column pair (d, d + 1), d even, lies in one
+// 16-byte chunk: one 4-byte load. With d0 a multiple of 8 NT, the chunk of pair j is the first
+// pair's chunk XOR j (offset o ^ 8 j), and row r + 8 has row r's swizzle (offset + 8 DK).
 template <int DK, int NT, class T>
 __device__ __forceinline__ void add_row_dots(float (&x)[1][NT][4], const T* tile, int m0, int d0, int n, float* dot,
                                              float sign) {
+  static_assert(NT <= 8 && (NT & (NT - 1)) == 0, "add_row_dots: pair chunks as XOR-ed offsets");
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int o = swz(m0 + g, d0 + 2 * t, DK);
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
     const int r = m0 + g + 8 * hi;
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      const int d = d0 + 8 * j + 2 * t;
-      sum += x[0][j][2 * hi] * to_float(tile[swz(r, d, DK)]) + x[0][j][2 * hi + 1] * to_float(tile[swz(r, d + 1, DK)]);
+      const float2 v = unpack2<T>(*reinterpret_cast<const uint32_t*>(tile + ((o ^ 8 * j) + 8 * hi * DK)));
+      sum += x[0][j][2 * hi] * v.x + x[0][j][2 * hi + 1] * v.y;
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
@@ -1001,6 +1031,9 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
     load_chunk<T, DK>(sm.k, buf, kg, wk.k, c, wk);
     load_chunk<T, kCols>(sm.v, buf, vg, wk.v, c, wk);
   };
+  // o's rows of (batch, head) at the tile's columns (dim_v is a multiple of kCols: no column
+  // past it).
+  const int64_t out_off = pl.b * wk.out_stride[0] + pl.h * wk.out_stride[2] + pl.col0();
   StateFrag<DK, kCols> st;
   st.load(start_state(wk, pl), wk, 0, pl.col0());
   walk_split<C, Walk::forward>(wk, pl, st, sm, load, [&](int buf, int64_t t0, int n, bool more,
@@ -1019,15 +1052,7 @@ __global__ void __launch_bounds__(kThreads, 2) output_mma_kernel(Work wk) {
       mask_scores<C>(p, d.a, m0, Scores::queries_keys, band, wk.log_decay);
       scores_mma<T, C, kCols>(u, p, ldsm_base<kCols, kLanesRowsFirst>(vb, lane), n0, band);
     }
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int hi = 0; hi < 2; ++hi) {  // the column pair (2 t, 2 t + 1) of rows g, g + 8
-        const int i = m0 + lane / 4 + 8 * hi, col = pl.col0() + n0 + 8 * j + 2 * (lane % 4);
-        if (i >= n || col >= wk.dim_v) continue;
-        const int64_t off = pl.b * wk.out_stride[0] + (t0 + i) * wk.out_stride[1] + pl.h * wk.out_stride[2] + col;
-        *reinterpret_cast<uint32_t*>(static_cast<T*>(wk.out) + off) = pack2<T>(u[0][j][2 * hi], u[0][j][2 * hi + 1]);
-      }
+    frag_store<T>(u, static_cast<T*>(wk.out) + out_off + t0 * wk.out_stride[1], wk.out_stride[1], m0, n0, n);
     if (wk.causal && more) st.template step<T, C>(kb, vb, d, Factor::w);
   });
 }
@@ -1083,8 +1108,10 @@ __global__ void __launch_bounds__(kThreads, 2) row_grad_mma_kernel(Work wk) {
     const T* const pb = sm.v + buf * Tl::kY;
     const uint32_t rows_base = ldsm_base<DV, kLanesRowsFirst>(sm.du + buf * Tl::kY, lane);
     float acc[1][ROWS / 16][4] = {};
-    warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(acc, rows_base, 0, m0, ldsm_base<DV, kLanesColsFirst>(sm.s, lane),
-                                                   0, n0);
+    // (S's rows n0.. in the base: n0 rows are a multiple of the 128-byte swizzle period, so the
+    // ldmatrix addresses are the same, with fewer registers)
+    warp_tile_mma<T, DV / 16, DV, DV, BLayout::nk>(acc, rows_base, 0, m0,
+                                                   ldsm_base<DV, kLanesColsFirst>(sm.s, lane) + n0 * DV * 2, 0, 0);
     if (kDq || wk.causal) scale_frag_rows(acc, d, kDq ? Factor::ea : Factor::w, m0);
     if (wk.causal) {
       float g[1][C / 8][4] = {};  // the rows' scores against the chunk (dU V^T, or transposed V dU^T)
@@ -1094,7 +1121,7 @@ __global__ void __launch_bounds__(kThreads, 2) row_grad_mma_kernel(Work wk) {
       scores_mma<T, C, ROWS>(acc, g, ldsm_base<ROWS, kLanesRowsFirst>(ob, lane), n0, band);
     }
     frag_write<T>(acc, m0, n0, n, kDq ? wk.dq_out : wk.dk_out, kDq ? wk.dq : wk.dk,
-                  [&](int i) { return ((pl.b * wk.seqlen + t0 + i) * heads_x + hx) * wk.dim_k + r0; });
+                  ((pl.b * wk.seqlen + t0) * heads_x + hx) * wk.dim_k + r0, static_cast<int64_t>(heads_x) * wk.dim_k);
     if (wk.dot)
       add_row_dots<ROWS>(acc, sm.q + buf * Tl::kX, m0, n0, n, wk.dot + pl.bh * wk.seqlen + t0, kDq ? 1.f : -1.f);
     if (wk.causal && more) st.template step<T, C>(ob, pb, d, kDq ? Factor::w : Factor::ea);
@@ -1141,13 +1168,14 @@ __global__ void __launch_bounds__(kThreads, 2) dv_mma_kernel(Work wk) {
     if (wk.causal) {
       scale_frag_rows(dv, d, Factor::w, m0);
       float pt[1][C / 8][4] = {};  // K Q^T: P^T of rows (keys) m0.. against the chunk
-      warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(pt, k_base, 0, m0, ldsm_base<DK, kLanesColsFirst>(qb, lane), 0, 0,
-                                                     band.lo, band.hi);
+      // (an opaque base: formed once, not again in each of the band's branches)
+      warp_tile_mma<T, DK / 16, DK, DK, BLayout::nk>(pt, k_base, 0, m0, opaque(ldsm_base<DK, kLanesColsFirst>(qb, lane)),
+                                                     0, 0, band.lo, band.hi);
       mask_scores<C>(pt, d.a, m0, Scores::keys_queries, band, wk.log_decay);
       scores_mma<T, C, kCols>(dv, pt, ldsm_base<kCols, kLanesRowsFirst>(dub, lane), n0, band);
     }
-    frag_write<T>(dv, m0, n0, n, wk.dv_out, wk.dv,
-                  [&](int j) { return ((pl.b * wk.seqlen + t0 + j) * wk.heads_v + hv) * wk.dim_v + pl.col0(); });
+    frag_write<T>(dv, m0, n0, n, wk.dv_out, wk.dv, ((pl.b * wk.seqlen + t0) * wk.heads_v + hv) * wk.dim_v + pl.col0(),
+                  static_cast<int64_t>(wk.heads_v) * wk.dim_v);
     if (wk.causal && more) st.template step<T, C>(qb, dub, d, Factor::ea);
   });
 }

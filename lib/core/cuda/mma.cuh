@@ -42,11 +42,29 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// An opaque copy of x: the compiler cannot hoist what is derived from it out of the loop
+// iteration it is taken in (keeps the XOR-ed ldmatrix addresses out of loop-long registers),
+// nor re-derive it from the values it was computed from.
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+template <class T>
+__device__ __forceinline__ T* opaque(T* p) {
+  asm volatile("" : "+l"(p));
+  return p;
+}
+
+// How load_tile forms a thread's global row addresses: per_row, each from the slice and the
+// row index; first_row, the first row's 64-bit address once (opaque) and row strides added to
+// it (no 64-bit multiply per row: chunk kernels that load tiles every iteration).
+enum class RowAddr { per_row, first_row };
+
 // Copies rows [row0, row0 + ROWS) of a [S, ..., D] slice (row stride `stride`) into a
 // swizzled [ROWS][D] tile; rows >= S become zeros. Each thread copies one 16-byte chunk
 // column of every (THREADS / (D / 8))-th row: one global pointer and one shared offset per
 // thread, the rest immediates (few live registers next to the kernels' accumulators).
-template <int ROWS, int D, int THREADS, class T>
+template <int ROWS, int D, int THREADS, RowAddr A = RowAddr::per_row, class T>
 __device__ __forceinline__ void load_tile(T* tile, const T* g, int64_t stride, int64_t row0, int64_t S, int tid) {
   constexpr int kChunks = D / 8, kRowStep = THREADS / kChunks;
   static_assert(THREADS % kChunks == 0 && ROWS % kRowStep == 0 && kRowStep % 8 == 0,
@@ -54,6 +72,7 @@ __device__ __forceinline__ void load_tile(T* tile, const T* g, int64_t stride, i
   const int r0 = tid / kChunks, ch = tid % kChunks;
   const int64_t left = S - row0 - r0;  // rows of this thread's column still inside [0, S)
   const T* src = g + (row0 + r0) * stride + ch * 8;
+  if constexpr (A == RowAddr::first_row) src = opaque(src);
   T* dst = tile + swz(r0, ch * 8, D);
 #pragma unroll
   for (int i = 0; i < ROWS / kRowStep; ++i) {
@@ -81,13 +100,6 @@ __device__ __forceinline__ uint32_t ldsm_base(const void* tile, int lane) {
 template <int W>
 __device__ __forceinline__ uint32_t ldsm_at(uint32_t base, int r0, int c0) {
   return (base ^ (((c0 >> 3) & 7) << 4)) + r0 * W * 2 + ((c0 >> 3) & ~7) * 16;
-}
-
-// An opaque copy of x: the compiler cannot hoist what is derived from it out of the loop
-// iteration it is taken in (keeps the XOR-ed ldmatrix addresses out of loop-long registers).
-__device__ __forceinline__ uint32_t opaque(uint32_t x) {
-  asm volatile("" : "+r"(x));
-  return x;
 }
 
 // A fragment of the 16x16 block (rows m0.., cols k0..) of a [m][k] tile: base kLanesRowsFirst.
