@@ -89,6 +89,7 @@ struct OptimizerConfig {
   double lr = 1e-3;
   double min_lr = 1e-4;
   int64_t warmup_steps = 10;
+  int64_t decay_steps = 0;  // warmup + cosine end here (min_lr); 0: train.steps
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;

@@ -142,6 +142,9 @@ const std::vector<Option>& options() {
     add("optimizer.lr", Kind::real, LCTX_FIELD(optimizer.lr), "peak learning rate (AdamW)", 0.0, 10.0);
     add("optimizer.min_lr", Kind::real, LCTX_FIELD(optimizer.min_lr), "learning rate at the end of the cosine decay", 0.0, 10.0);
     add("optimizer.warmup_steps", Kind::integer, LCTX_FIELD(optimizer.warmup_steps), "linear warmup steps", 0, 1ll << 40);
+    add("optimizer.decay_steps", Kind::integer, LCTX_FIELD(optimizer.decay_steps),
+        "step where the cosine reaches min_lr (0 = train.steps); a shorter run stops part way down, and a longer one "
+        "stays at min_lr", 0, 1ll << 40);
     add("optimizer.beta1", Kind::real, LCTX_FIELD(optimizer.beta1), "AdamW beta1", 0.0, 0.999999);
     add("optimizer.beta2", Kind::real, LCTX_FIELD(optimizer.beta2), "AdamW beta2", 0.0, 0.999999999);
     add("optimizer.eps", Kind::real, LCTX_FIELD(optimizer.eps), "AdamW epsilon", 0.0, 1.0);

@@ -131,6 +131,9 @@ void validate(const Config& c) {
   // Optimizer, device.
   LCTX_CHECK(c.optimizer.min_lr <= c.optimizer.lr, "config: optimizer.min_lr (", c.optimizer.min_lr,
              ") must be <= optimizer.lr (", c.optimizer.lr, ")");
+  LCTX_CHECK(c.optimizer.decay_steps == 0 || c.optimizer.decay_steps > c.optimizer.warmup_steps,
+             "config: optimizer.decay_steps (", c.optimizer.decay_steps, ") must be 0 (= train.steps) or above ",
+             "optimizer.warmup_steps (", c.optimizer.warmup_steps, ")");
   LCTX_CHECK(!(m.dtype == "bf16" && c.train.device == "cpu"),
              "config: model.dtype = bf16 needs a GPU (train.device cuda or auto); the CPU computes in f32");
   LCTX_CHECK(!(p.backend == "nccl" && c.train.device == "cpu"), "config: parallel.backend = nccl needs train.device cuda or auto");

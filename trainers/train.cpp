@@ -78,7 +78,7 @@ Device device_for(const Config& cfg, bool simulated, int world_rank) {
 
 double learning_rate(const Config& cfg, int64_t step) {
   const auto& o = cfg.optimizer;
-  const int64_t total = cfg.train.steps;
+  const int64_t total = o.decay_steps > 0 ? o.decay_steps : cfg.train.steps;
   if (step < o.warmup_steps) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup_steps);
   const int64_t decay = total - o.warmup_steps;
   if (decay <= 1) return o.lr;

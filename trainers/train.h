@@ -52,7 +52,8 @@ void install_signal_handlers();
 // What the handlers do: request a stop at the next step boundary.
 void request_stop(int signal);
 
-// Learning rate at step `step` (0-based): linear warmup to optimizer.lr, cosine to min_lr.
+// Learning rate at step `step` (0-based): linear warmup to optimizer.lr, cosine to min_lr at
+// optimizer.decay_steps (train.steps when 0), min_lr after.
 double learning_rate(const Config& cfg, int64_t step);
 
 // Test hook: LCTX_INJECT_NAN_STEP=<n> puts a NaN into rank 0's gradients at step n (1-based).

@@ -100,6 +100,8 @@ const std::vector<BadCase>& bad_cases() {
       {"fixed_copy_short", "data:\n  source: selective_copy\n  seq_len: 64\n  documents: fixed\n  document_len: 16\n  selective_copy:\n    tokens: 6\n", {"data.document_len (16) is too short for data.selective_copy.tokens = 6 (need >= 21)"}},
       {"reset_needs_documents", "data:\n  reset_positions: true\n", {"data.reset_positions", "needs data.documents", "data.documents is none"}},
       {"min_lr", "optimizer:\n  lr: 1.0e-3\n  min_lr: 1.0e-2\n", {"optimizer.min_lr (0.01) must be <= optimizer.lr (0.001)"}},
+      {"decay_steps", "optimizer:\n  warmup_steps: 10\n  decay_steps: 10\n",
+       {"optimizer.decay_steps (10) must be 0 (= train.steps) or above optimizer.warmup_steps (10)"}},
       {"bf16_cpu", "model:\n  dtype: bf16\ntrain:\n  device: cpu\n", {"model.dtype = bf16 needs a GPU"}},
       {"cudnn_cpu", "mixer:\n  softmax:\n    backend: cudnn\ntrain:\n  device: cpu\n", {"mixer.softmax.backend = cudnn needs a GPU"}},
       {"backend_name", "mixer:\n  softmax:\n    backend: cuDNN\n", {"mixer.softmax.backend", "auto, cudnn, lctx"}},
@@ -201,7 +203,8 @@ TEST(Config, EveryOptionInReadmeTable) {
 TEST(Config, ShippedConfigsParse) {
   // mamba-selective-copy: a GPU config whose head dim (64 / 4) only attention layers would refuse.
   for (const char* name :
-       {"quickstart", "gpu-1", "gpu-2-ring", "ctx-1m", "bench-4l-2048", "packed-documents", "mamba-selective-copy"}) {
+       {"quickstart", "gpu-1", "gpu-2-ring", "ctx-1m", "bench-4l-2048", "packed-documents", "mamba-selective-copy",
+        "mamba-selective-copy-long"}) {
     const std::string path = std::string(LCTX_SOURCE_DIR) + "configs/" + name + ".yaml";
     EXPECT_NO_THROW(load_config(path)) << path;
   }

@@ -306,4 +306,20 @@ TEST(LearningRate, WarmupThenCosine) {
   for (int64_t s = 5; s < 14; ++s) EXPECT_LT(learning_rate(c, s), learning_rate(c, s - 1));
 }
 
+// optimizer.decay_steps: the schedule of a run that long, cut at train.steps (or held at min_lr
+// past it).
+TEST(LearningRate, DecayStepsSetTheCosineLength) {
+  const Config full = parse_config("optimizer:\n  lr: 1.0\n  min_lr: 0.1\n  warmup_steps: 4\ntrain:\n  steps: 24\n");
+  const Config cut = parse_config(
+      "optimizer:\n  lr: 1.0\n  min_lr: 0.1\n  warmup_steps: 4\n  decay_steps: 24\ntrain:\n  steps: 14\n");
+  const Config past = parse_config(
+      "optimizer:\n  lr: 1.0\n  min_lr: 0.1\n  warmup_steps: 4\n  decay_steps: 24\ntrain:\n  steps: 40\n");
+  for (int64_t s = 0; s < 24; ++s) {
+    EXPECT_DOUBLE_EQ(learning_rate(cut, s), learning_rate(full, s)) << "step " << s;
+    EXPECT_DOUBLE_EQ(learning_rate(past, s), learning_rate(full, s)) << "step " << s;
+  }
+  EXPECT_GT(learning_rate(cut, 13), 0.5);
+  EXPECT_NEAR(learning_rate(past, 39), 0.1, 1e-12);
+}
+
 }  // namespace
