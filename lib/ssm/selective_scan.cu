@@ -13,16 +13,20 @@
 // the state entering each segment (dist/state_scan.h's affine scan: a = exp(A sum dt)); the
 // backward mirrors it for the state gradient.
 // Backward: a checkpoint pass (the forward kernel writing the state entering every kChunk
-// tokens, f32, the only thing kept) and a reverse pass over the chunks: each lane recomputes
-// its states and decays of the chunk from the checkpoint (kept in registers), y before the
-// gate where there is one (dz and gy, the gradient of y before it), then runs
+// tokens, f32, the only thing kept) and a reverse pass over the chunks: each lane walks its
+// states of the chunk from the checkpoint for y before the gate where there is one (dz and gy,
+// the gradient of y before it), then runs
 //   dh_t = C_t gy_t + a_{t+1} dh_{t+1}   (dh after the last token: d_final_state)
-// backwards (selective_scan_reference.cpp has the same equations). dB and dC sum over the
-// channels of a group: the block's terms of a chunk meet in shared memory, are summed per
-// group and added to an fp32 {dB, dC} buffer with one vector atomic per (token, group, state)
-// and block; dA, dD and d_dt_bias go through per-(batch, segment) fp32 partials summed in
-// (batch, segment) order by a second small kernel; a third converts dB and dC to the I/O
-// dtype.
+// backwards (selective_scan_reference.cpp has the same equations) over parts of kPart tokens:
+// the first walk keeps the state entering each part and the last part's decays and states, the
+// other parts are walked again from their entering states, so registers hold one part's
+// decays and states, not the chunk's (2 kChunk SPT: 4 blocks per SM at d_state 16 instead of
+// 2). dB and dC sum over the channels of a group: each token's terms are summed over the
+// warp's channels of a group by shuffles (a transpose-reduce), the warps' sums meet in shared
+// memory and are added per group to an fp32 {dB, dC} buffer with one vector atomic per
+// (token, group, state) and block; dA, dD and d_dt_bias go through per-(batch, segment) fp32
+// partials summed in (batch, segment) order by a second small kernel; a third converts dB and
+// dC to the I/O dtype.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -44,6 +48,8 @@ namespace lctx::ssm {
 namespace {
 
 constexpr int kChunk = 16;        // tokens per checkpoint (and per backward stage)
+constexpr int kPart = 4;          // tokens whose states the reverse pass keeps at a time
+constexpr int kParts = kChunk / kPart;
 constexpr int kFwdRun = 32;       // tokens per forward stage
 constexpr int kWarps = 4, kThreads = kWarps * 32;
 constexpr int kYGroup = 8;        // tokens per forward y reduction
@@ -101,7 +107,7 @@ struct Shape {
   static constexpr int kBC = std::min(kBCAhead, L * 2 * kN4 / kThreads);  // B/C floats read ahead
   static_assert(SPT % 4 == 0 && L % kYGroup == 0 && kThreads % kCB == 0);
   // Floats of one stage: cells {dt, dt x, x, z} [L][CB], with kGrad {dy, d dt / d raw}
-  // [L][CB], then B/C [L][span][2][N4] when staged.
+  // [L][CB], then B/C [span][L][2][N4] when staged.
   static constexpr int cell_floats(bool grad) { return (grad ? 6 : 4) * L * kCB; }
   static constexpr int bc_floats(int span) { return L * span * 2 * kN4; }
   __host__ __device__ static int stage_floats(bool grad, int span, bool staged) { return cell_floats(grad) + (staged ? bc_floats(span) : 0); }
@@ -139,7 +145,7 @@ struct Place {
 struct Stage {
   float4* cell;  // [L][CB] {dt, dt * x, x, silu(z) (forward) or z (backward)}
   float2* grad;  // [L][CB] {dy, d dt / d dt_raw} (backward)
-  float* bc;     // [L][span][2][N4] B then C rows (fp32), when staged
+  float* bc;     // [span][L][2][N4] B then C rows (fp32), when staged
   template <class Sh>
   __device__ static Stage at(float* base, int buf, bool grad, const ScanArgs& a, Sh) {
     float* s = base + buf * Sh::stage_floats(grad, a.span, a.staged);
@@ -152,11 +158,12 @@ struct Stage {
 };
 
 // B/C stage float e of a stage: its offset from the stage's first row of group g0 (-1 past N or
-// G, zeros) and its token, as (offset, token) ([L][span][2][N4] from groups g0 + gi).
+// G, zeros) and its token, as (offset, token) ([span][L][2][N4] from groups g0 + gi: a lane's
+// rows of successive tokens at a constant stride, so one address serves a stage's tokens).
 template <class Sh>
 __device__ __forceinline__ int2 bc_slot(const ScanArgs& a, const Place& f, int e) {
   const ScanParams& p = a.p;
-  const int n = e % Sh::kN4, which = (e / Sh::kN4) & 1, r = e / (2 * Sh::kN4), tt = r / a.span, gi = r % a.span;
+  const int n = e % Sh::kN4, which = (e / Sh::kN4) & 1, r = e / (2 * Sh::kN4), tt = r % Sh::L, gi = r / Sh::L;
   if (e >= Sh::bc_floats(a.span) || n >= p.dstate || f.g0 + gi >= p.groups) return make_int2(-1, tt);
   return make_int2(((tt * p.groups + gi) * p.dstate + n) * 2 + which, tt);  // which in the low bit
 }
@@ -242,7 +249,7 @@ __device__ __forceinline__ void bc_of(const ScanArgs& a, const Place& f, const f
                                       float (&Bv)[Sh::SPT], float (&Cv)[Sh::SPT]) {
   const int n0 = f.q * Sh::SPT;
   if constexpr (kStaged) {
-    const float* row = bc + (tt * a.span + f.gi) * 2 * Sh::kN4 + n0;
+    const float* row = bc + (f.gi * Sh::L + tt) * 2 * Sh::kN4 + n0;
 #pragma unroll
     for (int s = 0; s < Sh::SPT; s += 4) {
       const float4 bv = *reinterpret_cast<const float4*>(row + s);
@@ -431,6 +438,53 @@ constexpr int warp_floats() {
   return 2 * kChunk * kRow + kChunk * Sh::kCW;
 }
 
+// The reverse pass's dB, dC sums of a chunk in floats: [slots][kChunk][N4] {dB, dC}, a slot per
+// (warp, group of its channels) in that order: one per warp, and one more per group boundary
+// inside a warp (at most span - 1 of them, kCW - 1 per warp).
+template <class Sh>
+constexpr int dbc_floats(int span) {
+  return (kWarps + std::min(span - 1, kWarps * (Sh::kCW - 1))) * kChunk * 2 * Sh::kN4;
+}
+
+// The first and last group of the block's warp w's channels (those past D count as D - 1).
+template <class Sh>
+__device__ __forceinline__ int2 warp_groups(const ScanParams& p, const Place& f, int w) {
+  const int lo = min(f.d0 + w * Sh::kCW, p.dim - 1), hi = min(f.d0 + (w + 1) * Sh::kCW, p.dim) - 1;
+  return make_int2(lo / f.per_group, hi / f.per_group);
+}
+
+// The first slot of warp w (dbc_floats): one per group of the warps before it.
+template <class Sh>
+__device__ __forceinline__ int warp_slot(const ScanParams& p, const Place& f, int w) {
+  int slot = 0;
+  for (int v = 0; v < w; ++v) {
+    const int2 g = warp_groups<Sh>(p, f, v);
+    slot += g.y - g.x + 1;
+  }
+  return slot;
+}
+
+constexpr int log2_of(int v) { return v > 1 ? 1 + log2_of(v / 2) : 0; }
+
+// Each of v's V values summed over the warp's channels (the 32 / Q lanes of one q) by a
+// transpose-reduce: at each lane bit above q a lane keeps the half of its values that its bit
+// selects, sends the other half to its partner and adds the partner's. Lane cw of q ends with
+// the sums of values [cw R, cw R + R) in v[0, R), R = V Q / 32: V - R shuffles instead of
+// V log2(32 / Q).
+template <int Q, int V>
+__device__ __forceinline__ void warp_channel_sums(float (&v)[V], int lane) {
+#pragma unroll
+  for (int l = 0; l < log2_of(32 / Q); ++l) {
+    const int m = 16 >> l, n = V >> (l + 1);
+    const bool up = lane & m;
+#pragma unroll
+    for (int i = 0; i < n; ++i) {
+      const float keep = up ? v[n + i] : v[i], send = up ? v[i] : v[n + i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, m);
+    }
+  }
+}
+
 // A warp's gy = dy * silu(z) (dy without a gate) of the chunk's tokens into gyb, lane q taking
 // tokens j = q (mod Q) of its channel; with a gate and kDz, dz from y before the gate (the
 // Q partials in yb) and the thread's dD share (gy x) too.
@@ -498,20 +552,71 @@ __global__ void __launch_bounds__(kThreads) scan_grad_summary_kernel(const ScanA
   store_states<SPT>(p, f, a.seg_g + f.seg_row(a) * p.dstate, dh);
 }
 
-// The reverse scan of a chunk in scan_backward_kernel: dB, dC terms into red, the partials of
-// dx / dt (P1 = sum g B) and of d dt (P2 = sum A g a h_prev) into yb, tb. The pointers are
-// restrict-qualified: the stores then do not order the next tokens' loads.
-template <class T, class Sh, bool kStaged>
-__device__ __forceinline__ void reverse_chunk(const ScanArgs& a, const Place& f, const float4* __restrict__ cells,
-                                              const float* __restrict__ bc, const float* __restrict__ gyb,
-                                              float2* __restrict__ red, float* __restrict__ yb, float* __restrict__ tb,
-                                              int64_t t0, const float (&A)[Sh::SPT], const float (&as)[kChunk][Sh::SPT],
-                                              const float (&hs)[kChunk][Sh::SPT], float (&dh)[Sh::SPT],
-                                              float (&dA)[Sh::SPT]) {
-  constexpr int SPT = Sh::SPT, CB = Sh::kCB, N4 = Sh::kN4;
-  const int n0 = f.q * SPT;
+// Token tt's dB, dC terms ({g u, gy h} per state of the lane) summed over the warp's channels of
+// each of its groups wg (with kOneGroup: one, no masks) into the group's slot of dbc (the warp's
+// first at slot).
+template <class Sh, bool kOneGroup>
+__device__ __forceinline__ void warp_dbc(const Place& f, float* __restrict__ dbc, int tt, int2 wg, int slot,
+                                         const float (&terms)[2 * Sh::SPT]) {
+  constexpr int V = 2 * Sh::SPT, R = V * Sh::Q / 32;
+  const int groups = kOneGroup ? 1 : wg.y - wg.x + 1;
+  for (int k = 0; k < groups; ++k) {
+    float v[V];
 #pragma unroll
-  for (int tt = kChunk - 1; tt >= 0; --tt) {
+    for (int i = 0; i < V; ++i) v[i] = kOneGroup || f.g0 + f.gi == wg.x + k ? terms[i] : 0.0f;
+    warp_channel_sums<Sh::Q>(v, f.lane);
+    // Values [cw R, cw R + R) of lane q: floats 2 (q SPT) + cw R.. of the row's {dB, dC} pairs.
+    float* row = dbc + ((slot + k) * kChunk + tt) * 2 * Sh::kN4 + 2 * f.q * Sh::SPT + f.cw * R;
+    if constexpr (R == 1) {
+      row[0] = v[0];
+    } else {
+#pragma unroll
+      for (int r = 0; r < R; r += 2) *reinterpret_cast<float2*>(row + r) = make_float2(v[r], v[r + 1]);
+    }
+  }
+}
+
+// The lane's states over the kPart tokens from j0 of the chunk, from h (left holding the state
+// after them): their decays and states into as, hs, and with kY y's partials before the gate
+// into yb (where there is a gate).
+template <class T, class Sh, bool kStaged, bool kY>
+__device__ __forceinline__ void walk_part(const ScanArgs& a, const Place& f, const Stage& st, int64_t t0, int j0,
+                                          const float (&A2)[Sh::SPT], float (&h)[Sh::SPT],
+                                          float (&as)[kPart][Sh::SPT], float (&hs)[kPart][Sh::SPT], float* yb) {
+  constexpr int SPT = Sh::SPT;
+#pragma unroll
+  for (int i = 0; i < kPart; ++i) {
+    const int tt = j0 + i;
+    const float2 du = *reinterpret_cast<const float2*>(st.cell + tt * Sh::kCB + f.c);
+    float Bv[SPT], Cv[SPT];
+    bc_of<T, Sh, kStaged>(a, f, st.bc, t0, tt, Bv, Cv);
+    float yp = 0.0f;
+#pragma unroll
+    for (int s = 0; s < SPT; ++s) {
+      as[i][s] = fast_exp2(du.x * A2[s]);
+      h[s] = as[i][s] * h[s] + du.y * Bv[s];
+      hs[i][s] = h[s];
+      yp += Cv[s] * h[s];
+    }
+    if (kY && a.p.z) yb[tt * kRow + f.lane] = yp;
+  }
+}
+
+// The reverse scan of the kPart tokens from j0 in scan_backward_kernel (as, hs: their decays
+// and states): dB, dC sums into dbc, the partials of dx / dt (P1 = sum g B) and of d dt (P2 =
+// sum A g a h_prev) into yb, tb. The pointers are restrict-qualified: the stores then do not
+// order the next tokens' loads.
+template <class T, class Sh, bool kStaged, bool kOneGroup>
+__device__ __forceinline__ void reverse_part(const ScanArgs& a, const Place& f, const float4* __restrict__ cells,
+                                             const float* __restrict__ bc, const float* __restrict__ gyb,
+                                             float* __restrict__ dbc, float* __restrict__ yb, float* __restrict__ tb,
+                                             int64_t t0, int j0, int2 wg, int slot, const float (&A)[Sh::SPT],
+                                             const float (&as)[kPart][Sh::SPT], const float (&hs)[kPart][Sh::SPT],
+                                             float (&dh)[Sh::SPT], float (&dA)[Sh::SPT]) {
+  constexpr int SPT = Sh::SPT, CB = Sh::kCB;
+#pragma unroll
+  for (int i = kPart - 1; i >= 0; --i) {
+    const int tt = j0 + i;
     const float gyv = gyb[tt * Sh::kCW + f.cw];
     const float4 cell = cells[tt * CB + f.c];
     const float dtv = cell.x, u = cell.y;
@@ -522,37 +627,84 @@ __device__ __forceinline__ void reverse_chunk(const ScanArgs& a, const Place& f,
     for (int s = 0; s < SPT; ++s) {
       const float g = dh[s] + Cv[s] * gyv;
       terms[2 * s] = g * u;
-      terms[2 * s + 1] = gyv * hs[tt][s];
+      terms[2 * s + 1] = gyv * hs[i][s];
       P1 += g * Bv[s];
-      const float gah = g * (hs[tt][s] - u * Bv[s]);  // g a_t h_{t-1}
+      const float gah = g * (hs[i][s] - u * Bv[s]);  // g a_t h_{t-1}
       dA[s] += gah * dtv;
       P2 += A[s] * gah;
-      dh[s] = g * as[tt][s];
+      dh[s] = g * as[i][s];
     }
-    float4* rrow = reinterpret_cast<float4*>(red + (tt * CB + f.c) * N4 + n0);
-#pragma unroll
-    for (int s = 0; s < SPT; s += 2)
-      rrow[s / 2] = make_float4(terms[2 * s], terms[2 * s + 1], terms[2 * s + 2], terms[2 * s + 3]);
+    warp_dbc<Sh, kOneGroup>(f, dbc, tt, wg, slot, terms);
     yb[tt * kRow + f.lane] = P1;
     tb[tt * kRow + f.lane] = P2;
   }
 }
 
+// The block's dB, dC of the chunk at t0 from the warps' slots in dbc: summed per (token, group,
+// state) in warp order, one vector atomic each into a.dBC.
+template <class Sh>
+__device__ __forceinline__ void add_dbc(const ScanArgs& a, const Place& f, const float2* dbc, int64_t t0) {
+  const ScanParams& p = a.p;
+  for (int e = threadIdx.x; e < kChunk * Sh::kN4; e += kThreads) {
+    const int j = e / Sh::kN4, n = e % Sh::kN4;
+    const int64_t t = t0 + j;
+    if (n >= p.dstate || t >= f.t_end) continue;
+    int g = f.g0;
+    auto add = [&](float2 v) {
+      float2* o = a.dBC + ((f.b * p.seqlen + t) * p.groups + g) * p.dstate + n;
+#if __CUDA_ARCH__ >= 900
+      atomicAdd(o, v);  // one vector atomic for both
+#else
+      atomicAdd(&o->x, v.x);  // the generic PTX (sm_80) has no float2 atomics
+      atomicAdd(&o->y, v.y);
+#endif
+    };
+    float2 v = make_float2(0.0f, 0.0f);
+    for (int w = 0, slot = 0; w < kWarps && f.d0 + w * Sh::kCW < p.dim; ++w) {
+      const int2 wg = warp_groups<Sh>(p, f, w);
+      for (int gg = wg.x; gg <= wg.y; ++gg, ++slot) {
+        if (gg != g) {
+          add(v);
+          v = make_float2(0.0f, 0.0f);
+          g = gg;
+        }
+        const float2 r = dbc[(slot * kChunk + j) * Sh::kN4 + n];
+        v.x += r.x, v.y += r.y;
+      }
+    }
+    add(v);
+  }
+}
+
+// The blocks per SM scan_backward_kernel is compiled for (registers: at most 65536 / (kThreads
+// blocks)): with B/C staged, as many as its shared memory lets share an H100 / H200 SM
+// (kSmPerSm, kSmReserved per block; one group per block), at most kBlocksPerSm (4 at d_state
+// <= 32). Unstaged (many groups per block), 1: its per-token global addresses spill at 128.
+constexpr int kSmPerSm = 228 << 10, kSmReserved = 1 << 10;
+template <class Sh, bool kStaged>
+constexpr int backward_blocks() {
+  const int floats = 2 * (Sh::cell_floats(true) + Sh::bc_floats(1)) + dbc_floats<Sh>(1) + kWarps * warp_floats<Sh>();
+  return kStaged ? std::max(1, std::min(kBlocksPerSm, kSmPerSm / (floats * int(sizeof(float)) + kSmReserved))) : 1;
+}
+
 template <class T, class Sh, bool kStaged>
-__global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs a) {
-  constexpr int SPT = Sh::SPT, CB = Sh::kCB, N4 = Sh::kN4;
+__global__ void __launch_bounds__(kThreads, backward_blocks<Sh, kStaged>()) scan_backward_kernel(const ScanArgs a) {
+  constexpr int SPT = Sh::SPT, CB = Sh::kCB;
   const ScanParams& p = a.p;
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const Place f(a, Sh{});
-  // dB, dC terms of the chunk [kChunk][CB][N4], then the warps' buffers.
-  float2* red = reinterpret_cast<float2*>(smem + 2 * Sh::stage_floats(true, a.span, a.staged));
-  float* yb = reinterpret_cast<float*>(red + kChunk * CB * N4) + f.w * warp_floats<Sh>();
+  // The warps' dB, dC sums of the chunk (dbc_floats), then the warps' buffers.
+  float* dbc = smem + 2 * Sh::stage_floats(true, a.span, a.staged);
+  float* yb = dbc + dbc_floats<Sh>(a.span) + f.w * warp_floats<Sh>();
   float* tb = yb + kChunk * kRow;
   float* gyb = tb + kChunk * kRow;
   const int cc = threadIdx.x % CB;
   const float bias = f.d0 + cc < p.dim && p.dt_bias ? static_cast<const float*>(p.dt_bias)[f.d0 + cc] : 0.0f;
   const float skip = f.on && p.D ? static_cast<const float*>(p.D)[f.d] : 0.0f;
+  const int2 wg = warp_groups<Sh>(p, f, f.w);
+  const int slot = warp_slot<Sh>(p, f, f.w);
+  const bool one_group = Sh::kCW == 1 || wg.x == wg.y;  // (warp-uniform)
   float A[SPT], A2[SPT], dh[SPT], dA[SPT] = {};
   load_A2<SPT>(p, f, A2);
   load_states<SPT>(p, f, static_cast<const float*>(p.A) + int64_t(min(f.d, p.dim - 1)) * p.dstate, A);
@@ -575,35 +727,34 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs 
     const int64_t t0 = k * kChunk;
     const Stage st = Stage::at(smem, buf, true, a, Sh{});
     form_stage<T, Sh, true>(a, f, t0, ahead, bias, st, unused);
-    float h[SPT];
+    if (k > k_first) read_ahead<T, Sh, true>(a, f, t0 - kChunk, ahead);
+    __syncthreads();
+    // The chunk walked from its checkpoint for y's partials before the gate, keeping the state
+    // entering each part and the last part's decays and states; the parts reversed from the
+    // last, each but the last walked again from its entering state first.
+    float h[SPT], hp[kParts][SPT], as[kPart][SPT], hs[kPart][SPT];
 #pragma unroll
     for (int s = 0; s < SPT; ++s) h[s] = entry[s];
-    if (k > k_first) {
-      read_ahead<T, Sh, true>(a, f, t0 - kChunk, ahead);
-      load_states<SPT>(p, f, ckpt_row(k - 1), entry);
-    }
-    __syncthreads();
-    // The chunk's states and decays from its checkpoint, and y's partials before the gate.
-    float as[kChunk][SPT], hs[kChunk][SPT];
 #pragma unroll
-    for (int tt = 0; tt < kChunk; ++tt) {
-      const float2 du = *reinterpret_cast<const float2*>(st.cell + tt * CB + f.c);
-      float Bv[SPT], Cv[SPT];
-      bc_of<T, Sh, kStaged>(a, f, st.bc, t0, tt, Bv, Cv);
-      float yp = 0.0f;
+    for (int i = 0; i < kParts; ++i) {
 #pragma unroll
-      for (int s = 0; s < SPT; ++s) {
-        as[tt][s] = fast_exp2(du.x * A2[s]);
-        h[s] = as[tt][s] * h[s] + du.y * Bv[s];
-        hs[tt][s] = h[s];
-        yp += Cv[s] * h[s];
-      }
-      if (p.z) yb[tt * kRow + f.lane] = yp;
+      for (int s = 0; s < SPT; ++s) hp[i][s] = h[s];
+      walk_part<T, Sh, kStaged, true>(a, f, st, t0, i * kPart, A2, h, as, hs, yb);
     }
+    if (k > k_first) load_states<SPT>(p, f, ckpt_row(k - 1), entry);
     __syncwarp();
     chunk_gy<T, Sh, true>(a, f, st, t0, skip, yb, gyb, dD);
     __syncwarp();
-    reverse_chunk<T, Sh, kStaged>(a, f, st.cell, st.bc, gyb, red, yb, tb, t0, A, as, hs, dh, dA);
+#pragma unroll
+    for (int i = kParts - 1; i >= 0; --i) {
+      if (i < kParts - 1) walk_part<T, Sh, kStaged, false>(a, f, st, t0, i * kPart, A2, hp[i], as, hs, yb);
+      if (one_group)
+        reverse_part<T, Sh, kStaged, true>(a, f, st.cell, st.bc, gyb, dbc, yb, tb, t0, i * kPart, wg, slot, A, as,
+                                           hs, dh, dA);
+      else
+        reverse_part<T, Sh, kStaged, false>(a, f, st.cell, st.bc, gyb, dbc, yb, tb, t0, i * kPart, wg, slot, A, as,
+                                            hs, dh, dA);
+    }
     __syncwarp();
     // dx and d dt_raw per token, lane q taking tokens j = q (mod Q).
 #pragma unroll
@@ -618,34 +769,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(const ScanArgs 
       dbias += draw;
     }
     __syncthreads();
-    // dB, dC: the block's channels summed per (token, state) and group, one atomic each.
-    for (int e = threadIdx.x; e < kChunk * N4; e += kThreads) {
-      const int j = e / N4, n = e % N4;
-      const int64_t t = t0 + j;
-      if (n >= p.dstate || t >= f.t_end) continue;
-      int g = f.g0;
-      auto add = [&](float2 v) {
-        float2* o = a.dBC + ((f.b * p.seqlen + t) * p.groups + g) * p.dstate + n;
-#if __CUDA_ARCH__ >= 900
-        atomicAdd(o, v);  // one vector atomic for both
-#else
-        atomicAdd(&o->x, v.x);  // the generic PTX (sm_80) has no float2 atomics
-        atomicAdd(&o->y, v.y);
-#endif
-      };
-      float2 v = make_float2(0.0f, 0.0f);
-      for (int c = 0, next = (g + 1) * f.per_group - f.d0; c < CB && f.d0 + c < p.dim; ++c) {
-        if (c == next) {
-          add(v);
-          v = make_float2(0.0f, 0.0f);
-          ++g;
-          next += f.per_group;
-        }
-        const float2 r = red[(j * CB + c) * N4 + n];
-        v.x += r.x, v.y += r.y;
-      }
-      add(v);
-    }
+    add_dbc<Sh>(a, f, reinterpret_cast<const float2*>(dbc), t0);
   }
   // d_state0 comes from segment_scan_kernel when there are several segments.
   if (a.nseg == 1) store_states<SPT>(p, f, static_cast<float*>(p.d_state0) + (f.b * p.dim + f.d) * p.dstate, dh);
@@ -837,7 +961,7 @@ void selective_scan_backward_cuda(const ScanParams& p, Stream s) {
         log.mark("grad_segment_scan");
       }
       launch<Sh>([](auto staged) { return scan_backward_kernel<T, Sh, staged.value>; }, a, true,
-                 2 * kChunk * Sh::kCB * Sh::kN4 + warps, st, "selective_scan_backward");
+                 dbc_floats<Sh>(a.span) + warps, st, "selective_scan_backward");
       log.mark("reverse");
     });
   }
