@@ -48,6 +48,7 @@
 #include "core/cuda/mma.cuh"
 #include "core/cuda/reduce.cuh"
 #include "core/cuda_check.h"
+#include "core/phase_log.h"
 #include "linear_attn/linear_attn_params.h"
 
 namespace lctx::linear_attn {
@@ -1310,6 +1311,12 @@ class Scratch {
   std::vector<void*> ptrs_;
 };
 
+Device current_device() {
+  int dev = 0;
+  LCTX_CUDA_CHECK(cudaGetDevice(&dev));
+  return Device::cuda(dev);
+}
+
 Rows rows_of(const void* ptr, const int64_t (&stride)[3], int heads, int x_heads, bool f32) {
   Rows r;
   r.ptr = ptr;
@@ -1416,40 +1423,45 @@ void launch_states(const Work& w, bool grads, cudaStream_t st) {
 // row_grad_mma_kernel for dq, then dk, over (key-row tile, split, batch x head) for Dk = DK
 // (the tensor-core path's dim_k), Dv = DV.
 template <class T, int DK, int DV>
-void launch_row_grads(const Work& w, const Work& wr, cudaStream_t st) {
+void launch_row_grads(const Work& w, const Work& wr, cudaStream_t st, PhaseLog& log) {
   constexpr int rows = kRowTile<DK, DV>, bytes = MmaTiles<rows, DV>::kGradBytes;
   const dim3 grid(w.dim_k / rows, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
   set_smem(row_grad_mma_kernel<T, DV, rows, RowGrad::dq>, bytes);
   row_grad_mma_kernel<T, DV, rows, RowGrad::dq><<<grid, kThreads, bytes, st>>>(w);
   LCTX_CUDA_CHECK_LAUNCH("linear_attn row_grad_mma_kernel (dq)");
+  log.mark("dq");
   set_smem(row_grad_mma_kernel<T, DV, rows, RowGrad::dk>, bytes);
   row_grad_mma_kernel<T, DV, rows, RowGrad::dk><<<grid, kThreads, bytes, st>>>(wr);
   LCTX_CUDA_CHECK_LAUNCH("linear_attn row_grad_mma_kernel (dk)");
+  log.mark("dk");
 }
 
 // dq_kernel (with the forward's states in w) and dkdv_kernel (with the state gradients in
 // wr) over every (column tile, split, batch x head); or on tensor cores row_grad_mma_kernel
 // (dq, dk) by key-row tiles and dv_mma_kernel by column tiles.
 template <class T, int DK>
-void launch_grads(const Work& w, const Work& wr, cudaStream_t st) {
+void launch_grads(const Work& w, const Work& wr, cudaStream_t st, PhaseLog& log) {
   const dim3 grid(w.ntiles, w.nsplit, static_cast<unsigned>(w.batch * w.heads));
   if constexpr (kHasMma<T, DK>) {
     if (w.mma) {
-      if (w.dim_v == 64) launch_row_grads<T, DK, 64>(w, wr, st);
-      else launch_row_grads<T, DK, 128>(w, wr, st);
+      if (w.dim_v == 64) launch_row_grads<T, DK, 64>(w, wr, st, log);
+      else launch_row_grads<T, DK, 128>(w, wr, st, log);
       constexpr int bytes = MmaTiles<DK, kCols>::kOneYBytes;
       set_smem(dv_mma_kernel<T, DK>, bytes);
       dv_mma_kernel<T, DK><<<grid, kThreads, bytes, st>>>(wr);
       LCTX_CUDA_CHECK_LAUNCH("linear_attn dv_mma_kernel");
+      log.mark("dv");
       return;
     }
   }
   set_smem(dq_kernel<T, DK>, Tiles<DK>::kSmemBytes);
   dq_kernel<T, DK><<<grid, kThreads, Tiles<DK>::kSmemBytes, st>>>(w);
   LCTX_CUDA_CHECK_LAUNCH("linear_attn dq_kernel");
+  log.mark("dq");
   set_smem(dkdv_kernel<T, DK>, Tiles<DK>::kSmemBytes);
   dkdv_kernel<T, DK><<<grid, kThreads, Tiles<DK>::kSmemBytes, st>>>(wr);
   LCTX_CUDA_CHECK_LAUNCH("linear_attn dkdv_kernel");
+  log.mark("dkdv");
 }
 
 // The forward's states: each split's entry state into w.states (and the split log-decays),
@@ -1503,11 +1515,14 @@ void forward(const LinearAttnParams& p, Stream s) {
   w.mma = use_mma(p, p.o, p.o_stride);
   Scratch sc(s);
   const cudaStream_t st = cuda_stream(s);
+  PhaseLog log("linear_attn forward", current_device(), s);
   float* final_state = static_cast<float*>(p.final_state);
   split_states<T, DK>(w, sc, static_cast<const float*>(p.state0), final_state, st);
   w.whole = final_state;
+  log.mark("states");
   if (!p.normalize) {
     outputs<T, DK>(w, p.o, p.o_stride, false, st);
+    log.mark("output");
     return;
   }
   float* u = sc.floats(p.batch * p.seqlen * p.heads * w.cols);
@@ -1517,6 +1532,7 @@ void forward(const LinearAttnParams& p, Stream s) {
   std::copy_n(p.o_stride, 3, w.out_stride);
   norm_out_kernel<T><<<row_blocks(w), 256, 0, st>>>(u, w, static_cast<float>(p.eps));
   LCTX_CUDA_CHECK_LAUNCH("linear_attn norm_out_kernel");
+  log.mark("output");
 }
 
 template <class T, int DK>
@@ -1530,9 +1546,11 @@ void backward(const LinearAttnParams& p, Stream s) {
   const cudaStream_t st = cuda_stream(s);
   const int64_t size = p.state_size(), nbh = p.batch * p.heads, n_rows = p.batch * p.seqlen;
   const bool f32 = p.dtype == DType::f32;
+  PhaseLog log("linear_attn backward", current_device(), s);
   float* final_state = sc.floats(nbh * size);
   split_states<T, DK>(w, sc, static_cast<const float*>(p.state0), final_state, st);
   w.whole = final_state;
+  log.mark("states");
   if (p.normalize) {  // dU from the recomputed U and dout
     float* u = sc.floats(n_rows * p.heads * w.cols);
     const int64_t ust[3] = {p.seqlen * p.heads * w.cols, p.heads * static_cast<int64_t>(w.cols), w.cols};
@@ -1570,13 +1588,15 @@ void backward(const LinearAttnParams& p, Stream s) {
       wr.states, w.split_decay, static_cast<const float*>(p.d_final_state), d_state0, nbh, w.nsplit, size, true);
   LCTX_CUDA_CHECK_LAUNCH("linear_attn scan_kernel");
   wr.whole = d_state0;
-  launch_grads<T, DK>(w, wr, st);
+  log.mark("grad_states");
+  launch_grads<T, DK>(w, wr, st, log);
   if (!f32) {
     for (auto [src, dst, n] : {std::tuple{w.dq, p.dq, nq}, std::tuple{w.dk, p.dk, nk}, std::tuple{w.dv, p.dv, nv}}) {
       if (!src) continue;  // written directly
       to_dtype_kernel<T><<<grid_size(n, 256, 8192), 256, 0, st>>>(src, static_cast<T*>(dst), n);
       LCTX_CUDA_CHECK_LAUNCH("linear_attn to_dtype_kernel");
     }
+    log.mark("to_dtype");
   }
   if (p.d_log_decay) {
     const int nseg = static_cast<int>((p.seqlen + kDecaySeg - 1) / kDecaySeg);
@@ -1593,6 +1613,7 @@ void backward(const LinearAttnParams& p, Stream s) {
       decay_head_kernel<<<p.heads, kThreads, 0, st>>>(sums, static_cast<int>(p.batch), p.heads, nseg, out);
       LCTX_CUDA_CHECK_LAUNCH("linear_attn decay_head_kernel");
     }
+    log.mark("decay");
   }
 }
 
