@@ -67,9 +67,26 @@ def bench_scan(T, d, reps):
 
 
 # ---- Mamba-2 SSD: mamba_ssm's Triton kernels (bench_ssm.cpp's bench_ssd runs lctx's) ----
+def import_ssd():
+    """mamba_chunk_scan_combined without mamba_ssm/__init__.py, which imports the compiled
+    extension (selective_scan_cuda) that a source tree does not have: the package is registered
+    by its path alone, so only the pure-Triton modules load."""
+    import importlib.util
+    import types
+    if "mamba_ssm" not in sys.modules:
+        spec = importlib.util.find_spec("mamba_ssm")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("no mamba_ssm on the path (put .whl/mamba_src on PYTHONPATH)")
+        pkg = types.ModuleType("mamba_ssm")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["mamba_ssm"] = pkg
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    return mamba_chunk_scan_combined
+
+
 def bench_ssd(T, reps):
     try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        mamba_chunk_scan_combined = import_ssd()
     except ImportError as e:
         print(f"ssd mamba_ssm: not importable ({e})")
         return
