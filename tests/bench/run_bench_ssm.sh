@@ -7,7 +7,9 @@
 #   Mamba-2 SSD (nheads 32, headdim 64, d_state 128): lctx vs mamba_chunk_scan_combined;
 #   whole layers (model dim 2048): mamba and mamba2 next to softmax, as lctx-train builds them.
 # mamba_ssm comes from the source tree without its compiled extension: put .whl/mamba_src on
-# PYTHONPATH (the script adds $REPO/.whl/mamba_src when present).
+# PYTHONPATH (the script adds $REPO/.whl/mamba_src when present), the mamba_ssm/ folder of its
+# sdist (`pip download --no-deps --no-binary :all:` fails building it: take the .tar.gz from PyPI);
+# bench_ssm_torch.py loads its Triton modules without running the package's __init__.
 # Usage: tests/bench/run_bench_ssm.sh <build dir or bench_ssm binary> [reps=20] [max_T=1048576] [parts=all|scan|ssd|layer]
 set -euo pipefail
 BUILD="${1:-build}"
