@@ -115,12 +115,19 @@ void apply_override(Config& c, const std::string& kv) {
   schema::set(c, *o, value);
 }
 
-// Applies the preset file named by the top-level `preset` key.
-void apply_preset(Config& c, const YAML::Node& name) {
-  LCTX_CHECK(name.IsScalar() && !name.Scalar().empty(), "config: preset must be a preset name, got ",
-             schema::node_desc(name));
-  const std::filesystem::path file = std::filesystem::path(preset_dir()) / (name.Scalar() + ".yaml");
-  if (!std::filesystem::is_regular_file(file)) {
+// Applies the file the top-level `preset` key names: NAME (configs/presets/NAME.yaml), or a
+// path ending in .yaml, relative to `dir` (the directory of the config that names it).
+void apply_preset(Config& c, const YAML::Node& name, const std::filesystem::path& dir) {
+  LCTX_CHECK(name.IsScalar() && !name.Scalar().empty(),
+             "config: preset must be a preset name or a .yaml path, got ", schema::node_desc(name));
+  const std::filesystem::path given(name.Scalar());
+  const bool is_path = given.extension() == ".yaml";
+  // (dir / given is given itself when given is absolute)
+  const std::filesystem::path file = is_path ? dir / given : std::filesystem::path(preset_dir()) / (name.Scalar() + ".yaml");
+  if (is_path) {
+    LCTX_CHECK(std::filesystem::is_regular_file(file), "config: preset '", name.Scalar(), "' does not exist (no file ",
+               file.string(), ")");
+  } else if (!std::filesystem::is_regular_file(file)) {
     std::string names;
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(preset_dir(), ec))
@@ -135,6 +142,18 @@ void apply_preset(Config& c, const YAML::Node& name) {
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + " [in preset " + file.string() + "]");
   }
+}
+
+// parse_config with path presets relative to `dir`.
+Config parse_config_in(const std::string& yaml_text, const std::vector<std::string>& overrides,
+                       const std::filesystem::path& dir) {
+  const YAML::Node root = load_yaml(yaml_text, "config");
+  Config c;
+  if (root.IsMap() && root["preset"]) apply_preset(c, root["preset"], dir);
+  if (!root.IsNull()) apply_node(c, root, "");
+  for (const auto& o : overrides) apply_override(c, o);
+  validate(c);
+  return c;
 }
 
 }  // namespace
@@ -164,13 +183,7 @@ std::string resolved_layout(const Config& c) {
 }
 
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides) {
-  const YAML::Node root = load_yaml(yaml_text, "config");
-  Config c;
-  if (root.IsMap() && root["preset"]) apply_preset(c, root["preset"]);
-  if (!root.IsNull()) apply_node(c, root, "");
-  for (const auto& o : overrides) apply_override(c, o);
-  validate(c);
-  return c;
+  return parse_config_in(yaml_text, overrides, std::filesystem::current_path());
 }
 
 Config parse_stored_config(const std::string& yaml_text) {
@@ -191,7 +204,7 @@ Config parse_stored_config(const std::string& yaml_text) {
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   const std::string text = read_file(path, "config: the config file");
   try {
-    return parse_config(text, overrides);
+    return parse_config_in(text, overrides, std::filesystem::absolute(path).parent_path());
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + " [in " + path + "]");
   }

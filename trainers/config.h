@@ -145,8 +145,10 @@ struct Config {
 
 // Parses YAML text strictly, then applies `overrides` ("model.dim=128", YAML values) and runs
 // validate(). Throws lctx::Error naming the key path and what was expected. A top-level
-// `preset: NAME` first applies configs/presets/NAME.yaml (or $LCTX_PRESET_DIR/NAME.yaml), then
-// the rest of the file; keys of the retired `attention` section are errors naming the new key.
+// `preset: NAME` first applies configs/presets/NAME.yaml (or $LCTX_PRESET_DIR/NAME.yaml), and
+// `preset: PATH.yaml` that config file (relative to the including file's directory; to the
+// working directory for parse_config's text), then the rest of the file; presets do not nest.
+// Keys of the retired `attention` section are errors naming the new key.
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides = {});
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 // A config stored in a checkpoint: like parse_config, and one written before mixer kinds (an

@@ -6,6 +6,9 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string>
+
+#include <unistd.h>
 
 #include "core/error.h"
 #include "trainers/config.h"
@@ -115,6 +118,7 @@ const std::vector<BadCase>& bad_cases() {
       {"invalid_second_document", "model:\n  dim: 64\n...\n: [\n", {"invalid YAML"}},
       {"unknown_preset", "preset: gpt-17\n", {"preset 'gpt-17' does not exist", "presets:"}},
       {"preset_not_name", "preset: [a, b]\n", {"preset must be a preset name"}},
+      {"preset_missing_file", "preset: no-such-dir/base.yaml\n", {"preset 'no-such-dir/base.yaml' does not exist", "no file"}},
       {"f32_gpu", "model:\n  dim: 256\n  dtype: f32\ntrain:\n  device: cuda\n", {"model.dtype = f32 is CPU-only"}},
       {"gpu_head_dim", "model:\n  dim: 64\n  n_heads: 4\ntrain:\n  device: cuda\n",
        {"model.dim / model.n_heads = 64 / 4) is 16 but must be 64 or 128"}},
@@ -208,6 +212,30 @@ TEST(Config, ShippedConfigsParse) {
     const std::string path = std::string(LCTX_SOURCE_DIR) + "configs/" + name + ".yaml";
     EXPECT_NO_THROW(load_config(path)) << path;
   }
+}
+
+// `preset: PATH.yaml` applies another config file, relative to the including file's directory,
+// before the file's own keys; that file may not name a preset itself.
+TEST(Config, PresetByPath) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("lctx_preset_path_" + std::to_string(::getpid()));
+  fs::create_directories(dir / "stage");
+  auto write = [](const fs::path& p, const std::string& text) { std::ofstream(p) << text; };
+  write(dir / "base.yaml", "model:\n  dim: 96\n  n_layers: 3\ntrain:\n  steps: 7\n");
+  write(dir / "stage" / "long.yaml", "preset: ../base.yaml\ntrain:\n  steps: 9\n");
+  const Config c = load_config((dir / "stage" / "long.yaml").string());
+  EXPECT_EQ(c.model.dim, 96);
+  EXPECT_EQ(c.model.n_layers, 3);
+  EXPECT_EQ(c.train.steps, 9);  // the file's own key wins
+  write(dir / "nested.yaml", "preset: mqa\n");
+  write(dir / "top.yaml", "preset: nested.yaml\n");
+  try {
+    load_config((dir / "top.yaml").string());
+    ADD_FAILURE() << "a preset file naming a preset must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("presets do not nest"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
 }
 
 // Every preset in configs/presets loads and validates, and the file's own keys win over it.
